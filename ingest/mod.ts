@@ -1,0 +1,1 @@
+export { applyMigrations, loadMigrations, type Migration, type MigrationTarget, splitStatements } from "./migrations.ts";

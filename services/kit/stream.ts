@@ -1,0 +1,59 @@
+/**
+ * The event stream's contract: stream REQUEST_EVENTS, subjects events.requests.<service>, and its creation.
+ * Services and ingest both call `ensureRequestEventsStream`, so whichever starts first creates the stream.
+ */
+import { DiscardPolicy, jetstreamManager, RetentionPolicy, StorageType } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/transport-node";
+
+export const REQUEST_EVENTS_STREAM = "REQUEST_EVENTS";
+export const REQUEST_EVENTS_SUBJECTS = "events.requests.*";
+/** Where ingest puts events it cannot decode (outside the stream's subjects, so never re-ingested). */
+export const DEAD_LETTER_SUBJECT_PREFIX = "events.deadletter";
+
+/** The subject a service's events are published on. */
+export function requestEventSubject(service: string): string {
+  return `events.requests.${service}`;
+}
+
+/** Limits of the stream; every field has a default fit for a laptop or a small cluster. */
+export interface RequestEventsStreamOptions {
+  /** How long events are kept, in seconds. Default 7 days. */
+  maxAgeSeconds?: number;
+  /** How many bytes are kept; the oldest events go first. Default 10 GiB. */
+  maxBytes?: number;
+  /** Window in which a repeated Nats-Msg-Id is dropped as a duplicate, in seconds. Default 10 minutes. */
+  duplicateWindowSeconds?: number;
+}
+
+const NANOS_PER_SECOND = 1_000_000_000;
+
+/** Creates the stream, or updates its limits when it exists; safe to call from every process at start. */
+export async function ensureRequestEventsStream(
+  nc: NatsConnection,
+  options: RequestEventsStreamOptions = {},
+): Promise<void> {
+  const jsm = await jetstreamManager(nc);
+  const config = {
+    name: REQUEST_EVENTS_STREAM,
+    subjects: [REQUEST_EVENTS_SUBJECTS],
+    storage: StorageType.File,
+    retention: RetentionPolicy.Limits,
+    discard: DiscardPolicy.Old,
+    max_age: (options.maxAgeSeconds ?? 7 * 24 * 3600) * NANOS_PER_SECOND,
+    max_bytes: options.maxBytes ?? 10 * 1024 ** 3,
+    duplicate_window: (options.duplicateWindowSeconds ?? 600) * NANOS_PER_SECOND,
+    num_replicas: 1,
+  };
+  try {
+    await jsm.streams.info(REQUEST_EVENTS_STREAM);
+  } catch {
+    try {
+      await jsm.streams.add(config);
+      return;
+    } catch (error) {
+      // Another process created it between our info and add; fall through to the update.
+      if (!String(error).includes("already in use")) throw error;
+    }
+  }
+  await jsm.streams.update(REQUEST_EVENTS_STREAM, config);
+}

@@ -1,0 +1,12 @@
+export { freePort, waitForPort, waitUntil } from "./ports.ts";
+export { type ManagedProcess, spawnLogged } from "./process.ts";
+export { type NatsServer, type NatsServerOptions, startNatsServer } from "./nats_server.ts";
+export {
+  CLICKHOUSE_ADMIN,
+  CLICKHOUSE_READONLY,
+  type ClickHouseServer,
+  type ClickHouseServerOptions,
+  clickhouseConfigXml,
+  clickhouseUsersXml,
+  startClickHouseServer,
+} from "./clickhouse_server.ts";

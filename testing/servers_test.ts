@@ -1,0 +1,34 @@
+import { startClickHouseServer, startNatsServer } from "./mod.ts";
+
+function assertEquals(actual: unknown, expected: unknown, message = "") {
+  if (JSON.stringify(actual) !== JSON.stringify(expected)) {
+    throw new Error(`${message} expected ${JSON.stringify(expected)}, got ${JSON.stringify(actual)}`);
+  }
+}
+
+Deno.test("a private nats-server answers, restarts on the same port, and is gone after dispose", async () => {
+  let port: number;
+  {
+    await using nats = await startNatsServer();
+    port = nats.port;
+    const info = await (await fetch(`http://127.0.0.1:${nats.monitorPort}/jsz`)).json();
+    assertEquals(typeof info.config.store_dir, "string");
+    await nats.stop();
+    await nats.start();
+    const again = await fetch(`http://127.0.0.1:${nats.monitorPort}/healthz`);
+    assertEquals(again.status, 200);
+    await again.body?.cancel();
+  }
+  let refused = false;
+  try {
+    (await Deno.connect({ hostname: "127.0.0.1", port })).close();
+  } catch {
+    refused = true;
+  }
+  assertEquals(refused, true, "port closed after dispose");
+});
+
+Deno.test("a private clickhouse-server answers queries as the admin user", async () => {
+  await using clickhouse = await startClickHouseServer();
+  assertEquals((await clickhouse.query("SELECT 1 + 1")).trim(), "2");
+});
