@@ -3,7 +3,10 @@ import { type ManagedProcess, spawnLogged } from "./process.ts";
 
 /** The users every Tailwatch ClickHouse has (see ingest/README.md): an admin and a limited read-only user. */
 export const CLICKHOUSE_ADMIN = { username: "tailwatch_admin", password: "admin-test-password" } as const;
-export const CLICKHOUSE_READONLY = { username: "tailwatch_reader", password: "reader-test-password" } as const;
+export const CLICKHOUSE_READONLY = {
+  username: "tailwatch_reader",
+  password: "reader-test-password",
+} as const;
 
 /** A private clickhouse-server on free ports with its own data directory. */
 export interface ClickHouseServer extends AsyncDisposable {
@@ -115,7 +118,9 @@ export function clickhouseUsersXml(adminPassword: string, readonlyPassword: stri
 }
 
 /** Starts clickhouse-server on free ports and waits until it answers /ping. */
-export async function startClickHouseServer(options: ClickHouseServerOptions = {}): Promise<ClickHouseServer> {
+export async function startClickHouseServer(
+  options: ClickHouseServerOptions = {},
+): Promise<ClickHouseServer> {
   const dir = options.dir ?? await Deno.makeTempDir({ prefix: "tailwatch-clickhouse-" });
   const ownsDir = options.dir === undefined;
   const adminPassword = options.adminPassword ?? CLICKHOUSE_ADMIN.password;
@@ -131,7 +136,11 @@ export async function startClickHouseServer(options: ClickHouseServerOptions = {
   let process: ManagedProcess | undefined;
 
   const start = async () => {
-    process = await spawnLogged("clickhouse-server", [`--config-file=${dir}/config.xml`], `${dir}/log/stdout.log`);
+    process = await spawnLogged(
+      "clickhouse-server",
+      [`--config-file=${dir}/config.xml`],
+      `${dir}/log/stdout.log`,
+    );
     await waitUntil("clickhouse-server /ping", async () => {
       const response = await fetch(`${url}/ping`);
       await response.body?.cancel();

@@ -4,9 +4,9 @@ export { type NatsServer, type NatsServerOptions, startNatsServer } from "./nats
 export {
   CLICKHOUSE_ADMIN,
   CLICKHOUSE_READONLY,
+  clickhouseConfigXml,
   type ClickHouseServer,
   type ClickHouseServerOptions,
-  clickhouseConfigXml,
   clickhouseUsersXml,
   startClickHouseServer,
 } from "./clickhouse_server.ts";

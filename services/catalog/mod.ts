@@ -1,1 +1,2 @@
-export {};
+export { type CatalogOptions, createCatalog } from "./catalog.ts";
+export { catalogSetup } from "./main.ts";

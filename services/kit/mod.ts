@@ -1,1 +1,56 @@
-export {};
+export {
+  Code,
+  codeName,
+  failedPrecondition,
+  httpStatusFromCode,
+  invalidArgument,
+  notFound,
+  ServiceError,
+} from "./errors.ts";
+export {
+  ConfigError,
+  createEnvReader,
+  DEFAULT_PORTS,
+  type Env,
+  type EnvReader,
+  loadServiceConfig,
+  type ServiceConfig,
+} from "./config.ts";
+export { type CallOptions, type ClientOptions, createClient, type ServiceClient } from "./client.ts";
+export { type EventSink, type RequestEvent, type RequestEventInit } from "./events.ts";
+export { type Faults, parseFaults, sampleDelayMs, validateFaults } from "./faults.ts";
+export {
+  newSpanId,
+  newTraceId,
+  type SpanContext,
+  spanFromTraceparent,
+  traceparentOf,
+  uuidv7,
+} from "./ids.ts";
+export { createLogger, type Logger } from "./log.ts";
+export { createRegistry, type Registry } from "./metrics.ts";
+export {
+  bindService,
+  type CallContext,
+  methodPath,
+  type ServiceBinding,
+  type ServiceHandlers,
+} from "./pipeline.ts";
+export { type RunningService, runServiceMain, type ServiceSetup, startService } from "./runtime.ts";
+export { BoundedMap } from "./bounded_map.ts";
+export {
+  DEAD_LETTER_SUBJECT_PREFIX,
+  ensureRequestEventsStream,
+  REQUEST_EVENTS_STREAM,
+  REQUEST_EVENTS_SUBJECTS,
+  requestEventSubject,
+} from "./stream.ts";
+export {
+  decodePageToken,
+  encodePageToken,
+  pageSize,
+  requireCurrency,
+  requireId,
+  requireRange,
+  requireText,
+} from "./validate.ts";

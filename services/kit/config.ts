@@ -1,0 +1,178 @@
+/**
+ * Configuration from the environment, validated once at start into a typed object. Every problem is
+ * reported at once, with the variable's name, so a bad deployment fails with one clear message.
+ */
+import { type Faults, parseFaults } from "./faults.ts";
+import type { LogLevel } from "./log.ts";
+
+export type Env = Record<string, string | undefined>;
+
+export class ConfigError extends Error {
+  override readonly name = "ConfigError";
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n  ${problems.join("\n  ")}`);
+  }
+}
+
+/** Reads variables with defaults, collecting problems instead of stopping at the first. */
+export interface EnvReader {
+  readonly problems: string[];
+  string(name: string, fallback: string): string;
+  integer(name: string, fallback: number, min: number, max: number): number;
+  boolean(name: string, fallback: boolean): boolean;
+  oneOf<T extends string>(name: string, fallback: T, allowed: readonly T[]): T;
+  hostPort(name: string, fallback: string): string;
+  url(name: string, fallback: string, protocols: readonly string[]): string;
+  /** Throws a ConfigError listing every problem met so far. */
+  done(): void;
+}
+
+export function createEnvReader(env: Env): EnvReader {
+  const problems: string[] = [];
+  const raw = (name: string) => {
+    const value = env[name];
+    return value === undefined || value.trim() === "" ? undefined : value.trim();
+  };
+  return {
+    problems,
+    string(name: string, fallback: string): string {
+      return raw(name) ?? fallback;
+    },
+    integer(name: string, fallback: number, min: number, max: number): number {
+      const text = raw(name);
+      if (text === undefined) return fallback;
+      const value = Number(text);
+      if (!/^-?\d+$/.test(text) || value < min || value > max) {
+        problems.push(`${name} must be an integer from ${min} to ${max}, got ${JSON.stringify(text)}`);
+        return fallback;
+      }
+      return value;
+    },
+    boolean(name: string, fallback: boolean): boolean {
+      const text = raw(name)?.toLowerCase();
+      if (text === undefined) return fallback;
+      if (["1", "true", "yes", "on"].includes(text)) return true;
+      if (["0", "false", "no", "off"].includes(text)) return false;
+      problems.push(`${name} must be true or false, got ${JSON.stringify(text)}`);
+      return fallback;
+    },
+    oneOf<T extends string>(name: string, fallback: T, allowed: readonly T[]): T {
+      const text = raw(name);
+      if (text === undefined) return fallback;
+      if (!(allowed as readonly string[]).includes(text)) {
+        problems.push(`${name} must be one of ${allowed.join(", ")}, got ${JSON.stringify(text)}`);
+        return fallback;
+      }
+      return text as T;
+    },
+    hostPort(name: string, fallback: string): string {
+      const text = raw(name) ?? fallback;
+      if (!/^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$/.test(text)) {
+        problems.push(`${name} must be host:port, got ${JSON.stringify(text)}`);
+      }
+      return text;
+    },
+    url(name: string, fallback: string, protocols: readonly string[]): string {
+      const text = raw(name) ?? fallback;
+      for (const part of text.split(",")) {
+        try {
+          if (!protocols.includes(new URL(part).protocol)) throw new Error();
+        } catch {
+          problems.push(`${name} must be ${protocols.join(" or ")} URL(s), got ${JSON.stringify(text)}`);
+          break;
+        }
+      }
+      return text;
+    },
+    /** Throws a ConfigError listing every problem met so far. */
+    done(): void {
+      if (problems.length > 0) throw new ConfigError(problems);
+    },
+  };
+}
+
+/** What every service process is configured with. */
+export interface ServiceConfig {
+  /** Service name, also the event subject suffix: "catalog", "orders" or "payments". */
+  service: string;
+  /** HOST: interface to listen on. Default "0.0.0.0". */
+  host: string;
+  /** GRPC_PORT: gRPC port; 0 picks a free one. Default per service (50051, 50052, 50053). */
+  grpcPort: number;
+  /** HTTP_PORT: REST shim, /metrics, /healthz, /readyz, /openapi.json; 0 picks a free one. Default 8081-8083. */
+  httpPort: number;
+  /** NATS_URL: comma-separated NATS server URLs. Default "nats://127.0.0.1:4222". */
+  natsUrl: string;
+  /** EVENTS_ENABLED: publish one event per request. Default true. */
+  eventsEnabled: boolean;
+  /** EVENT_BUFFER_CAPACITY: events held in memory while NATS is slow or down; past it they are dropped. Default 100000. */
+  eventBufferCapacity: number;
+  /** EVENT_PUBLISH_CONCURRENCY: JetStream publishes awaiting their ack at once. Default 512. */
+  eventPublishConcurrency: number;
+  /** MAX_IN_FLIGHT: requests handled at once; past it requests are refused at once. Default 512. */
+  maxInFlight: number;
+  /** MAX_BODY_BYTES: largest request body or gRPC message accepted. Default 1048576 (1 MiB). */
+  maxBodyBytes: number;
+  /** ADMIN_TOKEN: bearer token for the admin service; empty disables it (every admin call is refused). */
+  adminToken: string;
+  /** SHUTDOWN_GRACE_MS: how long in-flight requests and the event flush get after SIGTERM. Default 10000. */
+  shutdownGraceMs: number;
+  /** FAULT_LATENCY, FAULT_ERROR_RATE, FAULT_ERROR_CODE: faults injected from the start (see faults.ts). */
+  faults: Faults;
+  /** INSTANCE_ID: names this process in events. Default "<service>-<hostname>-<pid>". */
+  instanceId: string;
+  /** LOG_LEVEL: debug, info, warn or error. Default info. */
+  logLevel: LogLevel;
+}
+
+export const DEFAULT_PORTS: Record<string, { grpc: number; http: number }> = {
+  catalog: { grpc: 50051, http: 8081 },
+  orders: { grpc: 50052, http: 8082 },
+  payments: { grpc: 50053, http: 8083 },
+};
+
+/** Reads the common settings; `extend` reads a service's own with the same reader. */
+export function loadServiceConfig<T extends object = Record<never, never>>(
+  service: string,
+  env: Env,
+  extend?: (reader: EnvReader) => T,
+): ServiceConfig & T {
+  const read = createEnvReader(env);
+  const ports = DEFAULT_PORTS[service] ?? { grpc: 50050, http: 8080 };
+  let faults: Faults | undefined;
+  try {
+    faults = parseFaults(
+      read.string("FAULT_LATENCY", "none"),
+      read.string("FAULT_ERROR_RATE", "0"),
+      read.string("FAULT_ERROR_CODE", "0"),
+    );
+  } catch (error) {
+    read.problems.push((error as Error).message.replace(/^invalid faults: /, "FAULT_*: "));
+  }
+  let hostname = "localhost";
+  try {
+    hostname = Deno.hostname();
+  } catch {
+    // no permission to read the hostname: keep the default
+  }
+  const config = {
+    service,
+    host: read.string("HOST", "0.0.0.0"),
+    grpcPort: read.integer("GRPC_PORT", ports.grpc, 0, 65535),
+    httpPort: read.integer("HTTP_PORT", ports.http, 0, 65535),
+    natsUrl: read.url("NATS_URL", "nats://127.0.0.1:4222", ["nats:", "tls:"]),
+    eventsEnabled: read.boolean("EVENTS_ENABLED", true),
+    eventBufferCapacity: read.integer("EVENT_BUFFER_CAPACITY", 100_000, 1, 10_000_000),
+    eventPublishConcurrency: read.integer("EVENT_PUBLISH_CONCURRENCY", 512, 1, 65_536),
+    maxInFlight: read.integer("MAX_IN_FLIGHT", 512, 1, 1_000_000),
+    maxBodyBytes: read.integer("MAX_BODY_BYTES", 1024 * 1024, 1024, 64 * 1024 * 1024),
+    adminToken: read.string("ADMIN_TOKEN", ""),
+    shutdownGraceMs: read.integer("SHUTDOWN_GRACE_MS", 10_000, 0, 600_000),
+    faults: faults as Faults,
+    instanceId: read.string("INSTANCE_ID", `${service}-${hostname}-${Deno.pid}`),
+    logLevel: read.oneOf("LOG_LEVEL", "info", ["debug", "info", "warn", "error"] as const),
+    ...(extend ? extend(read) : {} as T),
+  };
+  read.done();
+  return config;
+}

@@ -1,0 +1,281 @@
+/**
+ * The one path every request takes, whatever its transport: admission, decoding, injected faults, the
+ * handler, then exactly one event and the metrics. gRPC and REST only translate bytes and statuses.
+ */
+import { toJson } from "@bufbuild/protobuf";
+import { FaultsSchema } from "@tailwatch/proto/admin/v1";
+import type {
+  DescMessage,
+  DescMethod,
+  DescService,
+  MessageInitShape,
+  MessageShape,
+} from "@bufbuild/protobuf";
+import { Protocol } from "@tailwatch/proto/events/v1";
+import { Code, codeName, ServiceError } from "./errors.ts";
+import type { EventSink } from "./events.ts";
+import { type Faults, NO_FAULTS, sampleDelayMs, sampleError, validateFaults } from "./faults.ts";
+import { type SpanContext, spanFromTraceparent, traceparentOf, uuidv7 } from "./ids.ts";
+import type { Logger } from "./log.ts";
+import type { Registry } from "./metrics.ts";
+
+/** What a handler knows about the call it serves. */
+export interface CallContext {
+  /** This request's server span; pass `traceparent` to downstream calls to make them its children. */
+  readonly span: SpanContext;
+  readonly traceparent: string;
+  /** Aborted when the client cancels or its deadline passes. */
+  readonly signal: AbortSignal;
+  /** Epoch ms by which the client wants its answer, if it said. */
+  readonly deadlineMs?: number;
+  readonly protocol: "grpc" | "http";
+  /** A request header (REST) or metadata value (gRPC), lowercase name. */
+  header(name: string): string | undefined;
+}
+
+export type UnaryHandler<I extends DescMessage, O extends DescMessage> = (
+  request: MessageShape<I>,
+  context: CallContext,
+) => Promise<MessageInitShape<O>> | MessageInitShape<O>;
+
+/** One handler per RPC of `S`, keyed by the RPC's local name (e.g. `getProduct`). */
+export type ServiceHandlers<S extends DescService> = {
+  [K in keyof S["method"]]: S["method"][K] extends
+    { input: infer I extends DescMessage; output: infer O extends DescMessage } ? UnaryHandler<I, O>
+    : never;
+};
+
+/** A service and its handlers, as the runtime serves it. */
+export interface ServiceBinding {
+  readonly service: DescService;
+  // deno-lint-ignore no-explicit-any -- each method's handler is typed by ServiceHandlers at registration
+  readonly handlers: Record<string, UnaryHandler<any, any>>;
+  /** "api" methods are subject to fault injection; "admin" ones are not. */
+  readonly kind: "api" | "admin";
+}
+
+export function bindService<S extends DescService>(
+  service: S,
+  handlers: ServiceHandlers<S>,
+  kind: "api" | "admin" = "api",
+): ServiceBinding {
+  for (const method of service.methods) {
+    if (method.methodKind !== "unary") throw new Error(`${method.toString()}: only unary RPCs are served`);
+    if (typeof (handlers as Record<string, unknown>)[method.localName] !== "function") {
+      throw new Error(`${service.typeName}: no handler for ${method.name}`);
+    }
+  }
+  return { service, handlers: handlers as ServiceBinding["handlers"], kind };
+}
+
+/** The gRPC path of a method: "/catalog.v1.CatalogService/GetProduct". */
+export function methodPath(method: DescMethod): string {
+  return `/${method.parent.typeName}/${method.name}`;
+}
+
+/** The request as a transport sees it before the handler runs. */
+export interface IncomingCall {
+  /** When the request arrived: epoch ms, and performance.now() for the duration. */
+  arrivedMs: number;
+  arrivedMono: number;
+  protocol: "grpc" | "http";
+  /** REST route template, e.g. "GET /v1/products/{product_id}"; "" for gRPC. */
+  route: string;
+  requestBytes: number;
+  traceparent: string | undefined;
+  deadlineMs?: number;
+  signal: AbortSignal;
+  header(name: string): string | undefined;
+}
+
+/** How a call ended, as the transport sent it. */
+export interface CallOutcome {
+  code: Code;
+  httpStatus: number;
+  responseBytes: number;
+  errorMessage: string;
+}
+
+export interface Pipeline {
+  /** Runs one call through admission, decoding, faults and the handler. Throws a ServiceError. */
+  run(
+    binding: ServiceBinding,
+    method: DescMethod,
+    call: IncomingCall,
+    decode: () => unknown,
+  ): { span: SpanContext; result: Promise<unknown>; finish(outcome: CallOutcome): void };
+  /** Records a request that matched no method (REST only): an event with an empty method. */
+  unmatched(call: IncomingCall, outcome: CallOutcome): void;
+  faults(): Faults;
+  setFaults(faults: Faults): Faults;
+  inFlight(): number;
+}
+
+export interface PipelineOptions {
+  service: string;
+  instanceId: string;
+  maxInFlight: number;
+  faults: Faults;
+  events: EventSink;
+  metrics: Registry;
+  logger: Logger;
+}
+
+const DURATION_BUCKETS_SECONDS = [
+  0.0005,
+  0.001,
+  0.0025,
+  0.005,
+  0.01,
+  0.025,
+  0.05,
+  0.1,
+  0.25,
+  0.5,
+  1,
+  2.5,
+  5,
+  10,
+];
+
+function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
+  if (ms <= 0) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      signal.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(new ServiceError(Code.CANCELLED, "request cancelled during injected latency"));
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+export function createPipeline(options: PipelineOptions): Pipeline {
+  const { metrics, events } = options;
+  let faults = options.faults ?? NO_FAULTS;
+  let inFlight = 0;
+  const requests = metrics.counter("requests_total", "Requests served, by method, protocol and gRPC code.", [
+    "method",
+    "protocol",
+    "code",
+  ]);
+  const duration = metrics.histogram(
+    "request_duration_seconds",
+    "Time from a request's arrival to its response.",
+    DURATION_BUCKETS_SECONDS,
+    ["method", "protocol"],
+  );
+  const rejected = metrics.counter(
+    "admission_rejections_total",
+    "Requests refused at once because the in-flight limit was reached.",
+    ["method", "protocol"],
+  );
+  metrics.gaugeFn("requests_in_flight", "Requests being handled now.", () => inFlight);
+  metrics.gaugeFn(
+    "requests_in_flight_limit",
+    "Requests handled at once at most (MAX_IN_FLIGHT).",
+    () => options.maxInFlight,
+  );
+
+  const emit = (
+    method: string,
+    call: IncomingCall,
+    span: SpanContext,
+    outcome: CallOutcome,
+    faultInjected: boolean,
+  ) => {
+    const startMs = call.arrivedMs;
+    const elapsed = performance.now() - call.arrivedMono;
+    const protocolLabel = call.protocol;
+    requests.inc({ method, protocol: protocolLabel, code: codeName(outcome.code) });
+    duration.observe(elapsed / 1000, { method, protocol: protocolLabel });
+    events.emit({
+      eventId: uuidv7(startMs),
+      startTimeMs: BigInt(startMs),
+      durationUs: BigInt(Math.max(0, Math.round(elapsed * 1000))),
+      service: options.service,
+      method,
+      protocol: call.protocol === "grpc" ? Protocol.GRPC : Protocol.HTTP,
+      route: call.route,
+      grpcCode: outcome.code,
+      httpStatus: outcome.httpStatus,
+      requestBytes: BigInt(call.requestBytes),
+      responseBytes: BigInt(outcome.responseBytes),
+      traceId: span.traceId,
+      spanId: span.spanId,
+      parentSpanId: span.parentSpanId,
+      instance: options.instanceId,
+      errorMessage: outcome.errorMessage,
+      faultInjected,
+    });
+  };
+
+  return {
+    run(binding, method, call, decode) {
+      const span = spanFromTraceparent(call.traceparent);
+      const path = methodPath(method);
+      let faultInjected = false;
+      let admitted = false;
+      const result = (async () => {
+        if (inFlight >= options.maxInFlight) {
+          rejected.inc({ method: path, protocol: call.protocol });
+          throw new ServiceError(
+            Code.RESOURCE_EXHAUSTED,
+            `${options.service} is at its limit of ${options.maxInFlight} requests in flight; retry shortly`,
+            { retryAfterSeconds: 1 },
+          );
+        }
+        inFlight++;
+        admitted = true;
+        const request = decode();
+        const context: CallContext = {
+          span,
+          traceparent: traceparentOf(span),
+          signal: call.signal,
+          deadlineMs: call.deadlineMs,
+          protocol: call.protocol,
+          header: call.header,
+        };
+        if (binding.kind === "api") {
+          const current = faults;
+          const delay = sampleDelayMs(current);
+          if (delay > 0) {
+            faultInjected = true;
+            await abortableSleep(delay, call.signal);
+          }
+          const injected = sampleError(current);
+          if (injected) {
+            faultInjected = true;
+            throw injected;
+          }
+        }
+        // deno-lint-ignore no-explicit-any -- decode() returns the method's input message
+        return await binding.handlers[method.localName](request as any, context);
+      })();
+      let finished = false;
+      return {
+        span,
+        result,
+        finish(outcome) {
+          if (finished) return;
+          finished = true;
+          if (admitted) inFlight--;
+          emit(path, call, span, outcome, faultInjected);
+        },
+      };
+    },
+    unmatched(call, outcome) {
+      emit("", call, spanFromTraceparent(call.traceparent), outcome, false);
+    },
+    faults: () => faults,
+    setFaults(next) {
+      faults = validateFaults(next);
+      options.logger.info("faults changed", { faults: toJson(FaultsSchema, faults) });
+      return faults;
+    },
+    inFlight: () => inFlight,
+  };
+}

@@ -1,0 +1,170 @@
+/**
+ * Starts a service process: gRPC (API, admin, health, reflection) and HTTP (REST shim, /metrics, /healthz,
+ * /readyz, /openapi.json) on their ports, events to NATS, and a drain on SIGTERM: readiness off, stop
+ * accepting, finish in-flight work within the grace period, flush buffered events, exit 0.
+ */
+import * as grpc from "@grpc/grpc-js";
+import { Health } from "@tailwatch/proto/grpc/health/v1";
+import { createAdminBinding } from "./admin.ts";
+import type { ServiceConfig } from "./config.ts";
+import { createDisabledEventSink, createEventSink, type EventSink } from "./events.ts";
+import { addBindings, bindServer } from "./grpc.ts";
+import { createHealth, ServingStatus } from "./health.ts";
+import { createLogger, type Logger } from "./log.ts";
+import { createRegistry, PROMETHEUS_CONTENT_TYPE, type Registry } from "./metrics.ts";
+import { buildOpenApi } from "./openapi.ts";
+import { createPipeline, type Pipeline, type ServiceBinding } from "./pipeline.ts";
+import { addReflection } from "./reflection.ts";
+import { createRestHandler } from "./rest.ts";
+import { compileRoutes } from "./routes.ts";
+
+export interface RunningService extends AsyncDisposable {
+  readonly config: ServiceConfig;
+  readonly grpcPort: number;
+  readonly httpPort: number;
+  readonly pipeline: Pipeline;
+  readonly events: EventSink;
+  readonly metrics: Registry;
+  readonly logger: Logger;
+  /** Readiness off, stop accepting, finish in-flight work, flush events. Resolves when all is done. */
+  drain(): Promise<void>;
+}
+
+export interface ServiceSetup {
+  config: ServiceConfig;
+  /** Builds the API bindings; gets the process's metrics and logger for its own instruments. */
+  bindings(tools: { metrics: Registry; logger: Logger }): ServiceBinding[];
+  /** Called after the servers stopped and before events are flushed (e.g. to close clients). */
+  onDrained?(): Promise<void> | void;
+  /** Replace the events sink (tests); otherwise from the config. */
+  events?: EventSink;
+}
+
+export async function startService(setup: ServiceSetup): Promise<RunningService> {
+  const { config } = setup;
+  const logger = createLogger(config.logLevel, { service: config.service, instance: config.instanceId });
+  const metrics = createRegistry();
+  const events = setup.events ?? (config.eventsEnabled
+    ? createEventSink({
+      service: config.service,
+      natsUrl: config.natsUrl,
+      capacity: config.eventBufferCapacity,
+      concurrency: config.eventPublishConcurrency,
+      logger,
+      metrics,
+    })
+    : createDisabledEventSink(metrics));
+  const pipeline = createPipeline({
+    service: config.service,
+    instanceId: config.instanceId,
+    maxInFlight: config.maxInFlight,
+    faults: config.faults,
+    events,
+    metrics,
+    logger,
+  });
+  const apiBindings = setup.bindings({ metrics, logger });
+  const bindings = [...apiBindings, createAdminBinding(pipeline, config.adminToken)];
+
+  const grpcServer = new grpc.Server({
+    "grpc.max_receive_message_length": config.maxBodyBytes,
+    "grpc.max_concurrent_streams": 1000,
+  });
+  addBindings(grpcServer, pipeline, bindings);
+  const health = createHealth(grpcServer, bindings.map((b) => b.service.typeName));
+  addReflection(grpcServer, bindings.map((b) => b.service), [Health]);
+  const grpcPort = await bindServer(grpcServer, config.host, config.grpcPort);
+
+  const routes = compileRoutes(bindings);
+  const openapi = JSON.stringify(buildOpenApi(`Tailwatch ${config.service}`, "1.0.0", routes));
+  const restHandler = createRestHandler({
+    pipeline,
+    routes,
+    maxBodyBytes: config.maxBodyBytes,
+    operational(request, path) {
+      if (request.method !== "GET") return undefined;
+      switch (path) {
+        case "/metrics":
+          return new Response(metrics.render(), { headers: { "content-type": PROMETHEUS_CONTENT_TYPE } });
+        case "/healthz":
+          return Response.json({ status: "alive" });
+        case "/readyz":
+          return health.isServing()
+            ? Response.json({ status: "SERVING" })
+            : Response.json({ status: "NOT_SERVING" }, { status: 503 });
+        case "/openapi.json":
+          return new Response(openapi, { headers: { "content-type": "application/json" } });
+        default:
+          return undefined;
+      }
+    },
+  });
+  let resolveHttpPort!: (port: number) => void;
+  const httpPortReady = new Promise<number>((resolve) => resolveHttpPort = resolve);
+  const httpServer = Deno.serve({
+    hostname: config.host,
+    port: config.httpPort,
+    onListen: ({ port }) => resolveHttpPort(port),
+    onError(error) {
+      logger.error("unhandled error in the REST shim", { error });
+      return Response.json({ code: 13, status: "INTERNAL", message: "internal error" }, { status: 500 });
+    },
+  }, restHandler);
+  const httpPort = await httpPortReady;
+  logger.info("serving", { grpcPort, httpPort, eventsEnabled: config.eventsEnabled });
+
+  let draining: Promise<void> | undefined;
+  const drain = () =>
+    draining ??= (async () => {
+      const deadline = Date.now() + config.shutdownGraceMs;
+      logger.info("draining: readiness off, finishing in-flight requests", { inFlight: pipeline.inFlight() });
+      health.setAll(ServingStatus.NOT_SERVING);
+      health.endWatches();
+      const grpcDone = new Promise<void>((resolve) => grpcServer.tryShutdown(() => resolve()));
+      const httpDone = httpServer.shutdown();
+      const timedOut = await Promise.race([
+        Promise.all([grpcDone, httpDone]).then(() => false),
+        new Promise<boolean>((resolve) =>
+          setTimeout(() => resolve(true), Math.max(0, deadline - Date.now()))
+        ),
+      ]);
+      if (timedOut) {
+        logger.warn("grace period over: closing remaining connections", { inFlight: pipeline.inFlight() });
+        grpcServer.forceShutdown();
+      }
+      await setup.onDrained?.();
+      // Events get what is left of the grace period, and at least two seconds.
+      await events.close(Math.max(2000, deadline - Date.now()));
+      logger.info("drained", { pendingEvents: events.pending() });
+    })();
+
+  return {
+    config,
+    grpcPort,
+    httpPort,
+    pipeline,
+    events,
+    metrics,
+    logger,
+    drain,
+    [Symbol.asyncDispose]: drain,
+  };
+}
+
+/** The main of a service process: config errors exit 2; SIGTERM and SIGINT drain and exit 0. */
+export async function runServiceMain(load: () => ServiceSetup): Promise<void> {
+  let setup: ServiceSetup;
+  try {
+    setup = load();
+  } catch (error) {
+    console.error(String((error as Error).message ?? error));
+    Deno.exit(2);
+  }
+  const service = await startService(setup);
+  const stop = async () => {
+    await service.drain();
+    Deno.exit(0);
+  };
+  Deno.addSignalListener("SIGTERM", stop);
+  Deno.addSignalListener("SIGINT", stop);
+}
