@@ -25,10 +25,14 @@ export async function spawnLogged(
     stdout: "piped",
     stderr: "piped",
   }).spawn();
-  const pumps = Promise.all([
-    child.stdout.pipeTo(logFile.writable, { preventClose: true }),
-    child.stderr.pipeTo(logFile.writable, { preventClose: true }),
-  ]).catch(() => {});
+  // Both streams go to one file; pipeTo would lock its writable, so each chunk is written as it comes.
+  const copy = async (stream: ReadableStream<Uint8Array>) => {
+    for await (const chunk of stream) {
+      let written = 0;
+      while (written < chunk.byteLength) written += await logFile.write(chunk.subarray(written));
+    }
+  };
+  const pumps = Promise.all([copy(child.stdout), copy(child.stderr)]).catch(() => {});
   const status = child.status.then(async (status) => {
     await pumps;
     try {

@@ -159,26 +159,39 @@ export function createEventSink(options: EventSinkOptions): EventSink {
     }
   };
 
+  let lastWarning = 0;
   const onFailure = (event: RequestEvent, error: unknown) => {
     inFlight--;
     retries.inc();
     // Put it back first in line; the ring cannot be full here because the event held a place while in flight.
     queue.pushFront(event);
-    backoffMs = Math.min(2000, backoffMs === 0 ? 50 : backoffMs * 2);
-    retryAt = Date.now() + backoffMs;
-    if (backoffMs >= 1000) {
-      logger.warn("events: publish failed, retrying", { error, pending: queue.size + inFlight });
+    const now = Date.now();
+    // One failed round (up to `concurrency` publishes failing together) raises the backoff once.
+    if (now >= retryAt) {
+      backoffMs = Math.min(1000, backoffMs === 0 ? 50 : backoffMs * 2);
+      retryAt = now + backoffMs;
     }
-    if (retryTimer === undefined) {
-      retryTimer = setTimeout(() => {
-        retryTimer = undefined;
-        pump();
-      }, backoffMs);
+    if (now - lastWarning > 5000) {
+      lastWarning = now;
+      logger.warn("events: publish failed, retrying", { error, pending: queue.size + inFlight, backoffMs });
     }
+    schedulePump();
+  };
+
+  const schedulePump = () => {
+    if (retryTimer !== undefined) return;
+    retryTimer = setTimeout(() => {
+      retryTimer = undefined;
+      pump();
+    }, Math.max(0, retryAt - Date.now()));
   };
 
   function pump() {
-    if (!js || Date.now() < retryAt) return;
+    if (!js) return;
+    if (Date.now() < retryAt) {
+      schedulePump();
+      return;
+    }
     while (inFlight < options.concurrency && queue.size > 0) {
       const event = queue.popFront()!;
       inFlight++;
