@@ -1,8 +1,11 @@
 /**
  * Versioned ClickHouse migrations: the files `migrations/NNNN_name.sql`, applied in order and recorded in
  * `<database>.schema_migrations`. Applying them again is a no-op. `{{database}}` in a file stands for the
- * target database, so tests can apply the schema to a database of their own.
+ * target database (inserted as a quoted identifier), so tests can apply the schema to a database of their own.
  */
+import { type ClickHouse, createClickHouse } from "./clickhouse.ts";
+import { ident, literal, sql, trustedSqlText } from "./sql.ts";
+import type { Sql } from "./sql.ts";
 
 /** Where and as whom to apply the migrations. */
 export interface MigrationTarget {
@@ -18,15 +21,15 @@ export interface MigrationTarget {
 export interface Migration {
   version: number;
   name: string;
-  statements: string[];
+  statements: Sql[];
 }
 
 const MIGRATIONS_DIR = new URL("./migrations/", import.meta.url);
 const DATABASE_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
 /** Splits a migration file into statements: `;` at the end of a line ends one; `--` comments are dropped. */
-export function splitStatements(sql: string): string[] {
-  return sql
+export function splitStatements(text: string): string[] {
+  return text
     .split(/;[ \t]*$/m)
     .map((statement) => statement.replace(/^\s*--.*$/gm, "").trim())
     .filter((statement) => statement.length > 0);
@@ -35,6 +38,7 @@ export function splitStatements(sql: string): string[] {
 /** Reads the migration files in version order. */
 export async function loadMigrations(database: string): Promise<Migration[]> {
   if (!DATABASE_NAME.test(database)) throw new Error(`invalid database name ${JSON.stringify(database)}`);
+  const databaseIdent = literal(ident(database));
   const migrations: Migration[] = [];
   for await (const entry of Deno.readDir(MIGRATIONS_DIR)) {
     const match = /^(\d{4})_([a-z0-9_]+)\.sql$/.exec(entry.name);
@@ -43,7 +47,9 @@ export async function loadMigrations(database: string): Promise<Migration[]> {
     migrations.push({
       version: Number(match[1]),
       name: match[2],
-      statements: splitStatements(text.replaceAll("{{database}}", database)),
+      statements: splitStatements(text).map((statement) =>
+        trustedSqlText(statement.replaceAll("{{database}}", databaseIdent))
+      ),
     });
   }
   migrations.sort((a, b) => a.version - b.version);
@@ -55,40 +61,45 @@ export async function loadMigrations(database: string): Promise<Migration[]> {
   return migrations;
 }
 
-async function execute(target: MigrationTarget, sql: string): Promise<string> {
-  const response = await fetch(target.url, {
-    method: "POST",
-    body: sql,
-    headers: { "X-ClickHouse-User": target.username, "X-ClickHouse-Key": target.password },
-  });
-  const text = await response.text();
-  if (!response.ok) {
-    throw new Error(`ClickHouse answered ${response.status} to migration statement: ${text.trim()}`);
-  }
-  return text;
+/** The versions recorded as applied in `database.schema_migrations` (empty when the table is missing). */
+export async function appliedVersions(clickhouse: ClickHouse, database: string): Promise<number[]> {
+  const exists = await clickhouse.query<{ n: string | number }>(
+    sql`SELECT count() AS n FROM system.tables WHERE database = ${database} AND name = 'schema_migrations'`,
+  );
+  if (Number(exists[0]?.n ?? 0) === 0) return [];
+  const rows = await clickhouse.query<{ version: number }>(
+    sql`SELECT DISTINCT version FROM ${ident(database, "schema_migrations")} ORDER BY version`,
+  );
+  return rows.map((row) => Number(row.version));
 }
 
 /** Applies every migration not yet recorded; returns the versions it applied (empty when up to date). */
-export async function applyMigrations(target: MigrationTarget): Promise<number[]> {
-  const migrations = await loadMigrations(target.database);
+export async function applyMigrations(
+  target: MigrationTarget | {
+    clickhouse: ClickHouse;
+    database: string;
+  },
+): Promise<number[]> {
+  const clickhouse = "clickhouse" in target ? target.clickhouse : createClickHouse(target);
   const db = target.database;
-  await execute(target, `CREATE DATABASE IF NOT EXISTS ${db}`);
-  await execute(
-    target,
-    `CREATE TABLE IF NOT EXISTS ${db}.schema_migrations (version UInt32, name String, applied_at DateTime DEFAULT now()) ENGINE = TinyLog`,
+  const migrations = await loadMigrations(db);
+  await clickhouse.exec(sql`CREATE DATABASE IF NOT EXISTS ${ident(db)}`);
+  await clickhouse.exec(
+    sql`CREATE TABLE IF NOT EXISTS ${
+      ident(db, "schema_migrations")
+    } (version UInt32, name String, applied_at DateTime DEFAULT now()) ENGINE = TinyLog`,
   );
-  const applied = new Set(
-    (await execute(target, `SELECT version FROM ${db}.schema_migrations FORMAT TSV`))
-      .split("\n").filter(Boolean).map(Number),
-  );
+  const applied = new Set(await appliedVersions(clickhouse, db));
   const done: number[] = [];
   for (const migration of migrations) {
     if (applied.has(migration.version)) continue;
-    // Every statement is IF NOT EXISTS, so a migration interrupted half-way is safe to run again.
-    for (const statement of migration.statements) await execute(target, statement);
-    await execute(
-      target,
-      `INSERT INTO ${db}.schema_migrations (version, name) VALUES (${migration.version}, '${migration.name}')`,
+    // Every statement is IF NOT EXISTS, so a migration interrupted half-way is safe to run again; it is
+    // recorded only after all its statements succeeded.
+    for (const statement of migration.statements) await clickhouse.exec(statement);
+    await clickhouse.exec(
+      sql`INSERT INTO ${
+        ident(db, "schema_migrations")
+      } (version, name) VALUES (${migration.version}, ${migration.name})`,
     );
     done.push(migration.version);
   }

@@ -1,1 +1,7 @@
-export { applyMigrations, loadMigrations, type Migration, type MigrationTarget, splitStatements } from "./migrations.ts";
+export {
+  applyMigrations,
+  loadMigrations,
+  type Migration,
+  type MigrationTarget,
+  splitStatements,
+} from "./migrations.ts";

@@ -1,0 +1,564 @@
+/**
+ * Ingest against real servers: one clickhouse-server for the whole file (it takes ~10 s to start), a fresh
+ * nats-server and a database of its own for every step, dropped at the end of the step.
+ * INGEST_TEST_ONLY=<regex> runs only the matching steps (for development).
+ */
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { connect, type Msg, type NatsConnection } from "@nats-io/transport-node";
+import {
+  CLICKHOUSE_ADMIN,
+  CLICKHOUSE_READONLY,
+  type ClickHouseServer,
+  type NatsServer,
+  spawnLogged,
+  startClickHouseServer,
+  startNatsServer,
+} from "@tailwatch/testing";
+import {
+  DEAD_LETTER_SUBJECT_PREFIX,
+  ensureRequestEventsStream,
+  REQUEST_EVENTS_STREAM,
+} from "../services/kit/stream.ts";
+import { type ClickHouse, createClickHouse } from "./clickhouse.ts";
+import { createLogger } from "./log.ts";
+import { serveMetrics } from "./metrics.ts";
+import { appliedVersions, applyMigrations } from "./migrations.ts";
+import { projectionCounts, rebuild } from "./rebuild.ts";
+import { applyRetention } from "./retention.ts";
+import { ident, sql } from "./sql.ts";
+import {
+  assert,
+  assertEquals,
+  assertRejects,
+  createRandom,
+  eventually,
+  makeEvent,
+  publishEvents,
+  testConfig,
+  testEnv,
+  uniqueDatabase,
+} from "./test_helpers.ts";
+import { createIngestWorker } from "./worker.ts";
+import { Protocol } from "@tailwatch/proto/events/v1";
+
+const only = Deno.env.get("INGEST_TEST_ONLY");
+const quietLogger = createLogger("warn", { test: true });
+
+interface Counts {
+  rows: number;
+  distinct: number;
+}
+
+async function counts(clickhouse: ClickHouse, database: string): Promise<Counts> {
+  const [row] = await clickhouse.query<{ rows: string; distinct_ids: string }>(
+    sql`SELECT count() AS rows, uniqExact(event_id) AS distinct_ids FROM ${
+      ident(database, "request_events")
+    }`,
+  );
+  return { rows: Number(row.rows), distinct: Number(row.distinct_ids) };
+}
+
+/** Runs `body` with a fresh nats-server (with the stream) and a database that is dropped afterwards. */
+async function withFixture(
+  server: ClickHouseServer,
+  body: (
+    f: { nats: NatsServer; nc: NatsConnection; clickhouse: ClickHouse; database: string },
+  ) => Promise<void>,
+): Promise<void> {
+  await using nats = await startNatsServer();
+  const nc = await connect({ servers: nats.url, maxReconnectAttempts: -1, reconnectTimeWait: 250 });
+  const database = uniqueDatabase("ingest");
+  const clickhouse = createClickHouse({ url: server.url, ...CLICKHOUSE_ADMIN });
+  try {
+    await ensureRequestEventsStream(nc);
+    await applyMigrations({ clickhouse, database });
+    await body({ nats, nc, clickhouse, database });
+  } finally {
+    await nc.close().catch(() => {});
+    await clickhouse.exec(sql`DROP DATABASE IF EXISTS ${ident(database)}`).catch(() => {});
+  }
+}
+
+Deno.test("ingest against real nats-server and clickhouse-server", async (t) => {
+  await using server = await startClickHouseServer();
+  const step = (name: string, fn: () => Promise<void>) =>
+    t.step({ name, ignore: only !== undefined && !new RegExp(only).test(name), fn });
+
+  await step("migrations create the schema and applying them twice changes nothing", async () => {
+    const clickhouse = createClickHouse({ url: server.url, ...CLICKHOUSE_ADMIN });
+    const database = uniqueDatabase("migr");
+    try {
+      const first = await applyMigrations({ clickhouse, database });
+      assertEquals(first, [1, 2, 3], "first run applies every migration");
+      const schema = () =>
+        clickhouse.query(
+          sql`SELECT name, engine, create_table_query FROM system.tables WHERE database = ${database} ORDER BY name`,
+        );
+      const before = await schema();
+      assertEquals(await applyMigrations({ clickhouse, database }), [], "second run applies nothing");
+      assertEquals(await schema(), before, "schema unchanged");
+      assertEquals(await appliedVersions(clickhouse, database), [1, 2, 3]);
+      const [recorded] = await clickhouse.query<{ n: string }>(
+        sql`SELECT count() AS n FROM ${ident(database, "schema_migrations")}`,
+      );
+      assertEquals(Number(recorded.n), 3, "each migration recorded once");
+      for (
+        const table of ["request_events", "request_stats_1s", "latency_histogram_1s", "latency_percentiles"]
+      ) {
+        assert(before.some((row) => row.name === table), `table ${table} exists`);
+      }
+    } finally {
+      await clickhouse.exec(sql`DROP DATABASE IF EXISTS ${ident(database)}`);
+    }
+  });
+
+  await step("published events become rows exactly once, with their fields, and metrics", async () => {
+    await withFixture(server, async ({ nats, nc, clickhouse, database }) => {
+      const events = Array.from({ length: 5000 }, (_, i) => makeEvent(i));
+      await publishEvents(nc, events);
+      const config = testConfig(nats.url, server.url, CLICKHOUSE_ADMIN.password, database);
+      const worker = createIngestWorker({ config, logger: quietLogger });
+      await using metricsServer = serveMetrics(worker.registry, {
+        hostname: "127.0.0.1",
+        port: 0,
+        ready: worker.ready,
+      });
+      const running = worker.run();
+      try {
+        await eventually("5000 rows", async () => (await counts(clickhouse, database)).rows >= 5000);
+        // Published again with the same Nats-Msg-Id: JetStream drops them as duplicates.
+        await publishEvents(nc, events.slice(0, 100));
+        const health = await fetch(`http://127.0.0.1:${metricsServer.port}/healthz`);
+        assertEquals(health.status, 200);
+        await health.body?.cancel();
+        const ready = await fetch(`http://127.0.0.1:${metricsServer.port}/readyz`);
+        assertEquals(ready.status, 200);
+        await ready.body?.cancel();
+        const text = await (await fetch(`http://127.0.0.1:${metricsServer.port}/metrics`)).text();
+        assert(/^ingest_rows_inserted_total 5000$/m.test(text), `metrics show 5000 rows:\n${text}`);
+        for (
+          const name of [
+            "ingest_consumer_pending",
+            "ingest_batch_size_count",
+            "ingest_insert_duration_seconds_sum",
+          ]
+        ) {
+          assert(text.includes(name), `metrics include ${name}`);
+        }
+      } finally {
+        worker.stop();
+        await running;
+      }
+      assertEquals(await counts(clickhouse, database), { rows: 5000, distinct: 5000 });
+      const sample = events[17];
+      const [row] = await clickhouse.query<Record<string, unknown>>(
+        sql`SELECT event_id, toUnixTimestamp(ts) AS ts_s, ts_ms, service, method, protocol, route, grpc_code,
+          http_status, duration_us, request_bytes, response_bytes, trace_id, span_id, parent_span_id, instance,
+          error_message, fault_injected, stream_seq
+          FROM ${ident(database, "request_events")} WHERE event_id = ${sample.eventId}`,
+      );
+      assertEquals(row, {
+        event_id: sample.eventId,
+        ts_s: Math.floor(Number(sample.startTimeMs) / 1000),
+        ts_ms: String(sample.startTimeMs),
+        service: sample.service,
+        method: sample.method,
+        protocol: sample.protocol === Protocol.GRPC ? "grpc" : "http",
+        route: sample.route,
+        grpc_code: 14,
+        http_status: 503,
+        duration_us: String(sample.durationUs),
+        request_bytes: String(sample.requestBytes),
+        response_bytes: String(sample.responseBytes),
+        trace_id: sample.traceId,
+        span_id: sample.spanId,
+        parent_span_id: sample.parentSpanId,
+        instance: sample.instance,
+        error_message: sample.errorMessage,
+        fault_injected: 1,
+        stream_seq: "18",
+      }, "row fields");
+      const [rollup] = await clickhouse.query<{ requests: string; histogram: string }>(
+        sql`SELECT (SELECT sum(requests) FROM ${ident(database, "request_stats_1s")}) AS requests,
+          (SELECT sum(count) FROM ${ident(database, "latency_histogram_1s")}) AS histogram`,
+      );
+      assertEquals(rollup, { requests: "5000", histogram: "5000" }, "rollups count every event once");
+    });
+  });
+  await step(
+    "a poison message is dead-lettered with its reason and everything else is ingested",
+    async () => {
+      await withFixture(server, async ({ nats, nc, clickhouse, database }) => {
+        const deadLetters: Msg[] = [];
+        const sub = nc.subscribe(`${DEAD_LETTER_SUBJECT_PREFIX}.>`, {
+          callback: (_error, msg) => void deadLetters.push(msg),
+        });
+        await nc.flush();
+        const js = jetstream(nc);
+        const good = Array.from({ length: 1000 }, (_, i) => makeEvent(i));
+        await publishEvents(nc, good.slice(0, 500));
+        await js.publish("events.requests.catalog", new Uint8Array([0xff, 0xff, 0xff, 0x01]), {
+          msgID: "poison-1",
+        });
+        const badId = makeEvent(1);
+        badId.eventId = "not-a-uuid";
+        await publishEvents(nc, [badId]);
+        await publishEvents(nc, good.slice(500));
+        const config = testConfig(nats.url, server.url, CLICKHOUSE_ADMIN.password, database);
+        const stats = await createIngestWorker({ config, logger: quietLogger, mode: "drain" }).run();
+        await eventually("two dead letters", () => deadLetters.length >= 2, 10_000);
+        sub.unsubscribe();
+        const reasons = deadLetters.map((
+          msg,
+        ) => [msg.subject, msg.headers?.get("Tailwatch-Dead-Letter-Reason")]).sort();
+        assertEquals(reasons, [
+          ["events.deadletter.invalid_event_id", "invalid_event_id"],
+          ["events.deadletter.undecodable", "undecodable"],
+        ]);
+        const poison = deadLetters.find((msg) => msg.subject.endsWith("undecodable"));
+        assertEquals(
+          [...(poison?.data ?? [])],
+          [0xff, 0xff, 0xff, 0x01],
+          "dead letter carries the original bytes",
+        );
+        assertEquals(poison?.headers?.get("Tailwatch-Msg-Id"), "poison-1");
+        assertEquals(stats.deadLettered, 2);
+        assertEquals(await counts(clickhouse, database), { rows: 1000, distinct: 1000 });
+        const jsm = await jetstreamManager(nc);
+        const info = await jsm.consumers.info(REQUEST_EVENTS_STREAM, config.durable);
+        assertEquals([info.num_pending, info.num_ack_pending], [0, 0], "everything acked, poison included");
+      });
+    },
+  );
+
+  await step("kill -9 of the worker, several times while publishing: every event exactly once", async () => {
+    await withFixture(server, async ({ nats, nc, clickhouse, database }) => {
+      const env = testEnv(nats.url, server.url, CLICKHOUSE_ADMIN.password, database, {
+        INGEST_BATCH_MAX: "500",
+        INGEST_BATCH_WAIT_MS: "50",
+        INGEST_ACK_WAIT_MS: "3000",
+        INGEST_INSERT_TIMEOUT_MS: "1500",
+      });
+      const logDir = await Deno.makeTempDir({ prefix: "tailwatch-ingest-kill-" });
+      const cwd = new URL("..", import.meta.url).pathname;
+      let generation = 0;
+      const startWorker = () =>
+        spawnLogged(
+          Deno.execPath(),
+          ["run", "-A", "ingest/main.ts"],
+          `${logDir}/worker-${generation++}.log`,
+          {
+            env,
+            cwd,
+          },
+        );
+      const total = 24_000;
+      const events = Array.from({ length: total }, (_, i) => makeEvent(i));
+      let published = 0;
+      const publishing = (async () => {
+        for (let i = 0; i < total; i += 400) {
+          await publishEvents(nc, events.slice(i, i + 400));
+          published = i + 400;
+          await new Promise((resolve) => setTimeout(resolve, 60));
+        }
+      })();
+      let worker = await startWorker();
+      try {
+        for (let kill = 0; kill < 4; kill++) {
+          const before = (await counts(clickhouse, database)).rows;
+          // Kill while it is busy: once it has inserted something since it (re)started.
+          await eventually(
+            "progress before the kill",
+            async () => (await counts(clickhouse, database)).rows > before,
+          );
+          await new Promise((resolve) => setTimeout(resolve, Math.random() * 300));
+          await worker.stop("SIGKILL");
+          worker = await startWorker();
+        }
+        await publishing;
+        assertEquals(published, total);
+        await eventually("all rows", async () => (await counts(clickhouse, database)).rows >= total, 120_000);
+        // Redeliveries of the last kill come after the ack wait: give them time to (not) duplicate.
+        await new Promise((resolve) => setTimeout(resolve, 3500));
+        await eventually("nothing pending", async () => {
+          const info = await (await jetstreamManager(nc)).consumers.info(
+            REQUEST_EVENTS_STREAM,
+            "tailwatch-ingest",
+          );
+          return info.num_pending === 0 && info.num_ack_pending === 0;
+        });
+        assertEquals(await worker.stop("SIGTERM"), 0, "graceful stop exits 0");
+      } finally {
+        await worker.stop("SIGKILL");
+        await publishing.catch(() => {});
+      }
+      assertEquals(await counts(clickhouse, database), { rows: total, distinct: total });
+      await Deno.remove(logDir, { recursive: true });
+    });
+  });
+
+  await step(
+    "ClickHouse stopped for 12 s while publishing: the backlog drains after, exactly once",
+    async () => {
+      await withFixture(server, async ({ nats, nc, clickhouse, database }) => {
+        const config = testConfig(nats.url, server.url, CLICKHOUSE_ADMIN.password, database);
+        const worker = createIngestWorker({ config, logger: createLogger("error") });
+        const running = worker.run();
+        let published = 0;
+        let serverDown = false;
+        try {
+          await publishEvents(nc, Array.from({ length: 2000 }, (_, i) => makeEvent(i)));
+          published = 2000;
+          await eventually("first rows", async () => (await counts(clickhouse, database)).rows >= 2000);
+          let stopPublishing = false;
+          const publishing = (async () => {
+            while (!stopPublishing) {
+              await publishEvents(nc, Array.from({ length: 100 }, (_, i) => makeEvent(published + i)));
+              published += 100;
+              await new Promise((resolve) => setTimeout(resolve, 150));
+            }
+          })();
+          serverDown = true;
+          await server.stop();
+          const outageStart = Date.now();
+          await new Promise((resolve) => setTimeout(resolve, 12_000));
+          await eventually("the worker sees the outage", () => worker.stats().retries > 0, 30_000);
+          await server.start();
+          serverDown = false;
+          const outage = Date.now() - outageStart;
+          stopPublishing = true;
+          await publishing;
+          await publishEvents(nc, Array.from({ length: 2000 }, (_, i) => makeEvent(published + i)));
+          published += 2000;
+          await eventually(
+            "backlog drained",
+            async () => (await counts(clickhouse, database)).rows >= published,
+            120_000,
+          );
+          assert(outage >= 12_000, `outage lasted ${outage} ms`);
+        } finally {
+          if (serverDown) {
+            await server.start();
+          }
+          worker.stop();
+          await running;
+        }
+        assertEquals(await counts(clickhouse, database), { rows: published, distinct: published });
+      });
+    },
+  );
+
+  await step("rebuild truncates the projections, replays the stream and gives equal counts", async () => {
+    await withFixture(server, async ({ nats, nc, clickhouse, database }) => {
+      const now = Date.now();
+      const events = Array.from({ length: 3000 }, (_, i) => makeEvent(i, i % 2 ? now : now - 86_400_000));
+      await publishEvents(nc, events);
+      await jetstream(nc).publish("events.requests.orders", new Uint8Array([0xff]), { msgID: "poison-r" });
+      const config = testConfig(nats.url, server.url, CLICKHOUSE_ADMIN.password, database);
+      await createIngestWorker({ config, logger: quietLogger, mode: "drain" }).run();
+      const before = await projectionCounts(clickhouse, database);
+      assertEquals(before, { rows: 3000, distinctEvents: 3000, statsRequests: 3000, histogramCount: 3000 });
+      const result = await rebuild(config, quietLogger);
+      assertEquals(result.before, before);
+      assertEquals(result.after, before, "counts after the rebuild");
+      assertEquals(await projectionCounts(clickhouse, database), before);
+      assertEquals(result.replay.rowsInserted, 3000, "the replay inserted every event again");
+    });
+  });
+
+  await step("retention drops only the partitions older than the cutoffs", async () => {
+    await withFixture(server, async ({ nats, nc, clickhouse, database }) => {
+      const day = 86_400_000;
+      const now = new Date();
+      const ages = [40, 10, 0];
+      const events = ages.flatMap((age, a) =>
+        Array.from({ length: 500 }, (_, i) => makeEvent(a * 500 + i, now.getTime() - age * day))
+      );
+      await publishEvents(nc, events);
+      const config = testConfig(nats.url, server.url, CLICKHOUSE_ADMIN.password, database);
+      await createIngestWorker({ config, logger: quietLogger, mode: "drain" }).run();
+      assertEquals((await projectionCounts(clickhouse, database)).rows, 1500);
+      const dropped = await applyRetention(clickhouse, database, { rawDays: 30, rollupDays: 60, now });
+      assertEquals(dropped.map((d) => d.table), ["request_events"], "only the raw table loses a partition");
+      const after = await projectionCounts(clickhouse, database);
+      assertEquals([after.rows, after.statsRequests, after.histogramCount], [1000, 1500, 1500]);
+      const [oldest] = await clickhouse.query<{ age: number }>(
+        sql`SELECT max(dateDiff('day', ts, ${now})) AS age FROM ${ident(database, "request_events")}`,
+      );
+      assert(Number(oldest.age) <= 11, `no raw event older than 30 days remains (oldest ${oldest.age} days)`);
+      const rollupsDropped = await applyRetention(clickhouse, database, { rawDays: 30, rollupDays: 20, now });
+      assertEquals(rollupsDropped.map((d) => d.table).sort(), ["latency_histogram_1s", "request_stats_1s"]);
+      const final = await projectionCounts(clickhouse, database);
+      assertEquals([final.rows, final.statsRequests, final.histogramCount], [1000, 1000, 1000]);
+      assertEquals(
+        await applyRetention(clickhouse, database, { rawDays: 30, rollupDays: 20, now }),
+        [],
+        "idempotent",
+      );
+    });
+  });
+
+  await step("the readonly user can read but cannot write, alter, drop or lift its limits", async () => {
+    const admin = createClickHouse({ url: server.url, ...CLICKHOUSE_ADMIN });
+    const reader = createClickHouse({ url: server.url, ...CLICKHOUSE_READONLY });
+    const database = uniqueDatabase("ro");
+    try {
+      await applyMigrations({ clickhouse: admin, database });
+      const events = ident(database, "request_events");
+      await admin.exec(
+        sql`INSERT INTO ${events} (event_id, ts, service) VALUES (${crypto.randomUUID()}, ${new Date()}, 'x')`,
+      );
+      const [row] = await reader.query<{ n: string }>(sql`SELECT count() AS n FROM ${events}`);
+      assertEquals(row.n, "1", "readonly can SELECT");
+      const refused = [
+        sql`INSERT INTO ${events} (event_id, ts, service) VALUES (${crypto.randomUUID()}, ${new Date()}, 'y')`,
+        sql`ALTER TABLE ${events} DROP PARTITION ${20200101}`,
+        sql`ALTER TABLE ${events} ADD COLUMN evil String`,
+        sql`DROP TABLE ${events}`,
+        sql`TRUNCATE TABLE ${events}`,
+        sql`CREATE TABLE ${ident(database, "evil")} (x UInt8) ENGINE = Memory`,
+        sql`SET max_result_rows = 0`,
+        sql`SET readonly = 0`,
+      ];
+      for (const statement of refused) {
+        await assertRejects(
+          () => reader.exec(statement),
+          /readonly|Cannot|not allowed|denied/i,
+          statement.text,
+        );
+      }
+      for (const param of ["max_result_rows=0", "max_execution_time=0", "max_memory_usage=0", "readonly=0"]) {
+        const response = await fetch(`${server.url}/?${param}`, {
+          method: "POST",
+          body: "SELECT 1",
+          headers: {
+            "X-ClickHouse-User": CLICKHOUSE_READONLY.username,
+            "X-ClickHouse-Key": CLICKHOUSE_READONLY.password,
+          },
+        });
+        const body = await response.text();
+        assert(!response.ok, `?${param} must be refused, got ${response.status} ${body}`);
+      }
+      const limits = await reader.query<{ name: string; value: string }>(
+        sql`SELECT name, value FROM system.settings
+          WHERE name IN ('readonly', 'max_execution_time', 'max_result_rows', 'max_memory_usage') ORDER BY name`,
+      );
+      assertEquals(limits, [
+        { name: "max_execution_time", value: "30" },
+        { name: "max_memory_usage", value: "2000000000" },
+        { name: "max_result_rows", value: "1000000" },
+        { name: "readonly", value: "1" },
+      ]);
+      await assertRejects(
+        () => reader.query(sql`SELECT number FROM system.numbers LIMIT ${2_000_000}`),
+        /Limit for result|TOO_MANY_ROWS/i,
+        "result size limit",
+      );
+    } finally {
+      await admin.exec(sql`DROP DATABASE IF EXISTS ${ident(database)}`);
+    }
+  });
+
+  await step(
+    "binder fuzz: random strings round-trip unchanged and never change the query's shape",
+    async () => {
+      const clickhouse = createClickHouse({ url: server.url, ...CLICKHOUSE_ADMIN });
+      const seed = Number(Deno.env.get("INGEST_FUZZ_SEED") ?? 20261123);
+      const random = createRandom(seed);
+      const cases = Array.from({ length: 3000 }, () => randomString(random));
+      let next = 0;
+      const workerLoop = async () => {
+        while (next < cases.length) {
+          const index = next++;
+          const s = cases[index];
+          const context = `seed ${seed} case ${index} ${JSON.stringify(s.slice(0, 80))}`;
+          const rows = await clickhouse.query<Record<string, unknown>>(
+            sql`SELECT ${s} AS v, (SELECT count() FROM (SELECT 1) WHERE ${s} = ${s}) AS n, length(${s}) AS len`,
+          );
+          assertEquals(rows.length, 1, `one row: ${context}`);
+          assertEquals(Object.keys(rows[0]), ["v", "n", "len"], `same columns: ${context}`);
+          assert(
+            rows[0].v === s,
+            `round trip: ${context} got ${JSON.stringify(String(rows[0].v).slice(0, 80))}`,
+          );
+          assertEquals(Number(rows[0].n), 1, `WHERE s = s holds: ${context}`);
+          assertEquals(Number(rows[0].len), new TextEncoder().encode(s).length, `byte length: ${context}`);
+          if (s.length > 0 && !s.includes("\0") && index % 3 === 0) {
+            const named = await clickhouse.query<Record<string, unknown>>(sql`SELECT 1 AS ${ident(s)}`);
+            assertEquals(Object.keys(named[0]), [s], `identifier round trip: ${context}`);
+          }
+        }
+      };
+      await Promise.all([workerLoop(), workerLoop(), workerLoop(), workerLoop()]);
+      for (let i = 0; i < 500; i++) {
+        const n = random() < 0.5
+          ? Math.round((random() - 0.5) * 2 ** (1 + Math.floor(random() * 52)))
+          : (random() - 0.5) * 10 ** Math.floor(random() * 40 - 20);
+        const [row] = await clickhouse.query<{ v: number | string; d: number | string }>(
+          sql`SELECT ${n} AS v, 1-${n} AS d`,
+        );
+        assertEquals(Number(row.v), n, `number ${n} (seed ${seed})`);
+        assertEquals(Number(row.d), 1 - n, `1-${n} is a subtraction (seed ${seed})`);
+      }
+    },
+  );
+});
+
+/** Strings built from the pieces that break naive escaping, plus random code points and very long runs. */
+function randomString(random: () => number): string {
+  const pieces = [
+    "'",
+    "\\",
+    "\\'",
+    "''",
+    '"',
+    "`",
+    "\n",
+    "\r",
+    "\t",
+    "\0",
+    "\x01",
+    "\x1b",
+    "\x1f",
+    "\x7f",
+    "\b",
+    "\f",
+    "--",
+    "/*",
+    "*/",
+    ";",
+    " ",
+    "?",
+    "{x:String}",
+    "%s",
+    "$1",
+    "é",
+    "日本語",
+    "😀",
+    "\u2028",
+    "\ufeff",
+    "SELECT 1; DROP TABLE x",
+    "' OR 1=1 --",
+    "\\x41",
+    "\\0",
+    "FORMAT TSV",
+    "\uFFFD",
+    "a",
+  ];
+  const roll = random();
+  // Long, but 4 copies escaped stay under max_query_size (256 KiB).
+  if (roll < 0.01) return "x'\\".repeat(2_000 + Math.floor(random() * 8_000));
+  const length = roll < 0.1 ? 0 : Math.floor(random() * 40);
+  let out = "";
+  for (let i = 0; i < length; i++) {
+    const kind = random();
+    if (kind < 0.6) out += pieces[Math.floor(random() * pieces.length)];
+    else if (kind < 0.8) out += String.fromCharCode(Math.floor(random() * 128));
+    else if (kind < 0.95) {
+      let code = Math.floor(random() * 0xffff);
+      if (code >= 0xd800 && code <= 0xdfff) code = 0x4e00;
+      out += String.fromCharCode(code);
+    } else out += String.fromCodePoint(0x10000 + Math.floor(random() * 0xfffff));
+  }
+  return out;
+}
