@@ -1,0 +1,74 @@
+// ClickHouse over its HTTP interface (libcurl), for the 18.16 dialect and current releases alike: no query
+// parameters, no DateTime64; numbers go into SQL only as integers formatted here, names only after
+// validation ([A-Za-z_][A-Za-z0-9_]*).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "tailwatch/rolling.h"
+
+namespace tailwatch {
+
+/// Transport failure, timeout or non-200 answer; what() carries the server's message.
+class ClickHouseError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct ClickHouseOptions {
+  std::string url = "http://127.0.0.1:8123";
+  std::string user = "default";
+  std::string password;
+  long connect_timeout_ms = 2000;
+  long timeout_ms = 15000;
+};
+
+/// One keep-alive connection. Not thread-safe. Auth goes in X-ClickHouse-User / X-ClickHouse-Key headers.
+class ClickHouseClient {
+ public:
+  explicit ClickHouseClient(ClickHouseOptions options);
+  ~ClickHouseClient();
+  ClickHouseClient(const ClickHouseClient&) = delete;
+  ClickHouseClient& operator=(const ClickHouseClient&) = delete;
+
+  /// Runs one statement (sent as the POST body) and returns the response body. Throws ClickHouseError.
+  std::string query(const std::string& sql);
+
+  /// Runs `statement` (e.g. "INSERT INTO db.t FORMAT JSONEachRow", sent in the URL) with `data` as the POST
+  /// body. Throws ClickHouseError.
+  void insert(const std::string& statement, const std::string& data);
+
+ private:
+  std::string post(const std::string& url, const std::string& body);
+  struct Impl;
+  ClickHouseOptions options_;
+  std::unique_ptr<Impl> impl_;
+};
+
+/// Throws std::invalid_argument unless `name` matches [A-Za-z_][A-Za-z0-9_]*.
+void check_identifier(const std::string& name);
+
+/// The SQL the profiler reads with (exposed for tests and documentation). [from, to) in unix seconds.
+std::string histogram_query(const std::string& database, std::int64_t from, std::int64_t to);
+std::string maxima_query(const std::string& database, std::int64_t from, std::int64_t to);
+
+/// Reads latency_histogram_1s (sum(count), sum(errors) GROUP BY ts, service, method, bucket: rows of the
+/// SummingMergeTree may not be merged yet) and request_stats_1s (maxMerge(duration_max_us)).
+class ClickHouseSource : public DataSource {
+ public:
+  ClickHouseSource(ClickHouseClient& client, std::string database);
+  SecondsBatch fetch(std::int64_t from, std::int64_t to) override;
+
+ private:
+  ClickHouseClient& client_;
+  std::string database_;
+};
+
+/// JSONEachRow body for INSERT INTO latency_percentiles (one line per row, ts = `now`).
+std::string percentile_rows_json(std::int64_t now, const std::vector<WindowStats>& rows);
+
+}  // namespace tailwatch

@@ -1,0 +1,208 @@
+#include "tailwatch/clickhouse.h"
+
+#include <curl/curl.h>
+
+#include <mutex>
+#include <nlohmann/json.hpp>
+
+#include "tsv.h"
+
+namespace tailwatch {
+
+namespace {
+
+void global_init() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) throw ClickHouseError("curl_global_init failed");
+  });
+}
+
+std::size_t append_body(char* data, std::size_t size, std::size_t count, void* target) {
+  static_cast<std::string*>(target)->append(data, size * count);
+  return size * count;
+}
+
+struct CurlDeleter {
+  void operator()(CURL* curl) const noexcept { curl_easy_cleanup(curl); }
+};
+struct SlistDeleter {
+  void operator()(curl_slist* list) const noexcept { curl_slist_free_all(list); }
+};
+struct CurlStringDeleter {
+  void operator()(char* text) const noexcept { curl_free(text); }
+};
+
+std::string trimmed(std::string text, std::size_t limit = 2000) {
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  if (text.size() > limit) text = text.substr(0, limit) + "...";
+  return text;
+}
+
+}  // namespace
+
+struct ClickHouseClient::Impl {
+  std::unique_ptr<CURL, CurlDeleter> curl;
+  std::unique_ptr<curl_slist, SlistDeleter> headers;
+};
+
+ClickHouseClient::ClickHouseClient(ClickHouseOptions options) : options_(std::move(options)), impl_(std::make_unique<Impl>()) {
+  global_init();
+  impl_->curl.reset(curl_easy_init());
+  if (!impl_->curl) throw ClickHouseError("curl_easy_init failed");
+  curl_slist* list = nullptr;
+  for (const std::string& header :
+       {"X-ClickHouse-User: " + options_.user, "X-ClickHouse-Key: " + options_.password,
+        std::string("Content-Type: text/plain; charset=utf-8")}) {
+    curl_slist* next = curl_slist_append(list, header.c_str());
+    if (next == nullptr) {
+      curl_slist_free_all(list);
+      throw ClickHouseError("curl_slist_append failed");
+    }
+    list = next;
+  }
+  impl_->headers.reset(list);
+}
+
+ClickHouseClient::~ClickHouseClient() = default;
+
+std::string ClickHouseClient::post(const std::string& url, const std::string& body) {
+  CURL* curl = impl_->curl.get();
+  std::string response;
+  char error[CURL_ERROR_SIZE] = {0};
+  curl_easy_reset(curl);
+  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, impl_->headers.get());
+  curl_easy_setopt(curl, CURLOPT_POST, 1L);
+  curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.data());
+  curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, append_body);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &response);
+  curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, error);
+  curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, options_.connect_timeout_ms);
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, options_.timeout_ms);
+  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(curl, CURLOPT_ACCEPT_ENCODING, "");
+  const CURLcode code = curl_easy_perform(curl);
+  if (code != CURLE_OK) {
+    throw ClickHouseError("ClickHouse at " + options_.url + " unreachable: " +
+                          (error[0] != 0 ? std::string(error) : std::string(curl_easy_strerror(code))));
+  }
+  long status = 0;
+  curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+  if (status != 200) {
+    throw ClickHouseError("ClickHouse answered HTTP " + std::to_string(status) + ": " + trimmed(response));
+  }
+  return response;
+}
+
+std::string ClickHouseClient::query(const std::string& sql) { return post(options_.url, sql); }
+
+void ClickHouseClient::insert(const std::string& statement, const std::string& data) {
+  std::unique_ptr<char, CurlStringDeleter> escaped(
+      curl_easy_escape(impl_->curl.get(), statement.c_str(), static_cast<int>(statement.size())));
+  if (!escaped) throw ClickHouseError("curl_easy_escape failed");
+  const char separator = options_.url.find('?') == std::string::npos ? '?' : '&';
+  post(options_.url + separator + "query=" + escaped.get(), data);
+}
+
+namespace {
+bool valid_identifier(const std::string& name) {
+  if (name.empty()) return false;
+  for (std::size_t i = 0; i < name.size(); ++i) {
+    const char c = name[i];
+    const bool letter = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_';
+    if (!letter && (i == 0 || c < '0' || c > '9')) return false;
+  }
+  return true;
+}
+}  // namespace
+
+void check_identifier(const std::string& name) {
+  if (!valid_identifier(name)) throw std::invalid_argument("not a valid identifier: '" + name + "'");
+}
+
+namespace {
+std::string time_range(std::int64_t from, std::int64_t to) {
+  return "ts >= toDateTime(" + std::to_string(from) + ") AND ts < toDateTime(" + std::to_string(to) + ")";
+}
+}  // namespace
+
+std::string histogram_query(const std::string& database, std::int64_t from, std::int64_t to) {
+  check_identifier(database);
+  return "SELECT toUInt32(ts), service, method, bucket, sum(count), sum(errors) FROM " + database +
+         ".latency_histogram_1s WHERE " + time_range(from, to) +
+         " GROUP BY ts, service, method, bucket ORDER BY service, method, ts, bucket FORMAT TabSeparated";
+}
+
+std::string maxima_query(const std::string& database, std::int64_t from, std::int64_t to) {
+  check_identifier(database);
+  return "SELECT toUInt32(ts), service, method, maxMerge(duration_max_us) FROM " + database +
+         ".request_stats_1s WHERE " + time_range(from, to) + " GROUP BY ts, service, method FORMAT TabSeparated";
+}
+
+ClickHouseSource::ClickHouseSource(ClickHouseClient& client, std::string database)
+    : client_(client), database_(std::move(database)) {
+  check_identifier(database_);
+}
+
+SecondsBatch ClickHouseSource::fetch(std::int64_t from, std::int64_t to) {
+  SecondsBatch batch;
+  batch.from = from;
+  batch.to = to;
+  if (from >= to) return batch;
+  try {
+    for (auto& fields : parse_tsv(client_.query(histogram_query(database_, from, to)))) {
+      if (fields.size() != 6) throw ClickHouseError("unexpected histogram row with " + std::to_string(fields.size()) + " fields");
+      HistogramRow row;
+      row.ts = static_cast<std::int64_t>(parse_uint_field(fields[0], "ts"));
+      row.service = std::move(fields[1]);
+      row.method = std::move(fields[2]);
+      row.bucket = static_cast<std::uint32_t>(parse_uint_field(fields[3], "bucket"));
+      row.count = parse_uint_field(fields[4], "count");
+      row.errors = parse_uint_field(fields[5], "errors");
+      batch.histogram.push_back(std::move(row));
+    }
+    for (auto& fields : parse_tsv(client_.query(maxima_query(database_, from, to)))) {
+      if (fields.size() != 4) throw ClickHouseError("unexpected stats row with " + std::to_string(fields.size()) + " fields");
+      MaxRow row;
+      row.ts = static_cast<std::int64_t>(parse_uint_field(fields[0], "ts"));
+      row.service = std::move(fields[1]);
+      row.method = std::move(fields[2]);
+      row.max_us = parse_uint_field(fields[3], "max");
+      batch.maxima.push_back(std::move(row));
+    }
+  } catch (const ClickHouseError&) {
+    throw;
+  } catch (const std::exception& error) {
+    throw ClickHouseError(std::string("bad answer from ClickHouse: ") + error.what());
+  }
+  return batch;
+}
+
+std::string percentile_rows_json(std::int64_t now, const std::vector<WindowStats>& rows) {
+  std::string body;
+  for (const auto& row : rows) {
+    nlohmann::json line = {
+        {"ts", now},
+        {"window_s", row.window_s},
+        {"service", row.key.service},
+        {"method", row.key.method},
+        {"count", row.count},
+        {"rps", row.rps},
+        {"error_rate", row.error_rate},
+        {"p50_us", row.p50_us},
+        {"p90_us", row.p90_us},
+        {"p95_us", row.p95_us},
+        {"p99_us", row.p99_us},
+        {"p999_us", row.p999_us},
+        {"max_us", row.max_us},
+    };
+    // Replace invalid UTF-8 instead of throwing: names come from the services, unchecked.
+    body += line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    body += '\n';
+  }
+  return body;
+}
+
+}  // namespace tailwatch

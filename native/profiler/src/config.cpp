@@ -1,0 +1,197 @@
+#include "tailwatch/config.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <limits>
+#include <set>
+
+namespace tailwatch {
+
+namespace {
+
+constexpr std::uint32_t kMaxSeconds = 86400;
+
+bool valid_identifier(const std::string& name) {
+  if (name.empty()) return false;
+  for (std::size_t i = 0; i < name.size(); ++i) {
+    const char c = name[i];
+    const bool letter = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_';
+    if (!letter && (i == 0 || c < '0' || c > '9')) return false;
+  }
+  return true;
+}
+
+std::vector<std::uint32_t> parse_windows(const std::string& text, const std::string& what) {
+  std::vector<std::uint32_t> windows;
+  std::set<std::uint32_t> seen;
+  std::size_t start = 0;
+  for (;;) {
+    const std::size_t comma = text.find(',', start);
+    const std::string part = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    const std::uint32_t w = parse_duration_s(part, what);
+    if (w == 0) throw UsageError(what + ": a window must be at least 1s");
+    if (!seen.insert(w).second) throw UsageError(what + ": window " + part + " given twice");
+    windows.push_back(w);
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return windows;
+}
+
+std::int64_t parse_unix_time(const std::string& text, const std::string& what) {
+  if (text.empty() || text.size() > 12 || !std::all_of(text.begin(), text.end(), [](char c) {
+        return c >= '0' && c <= '9';
+      })) {
+    throw UsageError(what + ": expected unix seconds, got '" + text + "'");
+  }
+  const std::int64_t value = std::stoll(text);
+  if (value > 4294967295LL) throw UsageError(what + ": beyond the range of ClickHouse DateTime");
+  return value;
+}
+
+}  // namespace
+
+EnvLookup process_env() {
+  return [](const std::string& name) -> std::optional<std::string> {
+    const char* value = std::getenv(name.c_str());
+    if (value == nullptr) return std::nullopt;
+    return std::string(value);
+  };
+}
+
+std::uint32_t parse_duration_s(const std::string& text, const std::string& what) {
+  std::size_t digits = 0;
+  while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
+  const std::string unit = text.substr(digits);
+  std::uint64_t scale = 0;
+  if (unit.empty() || unit == "s") {
+    scale = 1;
+  } else if (unit == "m") {
+    scale = 60;
+  } else if (unit == "h") {
+    scale = 3600;
+  }
+  if (digits == 0 || digits > 9 || scale == 0) {
+    throw UsageError(what + ": expected a duration in whole seconds like 5s, 2m or 1h, got '" + text + "'");
+  }
+  const std::uint64_t value = std::stoull(text.substr(0, digits)) * scale;
+  if (value > kMaxSeconds) throw UsageError(what + ": '" + text + "' is longer than 24h");
+  return static_cast<std::uint32_t>(value);
+}
+
+Config parse_config(const std::vector<std::string>& args, const EnvLookup& env) {
+  Config config;
+  // Environment first, flags override.
+  struct Setting {
+    const char* flag;
+    const char* env;
+    std::function<void(const std::string&, const std::string&)> apply;
+  };
+  const std::vector<Setting> settings = {
+      {"--clickhouse-url", "TAILWATCH_CLICKHOUSE_URL",
+       [&](const std::string& v, const std::string& what) {
+         if (v.rfind("http://", 0) != 0 && v.rfind("https://", 0) != 0) {
+           throw UsageError(what + ": expected an http:// or https:// URL, got '" + v + "'");
+         }
+         config.clickhouse_url = v;
+       }},
+      {"--user", "TAILWATCH_CLICKHOUSE_USER",
+       [&](const std::string& v, const std::string& what) {
+         if (v.empty()) throw UsageError(what + ": the user name must not be empty");
+         config.user = v;
+       }},
+      {"--password", "TAILWATCH_CLICKHOUSE_PASSWORD", [&](const std::string& v, const std::string&) { config.password = v; }},
+      {"--database", "TAILWATCH_CLICKHOUSE_DATABASE",
+       [&](const std::string& v, const std::string& what) {
+         if (!valid_identifier(v)) throw UsageError(what + ": not a valid database name: '" + v + "'");
+         config.database = v;
+       }},
+      {"--windows", "TAILWATCH_WINDOWS",
+       [&](const std::string& v, const std::string& what) { config.windows_s = parse_windows(v, what); }},
+      {"--tick", "TAILWATCH_TICK",
+       [&](const std::string& v, const std::string& what) {
+         const std::uint32_t tick = parse_duration_s(v, what);
+         if (tick == 0) throw UsageError(what + ": the tick must be at least 1s");
+         config.tick_s = tick;
+       }},
+      {"--late-margin", "TAILWATCH_LATE_MARGIN",
+       [&](const std::string& v, const std::string& what) { config.late_margin_s = parse_duration_s(v, what); }},
+  };
+  for (const auto& setting : settings) {
+    if (const auto value = env(setting.env)) setting.apply(*value, std::string("environment variable ") + setting.env);
+  }
+
+  bool insert_flag = false;
+  for (std::size_t i = 1; i < args.size(); ++i) {
+    std::string arg = args[i];
+    std::optional<std::string> inline_value;
+    if (const auto eq = arg.find('='); arg.rfind("--", 0) == 0 && eq != std::string::npos) {
+      inline_value = arg.substr(eq + 1);
+      arg = arg.substr(0, eq);
+    }
+    auto boolean = [&](bool& target) {
+      if (inline_value) throw UsageError("flag " + arg + " takes no value");
+      target = true;
+    };
+    if (arg == "--once") {
+      boolean(config.once);
+      continue;
+    }
+    if (arg == "--json") {
+      boolean(config.json);
+      continue;
+    }
+    if (arg == "--insert") {
+      boolean(insert_flag);
+      continue;
+    }
+    if (arg == "--help" || arg == "-h") {
+      boolean(config.help);
+      continue;
+    }
+    auto value = [&]() -> std::string {
+      if (inline_value) return *inline_value;
+      if (i + 1 >= args.size()) throw UsageError("flag " + arg + " needs a value");
+      return args[++i];
+    };
+    if (arg == "--now") {
+      config.now = parse_unix_time(value(), "--now");
+      continue;
+    }
+    const auto setting = std::find_if(settings.begin(), settings.end(), [&](const Setting& s) { return arg == s.flag; });
+    if (setting == settings.end()) {
+      throw UsageError("unknown " + std::string(arg.rfind("-", 0) == 0 ? "flag " : "argument ") + arg);
+    }
+    setting->apply(value(), arg);
+  }
+  if (config.json && !config.once) throw UsageError("--json needs --once");
+  if (insert_flag && !config.json) throw UsageError("--insert is only for --once --json (the default inserts)");
+  if (config.now && !config.once) throw UsageError("--now needs --once");
+  config.insert = !config.json || insert_flag;
+  return config;
+}
+
+std::string usage() {
+  return R"(usage: tailwatch-profiler [flags]
+
+Rolling latency percentiles from ClickHouse's per-second histograms (latency_histogram_1s) into
+latency_percentiles, one row per window and (service, method) per tick; method "" is the whole service.
+
+  --clickhouse-url URL    HTTP interface (env TAILWATCH_CLICKHOUSE_URL, default http://127.0.0.1:8123)
+  --user NAME             (env TAILWATCH_CLICKHOUSE_USER, default "default")
+  --password SECRET       (env TAILWATCH_CLICKHOUSE_PASSWORD, default empty)
+  --database NAME         (env TAILWATCH_CLICKHOUSE_DATABASE, default profiler)
+  --windows LIST          window lengths (env TAILWATCH_WINDOWS, default 10,60,300; 5m style accepted)
+  --tick DURATION         (env TAILWATCH_TICK, default 1s; whole seconds)
+  --late-margin DURATION  seconds re-read each tick for late rows (env TAILWATCH_LATE_MARGIN, default 5s)
+  --once                  one tick, then exit
+  --json                  with --once: print the snapshot as JSON, do not insert
+  --insert                with --once --json: insert as well
+  --now UNIX_SECONDS      with --once: evaluate as of this time
+  --help                  this text
+
+Flags win over environment variables. Exit status: 0 ok, 1 runtime error, 2 bad flag or value.
+)";
+}
+
+}  // namespace tailwatch

@@ -1,0 +1,204 @@
+#include "tailwatch/histogram.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+namespace tailwatch {
+
+void normalize(SparseHistogram& sparse) {
+  for (const auto& entry : sparse) {
+    if (entry.bucket >= kBucketCount) {
+      throw std::out_of_range("bucket index " + std::to_string(entry.bucket) + " out of range");
+    }
+  }
+  std::sort(sparse.begin(), sparse.end(),
+            [](const BucketCount& a, const BucketCount& b) { return a.bucket < b.bucket; });
+  std::size_t out = 0;
+  for (std::size_t i = 0; i < sparse.size(); ++i) {
+    if (out > 0 && sparse[out - 1].bucket == sparse[i].bucket) {
+      sparse[out - 1].count += sparse[i].count;
+    } else {
+      sparse[out++] = sparse[i];
+    }
+  }
+  sparse.resize(out);
+  sparse.erase(std::remove_if(sparse.begin(), sparse.end(), [](const BucketCount& e) { return e.count == 0; }),
+               sparse.end());
+}
+
+std::uint64_t total_count(const SparseHistogram& sparse) noexcept {
+  std::uint64_t total = 0;
+  for (const auto& entry : sparse) total += entry.count;
+  return total;
+}
+
+std::uint64_t quantile_position(double q, std::uint64_t n) noexcept {
+  if (n == 0) return 0;
+  if (q >= 1.0) return n - 1;
+  if (!(q > 0.0)) return 0;
+  const auto position = static_cast<std::uint64_t>(q * static_cast<double>(n));
+  return std::min(position, n - 1);
+}
+
+Histogram::Histogram() : counts_(kBucketCount, 0) {}
+
+void Histogram::record(std::uint64_t value_us, std::uint64_t count) {
+  if (count == 0) return;
+  const std::uint32_t bucket = bucket_index(value_us);
+  counts_[bucket] += count;
+  blocks_[bucket / 128] += count;
+  total_ += count;
+  if (value_us > max_) max_ = value_us;
+}
+
+void Histogram::record_bucket(std::uint32_t bucket, std::uint64_t count) {
+  if (bucket >= kBucketCount) throw std::out_of_range("bucket index " + std::to_string(bucket) + " out of range");
+  if (count == 0) return;
+  counts_[bucket] += count;
+  blocks_[bucket / 128] += count;
+  total_ += count;
+  const std::uint64_t last = bucket_last(bucket);
+  if (last > max_) {
+    max_ = last;
+    max_exact_ = false;
+  }
+}
+
+void Histogram::merge(const Histogram& other) {
+  if (other.total_ == 0) return;
+  for (std::size_t block = 0; block < kBlocks; ++block) {
+    if (other.blocks_[block] == 0) continue;
+    blocks_[block] += other.blocks_[block];
+    const std::size_t begin = block * 128;
+    for (std::size_t i = begin; i < begin + 128; ++i) counts_[i] += other.counts_[i];
+  }
+  total_ += other.total_;
+  if (other.max_ > max_) {
+    max_ = other.max_;
+    max_exact_ = other.max_exact_;
+  } else if (other.max_ == max_) {
+    max_exact_ = max_exact_ || other.max_exact_;
+  }
+}
+
+void Histogram::merge(const SparseHistogram& other) {
+  for (const auto& entry : other) {
+    if (entry.bucket >= kBucketCount) {
+      throw std::out_of_range("bucket index " + std::to_string(entry.bucket) + " out of range");
+    }
+  }
+  for (const auto& entry : other) record_bucket(entry.bucket, entry.count);
+}
+
+void Histogram::subtract(const Histogram& other) {
+  if (other.total_ == 0) return;
+  for (std::size_t i = 0; i < kBucketCount; ++i) {
+    if (other.counts_[i] > counts_[i]) throw std::logic_error("subtract: histogram is not contained in this one");
+  }
+  for (std::size_t block = 0; block < kBlocks; ++block) blocks_[block] -= other.blocks_[block];
+  for (std::size_t i = 0; i < kBucketCount; ++i) counts_[i] -= other.counts_[i];
+  total_ -= other.total_;
+  after_removal();
+}
+
+void Histogram::subtract(const SparseHistogram& other) {
+  // Check first (a sparse histogram may repeat a bucket if not normalized: sum per bucket via a pass that
+  // subtracts and rolls back on failure).
+  std::size_t done = 0;
+  bool ok = true;
+  for (; done < other.size(); ++done) {
+    const auto& entry = other[done];
+    if (entry.bucket >= kBucketCount || counts_[entry.bucket] < entry.count) {
+      ok = false;
+      break;
+    }
+    counts_[entry.bucket] -= entry.count;
+  }
+  if (!ok) {
+    for (std::size_t i = 0; i < done; ++i) counts_[other[i].bucket] += other[i].count;
+    throw std::logic_error("subtract: histogram is not contained in this one");
+  }
+  for (const auto& entry : other) {
+    blocks_[entry.bucket / 128] -= entry.count;
+    total_ -= entry.count;
+  }
+  if (!other.empty()) after_removal();
+}
+
+void Histogram::after_removal() noexcept {
+  if (total_ == 0) {
+    max_ = 0;
+    max_exact_ = true;
+    return;
+  }
+  const std::uint64_t bound = bucket_last(highest_bucket());
+  if (bound < max_) max_ = bound;
+  max_exact_ = false;
+}
+
+void Histogram::clear() noexcept {
+  std::fill(counts_.begin(), counts_.end(), 0);
+  blocks_.fill(0);
+  total_ = 0;
+  max_ = 0;
+  max_exact_ = true;
+}
+
+std::uint32_t Histogram::quantile_bucket(double q) const {
+  if (std::isnan(q) || q < 0.0 || q > 1.0) {
+    throw std::invalid_argument("quantile level must be in [0, 1], got " + std::to_string(q));
+  }
+  if (total_ == 0) return kBucketCount;
+  const std::uint64_t rank = quantile_position(q, total_) + 1;  // 1-based
+  std::uint64_t seen = 0;
+  std::size_t block = 0;
+  for (; block < kBlocks; ++block) {
+    if (seen + blocks_[block] >= rank) break;
+    seen += blocks_[block];
+  }
+  const std::size_t begin = block * 128;
+  for (std::size_t i = begin; i < begin + 128; ++i) {
+    seen += counts_[i];
+    if (seen >= rank) return static_cast<std::uint32_t>(i);
+  }
+  return highest_bucket();  // unreachable while blocks_ and counts_ agree
+}
+
+std::uint64_t Histogram::quantile(double q) const {
+  const std::uint32_t bucket = quantile_bucket(q);
+  if (bucket >= kBucketCount) return 0;
+  return std::min(bucket_midpoint(bucket), max_);
+}
+
+std::uint64_t Histogram::bucket_count(std::uint32_t bucket) const noexcept {
+  return bucket < kBucketCount ? counts_[bucket] : 0;
+}
+
+std::uint32_t Histogram::highest_bucket() const noexcept {
+  for (std::size_t block = kBlocks; block-- > 0;) {
+    if (blocks_[block] == 0) continue;
+    for (std::size_t i = block * 128 + 128; i-- > block * 128;) {
+      if (counts_[i] != 0) return static_cast<std::uint32_t>(i);
+    }
+  }
+  return kBucketCount;
+}
+
+SparseHistogram Histogram::to_sparse() const {
+  SparseHistogram sparse;
+  for (std::size_t block = 0; block < kBlocks; ++block) {
+    if (blocks_[block] == 0) continue;
+    for (std::size_t i = block * 128; i < block * 128 + 128; ++i) {
+      if (counts_[i] != 0) sparse.push_back({static_cast<std::uint32_t>(i), counts_[i]});
+    }
+  }
+  return sparse;
+}
+
+bool Histogram::same_counts(const Histogram& other) const noexcept {
+  return total_ == other.total_ && counts_ == other.counts_;
+}
+
+}  // namespace tailwatch

@@ -1,0 +1,222 @@
+#include "profiler.h"
+
+#include <csignal>
+#include <chrono>
+#include <ctime>
+#include <limits>
+#include <algorithm>
+#include <deque>
+#include <nlohmann/json.hpp>
+#include <ostream>
+#include <thread>
+
+#include "tailwatch/clickhouse.h"
+
+namespace tailwatch {
+
+namespace {
+
+volatile std::sig_atomic_t g_stop = 0;
+
+extern "C" void on_stop_signal(int) { g_stop = 1; }
+
+void install_signal_handlers() {
+  struct sigaction action {};
+  action.sa_handler = on_stop_signal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = 0;
+  sigaction(SIGTERM, &action, nullptr);
+  sigaction(SIGINT, &action, nullptr);
+}
+
+using Clock = std::chrono::steady_clock;
+
+double ms_since(Clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+/// Sleeps until the wall clock reaches `unix_s` or a stop signal arrives.
+void sleep_until_unix(double unix_s) {
+  while (g_stop == 0) {
+    const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+    if (now >= unix_s) return;
+    std::this_thread::sleep_for(std::chrono::duration<double>(std::min(0.1, unix_s - now)));
+  }
+}
+
+double unix_now() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+std::string insert_statement(const Config& config) {
+  return "INSERT INTO " + config.database + ".latency_percentiles FORMAT JSONEachRow";
+}
+
+/// Reads, advances and snapshots. Throws (engine unchanged) if reading fails.
+std::vector<WindowStats> one_tick(RollingEngine& engine, ClickHouseSource& source, std::int64_t now,
+                                  TickTiming& timing) {
+  const auto [from, to] = engine.range_for(now);
+  timing.from = from;
+  timing.to = to;
+  auto start = Clock::now();
+  const SecondsBatch batch = source.fetch(from, to);
+  timing.read_ms = ms_since(start);
+  timing.histogram_rows = batch.histogram.size();
+  timing.max_rows = batch.maxima.size();
+  start = Clock::now();
+  engine.advance(now, batch);
+  auto rows = engine.snapshot();
+  timing.compute_ms = ms_since(start);
+  return rows;
+}
+
+RollingConfig rolling_config(const Config& config) {
+  RollingConfig rolling;
+  rolling.windows_s = config.windows_s;
+  rolling.late_margin_s = config.late_margin_s;
+  return rolling;
+}
+
+ClickHouseOptions clickhouse_options(const Config& config) {
+  ClickHouseOptions options;
+  options.url = config.clickhouse_url;
+  options.user = config.user;
+  options.password = config.password;
+  return options;
+}
+
+int run_once(const Config& config, std::ostream& out, std::ostream& err) {
+  try {
+    RollingEngine engine(rolling_config(config));
+    ClickHouseClient client(clickhouse_options(config));
+    ClickHouseSource source(client, config.database);
+    const std::int64_t now = config.now ? *config.now : static_cast<std::int64_t>(std::time(nullptr));
+    TickTiming timing;
+    const auto rows = one_tick(engine, source, now, timing);
+    if (config.insert && !rows.empty()) {
+      const auto start = Clock::now();
+      client.insert(insert_statement(config), percentile_rows_json(now, rows));
+      timing.insert_ms = ms_since(start);
+    }
+    if (config.json) out << snapshot_json(config, now, rows, timing) << std::endl;
+    return 0;
+  } catch (const std::exception& error) {
+    err << "tailwatch-profiler: " << error.what() << std::endl;
+    return 1;
+  }
+}
+
+int run_daemon(const Config& config, std::ostream& err) {
+  install_signal_handlers();
+  RollingEngine engine(rolling_config(config));
+  ClickHouseClient client(clickhouse_options(config));
+  ClickHouseSource source(client, config.database);
+  err << "tailwatch-profiler: reading " << config.database << " at " << config.clickhouse_url << " every "
+      << config.tick_s << "s" << std::endl;
+
+  constexpr std::size_t kMaxPendingRows = 200000;  // unsent rows kept across a ClickHouse outage
+  std::deque<std::string> pending;                 // one JSONEachRow line each
+  std::size_t dropped = 0;
+  double backoff_s = 0.5;
+  bool failing = false;
+  const auto tick = static_cast<std::int64_t>(config.tick_s);
+
+  while (g_stop == 0) {
+    const auto now = static_cast<std::int64_t>(unix_now());
+    if (engine.end() != std::numeric_limits<std::int64_t>::min() && now <= engine.end()) {
+      sleep_until_unix(static_cast<double>((now / tick + 1) * tick));
+      continue;
+    }
+    std::string failure;
+    try {
+      TickTiming timing;
+      const auto rows = one_tick(engine, source, now, timing);
+      const std::string body = percentile_rows_json(now, rows);
+      for (std::size_t start = 0; start < body.size();) {
+        const std::size_t end = body.find('\n', start);
+        pending.push_back(body.substr(start, end - start + 1));
+        start = end + 1;
+      }
+      while (pending.size() > kMaxPendingRows) {
+        pending.pop_front();
+        ++dropped;
+      }
+      if (!pending.empty()) {
+        std::string all;
+        for (const auto& line : pending) all += line;
+        client.insert(insert_statement(config), all);
+        pending.clear();
+      }
+    } catch (const std::exception& error) {
+      failure = error.what();
+    }
+    if (!failure.empty()) {
+      err << "tailwatch-profiler: " << failure << "; " << pending.size() << " rows pending";
+      if (dropped > 0) err << ", " << dropped << " oldest rows dropped";
+      err << "; retrying in " << backoff_s << "s" << std::endl;
+      failing = true;
+      sleep_until_unix(unix_now() + backoff_s);
+      backoff_s = std::min(backoff_s * 2, 30.0);
+      continue;
+    }
+    if (failing) {
+      err << "tailwatch-profiler: ClickHouse is back; caught up to " << now << std::endl;
+      failing = false;
+    }
+    backoff_s = 0.5;
+    sleep_until_unix(static_cast<double>((now / tick + 1) * tick));
+  }
+  err << "tailwatch-profiler: stopping";
+  if (!pending.empty()) err << " (" << pending.size() << " rows not written)";
+  err << std::endl;
+  return 0;
+}
+
+}  // namespace
+
+std::string snapshot_json(const Config& config, std::int64_t now, const std::vector<WindowStats>& rows,
+                          const TickTiming& timing) {
+  nlohmann::json doc;
+  doc["now"] = now;
+  doc["database"] = config.database;
+  doc["windows_s"] = config.windows_s;
+  doc["late_margin_s"] = config.late_margin_s;
+  doc["inserted"] = config.insert && !rows.empty();
+  doc["timing"] = {{"read_ms", timing.read_ms},
+                   {"compute_ms", timing.compute_ms},
+                   {"insert_ms", timing.insert_ms},
+                   {"histogram_rows", timing.histogram_rows},
+                   {"max_rows", timing.max_rows},
+                   {"from", timing.from},
+                   {"to", timing.to}};
+  doc["rows"] = nlohmann::json::array();
+  for (const auto& row : rows) {
+    doc["rows"].push_back({{"ts", now},
+                           {"window_s", row.window_s},
+                           {"service", row.key.service},
+                           {"method", row.key.method},
+                           {"count", row.count},
+                           {"errors", row.errors},
+                           {"rps", row.rps},
+                           {"error_rate", row.error_rate},
+                           {"p50_us", row.p50_us},
+                           {"p90_us", row.p90_us},
+                           {"p95_us", row.p95_us},
+                           {"p99_us", row.p99_us},
+                           {"p999_us", row.p999_us},
+                           {"max_us", row.max_us}});
+  }
+  return doc.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+int run_profiler(const Config& config, std::ostream& out, std::ostream& err) {
+  if (config.once) return run_once(config, out, err);
+  try {
+    return run_daemon(config, err);
+  } catch (const std::exception& error) {
+    err << "tailwatch-profiler: " << error.what() << std::endl;
+    return 1;
+  }
+}
+
+}  // namespace tailwatch

@@ -1,0 +1,276 @@
+#include "tailwatch/rolling.h"
+
+#include <algorithm>
+#include <limits>
+#include <set>
+#include <stdexcept>
+#include <string>
+
+namespace tailwatch {
+
+namespace {
+
+constexpr std::int64_t kNoTime = std::numeric_limits<std::int64_t>::min();
+constexpr std::uint32_t kMaxWindow = 86400;
+
+struct SecondData {
+  SparseHistogram buckets;
+  std::uint64_t errors = 0;
+  std::uint64_t max_us = 0;
+  bool empty() const noexcept { return buckets.empty(); }
+  friend bool operator==(const SecondData& a, const SecondData& b) {
+    return a.errors == b.errors && a.max_us == b.max_us && a.buckets == b.buckets;
+  }
+};
+
+const SecondData kEmptySecond{};
+
+struct Window {
+  Histogram hist;
+  std::uint64_t errors = 0;
+  void add(const SecondData& s) {
+    if (s.empty()) return;
+    hist.merge(s.buckets);
+    errors += s.errors;
+  }
+  void remove(const SecondData& s) {
+    if (s.empty()) return;
+    hist.subtract(s.buckets);
+    errors -= s.errors;
+  }
+  void clear() {
+    hist.clear();
+    errors = 0;
+  }
+};
+
+std::size_t slot_of(std::int64_t t, std::uint32_t size) {
+  const std::int64_t m = static_cast<std::int64_t>(size);
+  return static_cast<std::size_t>(((t % m) + m) % m);
+}
+
+}  // namespace
+
+struct RollingEngine::KeyState {
+  explicit KeyState(std::size_t ring_size, std::size_t window_count)
+      : ring_ts(ring_size, kNoTime), ring(ring_size), ring_max(ring_size, 0), windows(window_count) {}
+  std::vector<std::int64_t> ring_ts;  // second stored in each slot, kNoTime if none
+  std::vector<SecondData> ring;
+  std::vector<std::uint64_t> ring_max;  // ring[i].max_us, contiguous for the max scan
+  std::vector<Window> windows;
+
+  const SecondData& at(std::int64_t t, std::uint32_t size) const {
+    const std::size_t slot = slot_of(t, size);
+    return ring_ts[slot] == t ? ring[slot] : kEmptySecond;
+  }
+  void store(std::int64_t t, std::uint32_t size, const SecondData& data) {
+    const std::size_t slot = slot_of(t, size);
+    ring_ts[slot] = t;
+    ring[slot] = data;
+    ring_max[slot] = data.max_us;
+  }
+};
+
+RollingEngine::RollingEngine(RollingConfig config) : config_(std::move(config)), end_(kNoTime) {
+  if (config_.windows_s.empty()) throw std::invalid_argument("at least one window is required");
+  std::set<std::uint32_t> seen;
+  for (const auto w : config_.windows_s) {
+    if (w == 0 || w > kMaxWindow) {
+      throw std::invalid_argument("window must be between 1 and 86400 seconds, got " + std::to_string(w));
+    }
+    if (!seen.insert(w).second) throw std::invalid_argument("duplicate window " + std::to_string(w));
+    max_window_ = std::max(max_window_, w);
+  }
+  if (config_.late_margin_s > kMaxWindow) {
+    throw std::invalid_argument("late margin must be at most 86400 seconds");
+  }
+}
+
+RollingEngine::~RollingEngine() = default;
+RollingEngine::RollingEngine(RollingEngine&&) noexcept = default;
+RollingEngine& RollingEngine::operator=(RollingEngine&&) noexcept = default;
+
+std::pair<std::int64_t, std::int64_t> RollingEngine::range_for(std::int64_t now) const noexcept {
+  const std::int64_t oldest = now - static_cast<std::int64_t>(max_window_);
+  if (end_ == kNoTime || end_ <= oldest) return {oldest, now};
+  return {std::max(end_ - static_cast<std::int64_t>(config_.late_margin_s), oldest), now};
+}
+
+void RollingEngine::advance(std::int64_t now, const SecondsBatch& batch) {
+  if (end_ != kNoTime && now < end_) {
+    throw std::invalid_argument("time went backwards: " + std::to_string(now) + " < " + std::to_string(end_));
+  }
+  const auto [from, to] = range_for(now);
+  if (batch.from > from || batch.to < to) throw std::invalid_argument("batch does not cover the tick's range");
+  for (const auto& row : batch.histogram) {
+    if (row.bucket >= kBucketCount) {
+      throw std::out_of_range("bucket index " + std::to_string(row.bucket) + " out of range");
+    }
+  }
+  const auto span = static_cast<std::size_t>(to - from);
+
+  // Fresh per-second data per key; each row also counts for its service as a whole (method "").
+  std::map<Key, std::vector<SecondData>> fresh;
+  std::map<Key, std::vector<std::uint64_t>> stats_max;
+  {
+    const Key* last_key = nullptr;
+    std::vector<SecondData>* last_method = nullptr;
+    std::vector<SecondData>* last_service = nullptr;
+    for (const auto& row : batch.histogram) {
+      if (row.ts < from || row.ts >= to || row.count == 0) continue;
+      if (last_key == nullptr || last_key->service != row.service || last_key->method != row.method) {
+        auto it = fresh.try_emplace(Key{row.service, row.method}, span).first;
+        last_key = &it->first;
+        last_method = &it->second;
+        last_service = row.method.empty() ? nullptr : &fresh.try_emplace(Key{row.service, ""}, span).first->second;
+      }
+      const auto i = static_cast<std::size_t>(row.ts - from);
+      for (auto* target : {last_method, last_service}) {
+        if (target == nullptr) continue;
+        (*target)[i].buckets.push_back({row.bucket, row.count});
+        (*target)[i].errors += row.errors;
+      }
+    }
+    for (const auto& row : batch.maxima) {
+      if (row.ts < from || row.ts >= to) continue;
+      const auto i = static_cast<std::size_t>(row.ts - from);
+      for (const bool whole_service : {false, true}) {
+        if (whole_service && row.method.empty()) continue;
+        auto& maxima = stats_max.try_emplace(Key{row.service, whole_service ? "" : row.method}, span).first->second;
+        maxima[i] = std::max(maxima[i], row.max_us);
+      }
+    }
+  }
+  for (auto& [key, seconds] : fresh) {
+    const auto stats = stats_max.find(key);
+    for (std::size_t i = 0; i < span; ++i) {
+      auto& second = seconds[i];
+      if (second.buckets.empty()) continue;
+      normalize(second.buckets);
+      if (second.buckets.empty()) continue;
+      // Exact max from request_stats_1s when it agrees with the histogram's highest bucket; otherwise (the
+      // two rollups read at slightly different moments) the nearest value inside that bucket.
+      const std::uint32_t top = second.buckets.back().bucket;
+      const std::uint64_t exact = stats == stats_max.end() ? 0 : stats->second[i];
+      second.max_us = exact == 0 ? bucket_last(top) : std::clamp(exact, bucket_lower(top), bucket_last(top));
+    }
+  }
+
+  for (const auto& entry : fresh) {
+    if (keys_.count(entry.first) == 0) {
+      keys_.emplace(entry.first, std::make_unique<KeyState>(max_window_, config_.windows_s.size()));
+    }
+  }
+
+  const bool restart = end_ == kNoTime || now - end_ >= static_cast<std::int64_t>(max_window_);
+  for (auto& [key, state] : keys_) {
+    const auto found = fresh.find(key);
+    const std::vector<SecondData>* seconds = found == fresh.end() ? nullptr : &found->second;
+    auto fresh_at = [&](std::int64_t t) -> const SecondData& {
+      return seconds == nullptr ? kEmptySecond : (*seconds)[static_cast<std::size_t>(t - from)];
+    };
+
+    // A: reconcile the re-read seconds that were already seen.
+    if (!restart) {
+      for (std::int64_t t = from; t < end_; ++t) {
+        const SecondData& old_data = state->at(t, max_window_);
+        const SecondData& new_data = fresh_at(t);
+        if (old_data == new_data) continue;
+        for (std::size_t w = 0; w < config_.windows_s.size(); ++w) {
+          if (t < end_ - static_cast<std::int64_t>(config_.windows_s[w])) continue;
+          state->windows[w].remove(old_data);
+          state->windows[w].add(new_data);
+        }
+        state->store(t, max_window_, new_data);
+      }
+    }
+    // B: slide every window from end_ to now.
+    for (std::size_t w = 0; w < config_.windows_s.size(); ++w) {
+      const auto len = static_cast<std::int64_t>(config_.windows_s[w]);
+      auto& window = state->windows[w];
+      if (restart || now - end_ >= len) {
+        window.clear();
+        for (std::int64_t t = now - len; t < now; ++t) window.add(fresh_at(t));
+      } else {
+        for (std::int64_t t = end_; t < now; ++t) window.add(fresh_at(t));
+        for (std::int64_t t = end_ - len; t < now - len; ++t) window.remove(state->at(t, max_window_));
+      }
+    }
+    // C: keep the new seconds (their slots held seconds every window has dropped by now).
+    for (std::int64_t t = restart ? from : end_; t < now; ++t) state->store(t, max_window_, fresh_at(t));
+  }
+  end_ = now;
+
+  const std::size_t largest = static_cast<std::size_t>(
+      std::max_element(config_.windows_s.begin(), config_.windows_s.end()) - config_.windows_s.begin());
+  for (auto it = keys_.begin(); it != keys_.end();) {
+    if (it->second->windows[largest].hist.empty()) {
+      it = keys_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void RollingEngine::tick(std::int64_t now, DataSource& source) {
+  const auto [from, to] = range_for(now);
+  const SecondsBatch batch = source.fetch(from, to);
+  advance(now, batch);
+}
+
+std::vector<WindowStats> RollingEngine::snapshot() const {
+  std::vector<WindowStats> rows;
+  if (end_ == kNoTime) return rows;
+  rows.reserve(keys_.size() * config_.windows_s.size());
+  for (const auto& [key, state] : keys_) {
+    for (std::size_t w = 0; w < config_.windows_s.size(); ++w) {
+      const auto len = config_.windows_s[w];
+      const auto& window = state->windows[w];
+      WindowStats row;
+      row.key = key;
+      row.window_s = len;
+      row.count = window.hist.count();
+      row.errors = window.errors;
+      row.rps = static_cast<double>(row.count) / static_cast<double>(len);
+      if (row.count > 0) {
+        row.error_rate = static_cast<double>(row.errors) / static_cast<double>(row.count);
+        for (std::int64_t t = end_ - len; t < end_; ++t) {
+          const std::size_t slot = slot_of(t, max_window_);
+          if (state->ring_ts[slot] == t) row.max_us = std::max(row.max_us, state->ring_max[slot]);
+        }
+        auto value = [&](double q) {
+          return std::min(bucket_midpoint(window.hist.quantile_bucket(q)), row.max_us);
+        };
+        row.p50_us = value(0.5);
+        row.p90_us = value(0.9);
+        row.p95_us = value(0.95);
+        row.p99_us = value(0.99);
+        row.p999_us = value(0.999);
+      }
+      rows.push_back(std::move(row));
+    }
+  }
+  return rows;
+}
+
+const Histogram* RollingEngine::window_histogram(const Key& key, std::uint32_t window_s) const {
+  const auto it = keys_.find(key);
+  if (it == keys_.end()) return nullptr;
+  for (std::size_t w = 0; w < config_.windows_s.size(); ++w) {
+    if (config_.windows_s[w] == window_s) return &it->second->windows[w].hist;
+  }
+  return nullptr;
+}
+
+std::uint64_t RollingEngine::window_errors(const Key& key, std::uint32_t window_s) const {
+  const auto it = keys_.find(key);
+  if (it == keys_.end()) return 0;
+  for (std::size_t w = 0; w < config_.windows_s.size(); ++w) {
+    if (config_.windows_s[w] == window_s) return it->second->windows[w].errors;
+  }
+  return 0;
+}
+
+std::size_t RollingEngine::key_count() const noexcept { return keys_.size(); }
+
+}  // namespace tailwatch

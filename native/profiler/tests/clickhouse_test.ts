@@ -1,0 +1,370 @@
+/**
+ * The profiler against a real, private clickhouse-server with the real migrations:
+ * - the materialized view's SQL bucket expression equals the C++ bucket_index over a sweep of values;
+ * - `tailwatch-profiler --once --json` agrees with quantileExact over the same raw rows within 1/256;
+ * - rows are inserted into latency_percentiles; the daemon survives a ClickHouse restart and exits 0 on
+ *   SIGTERM.
+ * Binaries: $TAILWATCH_PROFILER_BIN / $TAILWATCH_BUCKETS_BIN (set by ctest), else native/profiler/build,
+ * built with scripts/build when missing. A missing binary fails the test.
+ */
+import {
+  CLICKHOUSE_ADMIN,
+  type ClickHouseServer,
+  startClickHouseServer,
+  waitUntil,
+} from "@tailwatch/testing";
+import { applyMigrations } from "@tailwatch/ingest";
+
+const PROFILER_DIR = new URL("../", import.meta.url).pathname;
+
+function assert(condition: unknown, message: string): asserts condition {
+  if (!condition) throw new Error(message);
+}
+
+function assertEquals(actual: unknown, expected: unknown, message: string) {
+  if (JSON.stringify(actual) !== JSON.stringify(expected)) {
+    throw new Error(`${message}: expected ${JSON.stringify(expected)}, got ${JSON.stringify(actual)}`);
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    return (await Deno.stat(path)).isFile;
+  } catch {
+    return false;
+  }
+}
+
+async function binaries(): Promise<{ profiler: string; buckets: string }> {
+  const profiler = Deno.env.get("TAILWATCH_PROFILER_BIN") ?? `${PROFILER_DIR}build/tailwatch-profiler`;
+  const buckets = Deno.env.get("TAILWATCH_BUCKETS_BIN") ?? `${PROFILER_DIR}build/tailwatch-buckets`;
+  if (!(await exists(profiler)) || !(await exists(buckets))) {
+    const build = await new Deno.Command(`${PROFILER_DIR}scripts/build`, {
+      stdout: "inherit",
+      stderr: "inherit",
+    })
+      .output();
+    if (!build.success) {
+      throw new Error(`scripts/build failed (exit ${build.code}); cannot test the profiler`);
+    }
+  }
+  for (const path of [profiler, buckets]) {
+    if (!(await exists(path))) throw new Error(`${path} is missing after scripts/build`);
+  }
+  return { profiler, buckets };
+}
+
+async function run(
+  cmd: string,
+  args: string[],
+  stdin?: string,
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const child = new Deno.Command(cmd, {
+    args,
+    stdin: stdin === undefined ? "null" : "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  if (stdin !== undefined) {
+    const writer = child.stdin.getWriter();
+    await writer.write(new TextEncoder().encode(stdin));
+    await writer.close();
+  }
+  const output = await child.output();
+  const decoder = new TextDecoder();
+  return { code: output.code, stdout: decoder.decode(output.stdout), stderr: decoder.decode(output.stderr) };
+}
+
+/** Deterministic PRNG (mulberry32) so a failure can be reproduced. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function normal(random: () => number): number {
+  return Math.sqrt(-2 * Math.log(1 - random())) * Math.cos(2 * Math.PI * random());
+}
+
+/** The bucket scheme of buckets.h in BigInt, only to enumerate every bucket's edges. */
+function bucketEdges(): bigint[] {
+  const values: bigint[] = [];
+  for (let i = 0n; i < 128n * 58n; i++) {
+    const s = i < 256n ? 0n : i / 128n - 1n;
+    const lower = i < 256n ? i : (i - 128n * s) << s;
+    const width = 1n << s;
+    values.push(lower, lower + width - 1n);
+    if (lower > 0n) values.push(lower - 1n);
+    if (width > 2n) values.push(lower + width / 2n);
+  }
+  for (let k = 0n; k < 64n; k++) {
+    for (const d of [-2n, -1n, 0n, 1n, 2n]) {
+      const v = (1n << k) + d;
+      if (v >= 0n && v < 1n << 64n) values.push(v);
+    }
+  }
+  for (let v = 0n; v < 2000n; v++) values.push(v);
+  values.push((1n << 64n) - 1n);
+  return [...new Set(values)].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+}
+
+interface SnapshotRow {
+  ts: number;
+  window_s: number;
+  service: string;
+  method: string;
+  count: number;
+  errors: number;
+  rps: number;
+  error_rate: number;
+  p50_us: number;
+  p90_us: number;
+  p95_us: number;
+  p99_us: number;
+  p999_us: number;
+  max_us: number;
+}
+
+interface Snapshot {
+  now: number;
+  inserted: boolean;
+  timing: { read_ms: number; compute_ms: number; from: number; to: number };
+  rows: SnapshotRow[];
+}
+
+function sqlString(text: string): string {
+  return `'${text.replaceAll("\\", "\\\\").replaceAll("'", "\\'")}'`;
+}
+
+async function newDatabase(clickhouse: ClickHouseServer, name: string): Promise<string> {
+  const database = `${name}_${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
+  await applyMigrations({ url: clickhouse.url, ...CLICKHOUSE_ADMIN, database });
+  return database;
+}
+
+function connection(clickhouse: ClickHouseServer): string[] {
+  return [
+    "--clickhouse-url",
+    clickhouse.url,
+    "--user",
+    CLICKHOUSE_ADMIN.username,
+    "--password",
+    CLICKHOUSE_ADMIN.password,
+  ];
+}
+
+Deno.test("profiler against a real ClickHouse", async (t) => {
+  const { profiler, buckets } = await binaries();
+  await using clickhouse = await startClickHouseServer();
+
+  await t.step("the materialized view's bucket SQL equals the C++ bucket_index", async () => {
+    const database = await newDatabase(clickhouse, "tw_buckets");
+    const values = bucketEdges();
+    const random = prng(7);
+    for (let i = 0; i < 3000; i++) {
+      values.push(BigInt(Math.floor(random() * 2 ** (1 + Math.floor(random() * 52)))));
+    }
+    // One event per value, told apart by `method`; the materialized view computes the bucket.
+    const rows = values.map((v) =>
+      JSON.stringify({ ts: 1700000000, ts_ms: 1700000000000, service: "sweep", method: String(v) })
+        .replace(/}$/, `,"duration_us":${v}}`)
+    );
+    await clickhouse.query(`INSERT INTO ${database}.request_events FORMAT JSONEachRow\n${rows.join("\n")}`);
+    const sql = new Map<string, string>();
+    for (
+      const line of (await clickhouse.query(
+        `SELECT method, bucket FROM ${database}.latency_histogram_1s FORMAT TSV`,
+      )).split("\n").filter(Boolean)
+    ) {
+      const [value, bucket] = line.split("\t");
+      sql.set(value, bucket);
+    }
+    const cpp = await run(buckets, [], values.map(String).join("\n") + "\n");
+    assertEquals(cpp.code, 0, `tailwatch-buckets failed: ${cpp.stderr}`);
+    // Every value, up to 2^64 - 1: where Float64 log2 rounds up just below 2^(k+1), the SQL's
+    // 128 * (s + 1) + (v >> (s + 1)) equals 128 * s + (v >> s) (both are the last bucket below 2^(k+1)).
+    let checked = 0;
+    for (const line of cpp.stdout.split("\n").filter(Boolean)) {
+      const [value, index] = line.split("\t");
+      assertEquals(sql.get(value), index, `bucket of ${value} us (SQL vs C++)`);
+      checked++;
+    }
+    assertEquals(checked, values.length, "values compared");
+    assert(checked > 15000, `only ${checked} values checked`);
+  });
+
+  const now = 1700003600;
+  const database = await newDatabase(clickhouse, "tw_accuracy");
+
+  await t.step("--once --json agrees with quantileExact over the raw rows", async () => {
+    const random = prng(42);
+    const methods: [string, string, () => number][] = [
+      ["catalog", "/catalog.v1.Catalog/GetItem", () => Math.exp(Math.log(2000) + normal(random))],
+      [
+        "catalog",
+        "/catalog.v1.Catalog/ListItems",
+        () => random() < 0.1 ? 20000 + 2000 * normal(random) : 500 + 50 * normal(random),
+      ],
+      ["orders", "/orders.v1.Orders/CreateOrder", () => 100 / Math.pow(1 - random(), 1 / 1.2)],
+      ['it\'s "odd"', "tab\there", () => random() * 1e6],
+    ];
+    // 330 seconds of events, in several INSERTs so the SummingMergeTree holds unmerged parts.
+    for (let part = 0; part < 3; part++) {
+      const lines: string[] = [];
+      for (let ts = now - 330; ts < now + 2; ts++) {
+        for (const [service, method, draw] of methods) {
+          const n = Math.floor(random() * 12);
+          for (let i = 0; i < n; i++) {
+            const duration = Math.max(0, Math.min(Math.floor(draw()), 1e12));
+            const code = random() < 0.05 ? 14 : 0;
+            lines.push(JSON.stringify({
+              ts,
+              ts_ms: ts * 1000,
+              service,
+              method,
+              grpc_code: code,
+              duration_us: duration,
+            }));
+          }
+        }
+      }
+      await clickhouse.query(
+        `INSERT INTO ${database}.request_events FORMAT JSONEachRow\n${lines.join("\n")}`,
+      );
+    }
+    const result = await run(profiler, [
+      ...connection(clickhouse),
+      "--database",
+      database,
+      "--once",
+      "--json",
+      "--now",
+      String(now),
+      "--windows",
+      "10,60,300",
+    ]);
+    assertEquals(result.code, 0, `profiler failed: ${result.stderr}`);
+    const snapshot = JSON.parse(result.stdout) as Snapshot;
+    assertEquals(snapshot.inserted, false, "--json alone does not insert");
+    assertEquals([snapshot.timing.from, snapshot.timing.to], [now - 300, now], "seconds read");
+    assert(snapshot.timing.read_ms >= 0 && snapshot.timing.compute_ms >= 0, "timings reported");
+    // 3 services (method "") + 4 methods = 7 keys.
+    assertEquals(snapshot.rows.length, 7 * 3, "one row per key and window");
+    for (const row of snapshot.rows) {
+      const where = `service = ${sqlString(row.service)}` +
+        (row.method === "" ? "" : ` AND method = ${sqlString(row.method)}`);
+      const exact = (await clickhouse.query(
+        `SELECT count(), countIf(grpc_code != 0), max(duration_us),
+                quantilesExact(0.5, 0.9, 0.95, 0.99, 0.999)(duration_us)
+         FROM ${database}.request_events
+         WHERE ts >= toDateTime(${now - row.window_s}) AND ts < toDateTime(${now}) AND ${where}
+         FORMAT JSONEachRow`,
+      )).trim();
+      const expected = JSON.parse(exact);
+      const values = Object.values(expected) as (string | string[])[];
+      const label = `${row.service}/${row.method} ${row.window_s}s`;
+      assertEquals(row.count, Number(values[0]), `${label} count`);
+      assertEquals(row.errors, Number(values[1]), `${label} errors`);
+      assertEquals(row.max_us, Number(values[2]), `${label} max`);
+      assertEquals(row.rps, row.count / row.window_s, `${label} rps`);
+      const quantiles = (values[3] as string[]).map(Number);
+      const reported = [row.p50_us, row.p90_us, row.p95_us, row.p99_us, row.p999_us];
+      for (let i = 0; i < quantiles.length; i++) {
+        const bound = Math.floor(quantiles[i] / 256);
+        assert(
+          Math.abs(reported[i] - quantiles[i]) <= bound,
+          `${label} quantile #${i}: profiler ${reported[i]}, quantileExact ${quantiles[i]} (bound ${bound})`,
+        );
+      }
+    }
+  });
+
+  await t.step("--once inserts one row per key and window into latency_percentiles", async () => {
+    const result = await run(profiler, [
+      ...connection(clickhouse),
+      "--database",
+      database,
+      "--once",
+      "--now",
+      String(now + 1),
+    ]);
+    assertEquals(result.code, 0, `profiler failed: ${result.stderr}`);
+    const rows = (await clickhouse.query(
+      `SELECT window_s, service, method, count, p99_us FROM ${database}.latency_percentiles
+       WHERE ts = toDateTime(${now + 1}) ORDER BY service, method, window_s FORMAT JSONEachRow`,
+    )).split("\n").filter(Boolean).map((line) => JSON.parse(line));
+    assertEquals(rows.length, 21, "rows inserted");
+    assertEquals(rows[0].service, "catalog", "first service");
+    assertEquals(rows[0].method, "", "whole service first");
+  });
+
+  await t.step("a wrong password is a clear error and exit 1", async () => {
+    const result = await run(profiler, [
+      "--clickhouse-url",
+      clickhouse.url,
+      "--user",
+      CLICKHOUSE_ADMIN.username,
+      "--password",
+      "wrong",
+      "--database",
+      database,
+      "--once",
+    ]);
+    assertEquals(result.code, 1, "exit code");
+    assert(/HTTP 516|password/i.test(result.stderr), `message: ${result.stderr}`);
+  });
+
+  await t.step(
+    "the daemon writes every tick, rides out a ClickHouse restart, and exits 0 on SIGTERM",
+    async () => {
+      const live = await newDatabase(clickhouse, "tw_live");
+      const insertNow = async () => {
+        const ts = Math.floor(Date.now() / 1000);
+        const lines = [100, 200, 300].map((duration_us) =>
+          JSON.stringify({ ts, ts_ms: ts * 1000, service: "s", method: "m", duration_us })
+        );
+        await clickhouse.query(`INSERT INTO ${live}.request_events FORMAT JSONEachRow\n${lines.join("\n")}`);
+      };
+      await insertNow();
+      const child = new Deno.Command(profiler, {
+        args: [...connection(clickhouse), "--database", live, "--windows", "10", "--late-margin", "2s"],
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+      const output = child.output();
+      const ticks = async () =>
+        Number((await clickhouse.query(`SELECT uniqExact(ts) FROM ${live}.latency_percentiles`)).trim());
+      try {
+        await waitUntil("two ticks written", async () => (await ticks()) >= 2, 20_000);
+        await clickhouse.stop();
+        await new Promise((resolve) => setTimeout(resolve, 2500));
+        await clickhouse.start();
+        const stoppedAt = Math.floor(Date.now() / 1000);
+        await insertNow();
+        await waitUntil("ticks after the restart", async () => {
+          const text = await clickhouse.query(
+            `SELECT max(ts) >= toDateTime(${stoppedAt}) FROM ${live}.latency_percentiles`,
+          );
+          return text.trim() === "1";
+        }, 30_000);
+      } finally {
+        child.kill("SIGTERM");
+      }
+      const { code, stderr } = await output;
+      const log = new TextDecoder().decode(stderr);
+      assertEquals(code, 0, `exit status after SIGTERM (log: ${log})`);
+      assert(/retrying/.test(log), `the outage is logged: ${log}`);
+      // The engine kept its state through the outage and went on ticking.
+      const seconds = (await clickhouse.query(
+        `SELECT toUInt32(ts) FROM ${live}.latency_percentiles GROUP BY ts ORDER BY ts FORMAT TSV`,
+      )).split("\n").filter(Boolean).map(Number);
+      assert(seconds.length >= 3, `ticks written: ${seconds}`);
+    },
+  );
+});
