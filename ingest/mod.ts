@@ -1,7 +1,28 @@
 export {
+  appliedVersions,
   applyMigrations,
   loadMigrations,
   type Migration,
   type MigrationTarget,
   splitStatements,
 } from "./migrations.ts";
+export {
+  ident,
+  type Identifier,
+  literal,
+  type Sql,
+  sql,
+  SqlBindError,
+  sqlJoin,
+  type SqlValue,
+} from "./sql.ts";
+export { type ClickHouse, ClickHouseError, type ClickHouseOptions, createClickHouse } from "./clickhouse.ts";
+export { ConfigError, type IngestConfig, loadConfig } from "./config.ts";
+export {
+  createIngestWorker,
+  type IngestStats,
+  type IngestWorker,
+  type IngestWorkerOptions,
+} from "./worker.ts";
+export { applyRetention, type RetentionOptions } from "./retention.ts";
+export { projectionCounts, rebuild } from "./rebuild.ts";
