@@ -5,8 +5,7 @@
  * duplicate window turns a retry of an event that did arrive into a no-op.
  */
 import { create, toBinary } from "@bufbuild/protobuf";
-import { jetstream } from "@nats-io/jetstream";
-import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { connect, createInbox, headers, type Msg, type NatsConnection } from "@nats-io/transport-node";
 import { type RequestEvent, RequestEventSchema } from "@tailwatch/proto/events/v1";
 import type { Logger } from "./log.ts";
 import type { Registry } from "./metrics.ts";
@@ -89,13 +88,23 @@ export function createDisabledEventSink(metrics: Registry): EventSink {
   };
 }
 
-/** Connects to NATS in the background (requests never wait for it) and publishes every emitted event. */
+/**
+ * Connects to NATS in the background (requests never wait for it) and publishes every emitted event.
+ *
+ * Publishing is pipelined rather than request/reply per event: each event is a plain publish whose reply
+ * subject names it on one inbox subscription, so JetStream's ack comes back there. That costs one
+ * subscription and one sweep timer in all instead of a request object and a timer per event. An event
+ * whose ack does not come within the timeout, or comes back as an error, is published again with the same
+ * Nats-Msg-Id, which the stream's duplicate window turns into a no-op if the first copy was stored.
+ */
 export function createEventSink(options: EventSinkOptions): EventSink {
   const { logger, metrics } = options;
   const subject = requestEventSubject(options.service);
-  const timeout = options.publishTimeoutMs ?? 5000;
+  const timeoutMs = options.publishTimeoutMs ?? 5000;
   const queue = new Ring<RequestEvent>(options.capacity);
-  let inFlight = 0;
+  /** Published and awaiting their ack, by reply token. */
+  const awaiting = new Map<number, { event: RequestEvent; sentAt: number }>();
+  let nextToken = 0;
   let retryAt = 0;
   let retryTimer: ReturnType<typeof setTimeout> | undefined;
   let backoffMs = 0;
@@ -115,29 +124,36 @@ export function createEventSink(options: EventSinkOptions): EventSink {
   metrics.gaugeFn(
     "events_buffer_depth",
     "Events accepted and not yet acknowledged.",
-    () => queue.size + inFlight,
+    () => queue.size + awaiting.size,
   );
   metrics.gaugeFn("events_buffer_capacity", "Events the buffer holds at most.", () => options.capacity);
   const connectedGauge = metrics.gauge("events_nats_connected", "1 while connected to NATS.");
 
-  let js: ReturnType<typeof jetstream> | undefined;
   let nc: NatsConnection | undefined;
+  let connecting: NatsConnection | undefined;
+  let inbox = "";
+  let sweeper: ReturnType<typeof setInterval> | undefined;
   const ready = (async () => {
     for (let attempt = 0; !closed; attempt++) {
       try {
-        nc = await connect({
+        // Published to only once the inbox is subscribed: `nc` stays unset until then.
+        const conn = await connect({
           servers: options.natsUrl.split(","),
           name: `${options.service}-events`,
           maxReconnectAttempts: -1,
           reconnectTimeWait: 250,
           timeout: 2000,
         });
-        await ensureRequestEventsStream(nc);
-        js = jetstream(nc, { timeout });
+        connecting = conn;
+        await ensureRequestEventsStream(conn);
+        inbox = createInbox();
+        conn.subscribe(`${inbox}.*`, { callback: (_error, msg) => onAck(msg) });
+        nc = conn;
+        sweeper = setInterval(sweep, Math.min(1000, timeoutMs / 2));
         connectedGauge.set(1);
         logger.info("events: connected to NATS", { url: options.natsUrl });
         (async () => {
-          for await (const status of nc!.status()) {
+          for await (const status of conn.status()) {
             if (status.type === "disconnect") connectedGauge.set(0);
             if (status.type === "reconnect") connectedGauge.set(1);
           }
@@ -145,8 +161,8 @@ export function createEventSink(options: EventSinkOptions): EventSink {
         pump();
         return;
       } catch (error) {
-        await nc?.close().catch(() => {});
-        nc = undefined;
+        await connecting?.close().catch(() => {});
+        connecting = undefined;
         if (attempt % 20 === 0) logger.warn("events: NATS not reachable yet, buffering", { error });
         await new Promise((resolve) => setTimeout(resolve, 250));
       }
@@ -154,29 +170,61 @@ export function createEventSink(options: EventSinkOptions): EventSink {
   })();
 
   const notifyIfIdle = () => {
-    if (queue.size === 0 && inFlight === 0) {
+    if (queue.size === 0 && awaiting.size === 0) {
       for (const wake of idleWaiters) wake();
     }
   };
 
   let lastWarning = 0;
-  const onFailure = (event: RequestEvent, error: unknown) => {
-    inFlight--;
+  const retry = (event: RequestEvent, reason: string) => {
     retries.inc();
-    // Put it back first in line; the ring cannot be full here because the event held a place while in flight.
+    // Back to the front of the line; the ring has room because the event held a place while awaited.
     queue.pushFront(event);
     const now = Date.now();
-    // One failed round (up to `concurrency` publishes failing together) raises the backoff once.
+    // A failed round (many publishes failing together) raises the backoff once.
     if (now >= retryAt) {
       backoffMs = Math.min(1000, backoffMs === 0 ? 50 : backoffMs * 2);
       retryAt = now + backoffMs;
     }
     if (now - lastWarning > 5000) {
       lastWarning = now;
-      logger.warn("events: publish failed, retrying", { error, pending: queue.size + inFlight, backoffMs });
+      logger.warn("events: publish not acknowledged, retrying", {
+        reason,
+        pending: queue.size + awaiting.size,
+      });
     }
     schedulePump();
   };
+
+  const textDecoder = new TextDecoder();
+  function onAck(msg: Msg) {
+    const token = Number(msg.subject.slice(inbox.length + 1));
+    const entry = awaiting.get(token);
+    if (!entry) return; // already retried after a timeout; the retry's own ack will count it
+    awaiting.delete(token);
+    // A JetStream ack is {"stream":..,"seq":..[,"duplicate":true]}; anything else (an error, a 503
+    // "no responders" status with an empty body) means the event is not stored.
+    const body = textDecoder.decode(msg.data);
+    if (body.includes('"seq"') && !body.includes('"error"')) {
+      backoffMs = 0;
+      published.inc();
+      if (body.includes('"duplicate":true')) duplicates.inc();
+      pump();
+      notifyIfIdle();
+    } else {
+      retry(entry.event, body || `status ${msg.headers?.code ?? "unknown"}`);
+    }
+  }
+
+  function sweep() {
+    const cutoff = Date.now() - timeoutMs;
+    for (const [token, entry] of awaiting) {
+      // Map order is publish order: stop at the first entry still within its timeout.
+      if (entry.sentAt > cutoff) break;
+      awaiting.delete(token);
+      retry(entry.event, "ack timeout");
+    }
+  }
 
   const schedulePump = () => {
     if (retryTimer !== undefined) return;
@@ -187,41 +235,43 @@ export function createEventSink(options: EventSinkOptions): EventSink {
   };
 
   function pump() {
-    if (!js) return;
+    if (!nc || nc.isClosed()) return;
     if (Date.now() < retryAt) {
       schedulePump();
       return;
     }
-    while (inFlight < options.concurrency && queue.size > 0) {
+    const now = Date.now();
+    while (awaiting.size < options.concurrency && queue.size > 0) {
       const event = queue.popFront()!;
-      inFlight++;
-      js.publish(subject, toBinary(RequestEventSchema, event), { msgID: event.eventId, timeout }).then(
-        (ack) => {
-          inFlight--;
-          backoffMs = 0;
-          published.inc();
-          if (ack.duplicate) duplicates.inc();
-          pump();
-          notifyIfIdle();
-        },
-        (error) => onFailure(event, error),
-      );
+      const token = nextToken++;
+      const msgHeaders = headers();
+      msgHeaders.set("Nats-Msg-Id", event.eventId);
+      try {
+        nc.publish(subject, toBinary(RequestEventSchema, event), {
+          headers: msgHeaders,
+          reply: `${inbox}.${token}`,
+        });
+        awaiting.set(token, { event, sentAt: now });
+      } catch (error) {
+        retry(event, String(error));
+        return;
+      }
     }
   }
 
   return {
     emit(init) {
-      if (queue.size + inFlight >= options.capacity || closed) {
+      if (queue.size + awaiting.size >= options.capacity || closed) {
         dropped.inc();
         return false;
       }
       queue.pushBack(create(RequestEventSchema, init));
-      pump();
+      if (queue.size === 1 || awaiting.size < options.concurrency) pump();
       return true;
     },
-    pending: () => queue.size + inFlight,
+    pending: () => queue.size + awaiting.size,
     async flush(timeoutMs) {
-      if (queue.size === 0 && inFlight === 0) return true;
+      if (queue.size === 0 && awaiting.size === 0) return true;
       let wake!: () => void;
       const idle = new Promise<void>((resolve) => wake = resolve);
       idleWaiters.add(wake);
@@ -229,21 +279,24 @@ export function createEventSink(options: EventSinkOptions): EventSink {
       await idle;
       clearTimeout(timer);
       idleWaiters.delete(wake);
-      return queue.size === 0 && inFlight === 0;
+      return queue.size === 0 && awaiting.size === 0;
     },
     async close(timeoutMs) {
       const deadline = Date.now() + timeoutMs;
       const flushed = await this.flush(timeoutMs);
       if (!flushed) {
-        logger.error("events: shutting down with unpublished events", { pending: queue.size + inFlight });
+        logger.error("events: shutting down with unpublished events", {
+          pending: queue.size + awaiting.size,
+        });
       }
       closed = true;
       clearTimeout(retryTimer);
+      clearInterval(sweeper);
       await Promise.race([
         ready,
         new Promise((resolve) => setTimeout(resolve, Math.max(0, deadline - Date.now()))),
       ]);
-      await nc?.drain().catch(() => {});
+      await (nc ?? connecting)?.drain().catch(() => {});
     },
   };
 }

@@ -30,7 +30,7 @@ const quietEnv = (natsUrl: string, extra: Record<string, string>) => ({
   HTTP_PORT: "0",
   NATS_URL: natsUrl,
   ADMIN_TOKEN,
-  LOG_LEVEL: "warn",
+  LOG_LEVEL: Deno.env.get("TEST_LOG_LEVEL") ?? "warn",
   SHUTDOWN_GRACE_MS: "5000",
   ...extra,
 });

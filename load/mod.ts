@@ -1,0 +1,1 @@
+export { CREATE_ORDER_BODY, type GhzRun, type GhzSummary, runGhz } from "./ghz.ts";
