@@ -132,7 +132,7 @@ std::string histogram_query(const std::string& database, std::int64_t from, std:
   check_identifier(database);
   return "SELECT toUInt32(ts), service, method, bucket, sum(count), sum(errors) FROM " + database +
          ".latency_histogram_1s WHERE " + time_range(from, to) +
-         " GROUP BY ts, service, method, bucket ORDER BY service, method, ts, bucket FORMAT TabSeparated";
+         " GROUP BY ts, service, method, bucket FORMAT TabSeparated";
 }
 
 std::string maxima_query(const std::string& database, std::int64_t from, std::int64_t to) {

@@ -5,6 +5,8 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <string_view>
+#include <utility>
 
 namespace tailwatch {
 
@@ -24,6 +26,31 @@ struct SecondData {
 };
 
 const SecondData kEmptySecond{};
+
+/// Looks keys up by string_view so that a row costs no allocation when its key is already known.
+struct KeyView {
+  std::string_view service;
+  std::string_view method;
+};
+struct KeyLess {
+  using is_transparent = void;
+  static std::pair<std::string_view, std::string_view> view(const Key& k) { return {k.service, k.method}; }
+  static std::pair<std::string_view, std::string_view> view(const KeyView& k) { return {k.service, k.method}; }
+  template <typename A, typename B>
+  bool operator()(const A& a, const B& b) const {
+    return view(a) < view(b);
+  }
+};
+template <typename V>
+using KeyMap = std::map<Key, V, KeyLess>;
+
+template <typename V>
+V& lookup(KeyMap<V>& map, std::string_view service, std::string_view method, std::size_t span) {
+  const KeyView view{service, method};
+  auto it = map.find(view);
+  if (it == map.end()) it = map.emplace(Key{std::string(service), std::string(method)}, V(span)).first;
+  return it->second;
+}
 
 struct Window {
   Histogram hist;
@@ -110,19 +137,18 @@ void RollingEngine::advance(std::int64_t now, const SecondsBatch& batch) {
   const auto span = static_cast<std::size_t>(to - from);
 
   // Fresh per-second data per key; each row also counts for its service as a whole (method "").
-  std::map<Key, std::vector<SecondData>> fresh;
-  std::map<Key, std::vector<std::uint64_t>> stats_max;
+  KeyMap<std::vector<SecondData>> fresh;
+  KeyMap<std::vector<std::uint64_t>> stats_max;
   {
-    const Key* last_key = nullptr;
+    const HistogramRow* last = nullptr;  // rows usually come grouped by key: skip the lookups then
     std::vector<SecondData>* last_method = nullptr;
     std::vector<SecondData>* last_service = nullptr;
     for (const auto& row : batch.histogram) {
       if (row.ts < from || row.ts >= to || row.count == 0) continue;
-      if (last_key == nullptr || last_key->service != row.service || last_key->method != row.method) {
-        auto it = fresh.try_emplace(Key{row.service, row.method}, span).first;
-        last_key = &it->first;
-        last_method = &it->second;
-        last_service = row.method.empty() ? nullptr : &fresh.try_emplace(Key{row.service, ""}, span).first->second;
+      if (last == nullptr || last->service != row.service || last->method != row.method) {
+        last = &row;
+        last_method = &lookup(fresh, row.service, row.method, span);
+        last_service = row.method.empty() ? nullptr : &lookup(fresh, row.service, "", span);
       }
       const auto i = static_cast<std::size_t>(row.ts - from);
       for (auto* target : {last_method, last_service}) {
@@ -136,7 +162,7 @@ void RollingEngine::advance(std::int64_t now, const SecondsBatch& batch) {
       const auto i = static_cast<std::size_t>(row.ts - from);
       for (const bool whole_service : {false, true}) {
         if (whole_service && row.method.empty()) continue;
-        auto& maxima = stats_max.try_emplace(Key{row.service, whole_service ? "" : row.method}, span).first->second;
+        auto& maxima = lookup(stats_max, row.service, whole_service ? std::string_view() : row.method, span);
         maxima[i] = std::max(maxima[i], row.max_us);
       }
     }
