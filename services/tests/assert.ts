@@ -13,7 +13,9 @@ function canonical(value: unknown): string {
 
 export function assertEquals<T>(actual: T, expected: T, message = ""): void {
   if (canonical(actual) !== canonical(expected)) {
-    throw new AssertionError(`${message ? message + ": " : ""}expected ${canonical(expected)}, got ${canonical(actual)}`);
+    throw new AssertionError(
+      `${message ? message + ": " : ""}expected ${canonical(expected)}, got ${canonical(actual)}`,
+    );
   }
 }
 

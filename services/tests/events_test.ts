@@ -8,54 +8,73 @@ import { readAllEvents, startStack } from "./stack.ts";
 const options = { sanitizeOps: false, sanitizeResources: false };
 const GOOD_CARD = "4242424242424242";
 
-Deno.test("each request, over either protocol and whatever its outcome, becomes exactly one event", options, async () => {
-  await using nats = await startNatsServer();
-  const before = Date.now();
-  {
-    await using stack = await startStack(nats.url);
-    await stack.clients.catalog.getProduct({ productId: "kibble-salmon-2kg" });
-    await stack.clients.catalog.getProduct({ productId: "missing" }).catch(() => {});
-    const ok = await stack.rest(stack.catalog, "/v1/products/treats-tuna-60g");
-    await ok.body?.cancel();
-    const notFound = await stack.rest(stack.catalog, "/nowhere");
-    await notFound.body?.cancel();
-    const payment = await stack.rest(stack.payments, "/v1/payments", {
-      method: "POST",
-      body: JSON.stringify({ orderId: "e-1", amountCents: 42, currency: "EUR", cardNumber: GOOD_CARD }),
-    });
-    await payment.body?.cancel();
-    for (const service of [stack.catalog, stack.payments]) assert(await service.events.flush(10_000), "flushed");
-  }
-  const events = await readAllEvents(nats.url);
-  assertEquals(events.length, 5, "five requests, five events");
-  assertEquals(new Set(events.map((e) => e.eventId)).size, 5, "unique event ids");
-  const byKey = (e: RequestEvent) => `${e.service} ${e.protocol} ${e.method} ${e.grpcCode} ${e.httpStatus} ${e.route}`;
-  const keys = events.map(byKey).sort();
-  assertEquals(keys, [
-    `catalog ${Protocol.GRPC} /catalog.v1.CatalogService/GetProduct ${Code.NOT_FOUND} 200 `,
-    `catalog ${Protocol.GRPC} /catalog.v1.CatalogService/GetProduct ${Code.OK} 200 `,
-    `catalog ${Protocol.HTTP}  ${Code.NOT_FOUND} 404 `,
-    `catalog ${Protocol.HTTP} /catalog.v1.CatalogService/GetProduct ${Code.OK} 200 GET /v1/products/{product_id}`,
-    `payments ${Protocol.HTTP} /payments.v1.PaymentService/Charge ${Code.OK} 200 POST /v1/payments`,
-  ].sort());
-  for (const event of events) {
-    assert(/^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/.test(event.eventId), event.eventId);
-    assert(Number(event.startTimeMs) >= before && Number(event.startTimeMs) <= Date.now(), "start time is now-ish");
-    assert(event.durationUs > 0n && event.durationUs < 10_000_000n, `duration ${event.durationUs} µs`);
-    assert(/^[0-9a-f]{32}$/.test(event.traceId) && /^[0-9a-f]{16}$/.test(event.spanId), "W3C ids");
-    assertEquals(event.parentSpanId, "", "requests from outside start root spans");
-    assert(event.instance.startsWith(event.service), event.instance);
-  }
-  const charge = events.find((e) => e.service === "payments")!;
-  assert(charge.requestBytes > 0n && charge.responseBytes > 0n, "sizes are recorded");
-  const missing = events.find((e) => e.grpcCode === Code.NOT_FOUND && e.protocol === Protocol.GRPC)!;
-  assertEquals(missing.errorMessage, "product missing not found");
-  // UUIDv7: sorting by id sorts by start time (to the millisecond).
-  const byId = [...events].sort((a, b) => a.eventId < b.eventId ? -1 : 1);
-  for (let i = 1; i < byId.length; i++) {
-    assert(byId[i - 1].startTimeMs <= byId[i].startTimeMs, "event ids are ordered by start time");
-  }
-});
+Deno.test(
+  "each request, over either protocol and whatever its outcome, becomes exactly one event",
+  options,
+  async () => {
+    await using nats = await startNatsServer();
+    const before = Date.now();
+    {
+      await using stack = await startStack(nats.url);
+      await stack.clients.catalog.getProduct({ productId: "kibble-salmon-2kg" });
+      await stack.clients.catalog.getProduct({ productId: "missing" }).catch(() => {});
+      const ok = await stack.rest(stack.catalog, "/v1/products/treats-tuna-60g");
+      await ok.body?.cancel();
+      const notFound = await stack.rest(stack.catalog, "/nowhere");
+      await notFound.body?.cancel();
+      const payment = await stack.rest(stack.payments, "/v1/payments", {
+        method: "POST",
+        body: JSON.stringify({ orderId: "e-1", amountCents: 42, currency: "EUR", cardNumber: GOOD_CARD }),
+      });
+      await payment.body?.cancel();
+      for (const service of [stack.catalog, stack.payments]) {
+        assert(
+          await service.events.flush(10_000),
+          "flushed",
+        );
+      }
+    }
+    const events = await readAllEvents(nats.url);
+    assertEquals(events.length, 5, "five requests, five events");
+    assertEquals(new Set(events.map((e) => e.eventId)).size, 5, "unique event ids");
+    const byKey = (e: RequestEvent) =>
+      `${e.service} ${e.protocol} ${e.method} ${e.grpcCode} ${e.httpStatus} ${e.route}`;
+    const keys = events.map(byKey).sort();
+    assertEquals(
+      keys,
+      [
+        `catalog ${Protocol.GRPC} /catalog.v1.CatalogService/GetProduct ${Code.NOT_FOUND} 200 `,
+        `catalog ${Protocol.GRPC} /catalog.v1.CatalogService/GetProduct ${Code.OK} 200 `,
+        `catalog ${Protocol.HTTP}  ${Code.NOT_FOUND} 404 `,
+        `catalog ${Protocol.HTTP} /catalog.v1.CatalogService/GetProduct ${Code.OK} 200 GET /v1/products/{product_id}`,
+        `payments ${Protocol.HTTP} /payments.v1.PaymentService/Charge ${Code.OK} 200 POST /v1/payments`,
+      ].sort(),
+    );
+    for (const event of events) {
+      assert(
+        /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/.test(event.eventId),
+        event.eventId,
+      );
+      assert(
+        Number(event.startTimeMs) >= before && Number(event.startTimeMs) <= Date.now(),
+        "start time is now-ish",
+      );
+      assert(event.durationUs > 0n && event.durationUs < 10_000_000n, `duration ${event.durationUs} µs`);
+      assert(/^[0-9a-f]{32}$/.test(event.traceId) && /^[0-9a-f]{16}$/.test(event.spanId), "W3C ids");
+      assertEquals(event.parentSpanId, "", "requests from outside start root spans");
+      assert(event.instance.startsWith(event.service), event.instance);
+    }
+    const charge = events.find((e) => e.service === "payments")!;
+    assert(charge.requestBytes > 0n && charge.responseBytes > 0n, "sizes are recorded");
+    const missing = events.find((e) => e.grpcCode === Code.NOT_FOUND && e.protocol === Protocol.GRPC)!;
+    assertEquals(missing.errorMessage, "product missing not found");
+    // UUIDv7: sorting by id sorts by start time (to the millisecond).
+    const byId = [...events].sort((a, b) => a.eventId < b.eventId ? -1 : 1);
+    for (let i = 1; i < byId.length; i++) {
+      assert(byId[i - 1].startTimeMs <= byId[i].startTimeMs, "event ids are ordered by start time");
+    }
+  },
+);
 
 Deno.test("an order's trace links its spans in orders, catalog and payments", options, async () => {
   await using nats = await startNatsServer();
@@ -66,21 +85,31 @@ Deno.test("an order's trace links its spans in orders, catalog and payments", op
     const response = await stack.rest(stack.orders, "/v1/orders", {
       method: "POST",
       headers: { traceparent: `00-${traceId}-${callerSpan}-01` },
-      body: JSON.stringify({ customerId: "t-1", lines: [{ productId: "treats-tuna-60g", quantity: 1 }], cardNumber: GOOD_CARD }),
+      body: JSON.stringify({
+        customerId: "t-1",
+        lines: [{ productId: "treats-tuna-60g", quantity: 1 }],
+        cardNumber: GOOD_CARD,
+      }),
     });
     assertEquals(response.status, 200);
     await response.body?.cancel();
     // A failing order over gRPC: its compensation (ReleaseStock) is part of the same trace.
     try {
       await stack.clients.orders.createOrder(
-        { customerId: "t-2", lines: [{ productId: "treats-tuna-60g", quantity: 1 }], cardNumber: "4000000000000002" },
+        {
+          customerId: "t-2",
+          lines: [{ productId: "treats-tuna-60g", quantity: 1 }],
+          cardNumber: "4000000000000002",
+        },
         { traceparent: `00-${"a".repeat(32)}-${"b".repeat(16)}-01` },
       );
       throw new Error("a declined card must fail");
     } catch (error) {
       assertEquals((error as ServiceError).code, Code.FAILED_PRECONDITION);
     }
-    for (const service of [stack.catalog, stack.payments, stack.orders]) assert(await service.events.flush(10_000));
+    for (const service of [stack.catalog, stack.payments, stack.orders]) {
+      assert(await service.events.flush(10_000));
+    }
   }
   const events = await readAllEvents(nats.url);
   const trace = events.filter((e) => e.traceId === traceId);

@@ -11,42 +11,56 @@ import { readAllEvents, startStack } from "./stack.ts";
 const options = { sanitizeOps: false, sanitizeResources: false };
 void AckPolicy;
 
-Deno.test("past the in-flight limit requests are refused at once and the service stays healthy", options, async () => {
-  await using nats = await startNatsServer();
-  await using stack = await startStack(nats.url, { MAX_IN_FLIGHT: "4", FAULT_LATENCY: "fixed:400" });
-  const catalog = stack.clients.catalog;
-  const health = createClient(Health, `127.0.0.1:${stack.catalog.grpcPort}`);
-  const finished: Array<"ok" | "refused"> = [];
-  const calls = Array.from({ length: 40 }, () =>
-    catalog.getProduct({ productId: "kibble-salmon-2kg" }, { timeoutMs: 10_000 }).then(
-      () => finished.push("ok"),
-      (error) => {
-        assertEquals((error as ServiceError).code, Code.RESOURCE_EXHAUSTED);
-        assert(/limit of 4 requests in flight/.test((error as ServiceError).message));
-        finished.push("refused");
-      },
-    ));
-  // While saturated: health answers SERVING, and REST refuses with 429 and Retry-After.
-  await new Promise((resolve) => setTimeout(resolve, 100));
-  const status = await health.check({ service: "" });
-  assertEquals(status.status, HealthCheckResponse_ServingStatus.SERVING);
-  const rest = await stack.rest(stack.catalog, "/v1/products/kibble-salmon-2kg");
-  assertEquals(rest.status, 429);
-  assertEquals(rest.headers.get("retry-after"), "1");
-  assertEquals((await rest.json()).status, "RESOURCE_EXHAUSTED");
-  await Promise.all(calls);
-  assertEquals(finished.filter((f) => f === "ok").length, 4, "exactly the limit was admitted");
-  assertEquals(finished.indexOf("ok"), 36, "every refusal came back before any admitted request finished");
-  // Afterwards it serves normally again.
-  await catalog.getProduct({ productId: "kibble-salmon-2kg" });
-  health.close();
-  const metrics = await (await stack.rest(stack.catalog, "/metrics")).text();
-  assert(/admission_rejections_total\{method="\/catalog.v1.CatalogService\/GetProduct",protocol="grpc"\} 36/.test(metrics));
-  assert(await stack.catalog.events.flush(10_000));
-  const events = await readAllEvents(nats.url);
-  assertEquals(events.filter((e) => e.grpcCode === Code.RESOURCE_EXHAUSTED).length, 37, "refusals are events too");
-  assertEquals(events.length, 42);
-});
+Deno.test(
+  "past the in-flight limit requests are refused at once and the service stays healthy",
+  options,
+  async () => {
+    await using nats = await startNatsServer();
+    await using stack = await startStack(nats.url, { MAX_IN_FLIGHT: "4", FAULT_LATENCY: "fixed:400" });
+    const catalog = stack.clients.catalog;
+    const health = createClient(Health, `127.0.0.1:${stack.catalog.grpcPort}`);
+    const finished: Array<"ok" | "refused"> = [];
+    const calls = Array.from(
+      { length: 40 },
+      () =>
+        catalog.getProduct({ productId: "kibble-salmon-2kg" }, { timeoutMs: 10_000 }).then(
+          () => finished.push("ok"),
+          (error) => {
+            assertEquals((error as ServiceError).code, Code.RESOURCE_EXHAUSTED);
+            assert(/limit of 4 requests in flight/.test((error as ServiceError).message));
+            finished.push("refused");
+          },
+        ),
+    );
+    // While saturated: health answers SERVING, and REST refuses with 429 and Retry-After.
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const status = await health.check({ service: "" });
+    assertEquals(status.status, HealthCheckResponse_ServingStatus.SERVING);
+    const rest = await stack.rest(stack.catalog, "/v1/products/kibble-salmon-2kg");
+    assertEquals(rest.status, 429);
+    assertEquals(rest.headers.get("retry-after"), "1");
+    assertEquals((await rest.json()).status, "RESOURCE_EXHAUSTED");
+    await Promise.all(calls);
+    assertEquals(finished.filter((f) => f === "ok").length, 4, "exactly the limit was admitted");
+    assertEquals(finished.indexOf("ok"), 36, "every refusal came back before any admitted request finished");
+    // Afterwards it serves normally again.
+    await catalog.getProduct({ productId: "kibble-salmon-2kg" });
+    health.close();
+    const metrics = await (await stack.rest(stack.catalog, "/metrics")).text();
+    assert(
+      /admission_rejections_total\{method="\/catalog.v1.CatalogService\/GetProduct",protocol="grpc"\} 36/
+        .test(metrics),
+    );
+    assert(await stack.catalog.events.flush(10_000));
+    const events = await readAllEvents(nats.url);
+    assertEquals(
+      events.filter((e) => e.grpcCode === Code.RESOURCE_EXHAUSTED).length,
+      37,
+      "refusals are events too",
+    );
+    assertEquals(events.length, 42);
+  },
+);
 
 Deno.test("a NATS restart of a few seconds under load loses no event", options, async () => {
   await using nats = await startNatsServer();
@@ -78,41 +92,54 @@ Deno.test("a NATS restart of a few seconds under load loses no event", options, 
   assertEquals(new Set(events.map((e) => e.eventId)).size, served, "no duplicates");
 });
 
-Deno.test("SIGTERM under load: in-flight requests finish, events are flushed, exit code 0", options, async () => {
-  await using nats = await startNatsServer();
-  const grpcPort = freePort();
-  const dir = await Deno.makeTempDir();
-  const service = await spawnLogged(Deno.execPath(), ["run", "-A", new URL("../catalog/main.ts", import.meta.url).pathname], `${dir}/catalog.log`, {
-    env: {
-      HOST: "127.0.0.1",
-      GRPC_PORT: String(grpcPort),
-      HTTP_PORT: String(freePort()),
-      NATS_URL: nats.url,
-      FAULT_LATENCY: "fixed:50",
-      SHUTDOWN_GRACE_MS: "10000",
-      LOG_LEVEL: "info",
-    },
-  });
-  const catalog = createClient(CatalogService, `127.0.0.1:${grpcPort}`);
-  await waitUntil("catalog answers", async () => (await catalog.listProducts({}), true), 30_000);
-  let accepted = 1; // the listProducts that answered above
-  const load = runLoad(100_000, 32, async () => {
-    await catalog.getProduct({ productId: "kitten-milk-200ml" }, { timeoutMs: 20_000 });
-    accepted++;
-  }, { stopOn: (error) => error.code === Code.UNAVAILABLE });
-  await new Promise((resolve) => setTimeout(resolve, 1500));
-  const exit = service.stop("SIGTERM", 30_000);
-  const result = await load;
-  const code = await exit;
-  catalog.close();
-  const log = await service.log();
-  assertEquals(code, 0, `exit code (log:\n${log})`);
-  assert(/"msg":"drained"/.test(log), `the drain completed (log:\n${log})`);
-  assert(result.ok > 100, `load ran (${result.ok} ok)`);
-  for (const [code, count] of result.errors) {
-    assertEquals(code, Code.UNAVAILABLE, `only refused connections after the drain, got ${count} × ${code}`);
-  }
-  const events = await readAllEvents(nats.url);
-  assertEquals(events.length, accepted, "one event per request the service accepted, none lost");
-  await Deno.remove(dir, { recursive: true });
-});
+Deno.test(
+  "SIGTERM under load: in-flight requests finish, events are flushed, exit code 0",
+  options,
+  async () => {
+    await using nats = await startNatsServer();
+    const grpcPort = freePort();
+    const dir = await Deno.makeTempDir();
+    const service = await spawnLogged(
+      Deno.execPath(),
+      ["run", "-A", new URL("../catalog/main.ts", import.meta.url).pathname],
+      `${dir}/catalog.log`,
+      {
+        env: {
+          HOST: "127.0.0.1",
+          GRPC_PORT: String(grpcPort),
+          HTTP_PORT: String(freePort()),
+          NATS_URL: nats.url,
+          FAULT_LATENCY: "fixed:50",
+          SHUTDOWN_GRACE_MS: "10000",
+          LOG_LEVEL: "info",
+        },
+      },
+    );
+    const catalog = createClient(CatalogService, `127.0.0.1:${grpcPort}`);
+    await waitUntil("catalog answers", async () => (await catalog.listProducts({}), true), 30_000);
+    let accepted = 1; // the listProducts that answered above
+    const load = runLoad(100_000, 32, async () => {
+      await catalog.getProduct({ productId: "kitten-milk-200ml" }, { timeoutMs: 20_000 });
+      accepted++;
+    }, { stopOn: (error) => error.code === Code.UNAVAILABLE });
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    const exit = service.stop("SIGTERM", 30_000);
+    const result = await load;
+    const code = await exit;
+    catalog.close();
+    const log = await service.log();
+    assertEquals(code, 0, `exit code (log:\n${log})`);
+    assert(/"msg":"drained"/.test(log), `the drain completed (log:\n${log})`);
+    assert(result.ok > 100, `load ran (${result.ok} ok)`);
+    for (const [code, count] of result.errors) {
+      assertEquals(
+        code,
+        Code.UNAVAILABLE,
+        `only refused connections after the drain, got ${count} × ${code}`,
+      );
+    }
+    const events = await readAllEvents(nats.url);
+    assertEquals(events.length, accepted, "one event per request the service accepted, none lost");
+    await Deno.remove(dir, { recursive: true });
+  },
+);

@@ -1,7 +1,7 @@
 /** Health and reflection: what Kubernetes probes, grpcurl and ghz rely on. */
 import { Buffer } from "node:buffer";
 import * as grpc from "@grpc/grpc-js";
-import { createFileRegistry, create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { create, createFileRegistry, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { FileDescriptorProtoSchema, FileDescriptorSetSchema } from "@bufbuild/protobuf/wkt";
 import {
   type ServerReflectionRequest,
@@ -22,7 +22,10 @@ import { startStack } from "./stack.ts";
 
 const options = { sanitizeOps: false, sanitizeResources: false };
 
-async function reflect(port: number, requests: ServerReflectionRequest[]): Promise<ServerReflectionResponse[]> {
+async function reflect(
+  port: number,
+  requests: ServerReflectionRequest[],
+): Promise<ServerReflectionResponse[]> {
   const client = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
   const call = client.makeBidiStreamRequest(
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
@@ -50,7 +53,9 @@ Deno.test("server reflection lists the services and returns complete descriptors
     create(ServerReflectionRequestSchema, {
       messageRequest: { case: "fileContainingSymbol", value: "orders.v1.OrderService" },
     }),
-    create(ServerReflectionRequestSchema, { messageRequest: { case: "fileContainingSymbol", value: "no.Such" } }),
+    create(ServerReflectionRequestSchema, {
+      messageRequest: { case: "fileContainingSymbol", value: "no.Such" },
+    }),
   ]);
   assert(list.messageResponse.case === "listServicesResponse");
   const names = list.messageResponse.value.service.map((s) => s.name).sort();
@@ -58,7 +63,9 @@ Deno.test("server reflection lists the services and returns complete descriptors
     assert(names.includes(name), `${name} in ${names}`);
   }
   assert(byService.messageResponse.case === "fileDescriptorResponse");
-  const files = byService.messageResponse.value.fileDescriptorProto.map((b) => fromBinary(FileDescriptorProtoSchema, b));
+  const files = byService.messageResponse.value.fileDescriptorProto.map((b) =>
+    fromBinary(FileDescriptorProtoSchema, b)
+  );
   assertEquals(files[0].name, "orders/v1/orders.proto", "the file asked for comes first");
   // The answer is self-contained: a registry builds from it and resolves the method's messages.
   // (createFileRegistry wants dependencies first; reflection sends the file asked for first.)
@@ -69,36 +76,41 @@ Deno.test("server reflection lists the services and returns complete descriptors
   assertEquals(missing.messageResponse.value.errorCode, Code.NOT_FOUND);
 });
 
-Deno.test("health says SERVING, then NOT_SERVING to watchers as soon as the service drains", options, async () => {
-  await using nats = await startNatsServer();
-  const stack = await startStack(nats.url);
-  const health = createClient(Health, `127.0.0.1:${stack.catalog.grpcPort}`);
-  assertEquals((await health.check({ service: "" })).status, Status.SERVING);
-  assertEquals((await health.check({ service: "catalog.v1.CatalogService" })).status, Status.SERVING);
-  try {
-    await health.check({ service: "nope.v1.Nothing" });
-    throw new Error("unknown service must fail");
-  } catch (error) {
-    assertEquals((error as ServiceError).code, Code.NOT_FOUND);
-  }
-  health.close();
+Deno.test(
+  "health says SERVING, then NOT_SERVING to watchers as soon as the service drains",
+  options,
+  async () => {
+    await using nats = await startNatsServer();
+    const stack = await startStack(nats.url);
+    const health = createClient(Health, `127.0.0.1:${stack.catalog.grpcPort}`);
+    assertEquals((await health.check({ service: "" })).status, Status.SERVING);
+    assertEquals((await health.check({ service: "catalog.v1.CatalogService" })).status, Status.SERVING);
+    try {
+      await health.check({ service: "nope.v1.Nothing" });
+      throw new Error("unknown service must fail");
+    } catch (error) {
+      assertEquals((error as ServiceError).code, Code.NOT_FOUND);
+    }
+    health.close();
 
-  const client = new grpc.Client(`127.0.0.1:${stack.catalog.grpcPort}`, grpc.credentials.createInsecure());
-  const watch = client.makeServerStreamRequest(
-    "/grpc.health.v1.Health/Watch",
-    (m: ReturnType<typeof create<typeof HealthCheckRequestSchema>>) => Buffer.from(toBinary(HealthCheckRequestSchema, m)),
-    (b: Buffer) => fromBinary(HealthCheckResponseSchema, b),
-    create(HealthCheckRequestSchema, { service: "" }),
-  );
-  const seen: Status[] = [];
-  const ended = new Promise<void>((resolve) => {
-    watch.on("data", (r: { status: Status }) => seen.push(r.status));
-    watch.on("end", () => resolve());
-    watch.on("error", () => resolve());
-  });
-  while (seen.length === 0) await new Promise((resolve) => setTimeout(resolve, 10));
-  await stack[Symbol.asyncDispose]();
-  await ended;
-  client.close();
-  assertEquals(seen, [Status.SERVING, Status.NOT_SERVING]);
-});
+    const client = new grpc.Client(`127.0.0.1:${stack.catalog.grpcPort}`, grpc.credentials.createInsecure());
+    const watch = client.makeServerStreamRequest(
+      "/grpc.health.v1.Health/Watch",
+      (m: ReturnType<typeof create<typeof HealthCheckRequestSchema>>) =>
+        Buffer.from(toBinary(HealthCheckRequestSchema, m)),
+      (b: Buffer) => fromBinary(HealthCheckResponseSchema, b),
+      create(HealthCheckRequestSchema, { service: "" }),
+    );
+    const seen: Status[] = [];
+    const ended = new Promise<void>((resolve) => {
+      watch.on("data", (r: { status: Status }) => seen.push(r.status));
+      watch.on("end", () => resolve());
+      watch.on("error", () => resolve());
+    });
+    while (seen.length === 0) await new Promise((resolve) => setTimeout(resolve, 10));
+    await stack[Symbol.asyncDispose]();
+    await ended;
+    client.close();
+    assertEquals(seen, [Status.SERVING, Status.NOT_SERVING]);
+  },
+);

@@ -105,7 +105,10 @@ export async function readAllEvents(natsUrl: string): Promise<RequestEvent[]> {
     const js = jetstream(nc);
     const reader = await js.consumers.get(REQUEST_EVENTS_STREAM, consumer.name);
     while (events.length < total) {
-      const batch = await reader.fetch({ max_messages: Math.min(10_000, total - events.length), expires: 5000 });
+      const batch = await reader.fetch({
+        max_messages: Math.min(10_000, total - events.length),
+        expires: 5000,
+      });
       let got = 0;
       for await (const message of batch) {
         events.push(fromBinary(RequestEventSchema, message.data));
