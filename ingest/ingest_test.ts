@@ -293,6 +293,18 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
         await publishing.catch(() => {});
       }
       assertEquals(await counts(clickhouse, database), { rows: total, distinct: total });
+      const logs = await Promise.all(
+        Array.from(
+          { length: generation },
+          (_, g) => Deno.readTextFile(`${logDir}/worker-${g}.log`).catch(() => ""),
+        ),
+      );
+      const skipped = logs.join("\n").split("\n").filter((line) =>
+        line.includes("skipped rows already in the table")
+      );
+      console.log(
+        `kill -9 test: ${generation} worker processes, ${skipped.length} batches with rows found already inserted`,
+      );
       await Deno.remove(logDir, { recursive: true });
     });
   });
