@@ -97,11 +97,13 @@ const components: Component[] = [
     available: () => exists(`${ROOT}/native/profiler/build/tailwatch-profiler`),
     command: [`${ROOT}/native/profiler/build/tailwatch-profiler`],
     env: {
-      CLICKHOUSE_URL: "http://127.0.0.1:8123",
-      CLICKHOUSE_USER: "tailwatch_admin",
-      CLICKHOUSE_PASSWORD: LOCAL.clickhouseAdminPassword,
+      TAILWATCH_CLICKHOUSE_URL: "http://127.0.0.1:8123",
+      TAILWATCH_CLICKHOUSE_USER: "tailwatch_admin",
+      TAILWATCH_CLICKHOUSE_PASSWORD: LOCAL.clickhouseAdminPassword,
+      TAILWATCH_CLICKHOUSE_DATABASE: "profiler",
     },
-    healthy: () => Promise.resolve(true),
+    // It has no port; alive after its first tick is healthy enough.
+    healthy: () => new Promise((resolve) => setTimeout(() => resolve(true), 1500)),
   },
 ];
 
