@@ -134,8 +134,11 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
         const ready = await fetch(`http://127.0.0.1:${metricsServer.port}/readyz`);
         assertEquals(ready.status, 200);
         await ready.body?.cancel();
-        const text = await (await fetch(`http://127.0.0.1:${metricsServer.port}/metrics`)).text();
-        assert(/^ingest_rows_inserted_total 5000$/m.test(text), `metrics show 5000 rows:\n${text}`);
+        let text = "";
+        await eventually("metrics show 5000 rows", async () => {
+          text = await (await fetch(`http://127.0.0.1:${metricsServer.port}/metrics`)).text();
+          return /^ingest_rows_inserted_total 5000$/m.test(text);
+        }, 10_000);
         for (
           const name of [
             "ingest_consumer_pending",
@@ -370,7 +373,7 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
       await createIngestWorker({ config, logger: quietLogger, mode: "drain" }).run();
       const before = await projectionCounts(clickhouse, database);
       assertEquals(before, { rows: 3000, distinctEvents: 3000, statsRequests: 3000, histogramCount: 3000 });
-      const result = await rebuild(config, quietLogger);
+      const result = await rebuild(config, quietLogger, { force: true });
       assertEquals(result.before, before);
       assertEquals(result.after, before, "counts after the rebuild");
       assertEquals(await projectionCounts(clickhouse, database), before);
