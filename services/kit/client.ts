@@ -53,6 +53,7 @@ export function createClient<S extends DescService>(
   const channel = new grpc.Client(address, grpc.credentials.createInsecure(), {
     "grpc.max_receive_message_length": options.maxResponseBytes ?? 4 * 1024 * 1024,
     "grpc.keepalive_time_ms": 30_000,
+    "grpc.enable_channelz": 0,
   });
   const client: Record<string, unknown> = { close: () => channel.close() };
   for (const method of service.methods) {

@@ -69,6 +69,7 @@ export async function startService(setup: ServiceSetup): Promise<RunningService>
   const grpcServer = new grpc.Server({
     "grpc.max_receive_message_length": config.maxBodyBytes,
     "grpc.max_concurrent_streams": 1000,
+    "grpc.enable_channelz": 0,
   });
   addBindings(grpcServer, pipeline, bindings);
   const health = createHealth(grpcServer, bindings.map((b) => b.service.typeName));
