@@ -10,3 +10,5 @@ export {
   clickhouseUsersXml,
   startClickHouseServer,
 } from "./clickhouse_server.ts";
+export { assert, assertEquals, AssertionError, assertRejects } from "./assert.ts";
+export { seededRandom } from "./random.ts";

@@ -2,7 +2,7 @@
 import { create } from "@bufbuild/protobuf";
 import { CatalogService } from "@tailwatch/proto/catalog/v1";
 import { FaultsSchema } from "@tailwatch/proto/admin/v1";
-import { assert, assertEquals } from "../tests/assert.ts";
+import { assert, assertEquals, seededRandom } from "@tailwatch/testing";
 import { BoundedMap } from "./bounded_map.ts";
 import { ConfigError, loadServiceConfig } from "./config.ts";
 import { Code, httpStatusFromCode, ServiceError } from "./errors.ts";
@@ -12,23 +12,13 @@ import { createRegistry } from "./metrics.ts";
 import { bindService } from "./pipeline.ts";
 import { compileRoutes, matchRoute } from "./routes.ts";
 
-/** A small deterministic PRNG (mulberry32) so sampling tests reproduce. */
-function seeded(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 function quantile(sorted: number[], q: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
 }
 
 Deno.test("lognormal latency has the configured median and p99", () => {
   const faults = parseFaults("lognormal:4,40", "0", "0");
-  const random = seeded(7);
+  const random = seededRandom(7);
   const samples = Array.from({ length: 200_000 }, () => sampleDelayMs(faults, random)).sort((a, b) => a - b);
   const median = quantile(samples, 0.5);
   const p99 = quantile(samples, 0.99);
@@ -39,7 +29,7 @@ Deno.test("lognormal latency has the configured median and p99", () => {
 Deno.test("fixed and uniform latency, and the error rate, are what was asked", () => {
   assertEquals(sampleDelayMs(parseFaults("fixed:12.5", "0", "0")), 12.5);
   const uniform = parseFaults("uniform:2,6", "0", "0");
-  const random = seeded(3);
+  const random = seededRandom(3);
   const values = Array.from({ length: 10_000 }, () => sampleDelayMs(uniform, random));
   assert(values.every((v) => v >= 2 && v <= 6), "within [2, 6]");
   const mean = values.reduce((a, b) => a + b, 0) / values.length;

@@ -4,11 +4,10 @@
  */
 import { Buffer } from "node:buffer";
 import * as grpc from "@grpc/grpc-js";
-import { startNatsServer } from "@tailwatch/testing";
+import { assert, assertEquals, assertRejects, startNatsServer } from "@tailwatch/testing";
 import { Code, ServiceError } from "@tailwatch/kit";
 import { OrderStatus } from "@tailwatch/proto/orders/v1";
 import { PaymentStatus } from "@tailwatch/proto/payments/v1";
-import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { ADMIN_TOKEN, startStack } from "./stack.ts";
 
 const GOOD_CARD = "4242 4242 4242 4242";

@@ -1,8 +1,7 @@
 /** Events: exactly one per request, gRPC or REST, success or failure, with the right fields and traces. */
-import { startNatsServer } from "@tailwatch/testing";
+import { assert, assertEquals, startNatsServer } from "@tailwatch/testing";
 import { Code, ServiceError } from "@tailwatch/kit";
 import { Protocol, type RequestEvent } from "@tailwatch/proto/events/v1";
-import { assert, assertEquals } from "./assert.ts";
 import { readAllEvents, startStack } from "./stack.ts";
 
 const options = { sanitizeOps: false, sanitizeResources: false };

@@ -15,9 +15,8 @@ import {
   HealthCheckResponse_ServingStatus as Status,
   HealthCheckResponseSchema,
 } from "@tailwatch/proto/grpc/health/v1";
-import { startNatsServer } from "@tailwatch/testing";
+import { assert, assertEquals, startNatsServer } from "@tailwatch/testing";
 import { Code, createClient, ServiceError } from "@tailwatch/kit";
-import { assert, assertEquals } from "./assert.ts";
 import { startStack } from "./stack.ts";
 
 const options = { sanitizeOps: false, sanitizeResources: false };

@@ -22,13 +22,14 @@
 import {
   CLICKHOUSE_ADMIN,
   type ClickHouseServer,
+  seededRandom,
   spawnLogged,
   startClickHouseServer,
   waitUntil,
 } from "@tailwatch/testing";
 import { applyMigrations } from "@tailwatch/ingest";
+import { profilerBinaries } from "../tests/binaries.ts";
 
-const PROFILER_DIR = new URL("../", import.meta.url).pathname;
 const RPS = 1000;
 const FILL_BACK_S = 310;
 
@@ -64,31 +65,6 @@ const median = (values: number[]) => {
 const round = (value: number, digits = 3) => Number(value.toPrecision(digits));
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    return (await Deno.stat(path)).isFile;
-  } catch {
-    return false;
-  }
-}
-
-async function binaries(): Promise<{ profiler: string; bench: string }> {
-  const profiler = Deno.env.get("TAILWATCH_PROFILER_BIN") ?? `${PROFILER_DIR}build/tailwatch-profiler`;
-  const bench = `${PROFILER_DIR}build/bench/profiler_bench`;
-  if (!(await exists(profiler)) || !(await exists(bench))) {
-    const build = await new Deno.Command(`${PROFILER_DIR}scripts/build`, {
-      stdout: "inherit",
-      stderr: "inherit",
-    })
-      .output();
-    if (!build.success) throw new Error(`scripts/build failed (exit ${build.code})`);
-  }
-  for (const path of [profiler, bench]) {
-    if (!(await exists(path))) throw new Error(`${path} is missing after scripts/build`);
-  }
-  return { profiler, bench };
-}
-
 async function googleBenchmark(bench: string, quick: boolean) {
   const output = await new Deno.Command(bench, {
     args: ["--benchmark_format=json", `--benchmark_min_time=${quick ? 0.1 : 0.5}`],
@@ -121,21 +97,9 @@ async function googleBenchmark(bench: string, quick: boolean) {
   };
 }
 
-/** Deterministic PRNG (mulberry32). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** RPS events per second for seconds [from, to), inserted in 60 s batches (several parts, as in life). */
 async function fill(clickhouse: ClickHouseServer, database: string, from: number, to: number) {
-  const random = prng(1);
+  const random = seededRandom(1);
   const normal = () => Math.sqrt(-2 * Math.log(1 - random())) * Math.cos(2 * Math.PI * random());
   const cumulative: number[] = [];
   let total = 0;
@@ -169,7 +133,7 @@ function schedstatNs(pid: number): number {
 export async function runProfilerBench(options: { quick: boolean }): Promise<Record<string, unknown>> {
   const { quick } = options;
   const started = performance.now();
-  const { profiler, bench } = await binaries();
+  const { profiler, bench } = await profilerBinaries();
   const memory = await googleBenchmark(bench, quick);
 
   const logDir = await Deno.makeTempDir({ prefix: "tailwatch-profiler-bench-" });

@@ -8,51 +8,16 @@
  * built with scripts/build when missing. A missing binary fails the test.
  */
 import {
+  assert,
+  assertEquals,
   CLICKHOUSE_ADMIN,
   type ClickHouseServer,
+  seededRandom,
   startClickHouseServer,
   waitUntil,
 } from "@tailwatch/testing";
 import { applyMigrations } from "@tailwatch/ingest";
-
-const PROFILER_DIR = new URL("../", import.meta.url).pathname;
-
-function assert(condition: unknown, message: string): asserts condition {
-  if (!condition) throw new Error(message);
-}
-
-function assertEquals(actual: unknown, expected: unknown, message: string) {
-  if (JSON.stringify(actual) !== JSON.stringify(expected)) {
-    throw new Error(`${message}: expected ${JSON.stringify(expected)}, got ${JSON.stringify(actual)}`);
-  }
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    return (await Deno.stat(path)).isFile;
-  } catch {
-    return false;
-  }
-}
-
-async function binaries(): Promise<{ profiler: string; buckets: string }> {
-  const profiler = Deno.env.get("TAILWATCH_PROFILER_BIN") ?? `${PROFILER_DIR}build/tailwatch-profiler`;
-  const buckets = Deno.env.get("TAILWATCH_BUCKETS_BIN") ?? `${PROFILER_DIR}build/tailwatch-buckets`;
-  if (!(await exists(profiler)) || !(await exists(buckets))) {
-    const build = await new Deno.Command(`${PROFILER_DIR}scripts/build`, {
-      stdout: "inherit",
-      stderr: "inherit",
-    })
-      .output();
-    if (!build.success) {
-      throw new Error(`scripts/build failed (exit ${build.code}); cannot test the profiler`);
-    }
-  }
-  for (const path of [profiler, buckets]) {
-    if (!(await exists(path))) throw new Error(`${path} is missing after scripts/build`);
-  }
-  return { profiler, buckets };
-}
+import { profilerBinaries } from "./binaries.ts";
 
 async function run(
   cmd: string,
@@ -73,18 +38,6 @@ async function run(
   const output = await child.output();
   const decoder = new TextDecoder();
   return { code: output.code, stdout: decoder.decode(output.stdout), stderr: decoder.decode(output.stderr) };
-}
-
-/** Deterministic PRNG (mulberry32) so a failure can be reproduced. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 function normal(random: () => number): number {
@@ -159,13 +112,13 @@ function connection(clickhouse: ClickHouseServer): string[] {
 }
 
 Deno.test("profiler against a real ClickHouse", async (t) => {
-  const { profiler, buckets } = await binaries();
+  const { profiler, buckets } = await profilerBinaries();
   await using clickhouse = await startClickHouseServer();
 
   await t.step("the materialized view's bucket SQL equals the C++ bucket_index", async () => {
     const database = await newDatabase(clickhouse, "tw_buckets");
     const values = bucketEdges();
-    const random = prng(7);
+    const random = seededRandom(7);
     for (let i = 0; i < 3000; i++) {
       values.push(BigInt(Math.floor(random() * 2 ** (1 + Math.floor(random() * 52)))));
     }
@@ -202,7 +155,7 @@ Deno.test("profiler against a real ClickHouse", async (t) => {
   const database = await newDatabase(clickhouse, "tw_accuracy");
 
   await t.step("--once --json agrees with quantileExact over the raw rows", async () => {
-    const random = prng(42);
+    const random = seededRandom(42);
     const methods: [string, string, () => number][] = [
       ["catalog", "/catalog.v1.Catalog/GetItem", () => Math.exp(Math.log(2000) + normal(random))],
       [

@@ -14,7 +14,9 @@ import { AdminService } from "@tailwatch/proto/admin/v1";
 import { PaymentService } from "@tailwatch/proto/payments/v1";
 import { createClient } from "@tailwatch/kit";
 import { applyMigrations } from "@tailwatch/ingest";
+import { profilerBinaries } from "./binaries.ts";
 import {
+  assert,
   CLICKHOUSE_ADMIN,
   spawnLogged,
   startClickHouseServer,
@@ -23,7 +25,6 @@ import {
 } from "@tailwatch/testing";
 import { startServiceProcess } from "../../../load/processes.ts";
 
-const PROFILER_DIR = new URL("../", import.meta.url).pathname;
 const ROOT = new URL("../../../", import.meta.url).pathname;
 const ADMIN_TOKEN = "e2e-admin-token";
 const CHARGE = "/payments.v1.PaymentService/Charge";
@@ -38,31 +39,6 @@ const WARM_UP_CALLS = 300;
 const CONCURRENCY = 6;
 const MEDIAN_MS = 5;
 const P99_MS = 40;
-
-function assert(condition: unknown, message: string): asserts condition {
-  if (!condition) throw new Error(message);
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    return (await Deno.stat(path)).isFile;
-  } catch {
-    return false;
-  }
-}
-
-async function profilerBinary(): Promise<string> {
-  const profiler = Deno.env.get("TAILWATCH_PROFILER_BIN") ?? `${PROFILER_DIR}build/tailwatch-profiler`;
-  if (!(await exists(profiler))) {
-    const build = await new Deno.Command(`${PROFILER_DIR}scripts/build`, {
-      stdout: "inherit",
-      stderr: "inherit",
-    }).output();
-    if (!build.success) throw new Error(`scripts/build failed (exit ${build.code})`);
-  }
-  if (!(await exists(profiler))) throw new Error(`${profiler} is missing after scripts/build`);
-  return profiler;
-}
 
 /** Inverse of the standard normal CDF at 0.5 and 0.99 (the two quantiles checked). */
 const Z = { 0.5: 0, 0.99: 2.3263478740408408 } as const;
@@ -104,7 +80,7 @@ interface SnapshotRow {
 }
 
 Deno.test("e2e: injected log-normal latency in payments, measured through NATS, ingest, ClickHouse", async () => {
-  const profiler = await profilerBinary();
+  const profiler = (await profilerBinaries()).profiler;
   const logDir = await Deno.makeTempDir({ prefix: "tailwatch-e2e-" });
   await using _logs = { [Symbol.asyncDispose]: () => Deno.remove(logDir, { recursive: true }) };
   await using nats = await startNatsServer();
