@@ -128,17 +128,16 @@ std::string time_range(std::int64_t from, std::int64_t to) {
 }
 }  // namespace
 
-std::string histogram_query(const std::string& database, std::int64_t from, std::int64_t to) {
+std::string tick_query(const std::string& database, std::int64_t from, std::int64_t to) {
   check_identifier(database);
-  return "SELECT toUInt32(ts), service, method, bucket, sum(count), sum(errors) FROM " + database +
+  // Both branches have the same column types, as UNION ALL on 18.16 requires.
+  return "SELECT 'h', toUInt32(ts), service, method, toUInt32(bucket), sum(count), sum(errors) FROM " + database +
          ".latency_histogram_1s WHERE " + time_range(from, to) +
-         " GROUP BY ts, service, method, bucket FORMAT TabSeparated";
-}
-
-std::string maxima_query(const std::string& database, std::int64_t from, std::int64_t to) {
-  check_identifier(database);
-  return "SELECT toUInt32(ts), service, method, maxMerge(duration_max_us) FROM " + database +
-         ".request_stats_1s WHERE " + time_range(from, to) + " GROUP BY ts, service, method FORMAT TabSeparated";
+         " GROUP BY ts, service, method, bucket"
+         " UNION ALL "
+         "SELECT 'm', toUInt32(ts), service, method, toUInt32(0), maxMerge(duration_max_us), toUInt64(0) FROM " +
+         database + ".request_stats_1s WHERE " + time_range(from, to) +
+         " GROUP BY ts, service, method FORMAT TabSeparated";
 }
 
 ClickHouseSource::ClickHouseSource(ClickHouseClient& client, std::string database)
@@ -152,25 +151,28 @@ SecondsBatch ClickHouseSource::fetch(std::int64_t from, std::int64_t to) {
   batch.to = to;
   if (from >= to) return batch;
   try {
-    for (auto& fields : parse_tsv(client_.query(histogram_query(database_, from, to)))) {
-      if (fields.size() != 6) throw ClickHouseError("unexpected histogram row with " + std::to_string(fields.size()) + " fields");
-      HistogramRow row;
-      row.ts = static_cast<std::int64_t>(parse_uint_field(fields[0], "ts"));
-      row.service = std::move(fields[1]);
-      row.method = std::move(fields[2]);
-      row.bucket = static_cast<std::uint32_t>(parse_uint_field(fields[3], "bucket"));
-      row.count = parse_uint_field(fields[4], "count");
-      row.errors = parse_uint_field(fields[5], "errors");
-      batch.histogram.push_back(std::move(row));
-    }
-    for (auto& fields : parse_tsv(client_.query(maxima_query(database_, from, to)))) {
-      if (fields.size() != 4) throw ClickHouseError("unexpected stats row with " + std::to_string(fields.size()) + " fields");
-      MaxRow row;
-      row.ts = static_cast<std::int64_t>(parse_uint_field(fields[0], "ts"));
-      row.service = std::move(fields[1]);
-      row.method = std::move(fields[2]);
-      row.max_us = parse_uint_field(fields[3], "max");
-      batch.maxima.push_back(std::move(row));
+    for (auto& fields : parse_tsv(client_.query(tick_query(database_, from, to)))) {
+      if (fields.size() != 7) throw ClickHouseError("unexpected row with " + std::to_string(fields.size()) + " fields");
+      const auto ts = static_cast<std::int64_t>(parse_uint_field(fields[1], "ts"));
+      if (fields[0] == "h") {
+        HistogramRow row;
+        row.ts = ts;
+        row.service = std::move(fields[2]);
+        row.method = std::move(fields[3]);
+        row.bucket = static_cast<std::uint32_t>(parse_uint_field(fields[4], "bucket"));
+        row.count = parse_uint_field(fields[5], "count");
+        row.errors = parse_uint_field(fields[6], "errors");
+        batch.histogram.push_back(std::move(row));
+      } else if (fields[0] == "m") {
+        MaxRow row;
+        row.ts = ts;
+        row.service = std::move(fields[2]);
+        row.method = std::move(fields[3]);
+        row.max_us = parse_uint_field(fields[5], "max");
+        batch.maxima.push_back(std::move(row));
+      } else {
+        throw ClickHouseError("unexpected row tag '" + fields[0] + "'");
+      }
     }
   } catch (const ClickHouseError&) {
     throw;

@@ -52,12 +52,14 @@ class ClickHouseClient {
 /// Throws std::invalid_argument unless `name` matches [A-Za-z_][A-Za-z0-9_]*.
 void check_identifier(const std::string& name);
 
-/// The SQL the profiler reads with (exposed for tests and documentation). [from, to) in unix seconds.
-std::string histogram_query(const std::string& database, std::int64_t from, std::int64_t to);
-std::string maxima_query(const std::string& database, std::int64_t from, std::int64_t to);
+/// The SQL a tick reads with (exposed for tests and documentation): seconds [from, to), unix time. One
+/// statement, so one round trip, whose two UNION ALL branches ClickHouse runs in parallel: rows tagged 'h'
+/// are latency_histogram_1s (sum(count), sum(errors) GROUP BY ts, service, method, bucket, since rows of
+/// the SummingMergeTree may not be merged yet), rows tagged 'm' request_stats_1s (maxMerge(duration_max_us)).
+/// Throws std::invalid_argument for a database name that is not an identifier.
+std::string tick_query(const std::string& database, std::int64_t from, std::int64_t to);
 
-/// Reads latency_histogram_1s (sum(count), sum(errors) GROUP BY ts, service, method, bucket: rows of the
-/// SummingMergeTree may not be merged yet) and request_stats_1s (maxMerge(duration_max_us)).
+/// Reads a tick's seconds with tick_query.
 class ClickHouseSource : public DataSource {
  public:
   ClickHouseSource(ClickHouseClient& client, std::string database);
