@@ -20,7 +20,7 @@ export async function startServiceProcess(
   const httpPort = freePort();
   const process = await spawnLogged(
     Deno.execPath(),
-    ["run", "-A", "--unstable-no-legacy-abort", `${ROOT}services/${name}/main.ts`],
+    ["run", "-A", `${ROOT}services/${name}/main.ts`],
     `${logDir}/${name}-${grpcPort}.log`,
     {
       env: {

@@ -87,7 +87,7 @@ const components: Component[] = [
     return {
       name: service,
       available: () => true,
-      command: [deno, "run", "-A", "--unstable-no-legacy-abort", `${ROOT}/services/${service}/main.ts`],
+      command: [deno, "run", "-A", `${ROOT}/services/${service}/main.ts`],
       env: serviceEnv(),
       healthy: () => ok(`http://127.0.0.1:${httpPort}/readyz`),
     };
