@@ -1,67 +1,138 @@
 /**
- * Ingest benchmark: `deno run -A ingest/bench.ts` (or `runIngestBench()` from ./dev bench).
+ * Ingest benchmark: `deno run -A ingest/bench.ts [--quick]` (or `runIngestBench({ quick })` from ./dev bench).
  *
- * On private nats-server and clickhouse-server instances: fills REQUEST_EVENTS with INGEST_BENCH_EVENTS
- * (default 1,000,000) events, then measures in the same run
- *   - jetstream_fetch_ack_per_s: raw consume-and-ack rate of a plain consumer (no decode, no insert),
- *   - clickhouse_insert_rows_per_s: raw INSERT rate of prepared rows in 20,000-row batches into the same
- *     schema (materialized views included), insert time only,
- *   - ingest_events_per_s: the worker with its defaults (20,000 / 250 ms), from ready to fully drained.
- * Prints one JSON object and returns it.
+ * On private nats-server and clickhouse-server instances, in one run:
+ *   1. fills REQUEST_EVENTS with INGEST_BENCH_EVENTS events (default 1,000,000; 200,000 quick) by pipelined
+ *      publishes (plain publish with a reply inbox and Nats-Msg-Id, acks counted on the inbox),
+ *   2. jetstream_fetch_ack_per_s: raw consume-and-ack rate of a plain consumer (no decode, no insert),
+ *   3. clickhouse_insert_rows_per_s: raw INSERT rate of prepared TabSeparated bodies (the worker's bytes) in
+ *      20,000-row batches into the same schema (materialized views included), insert time only,
+ *   4. ingest_events_per_s: the worker with its defaults, in drain mode, from ready to fully drained,
+ *   5. freshness at 1000 rps through the services: catalog, payments and orders as processes, ghz drives
+ *      orders.CreateOrder at 1000 rps for 30 s (10 s quick) with the worker following; then, over every row
+ *      of that phase, the quantiles of ingested_at_ms - ts_ms (event start → INSERT sent; see migration
+ *      0004) and of visible_at - ts_ms, where visible_at adds the slowest INSERT of the phase (an upper bound
+ *      of the time until the row could be read).
+ * Returns the numbers (also printed as one JSON line on stdout) and prints a human summary on stderr.
  */
 import { toBinary } from "@bufbuild/protobuf";
 import { AckPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
-import { connect } from "@nats-io/transport-node";
+import { connect, createInbox, headers } from "@nats-io/transport-node";
 import { RequestEventSchema } from "@tailwatch/proto/events/v1";
-import { CLICKHOUSE_ADMIN, startClickHouseServer, startNatsServer } from "@tailwatch/testing";
+import { CLICKHOUSE_ADMIN, startClickHouseServer, startNatsServer, waitUntil } from "@tailwatch/testing";
 import {
+  createLogger,
   ensureRequestEventsStream,
   REQUEST_EVENTS_STREAM,
   requestEventSubject,
-} from "../services/kit/stream.ts";
+} from "@tailwatch/kit";
+import { CREATE_ORDER_BODY, runGhz } from "@tailwatch/load";
+import { startServiceProcess } from "../load/processes.ts";
 import { createClickHouse } from "./clickhouse.ts";
 import { loadConfig } from "./config.ts";
-import { decodeEvent, REQUEST_EVENT_COLUMNS, type RequestEventRow } from "./event_row.ts";
-import { createLogger } from "./log.ts";
+import { REQUEST_EVENT_COLUMNS, ROW_FORMAT } from "./event_row.ts";
+import { appendEvent, EventScanner, RowWriter } from "./row_writer.ts";
 import { applyMigrations } from "./migrations.ts";
 import { ident, sql } from "./sql.ts";
 import { makeEvent } from "./test_helpers.ts";
 import { createIngestWorker } from "./worker.ts";
 
 const round = (n: number) => Math.round(n);
+const INSERT_COLUMNS = [...REQUEST_EVENT_COLUMNS, "ingested_at_ms"];
 
-export async function runIngestBench(): Promise<Record<string, number>> {
-  const total = Number(Deno.env.get("INGEST_BENCH_EVENTS") ?? 1_000_000);
+export interface IngestBenchResult {
+  quick: boolean;
+  events: number;
+  publish_events_per_s: number;
+  publish_seconds: number;
+  jetstream_fetch_ack_per_s: number;
+  clickhouse_insert_rows_per_s: number;
+  ingest_events_per_s: number;
+  ingest_seconds: number;
+  ingest_batches: number;
+  ingest_rows_inserted: number;
+  /** ingest rate / min(raw JetStream, raw ClickHouse); target ≥ 0.5. */
+  ingest_vs_slower_raw: number;
+  load_rps: number;
+  load_seconds: number;
+  load_requests: number;
+  load_ok: number;
+  load_events: number;
+  load_rows: number;
+  load_distinct_events: number;
+  freshness_sent_p50_ms: number;
+  freshness_sent_p99_ms: number;
+  freshness_sent_max_ms: number;
+  insert_max_ms: number;
+  freshness_visible_p50_ms: number;
+  freshness_visible_p99_ms: number;
+  freshness_visible_max_ms: number;
+  total_seconds: number;
+}
+
+export async function runIngestBench(options: { quick?: boolean } = {}): Promise<IngestBenchResult> {
+  const quick = options.quick ?? false;
+  const benchStart = performance.now();
+  const total = Number(Deno.env.get("INGEST_BENCH_EVENTS") ?? (quick ? 200_000 : 1_000_000));
+  const loadSeconds = quick ? 10 : 30;
+  const loadRps = 1000;
   await using nats = await startNatsServer();
   await using clickhouse = await startClickHouseServer();
   const nc = await connect({ servers: nats.url });
   const ch = createClickHouse({ url: clickhouse.url, ...CLICKHOUSE_ADMIN, timeoutMs: 120_000 });
+  const logDir = await Deno.makeTempDir({ prefix: "tailwatch-ingest-bench-" });
   try {
     await ensureRequestEventsStream(nc, { duplicateWindowSeconds: 60 });
     const js = jetstream(nc);
+    const jsm = await jetstreamManager(nc);
 
-    // 1. Fill the stream.
+    // 1. Fill the stream: pipelined publishes, at most `window` awaiting their ack.
     const payloads: Uint8Array[] = [];
     const started = Date.now();
     const publishStart = performance.now();
-    const inFlight = new Set<Promise<unknown>>();
-    for (let i = 0; i < total; i++) {
-      const event = makeEvent(i, started - (total - i));
-      const payload = toBinary(RequestEventSchema, event);
-      payloads.push(payload);
-      const p = js.publish(requestEventSubject(event.service), payload, {
-        msgID: event.eventId,
-        timeout: 60_000,
+    {
+      const window = 20_000;
+      const inbox = createInbox();
+      let acked = 0;
+      let failed = "";
+      let wake: (() => void) | undefined;
+      const sub = nc.subscribe(`${inbox}.*`, {
+        callback: (_error, msg) => {
+          const body = msg.data.length > 0 ? new TextDecoder().decode(msg.data) : "";
+          if (!body.includes('"seq"')) failed ||= body || "empty ack";
+          acked++;
+          wake?.();
+        },
       });
-      const tracked = p.finally(() => inFlight.delete(tracked));
-      inFlight.add(tracked);
-      if (inFlight.size >= 2_000) await Promise.race(inFlight);
+      const waitFor = async (target: number) => {
+        const deadline = Date.now() + 60_000;
+        while (acked < target && !failed) {
+          if (Date.now() > deadline) throw new Error(`publish acks: ${acked} of ${target} after 60 s`);
+          await new Promise<void>((resolve) => {
+            wake = resolve;
+            setTimeout(resolve, 1_000);
+          });
+          wake = undefined;
+        }
+        if (failed) throw new Error(`a publish was refused: ${failed}`);
+      };
+      for (let i = 0; i < total; i++) {
+        const event = makeEvent(i, started - (total - i));
+        const payload = toBinary(RequestEventSchema, event);
+        payloads.push(payload);
+        const h = headers();
+        h.set("Nats-Msg-Id", event.eventId);
+        nc.publish(requestEventSubject(event.service), payload, { headers: h, reply: `${inbox}.${i}` });
+        if (i + 1 - acked >= window) await waitFor(i + 1 - window / 2);
+      }
+      await waitFor(total);
+      sub.unsubscribe();
     }
-    await Promise.all(inFlight);
     const publishSeconds = (performance.now() - publishStart) / 1000;
+    const streamed = (await jsm.streams.info(REQUEST_EVENTS_STREAM)).state.messages;
+    if (streamed !== total) throw new Error(`ingest bench: the stream holds ${streamed} of ${total} events`);
 
     // 2. Raw JetStream consume-and-ack.
-    const jsm = await jetstreamManager(nc);
     await jsm.consumers.add(REQUEST_EVENTS_STREAM, {
       durable_name: "bench-raw",
       ack_policy: AckPolicy.Explicit,
@@ -70,49 +141,57 @@ export async function runIngestBench(): Promise<Record<string, number>> {
     const rawConsumer = await js.consumers.get(REQUEST_EVENTS_STREAM, "bench-raw");
     let acked = 0;
     const fetchStart = performance.now();
-    await new Promise<void>((resolve) => {
-      rawConsumer.consume({
-        max_messages: 20_000,
-        callback: (msg) => {
-          msg.ack();
-          if (++acked === total) resolve();
-        },
-      });
+    let allAcked = () => {};
+    const rawDone = new Promise<void>((resolve) => allAcked = resolve);
+    const rawMessages = await rawConsumer.consume({
+      max_messages: 20_000,
+      callback: (msg) => {
+        msg.ack();
+        if (++acked === total) allAcked();
+      },
     });
+    await rawDone;
     await nc.flush();
     const fetchSeconds = (performance.now() - fetchStart) / 1000;
+    rawMessages.stop(); // no pull requests left running during the next phases
     await jsm.consumers.delete(REQUEST_EVENTS_STREAM, "bench-raw");
 
-    // 3. Raw ClickHouse inserts of prepared rows into the same schema.
+    // 3. Raw ClickHouse inserts of prepared bodies into the same schema.
     await applyMigrations({ clickhouse: ch, database: "bench_raw" });
     let insertSeconds = 0;
+    const scanner = new EventScanner();
     for (let i = 0; i < total; i += 20_000) {
-      const rows: RequestEventRow[] = [];
+      const writer = new RowWriter();
       for (let j = i; j < Math.min(total, i + 20_000); j++) {
-        const decoded = decodeEvent(payloads[j], j + 1);
-        if (decoded.ok) rows.push(decoded.row);
+        appendEvent(scanner, payloads[j], j + 1, () => writer);
       }
+      writer.stamp(Date.now());
       const t0 = performance.now();
-      await ch.insertJsonEachRow(
+      await ch.insertBody(
         { database: "bench_raw", table: "request_events" },
-        REQUEST_EVENT_COLUMNS,
-        rows,
+        INSERT_COLUMNS,
+        ROW_FORMAT,
+        writer.body(),
       );
       insertSeconds += (performance.now() - t0) / 1000;
     }
     payloads.length = 0;
+    await ch.exec(sql`DROP DATABASE ${ident("bench_raw")}`);
 
     // 4. The worker, defaults, drain mode.
-    const config = loadConfig({
+    const baseEnv = {
       NATS_URL: nats.url,
       CLICKHOUSE_URL: clickhouse.url,
       CLICKHOUSE_USER: CLICKHOUSE_ADMIN.username,
       CLICKHOUSE_PASSWORD: CLICKHOUSE_ADMIN.password,
-      CLICKHOUSE_DATABASE: "bench_ingest",
       INGEST_RETENTION_INTERVAL_S: "0",
-    });
+    };
     await applyMigrations({ clickhouse: ch, database: "bench_ingest" });
-    const worker = createIngestWorker({ config, logger: createLogger("warn"), mode: "drain" });
+    const worker = createIngestWorker({
+      config: loadConfig({ ...baseEnv, CLICKHOUSE_DATABASE: "bench_ingest" }),
+      logger: createLogger("warn"),
+      mode: "drain",
+    });
     let readyAt = 0;
     const poll = setInterval(() => {
       if (!readyAt && worker.ready()) readyAt = performance.now();
@@ -126,24 +205,122 @@ export async function runIngestBench(): Promise<Record<string, number>> {
       sql`SELECT count() AS n FROM ${ident("bench_ingest", "request_events")}`,
     );
     if (Number(count.n) !== total) throw new Error(`ingest bench: ${count.n} rows for ${total} events`);
+    await ch.exec(sql`DROP DATABASE ${ident("bench_ingest")}`);
 
-    const result = {
+    // 5. Freshness at 1000 rps through the services, the worker following.
+    await jsm.streams.purge(REQUEST_EVENTS_STREAM);
+    const latencyDb = "bench_latency";
+    await applyMigrations({ clickhouse: ch, database: latencyDb });
+    const follower = createIngestWorker({
+      config: loadConfig({ ...baseEnv, CLICKHOUSE_DATABASE: latencyDb, INGEST_DURABLE: "bench-latency" }),
+      logger: createLogger("warn"),
+      deliverFromStart: false,
+    });
+    const following = follower.run();
+    const load = await (async () => {
+      const serviceEnv = { NATS_URL: nats.url };
+      await using catalog = await startServiceProcess("catalog", serviceEnv, logDir);
+      await using payments = await startServiceProcess("payments", serviceEnv, logDir);
+      await using orders = await startServiceProcess("orders", {
+        ...serviceEnv,
+        CATALOG_ADDR: `127.0.0.1:${catalog.grpcPort}`,
+        PAYMENTS_ADDR: `127.0.0.1:${payments.grpcPort}`,
+      }, logDir);
+      await waitUntil("the worker consuming", () => follower.ready(), 30_000);
+      return await runGhz({
+        call: "orders.v1.OrderService/CreateOrder",
+        target: `127.0.0.1:${orders.grpcPort}`,
+        data: CREATE_ORDER_BODY,
+        rps: loadRps,
+        total: loadRps * loadSeconds,
+        concurrency: 50,
+      });
+    })(); // the services are stopped (SIGTERM: their buffers flushed) here
+    const loadEvents = (await jsm.streams.info(REQUEST_EVENTS_STREAM)).state.messages;
+    const rowsOf = async () => {
+      const [row] = await ch.query<{ n: string; d: string }>(
+        sql`SELECT count() AS n, uniqExact(event_id) AS d FROM ${ident(latencyDb, "request_events")}`,
+      );
+      return { rows: Number(row.n), distinct: Number(row.d) };
+    };
+    await waitUntil(
+      "every load event in ClickHouse",
+      async () => (await rowsOf()).rows >= loadEvents,
+      120_000,
+    );
+    follower.stop();
+    await following;
+    const insertMaxMs = Math.ceil(follower.stats().insertMsMax);
+    const rows = await rowsOf();
+    const [freshness] = await ch.query<Record<string, number | string>>(
+      sql`SELECT quantileExact(0.5)(d) AS p50, quantileExact(0.99)(d) AS p99, max(d) AS mx
+        FROM (SELECT toInt64(ingested_at_ms) - toInt64(ts_ms) AS d FROM ${
+        ident(latencyDb, "request_events")
+      })`,
+    );
+    const ms = (v: number | string | undefined) => Number(v ?? NaN);
+
+    const slowerRaw = Math.min(total / fetchSeconds, total / insertSeconds);
+    const result: IngestBenchResult = {
+      quick,
       events: total,
       publish_events_per_s: round(total / publishSeconds),
+      publish_seconds: Math.round(publishSeconds * 100) / 100,
       jetstream_fetch_ack_per_s: round(total / fetchSeconds),
       clickhouse_insert_rows_per_s: round(total / insertSeconds),
       ingest_events_per_s: round(total / ingestSeconds),
       ingest_seconds: Math.round(ingestSeconds * 100) / 100,
       ingest_batches: stats.batches,
       ingest_rows_inserted: stats.rowsInserted,
+      ingest_vs_slower_raw: Math.round(total / ingestSeconds / slowerRaw * 100) / 100,
+      load_rps: loadRps,
+      load_seconds: loadSeconds,
+      load_requests: load.count,
+      load_ok: load.statuses["OK"] ?? 0,
+      load_events: loadEvents,
+      load_rows: rows.rows,
+      load_distinct_events: rows.distinct,
+      freshness_sent_p50_ms: ms(freshness.p50),
+      freshness_sent_p99_ms: ms(freshness.p99),
+      freshness_sent_max_ms: ms(freshness.mx),
+      insert_max_ms: insertMaxMs,
+      freshness_visible_p50_ms: ms(freshness.p50) + insertMaxMs,
+      freshness_visible_p99_ms: ms(freshness.p99) + insertMaxMs,
+      freshness_visible_max_ms: ms(freshness.mx) + insertMaxMs,
+      total_seconds: Math.round((performance.now() - benchStart) / 100) / 10,
     };
+    console.error(summary(result));
     console.log(JSON.stringify(result));
     return result;
   } finally {
     await nc.close();
+    await Deno.remove(logDir, { recursive: true }).catch(() => {});
   }
 }
 
+function summary(r: IngestBenchResult): string {
+  const k = (n: number) => `${(n / 1000).toFixed(1)}k/s`;
+  const verdict = (ok: boolean) => ok ? "ok" : "MISSED";
+  const ingestOk = r.ingest_events_per_s >= 100_000 && r.ingest_vs_slower_raw >= 0.5;
+  return [
+    `ingest bench${r.quick ? " (quick)" : ""}: ${r.events} events, ${r.total_seconds} s in all`,
+    `  fill (pipelined publish)   ${k(r.publish_events_per_s)} (${r.publish_seconds} s)`,
+    `  raw JetStream fetch+ack    ${k(r.jetstream_fetch_ack_per_s)}`,
+    `  raw ClickHouse INSERT      ${k(r.clickhouse_insert_rows_per_s)}`,
+    `  ingest worker              ${
+      k(r.ingest_events_per_s)
+    } = ${r.ingest_vs_slower_raw} x the slower raw rate, ` +
+    `${r.ingest_batches} batches (target >= 100k/s and >= 0.5 x: ${verdict(ingestOk)})`,
+    `  ${r.load_rps} rps for ${r.load_seconds} s through the services: ${r.load_requests} requests ` +
+    `(${r.load_ok} OK), ${r.load_events} events, ${r.load_rows} rows, ${r.load_distinct_events} distinct`,
+    `  event start -> INSERT sent  p50 ${r.freshness_sent_p50_ms} ms, p99 ${r.freshness_sent_p99_ms} ms, ` +
+    `max ${r.freshness_sent_max_ms} ms`,
+    `  event start -> visible      p50 <= ${r.freshness_visible_p50_ms} ms, p99 <= ${r.freshness_visible_p99_ms} ms, ` +
+    `max <= ${r.freshness_visible_max_ms} ms (slowest INSERT <= ${r.insert_max_ms} ms; target p99 < 1000: ` +
+    `${verdict(r.freshness_visible_p99_ms < 1000)})`,
+  ].join("\n");
+}
+
 if (import.meta.main) {
-  await runIngestBench();
+  await runIngestBench({ quick: Deno.args.includes("--quick") });
 }

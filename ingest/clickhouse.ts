@@ -35,6 +35,14 @@ export interface ClickHouse {
     rows: readonly object[],
     options?: { timeoutMs?: number },
   ): Promise<void>;
+  /** INSERT INTO table (columns) FORMAT `format` with `body` as is (e.g. TabSeparated lines). */
+  insertBody(
+    table: { database: string; table: string },
+    columns: readonly string[],
+    format: "TabSeparated" | "JSONEachRow",
+    body: string | Uint8Array<ArrayBuffer>,
+    options?: { timeoutMs?: number },
+  ): Promise<void>;
   /** True when /ping answers. */
   ping(): Promise<boolean>;
 }
@@ -48,7 +56,11 @@ export function createClickHouse(options: ClickHouseOptions): ClickHouse {
     "X-ClickHouse-Key": options.password,
   };
 
-  async function post(query: string | undefined, body: string, timeoutMs: number): Promise<string> {
+  async function post(
+    query: string | undefined,
+    body: string | Uint8Array<ArrayBuffer>,
+    timeoutMs: number,
+  ): Promise<string> {
     const url = query === undefined ? `${base}/` : `${base}/?query=${encodeURIComponent(query)}`;
     let response: Response;
     try {
@@ -111,6 +123,13 @@ export function createClickHouse(options: ClickHouseOptions): ClickHouse {
       let body = "";
       for (const row of rows) body += JSON.stringify(row) + "\n";
       await post(statement.text, body, opts?.timeoutMs ?? defaultTimeout);
+    },
+    async insertBody(table, columns, format, body, opts) {
+      if (body.length === 0) return;
+      const statement = sql`INSERT INTO ${ident(table.database, table.table)} (${
+        sqlJoin(columns.map((column) => ident(column)))
+      }) FORMAT `;
+      await post(statement.text + format, body, opts?.timeoutMs ?? defaultTimeout);
     },
     async ping() {
       try {

@@ -9,9 +9,9 @@
  *
  * Configuration comes from the environment (see config.ts and README.md); a bad value exits with code 2.
  */
+import { createLogger, type Logger } from "@tailwatch/kit";
 import { createClickHouse } from "./clickhouse.ts";
 import { ConfigError, type IngestConfig, loadConfig } from "./config.ts";
-import { createLogger, type Logger } from "./log.ts";
 import { serveMetrics } from "./metrics.ts";
 import { applyMigrations } from "./migrations.ts";
 import { rebuild } from "./rebuild.ts";

@@ -94,8 +94,16 @@ export async function applyMigrations(
   for (const migration of migrations) {
     if (applied.has(migration.version)) continue;
     // Every statement is IF NOT EXISTS, so a migration interrupted half-way is safe to run again; it is
-    // recorded only after all its statements succeeded.
-    for (const statement of migration.statements) await clickhouse.exec(statement);
+    // recorded only after all its statements succeeded. ClickHouse 18.16 has no ADD COLUMN IF NOT EXISTS:
+    // an ALTER ... ADD COLUMN whose column is there already (an earlier, interrupted run) counts as done.
+    for (const statement of migration.statements) {
+      try {
+        await clickhouse.exec(statement);
+      } catch (error) {
+        const addColumn = /^ALTER TABLE\s[^;]*\sADD COLUMN\s/i.test(statement.text);
+        if (!addColumn || !/already exists/i.test(String(error))) throw error;
+      }
+    }
     await clickhouse.exec(
       sql`INSERT INTO ${
         ident(db, "schema_migrations")

@@ -6,10 +6,9 @@
  */
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
-import { REQUEST_EVENTS_STREAM } from "../services/kit/stream.ts";
+import { type Logger, REQUEST_EVENTS_STREAM } from "@tailwatch/kit";
 import { type ClickHouse, createClickHouse } from "./clickhouse.ts";
 import type { IngestConfig } from "./config.ts";
-import type { Logger } from "./log.ts";
 import { applyMigrations } from "./migrations.ts";
 import { ident, sql } from "./sql.ts";
 import { createIngestWorker, type IngestStats } from "./worker.ts";

@@ -1,56 +1,14 @@
 /**
- * Helpers for ingest's tests and benchmark: tiny asserts (no Deno std here), a seeded PRNG, RequestEvent
- * builders and a JetStream publisher that sets Nats-Msg-Id, and a test configuration.
+ * Helpers for ingest's tests and benchmark: RequestEvent builders, a JetStream publisher that sets
+ * Nats-Msg-Id, a test configuration and `eventually`. Assertions and the seeded PRNG are @tailwatch/testing's.
  */
 import { create, toBinary } from "@bufbuild/protobuf";
 import { jetstream } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { Protocol, type RequestEvent, RequestEventSchema } from "@tailwatch/proto/events/v1";
-import { requestEventSubject } from "../services/kit/stream.ts";
+import { requestEventSubject } from "@tailwatch/kit";
+import { AssertionError } from "@tailwatch/testing";
 import { type IngestConfig, loadConfig } from "./config.ts";
-
-export class AssertionError extends Error {
-  override name = "AssertionError";
-}
-
-export function assert(condition: unknown, message = "assertion failed"): asserts condition {
-  if (!condition) throw new AssertionError(message);
-}
-
-export function assertEquals<T>(actual: T, expected: T, message = ""): void {
-  const a = JSON.stringify(actual);
-  const e = JSON.stringify(expected);
-  if (a !== e) throw new AssertionError(`${message ? message + ": " : ""}expected ${e}, got ${a}`);
-}
-
-export async function assertRejects(
-  fn: () => Promise<unknown>,
-  pattern?: RegExp,
-  message = "",
-): Promise<Error> {
-  try {
-    await fn();
-  } catch (error) {
-    const err = error instanceof Error ? error : new Error(String(error));
-    if (pattern && !pattern.test(err.message)) {
-      throw new AssertionError(`${message}: error ${JSON.stringify(err.message)} does not match ${pattern}`);
-    }
-    return err;
-  }
-  throw new AssertionError(`${message}: expected a rejection`);
-}
-
-/** mulberry32: a small seeded PRNG, so a failing fuzz case reproduces from its seed. */
-export function createRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const SERVICES = ["catalog", "orders", "payments"] as const;
 

@@ -6,15 +6,17 @@
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type JsMsg } from "@nats-io/jetstream";
 import { connect, headers, nanos, type NatsConnection } from "@nats-io/transport-node";
 import {
+  createRegistry,
   DEAD_LETTER_SUBJECT_PREFIX,
   ensureRequestEventsStream,
+  type Logger,
+  type Registry,
   REQUEST_EVENTS_STREAM,
-} from "../services/kit/stream.ts";
+} from "@tailwatch/kit";
 import { type ClickHouse, createClickHouse } from "./clickhouse.ts";
 import type { IngestConfig } from "./config.ts";
-import { decodeEvent, type PoisonReason, REQUEST_EVENT_COLUMNS, type RequestEventRow } from "./event_row.ts";
-import type { Logger } from "./log.ts";
-import { createRegistry, type Registry } from "./metrics.ts";
+import { type PoisonReason, REQUEST_EVENT_COLUMNS, ROW_FORMAT } from "./event_row.ts";
+import { appendEvent, EventScanner, RowWriter } from "./row_writer.ts";
 import { applyMigrations } from "./migrations.ts";
 import { applyRetention } from "./retention.ts";
 import { ident, sql, sqlJoin } from "./sql.ts";
@@ -36,6 +38,8 @@ export interface IngestStats {
   duplicatesSkipped: number;
   deadLettered: number;
   retries: number;
+  /** The slowest successful INSERT so far, in ms. */
+  insertMsMax: number;
 }
 
 export interface IngestWorker {
@@ -48,6 +52,27 @@ export interface IngestWorker {
   stats(): IngestStats;
   readonly registry: Registry;
 }
+
+/** One day-partition's rows of a batch, as a TabSeparated body, with what the dedup query needs. */
+interface RowGroup {
+  writer: RowWriter;
+  services: Set<string>;
+  minTs: number;
+  maxTs: number;
+  minSeq: number;
+  maxSeq: number;
+}
+
+/** A batch decoded and ready to insert. */
+interface PreparedBatch {
+  batch: JsMsg[];
+  groups: RowGroup[];
+  poison: { msg: JsMsg; reason: PoisonReason; detail: string }[];
+  /** Some message may have been inserted before: ask the table before inserting. */
+  checkFirst: boolean;
+}
+
+const INSERT_COLUMNS = [...REQUEST_EVENT_COLUMNS, "ingested_at_ms"] as const;
 
 /** Thrown inside the worker when a stop's grace period ran out while a batch was still failing. */
 class AbandonBatch extends Error {}
@@ -165,7 +190,11 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       "ingest_duplicates_skipped_total",
       "Redelivered events found already in the table and not inserted again.",
     ),
-    deadLettered: registry.counter("ingest_dead_lettered_total", "Messages sent to the dead-letter subject."),
+    deadLettered: registry.counter(
+      "ingest_dead_lettered_total",
+      "Messages sent to the dead-letter subject.",
+      ["reason"],
+    ),
     retries: registry.counter(
       "ingest_insert_retries_total",
       "Failed INSERT (or dedup query) attempts retried.",
@@ -184,6 +213,7 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
     duplicatesSkipped: 0,
     deadLettered: 0,
     retries: 0,
+    insertMsMax: 0,
   };
   const clickhouse: ClickHouse = createClickHouse({
     url: config.clickhouseUrl,
@@ -196,8 +226,10 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
   let stopping = false;
   let stopDeadline = Infinity;
   let isReady = false;
-  let inHand: JsMsg[] = [];
-  let inHandSince = 0;
+  /** The highest stream sequence delivered before (see prepareBatch). */
+  let highWater = 0;
+  /** Batches taken from the queue and not yet acked (at most two: one decoded, one being inserted). */
+  let inHand: { batch: JsMsg[]; since: number }[] = [];
 
   const stop = () => {
     if (stopping) return;
@@ -223,45 +255,40 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
     }
   }
 
-  async function existingSeqs(rows: RequestEventRow[]): Promise<Set<number>> {
-    let minTs = Infinity, maxTs = -Infinity, minSeq = Infinity, maxSeq = -Infinity;
-    const services = new Set<string>();
-    for (const row of rows) {
-      if (row.ts < minTs) minTs = row.ts;
-      if (row.ts > maxTs) maxTs = row.ts;
-      if (row.stream_seq < minSeq) minSeq = row.stream_seq;
-      if (row.stream_seq > maxSeq) maxSeq = row.stream_seq;
-      services.add(row.service);
-    }
+  async function existingSeqs(group: RowGroup): Promise<Set<number>> {
     const found = await clickhouse.query<{ stream_seq: string | number }>(
       sql`SELECT stream_seq FROM ${ident(config.database, "request_events")}
-        WHERE service IN (${sqlJoin([...services])}) AND ts >= ${new Date(minTs * 1000)} AND ts <= ${new Date(
-        maxTs * 1000,
-      )}
-          AND stream_seq >= ${minSeq} AND stream_seq <= ${maxSeq}`,
+        WHERE service IN (${sqlJoin([...group.services])})
+          AND ts >= ${new Date(group.minTs * 1000)} AND ts <= ${new Date(group.maxTs * 1000)}
+          AND stream_seq >= ${group.minSeq} AND stream_seq <= ${group.maxSeq}`,
     );
     return new Set(found.map((row) => Number(row.stream_seq)));
   }
 
   /** Inserts one partition's rows exactly once: after any doubt (redelivery, failed attempt) asks first. */
-  async function insertGroup(rows: RequestEventRow[], checkFirst: boolean): Promise<void> {
+  async function insertGroup(group: RowGroup, checkFirst: boolean): Promise<void> {
     await withRetry("insert", async (attempt) => {
-      let toInsert = rows;
+      let writer = group.writer;
       if (checkFirst || attempt > 0) {
-        const existing = await existingSeqs(rows);
+        const existing = await existingSeqs(group);
         if (existing.size > 0) {
-          toInsert = rows.filter((row) => !existing.has(row.stream_seq));
-          stats.duplicatesSkipped += rows.length - toInsert.length;
-          metrics.duplicates.inc(rows.length - toInsert.length);
-          logger.info("skipped rows already in the table", { skipped: rows.length - toInsert.length });
+          writer = writer.without(existing);
+          const skipped = group.writer.rows - writer.rows;
+          stats.duplicatesSkipped += skipped;
+          metrics.duplicates.inc({}, skipped);
+          logger.info("skipped rows already in the table", { skipped });
         }
       }
-      if (toInsert.length === 0) return;
+      if (writer.rows === 0) return;
+      // ingested_at_ms: the worker's clock when it sends the INSERT that carries the row (see README).
+      writer.stamp(Date.now());
       const started = performance.now();
-      await clickhouse.insertJsonEachRow(table, REQUEST_EVENT_COLUMNS, toInsert);
-      metrics.insertSeconds.observe((performance.now() - started) / 1000);
-      stats.rowsInserted += toInsert.length;
-      metrics.rows.inc(toInsert.length);
+      await clickhouse.insertBody(table, INSERT_COLUMNS, ROW_FORMAT, writer.body());
+      const insertMs = performance.now() - started;
+      metrics.insertSeconds.observe(insertMs / 1000);
+      if (insertMs > stats.insertMsMax) stats.insertMsMax = insertMs;
+      stats.rowsInserted += writer.rows;
+      metrics.rows.inc({}, writer.rows);
     });
   }
 
@@ -327,6 +354,8 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
 
       const js = jetstream(conn);
       const consumer = await js.consumers.get(REQUEST_EVENTS_STREAM, config.durable);
+      // Everything up to the consumer's last delivered sequence may have been inserted by an earlier process.
+      highWater = (await withRetry("read the consumer", () => consumer.info(false))).delivered.stream_seq;
       const messages = await consumer.consume({
         max_messages: Math.min(config.batchMax, config.maxAckPending),
         callback: (msg) => queue.push(msg),
@@ -343,7 +372,9 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       timers.push(setInterval(() => {
         const now = Date.now();
         const third = config.ackWaitMs / 3;
-        if (inHand.length > 0 && now - inHandSince > third) { for (const msg of inHand) msg.working(); }
+        for (const entry of inHand) {
+          if (now - entry.since > third) { for (const msg of entry.batch) msg.working(); }
+        }
         if (queue.size() > 0 && now - queue.oldestAt() > third) {
           for (const msg of queue.items()) msg.working();
         }
@@ -365,7 +396,7 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
               rawDays: config.retentionRawDays,
               rollupDays: config.retentionRollupDays,
             });
-            metrics.retentionDropped.inc(dropped.length);
+            metrics.retentionDropped.inc({}, dropped.length);
             if (dropped.length > 0) logger.info("retention dropped partitions", { dropped });
           } catch (error) {
             logger.warn("retention failed; will try again", { error });
@@ -380,11 +411,27 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       isReady = true;
       metrics.up.set(1);
       logger.info("consuming", { durable: config.durable, database: config.database, mode, timeZone });
+      // Two batches in hand at most: while batch k is inserted (and then acked), batch k+1 is decoded. INSERTs
+      // and acks stay in batch order; batch k+1's INSERT (and its dedup query) starts after batch k's acks.
       let firstBatch = true;
+      let committing: Promise<unknown> | undefined;
+      /** Waits for the batch being committed; false when it was abandoned (stop grace over). */
+      const settle = async (): Promise<boolean> => {
+        const outcome = await committing;
+        committing = undefined;
+        if (outcome instanceof AbandonBatch) {
+          logger.warn("stop grace period over: leaving the batch unacked for redelivery", { error: outcome });
+          return false;
+        }
+        if (outcome !== undefined) throw outcome;
+        return true;
+      };
       for (;;) {
         if (stopping) messages.stop();
-        const batch = await queue.take(config.batchMax, config.batchWaitMs, 1_000);
+        // Drain mode looks for the end sooner: 100 ms without a message, then asks the server.
+        const batch = await queue.take(config.batchMax, config.batchWaitMs, mode === "drain" ? 100 : 1_000);
         if (batch.length === 0) {
+          if (!await settle()) break;
           if (stopping) break;
           if (mode === "drain") {
             const info = await refreshPending().catch(() => undefined);
@@ -392,21 +439,27 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
           }
           continue;
         }
-        inHand = batch;
-        inHandSince = Date.now();
-        try {
-          await processBatch(conn, batch, firstBatch, partitionOf);
-        } catch (error) {
-          if (error instanceof AbandonBatch) {
-            logger.warn("stop grace period over: leaving the batch unacked for redelivery", { error });
-            break;
-          }
-          throw error;
-        } finally {
-          inHand = [];
-        }
+        const inHandEntry = { batch, since: Date.now() };
+        inHand.push(inHandEntry);
+        const prepareStart = performance.now();
+        const prepared = prepareBatch(batch, firstBatch, partitionOf);
+        const waitStart = performance.now();
         firstBatch = false;
+        if (!await settle()) break;
+        logger.debug("batch decoded", {
+          size: batch.length,
+          decodeMs: Math.round(waitStart - prepareStart),
+          waitedForPreviousMs: Math.round(performance.now() - waitStart),
+          queued: queue.size(),
+        });
+        committing = commitBatch(conn, prepared).then(
+          () => undefined,
+          (error: unknown) => error ?? new Error("batch failed"),
+        ).finally(() => {
+          inHand = inHand.filter((entry) => entry !== inHandEntry);
+        });
       }
+      await settle();
       messages.stop();
       logger.info("stopped", { ...stats });
       return stats;
@@ -419,33 +472,80 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
     }
   }
 
-  async function processBatch(
-    nc: NatsConnection,
+  const scanner = new EventScanner();
+
+  /** Decodes a batch into per-partition TabSeparated bodies and poison messages (synchronous, CPU only). */
+  function prepareBatch(
     batch: JsMsg[],
     firstBatch: boolean,
     partitionOf: (ts: number) => number,
-  ): Promise<void> {
+  ): PreparedBatch {
     metrics.batchSize.observe(batch.length);
-    const groups = new Map<number, RequestEventRow[]>();
+    const groups = new Map<number, RowGroup>();
     const seen = new Set<number>();
-    const poison: { msg: JsMsg; reason: PoisonReason; detail: string }[] = [];
-    let redelivered = firstBatch;
-    for (const msg of batch) {
-      if (msg.redelivered) redelivered = true;
-      if (seen.has(msg.seq)) continue; // the same message twice (redelivered while still in hand)
-      seen.add(msg.seq);
-      const decoded = decodeEvent(msg.data, msg.seq);
-      if (!decoded.ok) {
-        poison.push({ msg, reason: decoded.reason, detail: decoded.detail });
-        continue;
+    const poison: PreparedBatch["poison"] = [];
+    let checkFirst = firstBatch;
+    let seq = 0;
+    let lastSlot = -1;
+    let last: RowGroup | undefined;
+    const pick = (ts: number, service: string): RowWriter => {
+      // Every time zone offset is a multiple of 15 minutes: a 15-minute slot is in one partition.
+      const slot = Math.floor(ts / 900);
+      let group = slot === lastSlot ? last : undefined;
+      if (!group) {
+        const day = partitionOf(ts);
+        group = groups.get(day);
+        if (!group) {
+          group = {
+            writer: new RowWriter(),
+            services: new Set(),
+            minTs: ts,
+            maxTs: ts,
+            minSeq: seq,
+            maxSeq: seq,
+          };
+          groups.set(day, group);
+        }
+        lastSlot = slot;
+        last = group;
       }
-      const day = partitionOf(decoded.row.ts);
-      let group = groups.get(day);
-      if (!group) groups.set(day, group = []);
-      group.push(decoded.row);
+      group.services.add(service);
+      if (ts < group.minTs) group.minTs = ts;
+      if (ts > group.maxTs) group.maxTs = ts;
+      if (seq < group.minSeq) group.minSeq = seq;
+      if (seq > group.maxSeq) group.maxSeq = seq;
+      return group.writer;
+    };
+    // First deliveries come in increasing stream sequence. A message at or below the highest sequence
+    // seen before it (in this process, or delivered to the consumer before this process started) has been
+    // delivered before, whether or not the server says so: a NATS crash can lose the consumer's delivery
+    // state and hand a message out again as a first delivery. Such a batch, or one with a redelivered
+    // message, is checked against the table before its INSERT; only then can it hold the same sequence twice.
+    let high = highWater;
+    for (const msg of batch) {
+      const s = msg.seq;
+      if (s <= high || msg.redelivered) checkFirst = true;
+      if (s > high) high = s;
     }
+    highWater = high;
+    for (const msg of batch) {
+      seq = msg.seq;
+      if (checkFirst) {
+        if (seen.has(seq)) continue;
+        seen.add(seq);
+      }
+      const refused = appendEvent(scanner, msg.data, seq, pick);
+      if (refused) poison.push({ msg, reason: refused.reason, detail: refused.detail });
+    }
+    return { batch, groups: [...groups.values()], poison, checkFirst };
+  }
+
+  /** Inserts a prepared batch (exactly once), dead-letters its poison, then acks every message of it. */
+  async function commitBatch(nc: NatsConnection, prepared: PreparedBatch): Promise<void> {
+    const { batch, groups, poison, checkFirst } = prepared;
+    const commitStart = performance.now();
     // One INSERT per day-partition: an INSERT is atomic only within one partition (one part).
-    for (const rows of groups.values()) await insertGroup(rows, redelivered);
+    for (const group of groups) await insertGroup(group, checkFirst);
     for (const { msg, reason, detail } of poison) {
       const h = headers();
       h.set("Tailwatch-Dead-Letter-Reason", reason);
@@ -456,7 +556,7 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       if (msgId) h.set("Tailwatch-Msg-Id", msgId);
       nc.publish(`${DEAD_LETTER_SUBJECT_PREFIX}.${reason}`, msg.data, { headers: h });
       stats.deadLettered++;
-      metrics.deadLettered.inc(1, { reason });
+      metrics.deadLettered.inc({ reason });
       logger.warn("dead-lettered a message", { seq: msg.seq, subject: msg.subject, reason, detail });
     }
     if (poison.length > 0) await nc.flush().catch(() => {});
@@ -465,7 +565,12 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
     await nc.flush().catch((error) => logger.warn("flushing acks failed", { error }));
     stats.batches++;
     metrics.batches.inc();
-    logger.debug("batch done", { size: batch.length, groups: groups.size, poison: poison.length });
+    logger.debug("batch done", {
+      size: batch.length,
+      groups: groups.length,
+      poison: poison.length,
+      commitMs: Math.round(performance.now() - commitStart),
+    });
   }
 
   return {
