@@ -95,6 +95,10 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
         sql`SELECT count() AS n FROM ${ident(database, "schema_migrations")}`,
       );
       assertEquals(Number(recorded.n), 4, "each migration recorded once");
+      // As if every run had been interrupted before its record: all applied again, 0004's ADD COLUMN included.
+      await clickhouse.exec(sql`DROP TABLE ${ident(database, "schema_migrations")}`);
+      assertEquals(await applyMigrations({ clickhouse, database }), [1, 2, 3, 4], "a re-run without records");
+      assertEquals(await schema(), before, "schema unchanged by the re-run");
       for (
         const table of ["request_events", "request_stats_1s", "latency_histogram_1s", "latency_percentiles"]
       ) {

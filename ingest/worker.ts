@@ -30,6 +30,11 @@ export interface IngestWorkerOptions {
   mode?: "follow" | "drain";
   /** Deliver policy when the durable consumer has to be created. Default all (from the stream's start). */
   deliverFromStart?: boolean;
+  /**
+   * Called after each successful INSERT with the `ingested_at_ms` its rows carry (the send time), the time
+   * it returned (its rows are visible from then on) and its row count. For measurements (bench.ts).
+   */
+  onInserted?: (sentAtMs: number, doneAtMs: number, rows: number) => void;
 }
 
 export interface IngestStats {
@@ -281,9 +286,11 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       }
       if (writer.rows === 0) return;
       // ingested_at_ms: the worker's clock when it sends the INSERT that carries the row (see README).
-      writer.stamp(Date.now());
+      const sentAt = Date.now();
+      writer.stamp(sentAt);
       const started = performance.now();
       await clickhouse.insertBody(table, INSERT_COLUMNS, ROW_FORMAT, writer.body());
+      options.onInserted?.(sentAt, Date.now(), writer.rows);
       const insertMs = performance.now() - started;
       metrics.insertSeconds.observe(insertMs / 1000);
       if (insertMs > stats.insertMsMax) stats.insertMsMax = insertMs;
