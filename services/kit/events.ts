@@ -155,7 +155,10 @@ export function createEventSink(options: EventSinkOptions): EventSink {
         (async () => {
           for await (const status of conn.status()) {
             if (status.type === "disconnect") connectedGauge.set(0);
-            if (status.type === "reconnect") connectedGauge.set(1);
+            if (status.type === "reconnect") {
+              connectedGauge.set(1);
+              republishUnacknowledged();
+            }
           }
         })().catch(() => {});
         pump();
@@ -214,6 +217,23 @@ export function createEventSink(options: EventSinkOptions): EventSink {
     } else {
       retry(entry.event, body || `status ${msg.headers?.code ?? "unknown"}`);
     }
+  }
+
+  /**
+   * After a reconnect, acks for publishes sent before the disconnect may never come (the server may have
+   * restarted); publish them again now rather than after their timeout. Same Nats-Msg-Id: a copy that had
+   * been stored is dropped as a duplicate.
+   */
+  function republishUnacknowledged() {
+    const entries = [...awaiting.values()];
+    awaiting.clear();
+    for (let i = entries.length - 1; i >= 0; i--) {
+      retries.inc();
+      queue.pushFront(entries[i].event);
+    }
+    backoffMs = 0;
+    retryAt = 0;
+    pump();
   }
 
   function sweep() {
