@@ -145,6 +145,10 @@ Config parse_config(const std::vector<std::string>& args, const EnvLookup& env) 
       boolean(insert_flag);
       continue;
     }
+    if (arg == "--log-timing") {
+      boolean(config.log_timing);
+      continue;
+    }
     if (arg == "--help" || arg == "-h") {
       boolean(config.help);
       continue;
@@ -167,6 +171,9 @@ Config parse_config(const std::vector<std::string>& args, const EnvLookup& env) 
   if (config.json && !config.once) throw UsageError("--json needs --once");
   if (insert_flag && !config.json) throw UsageError("--insert is only for --once --json (the default inserts)");
   if (config.now && !config.once) throw UsageError("--now needs --once");
+  if (config.log_timing && config.once) {
+    throw UsageError("--log-timing is for the daemon (with --once, --json prints the timing)");
+  }
   config.insert = !config.json || insert_flag;
   return config;
 }
@@ -188,6 +195,7 @@ latency_percentiles, one row per window and (service, method) per tick; method "
   --json                  with --once: print the snapshot as JSON, do not insert
   --insert                with --once --json: insert as well
   --now UNIX_SECONDS      with --once: evaluate as of this time
+  --log-timing            daemon: after each tick, a JSON line with its timing on stderr
   --help                  this text
 
 Flags win over environment variables. Exit status: 0 ok, 1 runtime error, 2 bad flag or value.

@@ -16,6 +16,16 @@ namespace tailwatch {
 
 namespace {
 
+nlohmann::json timing_object(const TickTiming& timing) {
+  return {{"read_ms", timing.read_ms},
+          {"compute_ms", timing.compute_ms},
+          {"insert_ms", timing.insert_ms},
+          {"histogram_rows", timing.histogram_rows},
+          {"max_rows", timing.max_rows},
+          {"from", timing.from},
+          {"to", timing.to}};
+}
+
 volatile std::sig_atomic_t g_stop = 0;
 
 extern "C" void on_stop_signal(int) { g_stop = 1; }
@@ -144,8 +154,13 @@ int run_daemon(const Config& config, std::ostream& err) {
       if (!pending.empty()) {
         std::string all;
         for (const auto& line : pending) all += line;
+        const auto start = Clock::now();
         client.insert(insert_statement(config), all);
+        timing.insert_ms = ms_since(start);
         pending.clear();
+      }
+      if (config.log_timing) {
+        err << nlohmann::json{{"now", now}, {"timing", timing_object(timing)}}.dump() << std::endl;
       }
     } catch (const std::exception& error) {
       failure = error.what();
@@ -182,13 +197,7 @@ std::string snapshot_json(const Config& config, std::int64_t now, const std::vec
   doc["windows_s"] = config.windows_s;
   doc["late_margin_s"] = config.late_margin_s;
   doc["inserted"] = config.insert && !rows.empty();
-  doc["timing"] = {{"read_ms", timing.read_ms},
-                   {"compute_ms", timing.compute_ms},
-                   {"insert_ms", timing.insert_ms},
-                   {"histogram_rows", timing.histogram_rows},
-                   {"max_rows", timing.max_rows},
-                   {"from", timing.from},
-                   {"to", timing.to}};
+  doc["timing"] = timing_object(timing);
   doc["rows"] = nlohmann::json::array();
   for (const auto& row : rows) {
     doc["rows"].push_back({{"ts", now},

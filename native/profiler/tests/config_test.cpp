@@ -107,6 +107,7 @@ TEST(Config, BadFlagsAndValues) {
   EXPECT_NE(error_of({"--once", "--now", "-5"}).find("unix seconds"), std::string::npos);
   EXPECT_NE(error_of({"--once", "--now", "99999999999"}).find("DateTime"), std::string::npos);
   EXPECT_NE(error_of({"--once=1"}).find("takes no value"), std::string::npos);
+  EXPECT_NE(error_of({"--once", "--log-timing"}).find("--log-timing is for the daemon"), std::string::npos);
   EXPECT_NE(error_of({}, {{"TAILWATCH_TICK", "soon"}}).find("environment variable TAILWATCH_TICK"),
             std::string::npos);
 }

@@ -12,6 +12,7 @@
 //   --json                 with --once: print the snapshot as JSON on stdout; no INSERT unless --insert
 //   --insert               with --once --json: insert as well
 //   --now UNIX_SECONDS     with --once: evaluate as of this time instead of the clock
+//   --log-timing           daemon: after each tick, one JSON line on stderr with the tick's timing
 //   --help                 usage on stdout, exit 0
 // Durations are whole seconds: "5", "5s", "2m", "1h". Flags take their value as "--flag value" or
 // "--flag=value".
@@ -44,6 +45,7 @@ struct Config {
   bool json = false;
   bool insert = true;  ///< false for --once --json without --insert
   std::optional<std::int64_t> now;
+  bool log_timing = false;  ///< daemon only: each tick's TickTiming as a JSON line on stderr
   bool help = false;
 };
 
