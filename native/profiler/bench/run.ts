@@ -25,7 +25,7 @@ import {
   waitUntil,
 } from "@tailwatch/testing";
 import { applyMigrations } from "@tailwatch/ingest";
-import { profilerBinaries } from "../tests/binaries.ts";
+import { connectionFlags, profilerBinaries } from "../tests/binaries.ts";
 
 const RPS = 1000;
 const FILL_BACK_S = 310;
@@ -138,16 +138,12 @@ export async function runProfilerBench(options: { quick: boolean }): Promise<Rec
   await using clickhouse = await startClickHouseServer();
   const database = `tw_bench_${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
   await applyMigrations({ url: clickhouse.url, ...CLICKHOUSE_ADMIN, database });
-  const connection = [
-    "--clickhouse-url",
+  const connection = connectionFlags(
     clickhouse.url,
-    "--user",
     CLICKHOUSE_ADMIN.username,
-    "--password",
     CLICKHOUSE_ADMIN.password,
-    "--database",
     database,
-  ];
+  );
 
   const steadyTicks = quick ? 8 : 30;
   const repeats = quick ? 3 : 7;

@@ -5,6 +5,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 
+#include "rows.h"
 #include "tsv.h"
 
 namespace tailwatch {
@@ -106,8 +107,7 @@ void ClickHouseClient::insert(const std::string& statement, const std::string& d
   post(options_.url + separator + "query=" + escaped.get(), data);
 }
 
-namespace {
-bool valid_identifier(const std::string& name) {
+bool is_identifier(const std::string& name) {
   if (name.empty()) return false;
   for (std::size_t i = 0; i < name.size(); ++i) {
     const char c = name[i];
@@ -116,10 +116,9 @@ bool valid_identifier(const std::string& name) {
   }
   return true;
 }
-}  // namespace
 
 void check_identifier(const std::string& name) {
-  if (!valid_identifier(name)) throw std::invalid_argument("not a valid identifier: '" + name + "'");
+  if (!is_identifier(name)) throw std::invalid_argument("not a valid identifier: '" + name + "'");
 }
 
 namespace {
@@ -182,26 +181,29 @@ SecondsBatch ClickHouseSource::fetch(std::int64_t from, std::int64_t to) {
   return batch;
 }
 
+nlohmann::json percentile_row(std::int64_t now, const WindowStats& row) {
+  return {
+      {"ts", now},
+      {"window_s", row.window_s},
+      {"service", row.key.service},
+      {"method", row.key.method},
+      {"count", row.count},
+      {"rps", row.rps},
+      {"error_rate", row.error_rate},
+      {"p50_us", row.p50_us},
+      {"p90_us", row.p90_us},
+      {"p95_us", row.p95_us},
+      {"p99_us", row.p99_us},
+      {"p999_us", row.p999_us},
+      {"max_us", row.max_us},
+  };
+}
+
 std::string percentile_rows_json(std::int64_t now, const std::vector<WindowStats>& rows) {
   std::string body;
   for (const auto& row : rows) {
-    nlohmann::json line = {
-        {"ts", now},
-        {"window_s", row.window_s},
-        {"service", row.key.service},
-        {"method", row.key.method},
-        {"count", row.count},
-        {"rps", row.rps},
-        {"error_rate", row.error_rate},
-        {"p50_us", row.p50_us},
-        {"p90_us", row.p90_us},
-        {"p95_us", row.p95_us},
-        {"p99_us", row.p99_us},
-        {"p999_us", row.p999_us},
-        {"max_us", row.max_us},
-    };
     // Replace invalid UTF-8 instead of throwing: names come from the services, unchecked.
-    body += line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    body += percentile_row(now, row).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     body += '\n';
   }
   return body;

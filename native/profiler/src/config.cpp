@@ -5,21 +5,13 @@
 #include <limits>
 #include <set>
 
+#include "tailwatch/clickhouse.h"
+
 namespace tailwatch {
 
 namespace {
 
 constexpr std::uint32_t kMaxSeconds = 86400;
-
-bool valid_identifier(const std::string& name) {
-  if (name.empty()) return false;
-  for (std::size_t i = 0; i < name.size(); ++i) {
-    const char c = name[i];
-    const bool letter = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_';
-    if (!letter && (i == 0 || c < '0' || c > '9')) return false;
-  }
-  return true;
-}
 
 std::vector<std::uint32_t> parse_windows(const std::string& text, const std::string& what) {
   std::vector<std::uint32_t> windows;
@@ -103,7 +95,7 @@ Config parse_config(const std::vector<std::string>& args, const EnvLookup& env) 
       {"--password", "TAILWATCH_CLICKHOUSE_PASSWORD", [&](const std::string& v, const std::string&) { config.password = v; }},
       {"--database", "TAILWATCH_CLICKHOUSE_DATABASE",
        [&](const std::string& v, const std::string& what) {
-         if (!valid_identifier(v)) throw UsageError(what + ": not a valid database name: '" + v + "'");
+         if (!is_identifier(v)) throw UsageError(what + ": not a valid database name: '" + v + "'");
          config.database = v;
        }},
       {"--windows", "TAILWATCH_WINDOWS",

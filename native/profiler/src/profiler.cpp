@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "tailwatch/clickhouse.h"
+#include "rows.h"
 
 namespace tailwatch {
 
@@ -200,20 +201,9 @@ std::string snapshot_json(const Config& config, std::int64_t now, const std::vec
   doc["timing"] = timing_object(timing);
   doc["rows"] = nlohmann::json::array();
   for (const auto& row : rows) {
-    doc["rows"].push_back({{"ts", now},
-                           {"window_s", row.window_s},
-                           {"service", row.key.service},
-                           {"method", row.key.method},
-                           {"count", row.count},
-                           {"errors", row.errors},
-                           {"rps", row.rps},
-                           {"error_rate", row.error_rate},
-                           {"p50_us", row.p50_us},
-                           {"p90_us", row.p90_us},
-                           {"p95_us", row.p95_us},
-                           {"p99_us", row.p99_us},
-                           {"p999_us", row.p999_us},
-                           {"max_us", row.max_us}});
+    auto line = percentile_row(now, row);
+    line["errors"] = row.errors;
+    doc["rows"].push_back(std::move(line));
   }
   return doc.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }

@@ -17,7 +17,7 @@ import {
   waitUntil,
 } from "@tailwatch/testing";
 import { applyMigrations } from "@tailwatch/ingest";
-import { profilerBinaries } from "./binaries.ts";
+import { connectionFlags, profilerBinaries } from "./binaries.ts";
 
 async function run(
   cmd: string,
@@ -100,15 +100,8 @@ async function newDatabase(clickhouse: ClickHouseServer, name: string): Promise<
   return database;
 }
 
-function connection(clickhouse: ClickHouseServer): string[] {
-  return [
-    "--clickhouse-url",
-    clickhouse.url,
-    "--user",
-    CLICKHOUSE_ADMIN.username,
-    "--password",
-    CLICKHOUSE_ADMIN.password,
-  ];
+function connection(clickhouse: ClickHouseServer, database: string): string[] {
+  return connectionFlags(clickhouse.url, CLICKHOUSE_ADMIN.username, CLICKHOUSE_ADMIN.password, database);
 }
 
 Deno.test("profiler against a real ClickHouse", async (t) => {
@@ -191,9 +184,7 @@ Deno.test("profiler against a real ClickHouse", async (t) => {
       );
     }
     const result = await run(profiler, [
-      ...connection(clickhouse),
-      "--database",
-      database,
+      ...connection(clickhouse, database),
       "--once",
       "--json",
       "--now",
@@ -239,9 +230,7 @@ Deno.test("profiler against a real ClickHouse", async (t) => {
 
   await t.step("--once inserts one row per key and window into latency_percentiles", async () => {
     const result = await run(profiler, [
-      ...connection(clickhouse),
-      "--database",
-      database,
+      ...connection(clickhouse, database),
       "--once",
       "--now",
       String(now + 1),
@@ -258,14 +247,7 @@ Deno.test("profiler against a real ClickHouse", async (t) => {
 
   await t.step("a wrong password is a clear error and exit 1", async () => {
     const result = await run(profiler, [
-      "--clickhouse-url",
-      clickhouse.url,
-      "--user",
-      CLICKHOUSE_ADMIN.username,
-      "--password",
-      "wrong",
-      "--database",
-      database,
+      ...connectionFlags(clickhouse.url, CLICKHOUSE_ADMIN.username, "wrong", database),
       "--once",
     ]);
     assertEquals(result.code, 1, "exit code");
@@ -285,7 +267,7 @@ Deno.test("profiler against a real ClickHouse", async (t) => {
       };
       await insertNow();
       const child = new Deno.Command(profiler, {
-        args: [...connection(clickhouse), "--database", live, "--windows", "10", "--late-margin", "2s"],
+        args: [...connection(clickhouse, live), "--windows", "10", "--late-margin", "2s"],
         stdin: "null",
         stdout: "piped",
         stderr: "piped",

@@ -14,7 +14,7 @@ import { AdminService } from "@tailwatch/proto/admin/v1";
 import { PaymentService } from "@tailwatch/proto/payments/v1";
 import { createClient } from "@tailwatch/kit";
 import { applyMigrations } from "@tailwatch/ingest";
-import { profilerBinaries } from "./binaries.ts";
+import { connectionFlags, profilerBinaries } from "./binaries.ts";
 import {
   assert,
   CLICKHOUSE_ADMIN,
@@ -180,14 +180,7 @@ Deno.test("e2e: injected log-normal latency in payments, measured through NATS, 
   const windowS = now - Math.floor(startedAt / 1000);
   const result = await new Deno.Command(profiler, {
     args: [
-      "--clickhouse-url",
-      clickhouse.url,
-      "--user",
-      CLICKHOUSE_ADMIN.username,
-      "--password",
-      CLICKHOUSE_ADMIN.password,
-      "--database",
-      database,
+      ...connectionFlags(clickhouse.url, CLICKHOUSE_ADMIN.username, CLICKHOUSE_ADMIN.password, database),
       "--windows",
       String(windowS),
       "--once",

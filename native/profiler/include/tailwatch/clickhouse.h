@@ -49,7 +49,10 @@ class ClickHouseClient {
   std::unique_ptr<Impl> impl_;
 };
 
-/// Throws std::invalid_argument unless `name` matches [A-Za-z_][A-Za-z0-9_]*.
+/// True when `name` matches [A-Za-z_][A-Za-z0-9_]*, the names the profiler puts into SQL unquoted.
+bool is_identifier(const std::string& name);
+
+/// Throws std::invalid_argument unless is_identifier(name).
 void check_identifier(const std::string& name);
 
 /// The SQL a tick reads with (exposed for tests and documentation): seconds [from, to), unix time. One
