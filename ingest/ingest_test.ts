@@ -3,7 +3,7 @@
  * nats-server and a database of its own for every step, dropped at the end of the step.
  * INGEST_TEST_ONLY=<regex> runs only the matching steps (for development).
  */
-import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { AckPolicy, jetstream, jetstreamManager, type JsMsg } from "@nats-io/jetstream";
 import { connect, type Msg, type NatsConnection } from "@nats-io/transport-node";
 import {
   assert,
@@ -32,6 +32,8 @@ import { applyRetention } from "./retention.ts";
 import { ident, sql } from "./sql.ts";
 import { eventually, makeEvent, publishEvents, testConfig, testEnv, uniqueDatabase } from "./test_helpers.ts";
 import { createIngestWorker } from "./worker.ts";
+import { REQUEST_EVENT_COLUMNS, ROW_FORMAT } from "./event_row.ts";
+import { appendEvent, EventScanner, RowWriter } from "./row_writer.ts";
 import { Protocol } from "@tailwatch/proto/events/v1";
 
 const only = Deno.env.get("INGEST_TEST_ONLY");
@@ -308,6 +310,55 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
       await Deno.remove(logDir, { recursive: true });
     });
   });
+
+  await step(
+    "a durable with explicit acks and unacked messages is recreated (ack all) at its ack floor + 1",
+    async () => {
+      await withFixture(server, async ({ nats, nc, clickhouse, database }) => {
+        const config = testConfig(nats.url, server.url, CLICKHOUSE_ADMIN.password, database);
+        await publishEvents(nc, Array.from({ length: 1000 }, (_, i) => makeEvent(i)));
+        // An earlier worker (explicit acks): was handed 300 messages, inserted 250, acked 200, then died.
+        const jsm = await jetstreamManager(nc);
+        await jsm.consumers.add(REQUEST_EVENTS_STREAM, {
+          durable_name: config.durable,
+          ack_policy: AckPolicy.Explicit,
+          ack_wait: 60_000_000_000, // long: only the recreation can bring the unacked 100 back in time
+          filter_subject: config.filterSubject,
+        });
+        const old = await jetstream(nc).consumers.get(REQUEST_EVENTS_STREAM, config.durable);
+        const handed: JsMsg[] = [];
+        while (handed.length < 300) {
+          for await (const msg of await old.fetch({ max_messages: 300 - handed.length, expires: 2_000 })) {
+            handed.push(msg);
+          }
+        }
+        const writer = new RowWriter();
+        const scanner = new EventScanner();
+        for (const msg of handed.slice(0, 250)) appendEvent(scanner, msg.data, msg.seq, () => writer);
+        writer.stamp(Date.now());
+        await clickhouse.insertBody(
+          { database, table: "request_events" },
+          [...REQUEST_EVENT_COLUMNS, "ingested_at_ms"],
+          ROW_FORMAT,
+          writer.body(),
+        );
+        for (const msg of handed.slice(0, 200)) msg.ack();
+        await nc.flush();
+        await eventually("200 acked", async () => {
+          const info = await jsm.consumers.info(REQUEST_EVENTS_STREAM, config.durable);
+          return info.ack_floor.stream_seq === handed[199].seq && info.num_ack_pending === 100;
+        });
+        const stats = await createIngestWorker({ config, logger: quietLogger, mode: "drain" }).run();
+        assertEquals(stats.duplicatesSkipped, 50, "the 50 inserted and not acked were found and skipped");
+        assertEquals(stats.rowsInserted, 750);
+        assertEquals(await counts(clickhouse, database), { rows: 1000, distinct: 1000 });
+        const info = await jsm.consumers.info(REQUEST_EVENTS_STREAM, config.durable);
+        assertEquals(info.config.ack_policy, AckPolicy.All);
+        assertEquals([info.num_pending, info.num_ack_pending], [0, 0], "everything acked");
+        assertEquals(info.ack_floor.stream_seq, 1000);
+      });
+    },
+  );
 
   await step(
     "ClickHouse stopped for 12 s while publishing: the backlog drains after, exactly once",

@@ -51,7 +51,9 @@ Deno.test({
       t.step({ name, ignore: only !== undefined && !new RegExp(only).test(name), fn });
 
     /** Load through the services with the worker running; `during` runs while the load is under way. */
-    const scenario = async (during: (nats: Awaited<ReturnType<typeof startNatsServer>>) => Promise<void>) => {
+    const scenario = async (
+      during: (nats: Awaited<ReturnType<typeof startNatsServer>>, answered: () => number) => Promise<void>,
+    ) => {
       await using nats = await startNatsServer();
       const database = uniqueDatabase("pipe");
       await applyMigrations({ clickhouse, database });
@@ -66,9 +68,20 @@ Deno.test({
       let served = 0;
       let dropped = 0;
       let clientCalls = 0;
+      let failed = 0;
       try {
         {
           await using stack = await startStack(nats.url);
+          // Each call resolves when its outcome is the expected one (NOT_FOUND and 404 are), throws otherwise.
+          const notFound = async (call: Promise<unknown>) => {
+            const code = await call.then(() => "OK", (error: { code?: number }) => error?.code);
+            if (code !== 5) throw new Error(`expected NOT_FOUND, got ${code}`);
+          };
+          const status = async (response: Promise<Response>, expected: number) => {
+            const got = await response;
+            await got.body?.cancel();
+            if (got.status !== expected) throw new Error(`expected HTTP ${expected}, got ${got.status}`);
+          };
           const calls: (() => Promise<unknown>)[] = [
             () =>
               stack.clients.orders.createOrder({
@@ -77,15 +90,9 @@ Deno.test({
                 cardNumber: GOOD_CARD,
               }),
             () => stack.clients.catalog.getProduct({ productId: "kibble-salmon-2kg" }),
-            () => stack.clients.catalog.getProduct({ productId: "no-such-product" }), // NOT_FOUND
-            async () => {
-              const response = await stack.rest(stack.catalog, "/v1/products/treats-tuna-60g");
-              await response.body?.cancel();
-            },
-            async () => {
-              const response = await stack.rest(stack.payments, "/nowhere"); // 404
-              await response.body?.cancel();
-            },
+            () => notFound(stack.clients.catalog.getProduct({ productId: "no-such-product" })),
+            () => status(stack.rest(stack.catalog, "/v1/products/treats-tuna-60g"), 200),
+            () => status(stack.rest(stack.payments, "/nowhere"), 404),
           ];
           // Closed-loop load, 8 at a time: at least 1500 calls, and calls all through `during`.
           let duringDone = false;
@@ -94,16 +101,20 @@ Deno.test({
           const caller = async () => {
             while (!duringDone || issued < 1500) {
               const call = calls[issued++ % calls.length];
-              await call().catch(() => {}); // NOT_FOUND is one of the calls; every outcome is an event
+              await call().catch((error) => {
+                failed++;
+                if (failed <= 3) console.error("call failed:", error);
+              });
               answered++;
             }
           };
           const load = Promise.all(Array.from({ length: 8 }, caller));
-          await during(nats);
+          await during(nats, () => answered);
           duringDone = true;
           await load;
           clientCalls = answered;
           assertEquals(clientCalls, issued, "every client call answered");
+          assertEquals(failed, 0, "every call had its expected outcome: the services kept serving");
           for (const service of [stack.orders, stack.catalog, stack.payments]) {
             // Every event published before the services stop (a drain's grace could cut a retry short).
             assert(await service.events.flush(60_000), `${service.config.service} flushed its events`);
@@ -165,5 +176,34 @@ Deno.test({
       });
       assert(restarted, "the server was restarted");
     });
+
+    await step(
+      "ClickHouse stopped for 20 s during the load: the services keep serving, the backlog drains after, " +
+        "exactly once",
+      async () => {
+        let outage = 0;
+        let servedDuring = 0;
+        let down = false;
+        try {
+          await scenario(async (_nats, progress) => {
+            await new Promise((resolve) => setTimeout(resolve, 1_500));
+            down = true;
+            await server.stop();
+            const start = Date.now();
+            const answeredBefore = progress();
+            await new Promise((resolve) => setTimeout(resolve, 20_000));
+            servedDuring = progress() - answeredBefore;
+            await server.start();
+            down = false;
+            outage = Date.now() - start;
+            await new Promise((resolve) => setTimeout(resolve, 1_000));
+          });
+        } finally {
+          if (down) await server.start();
+        }
+        assert(outage >= 20_000, `outage lasted ${outage} ms`);
+        assert(servedDuring > 100, `calls answered while ClickHouse was down: ${servedDuring}`);
+      },
+    );
   },
 });

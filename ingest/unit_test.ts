@@ -7,6 +7,8 @@ import { appendEvent, EventScanner, RowWriter } from "./row_writer.ts";
 import { ident, literal, sql, SqlBindError, sqlJoin } from "./sql.ts";
 import { assert, assertEquals, seededRandom } from "@tailwatch/testing";
 import { makeEvent } from "./test_helpers.ts";
+import type { JsMsg } from "@nats-io/jetstream";
+import { replySeq } from "./worker.ts";
 
 function assertThrows(fn: () => unknown, type: new (...args: never[]) => Error, message: string): void {
   try {
@@ -268,4 +270,33 @@ Deno.test("rows as TabSeparated lines: columns in order, strings escaped", () =>
   assertEquals(columns.slice(1, 3), ["1700000000", "1700000000123"]);
   assertEquals(columns[16], "unavailable: injected 'fault'\\n\\tline two");
   assertEquals(columns[18], "9");
+});
+
+Deno.test("replySeq reads the stream sequence and delivery count from the reply subject", () => {
+  const msg = (reply: string) =>
+    ({
+      reply,
+      get seq(): number {
+        return -1;
+      },
+      get info() {
+        return { deliveryCount: -1 };
+      },
+    }) as unknown as JsMsg;
+  assertEquals(replySeq(msg("$JS.ACK.REQUEST_EVENTS.ingest.1.12345.17.1700000000000000000.9")), {
+    seq: 12345,
+    deliveries: 1,
+  });
+  assertEquals(replySeq(msg("$JS.ACK._.hash.REQUEST_EVENTS.ingest.3.907.18.1700000000000000000.0")), {
+    seq: 907,
+    deliveries: 3,
+  });
+  assertEquals(replySeq(msg("$JS.ACK.dom.hash.S.c.2.4503599627370496.1.1700000000000000000.0.rand")), {
+    seq: 4503599627370496,
+    deliveries: 2,
+  });
+  // Anything else: the client's own parse.
+  assertEquals(replySeq(msg("_INBOX.abc")), { seq: -1, deliveries: -1 });
+  assertEquals(replySeq(msg("$JS.ACK.S.c.x.1.1.1.0")), { seq: -1, deliveries: -1 });
+  assertEquals(replySeq(msg("$JS.ACK.S.c.1..1.1.0")), { seq: -1, deliveries: -1 });
 });

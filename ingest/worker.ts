@@ -71,6 +71,8 @@ interface RowGroup {
 /** A batch decoded and ready to insert. */
 interface PreparedBatch {
   batch: JsMsg[];
+  /** The highest stream sequence of the batch's messages, and its message: the one acked (AckPolicy.All). */
+  last: JsMsg;
   groups: RowGroup[];
   poison: { msg: JsMsg; reason: PoisonReason; detail: string }[];
   /** Some message may have been inserted before: ask the table before inserting. */
@@ -81,6 +83,37 @@ const INSERT_COLUMNS = [...REQUEST_EVENT_COLUMNS, "ingested_at_ms"] as const;
 
 /** Thrown inside the worker when a stop's grace period ran out while a batch was still failing. */
 class AbandonBatch extends Error {}
+
+/**
+ * The stream sequence and delivery count of a JetStream message, read from its reply subject
+ * (`$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>`, or the newer form with
+ * `<domain>.<account hash>.` before the stream and a random token at the end) without splitting it: the
+ * client's `msg.seq` parses every token into a new object. Falls back to the client for anything else.
+ */
+export function replySeq(msg: JsMsg): { seq: number; deliveries: number } {
+  // The reply subject is on the client's message (not in the JsMsg interface); absent → the client's parse.
+  const reply = (msg as JsMsg & { reply?: string }).reply ?? "";
+  let dots = 0;
+  for (let i = reply.indexOf("."); i >= 0; i = reply.indexOf(".", i + 1)) dots++;
+  // Token index of <delivered>: 4 in the old 9-token form, 6 in the new one (11 or 12 tokens).
+  const at = dots === 8 ? 4 : dots === 10 || dots === 11 ? 6 : -1;
+  if (at > 0 && reply.startsWith("$JS.ACK.")) {
+    let start = 0;
+    for (let t = 0; t < at; t++) start = reply.indexOf(".", start) + 1;
+    let deliveries = 0;
+    let seq = 0;
+    let i = start;
+    let code = reply.charCodeAt(i);
+    for (; code >= 48 && code <= 57; code = reply.charCodeAt(++i)) deliveries = deliveries * 10 + code - 48;
+    if (code === 46 && i > start) {
+      const seqStart = ++i;
+      code = reply.charCodeAt(i);
+      for (; code >= 48 && code <= 57; code = reply.charCodeAt(++i)) seq = seq * 10 + code - 48;
+      if (code === 46 && i > seqStart) return { seq, deliveries };
+    }
+  }
+  return { seq: msg.seq, deliveries: msg.info.deliveryCount };
+}
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
@@ -328,22 +361,46 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       const jsm = await jetstreamManager(conn);
       await withRetry("ensure consumer", async () => {
         const info = await jsm.consumers.info(REQUEST_EVENTS_STREAM, config.durable).catch(() => undefined);
-        if (info) {
+        // Acks are cumulative (AckPolicy.All: the last message of a batch acks the batch and everything
+        // before it). Such an ack is safe only if this process saw every message below it, so messages that
+        // an earlier process was handed and never acked must come again, in order, before anything new. The
+        // server would redeliver them only after the ack wait, while new messages flow: so a durable with
+        // unacked messages (or with another ack policy, which the server does not let us change) is
+        // recreated to start at its ack floor + 1. The dedup check absorbs the overlap (README, "Exactly
+        // once"). A durable that was created with another filter subject is recreated too.
+        const recreate = info !== undefined && (
+          info.config.ack_policy !== AckPolicy.All || info.num_ack_pending > 0 ||
+          info.delivered.stream_seq > info.ack_floor.stream_seq ||
+          (info.config.filter_subject ?? "") !== config.filterSubject
+        );
+        if (info && !recreate) {
           await jsm.consumers.update(REQUEST_EVENTS_STREAM, config.durable, {
             ack_wait: nanos(config.ackWaitMs),
             max_ack_pending: config.maxAckPending,
           });
-        } else {
-          await jsm.consumers.add(REQUEST_EVENTS_STREAM, {
-            durable_name: config.durable,
-            ack_policy: AckPolicy.Explicit,
-            deliver_policy: options.deliverFromStart === false ? DeliverPolicy.New : DeliverPolicy.All,
-            ack_wait: nanos(config.ackWaitMs),
-            max_ack_pending: config.maxAckPending,
-            max_deliver: -1,
-            filter_subject: config.filterSubject,
-          });
+          return;
         }
+        if (info) {
+          await jsm.consumers.delete(REQUEST_EVENTS_STREAM, config.durable);
+          logger.info("recreated the durable consumer at its ack floor + 1", {
+            ackPolicy: info.config.ack_policy,
+            ackFloor: info.ack_floor.stream_seq,
+            delivered: info.delivered.stream_seq,
+          });
+          // Everything up to what the old consumer delivered may have been inserted already.
+          if (info.delivered.stream_seq > highWater) highWater = info.delivered.stream_seq;
+        }
+        await jsm.consumers.add(REQUEST_EVENTS_STREAM, {
+          durable_name: config.durable,
+          ack_policy: AckPolicy.All,
+          ...(info
+            ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: info.ack_floor.stream_seq + 1 }
+            : { deliver_policy: options.deliverFromStart === false ? DeliverPolicy.New : DeliverPolicy.All }),
+          ack_wait: nanos(config.ackWaitMs),
+          max_ack_pending: config.maxAckPending,
+          max_deliver: -1,
+          filter_subject: config.filterSubject,
+        });
       });
       if (config.migrateOnStart) {
         const applied = await withRetry(
@@ -362,7 +419,9 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       const js = jetstream(conn);
       const consumer = await js.consumers.get(REQUEST_EVENTS_STREAM, config.durable);
       // Everything up to the consumer's last delivered sequence may have been inserted by an earlier process.
-      highWater = (await withRetry("read the consumer", () => consumer.info(false))).delivered.stream_seq;
+      const delivered = (await withRetry("read the consumer", () =>
+        consumer.info(false))).delivered.stream_seq;
+      if (delivered > highWater) highWater = delivered;
       const messages = await consumer.consume({
         max_messages: Math.min(config.batchMax, config.maxAckPending),
         callback: (msg) => queue.push(msg),
@@ -529,14 +588,23 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
     // state and hand a message out again as a first delivery. Such a batch, or one with a redelivered
     // message, is checked against the table before its INSERT; only then can it hold the same sequence twice.
     let high = highWater;
-    for (const msg of batch) {
-      const s = msg.seq;
-      if (s <= high || msg.redelivered) checkFirst = true;
+    let top = batch[0];
+    let topSeq = 0;
+    const seqs = new Float64Array(batch.length);
+    for (let i = 0; i < batch.length; i++) {
+      const { seq: s, deliveries } = replySeq(batch[i]);
+      seqs[i] = s;
+      if (s <= high || deliveries > 1) checkFirst = true;
       if (s > high) high = s;
+      if (s > topSeq) {
+        topSeq = s;
+        top = batch[i];
+      }
     }
     highWater = high;
-    for (const msg of batch) {
-      seq = msg.seq;
+    for (let i = 0; i < batch.length; i++) {
+      const msg = batch[i];
+      seq = seqs[i];
       if (checkFirst) {
         if (seen.has(seq)) continue;
         seen.add(seq);
@@ -544,12 +612,12 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       const refused = appendEvent(scanner, msg.data, seq, pick);
       if (refused) poison.push({ msg, reason: refused.reason, detail: refused.detail });
     }
-    return { batch, groups: [...groups.values()], poison, checkFirst };
+    return { batch, last: top, groups: [...groups.values()], poison, checkFirst };
   }
 
   /** Inserts a prepared batch (exactly once), dead-letters its poison, then acks every message of it. */
   async function commitBatch(nc: NatsConnection, prepared: PreparedBatch): Promise<void> {
-    const { batch, groups, poison, checkFirst } = prepared;
+    const { batch, last, groups, poison, checkFirst } = prepared;
     const commitStart = performance.now();
     // One INSERT per day-partition: an INSERT is atomic only within one partition (one part).
     for (const group of groups) await insertGroup(group, checkFirst);
@@ -567,8 +635,11 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       logger.warn("dead-lettered a message", { seq: msg.seq, subject: msg.subject, reason, detail });
     }
     if (poison.length > 0) await nc.flush().catch(() => {});
-    for (const msg of batch) msg.ack();
-    // A lost ack only means a redelivery, which the dedup check absorbs.
+    // AckPolicy.All: acking the batch's highest message acks it and every message before it. Batches are
+    // delivered and committed in order, and the consumer starts at its ack floor + 1, so every message below
+    // it has been inserted (or dead-lettered) by now. A lost ack only means a redelivery, which the dedup
+    // check absorbs.
+    last.ack(); // the highest sequence: a redelivered message may come after higher ones
     await nc.flush().catch((error) => logger.warn("flushing acks failed", { error }));
     stats.batches++;
     metrics.batches.inc();
