@@ -14,6 +14,7 @@ import {
   toBinary,
 } from "@bufbuild/protobuf";
 import { Code, ServiceError } from "./errors.ts";
+import { installHttp2WriteBatching } from "./http2_batching.ts";
 import { methodPath } from "./pipeline.ts";
 
 export interface CallOptions {
@@ -50,6 +51,7 @@ export function createClient<S extends DescService>(
   address: string,
   options: ClientOptions = {},
 ): ServiceClient<S> {
+  installHttp2WriteBatching();
   const channel = new grpc.Client(address, grpc.credentials.createInsecure(), {
     "grpc.max_receive_message_length": options.maxResponseBytes ?? 4 * 1024 * 1024,
     "grpc.keepalive_time_ms": 30_000,

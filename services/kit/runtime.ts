@@ -9,6 +9,7 @@ import { createAdminBinding } from "./admin.ts";
 import type { ServiceConfig } from "./config.ts";
 import { createDisabledEventSink, createEventSink, type EventSink } from "./events.ts";
 import { addBindings, bindServer } from "./grpc.ts";
+import { installHttp2WriteBatching } from "./http2_batching.ts";
 import { createHealth, ServingStatus } from "./health.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { createRegistry, PROMETHEUS_CONTENT_TYPE, type Registry } from "./metrics.ts";
@@ -41,6 +42,7 @@ export interface ServiceSetup {
 }
 
 export async function startService(setup: ServiceSetup): Promise<RunningService> {
+  installHttp2WriteBatching();
   const { config } = setup;
   const logger = createLogger(config.logLevel, { service: config.service, instance: config.instanceId });
   const metrics = createRegistry();
