@@ -2,18 +2,8 @@
 import { AckPolicy } from "@nats-io/jetstream";
 import { CatalogService } from "@tailwatch/proto/catalog/v1";
 import { PaymentService } from "@tailwatch/proto/payments/v1";
-import {
-  Health,
-  HealthCheckResponse_ServingStatus,
-} from "@tailwatch/proto/grpc/health/v1";
-import {
-  assert,
-  assertEquals,
-  freePort,
-  spawnLogged,
-  startNatsServer,
-  waitUntil,
-} from "@tailwatch/testing";
+import { Health, HealthCheckResponse_ServingStatus } from "@tailwatch/proto/grpc/health/v1";
+import { assert, assertEquals, freePort, spawnLogged, startNatsServer, waitUntil } from "@tailwatch/testing";
 import { Code, createClient, ServiceError } from "@tailwatch/kit";
 import { runLoad } from "./load.ts";
 import { readAllEvents, startStack } from "./stack.ts";
