@@ -21,8 +21,10 @@ const results: Record<string, unknown> = {
 const report: string[] = [`# Tailwatch benchmarks, ${results.date}${quick ? " (quick)" : ""}`, ""];
 const logDir = await Deno.makeTempDir({ prefix: "tailwatch-bench-" });
 
+/** The pid of the private nats-server whose monitoring port is `monitorPort`. */
 function pidOfPort(monitorPort: number): number | undefined {
-  const out = new Deno.Command("pgrep", { args: ["-f", `-m ${monitorPort}`], stdout: "piped" }).outputSync();
+  const out = new Deno.Command("pgrep", { args: ["-f", `nats-server.* -m ${monitorPort} `], stdout: "piped" })
+    .outputSync();
   const pid = Number(new TextDecoder().decode(out.stdout).trim().split("\n")[0]);
   return Number.isFinite(pid) && pid > 0 ? pid : undefined;
 }
@@ -115,6 +117,14 @@ async function benchOrders() {
     total: 3000,
     rps: 500,
   });
+  const natsPid = pidOfPort(nats.monitorPort);
+  const processes: Array<[string, number | undefined]> = [
+    ["orders", orders.process.pid],
+    ["catalog", catalog.process.pid],
+    ["payments", payments.process.pid],
+    ["nats-server", natsPid],
+  ];
+  const cpuBefore = processes.map(([, pid]) => pid ? cpuSeconds(pid) : NaN);
   const summary: GhzSummary = await runGhz({
     call: "orders.v1.OrderService/CreateOrder",
     target,
@@ -123,7 +133,14 @@ async function benchOrders() {
     total: 1000 * seconds,
     concurrency: 100,
   });
-  results.orders = { seconds, ...summary };
+  /** CPU seconds each process spent per 1000 CreateOrder calls during the measured run. */
+  const cpuPer1k = Object.fromEntries(
+    processes.map((
+      [name, pid],
+      i,
+    ) => [name, pid ? (cpuSeconds(pid) - cpuBefore[i]) / summary.count * 1000 : NaN]),
+  );
+  results.orders = { seconds, ...summary, cpuSecondsPer1kRequests: cpuPer1k };
   report.push(
     `## 2. orders.CreateOrder at 1000 rps for ${seconds} s (fans out to catalog and payments; events on)`,
     "",
@@ -134,6 +151,9 @@ async function benchOrders() {
       summary.p99Ms.toFixed(2)
     } ms, slowest ${summary.slowestMs.toFixed(1)} ms`,
     `- statuses ${JSON.stringify(summary.statuses)}`,
+    `- CPU s per 1000 requests: ${
+      Object.entries(cpuPer1k).map(([name, value]) => `${name} ${value.toFixed(3)}`).join(", ")
+    } (2 cores = 2 s of CPU per second)`,
     "",
   );
 }
