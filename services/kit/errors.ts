@@ -94,7 +94,3 @@ export class ServiceError extends Error {
     return new ServiceError(fallback, String(reason));
   }
 }
-
-export const invalidArgument = (message: string) => new ServiceError(Code.INVALID_ARGUMENT, message);
-export const notFound = (message: string) => new ServiceError(Code.NOT_FOUND, message);
-export const failedPrecondition = (message: string) => new ServiceError(Code.FAILED_PRECONDITION, message);

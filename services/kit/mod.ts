@@ -1,12 +1,4 @@
-export {
-  Code,
-  codeName,
-  failedPrecondition,
-  httpStatusFromCode,
-  invalidArgument,
-  notFound,
-  ServiceError,
-} from "./errors.ts";
+export { Code, codeName, httpStatusFromCode, ServiceError } from "./errors.ts";
 export {
   ConfigError,
   createEnvReader,
