@@ -27,7 +27,7 @@ import {
   requestEventSubject,
 } from "@tailwatch/kit";
 import { CREATE_ORDER_BODY, runGhz } from "@tailwatch/load";
-import { startServiceProcess } from "../load/processes.ts";
+import { startServiceProcess } from "@tailwatch/load";
 import { createClickHouse } from "./clickhouse.ts";
 import { loadConfig } from "./config.ts";
 import { REQUEST_EVENT_COLUMNS, ROW_FORMAT } from "./event_row.ts";

@@ -1,1 +1,2 @@
 export { CREATE_ORDER_BODY, type GhzRun, type GhzSummary, runGhz } from "./ghz.ts";
+export { cpuSeconds, type ServiceProcess, startServiceProcess } from "./processes.ts";

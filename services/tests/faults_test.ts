@@ -1,15 +1,14 @@
 /** Faults around the services: overload, a NATS restart under load, SIGTERM under load. */
-import { AckPolicy } from "@nats-io/jetstream";
 import { CatalogService } from "@tailwatch/proto/catalog/v1";
 import { PaymentService } from "@tailwatch/proto/payments/v1";
 import { Health, HealthCheckResponse_ServingStatus } from "@tailwatch/proto/grpc/health/v1";
-import { assert, assertEquals, freePort, spawnLogged, startNatsServer, waitUntil } from "@tailwatch/testing";
+import { assert, assertEquals, startNatsServer, waitUntil } from "@tailwatch/testing";
 import { Code, createClient, ServiceError } from "@tailwatch/kit";
 import { runLoad } from "./load.ts";
+import { startServiceProcess } from "@tailwatch/load";
 import { readAllEvents, startStack } from "./stack.ts";
 
 const options = { sanitizeOps: false, sanitizeResources: false };
-void AckPolicy;
 
 Deno.test(
   "past the in-flight limit requests are refused at once and the service stays healthy",
@@ -140,24 +139,13 @@ Deno.test(
   options,
   async () => {
     await using nats = await startNatsServer();
-    const grpcPort = freePort();
     const dir = await Deno.makeTempDir();
-    const service = await spawnLogged(
-      Deno.execPath(),
-      ["run", "-A", new URL("../catalog/main.ts", import.meta.url).pathname],
-      `${dir}/catalog.log`,
-      {
-        env: {
-          HOST: "127.0.0.1",
-          GRPC_PORT: String(grpcPort),
-          HTTP_PORT: String(freePort()),
-          NATS_URL: nats.url,
-          FAULT_LATENCY: "fixed:50",
-          SHUTDOWN_GRACE_MS: "10000",
-          LOG_LEVEL: "info",
-        },
-      },
-    );
+    const { grpcPort, process: service } = await startServiceProcess("catalog", {
+      NATS_URL: nats.url,
+      FAULT_LATENCY: "fixed:50",
+      SHUTDOWN_GRACE_MS: "10000",
+      LOG_LEVEL: "info",
+    }, dir);
     const catalog = createClient(CatalogService, `127.0.0.1:${grpcPort}`);
     await waitUntil(
       "catalog answers",
@@ -204,20 +192,11 @@ Deno.test(
     // Deno 2.9.4 to 2.9.6 crash (free(): invalid pointer in node:http2) when a grpc-js client closes its
     // session after calls: this is why tools/package.json pins Deno 2.9.3. Several rounds, because the crash
     // did not happen on every close.
-    const grpcPort = freePort();
     const dir = await Deno.makeTempDir();
-    const payments = await spawnLogged(
-      Deno.execPath(),
-      ["run", "-A", new URL("../payments/main.ts", import.meta.url).pathname],
-      `${dir}/payments.log`,
-      {
-        env: {
-          HOST: "127.0.0.1",
-          GRPC_PORT: String(grpcPort),
-          HTTP_PORT: String(freePort()),
-          EVENTS_ENABLED: "false",
-        },
-      },
+    const { grpcPort, process: payments } = await startServiceProcess(
+      "payments",
+      { EVENTS_ENABLED: "false" },
+      dir,
     );
     let exited = false;
     payments.status.then(() => exited = true);

@@ -23,7 +23,7 @@ import {
   startNatsServer,
   waitUntil,
 } from "@tailwatch/testing";
-import { startServiceProcess } from "../../../load/processes.ts";
+import { startServiceProcess } from "@tailwatch/load";
 
 const ROOT = new URL("../../../", import.meta.url).pathname;
 const ADMIN_TOKEN = "e2e-admin-token";
