@@ -27,7 +27,7 @@ import {
   requestEventSubject,
 } from "@tailwatch/kit";
 import { CREATE_ORDER_BODY, runGhz } from "@tailwatch/load";
-import { startServiceProcess } from "@tailwatch/load";
+import { startStackProcesses } from "@tailwatch/load";
 import { createClickHouse } from "./clickhouse.ts";
 import { loadConfig } from "./config.ts";
 import { REQUEST_EVENT_COLUMNS, ROW_FORMAT } from "./event_row.ts";
@@ -223,13 +223,8 @@ export async function runIngestBench(options: { quick?: boolean } = {}): Promise
     const following = follower.run();
     const load = await (async () => {
       const serviceEnv = { NATS_URL: nats.url };
-      await using catalog = await startServiceProcess("catalog", serviceEnv, logDir);
-      await using payments = await startServiceProcess("payments", serviceEnv, logDir);
-      await using orders = await startServiceProcess("orders", {
-        ...serviceEnv,
-        CATALOG_ADDR: `127.0.0.1:${catalog.grpcPort}`,
-        PAYMENTS_ADDR: `127.0.0.1:${payments.grpcPort}`,
-      }, logDir);
+      await using stack = await startStackProcesses(serviceEnv, logDir);
+      const { orders } = stack;
       await waitUntil("the worker consuming", () => follower.ready(), 30_000);
       return await runGhz({
         call: "orders.v1.OrderService/CreateOrder",

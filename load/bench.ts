@@ -9,7 +9,7 @@
  */
 import { startNatsServer } from "@tailwatch/testing";
 import { CREATE_ORDER_BODY, type GhzSummary, runGhz } from "./ghz.ts";
-import { cpuSeconds, startServiceProcess } from "./processes.ts";
+import { cpuSeconds, startServiceProcess, startStackProcesses } from "./processes.ts";
 
 const quick = Deno.args.includes("--quick");
 const ROOT = new URL("../", import.meta.url).pathname;
@@ -101,13 +101,8 @@ async function benchEvents() {
 async function benchOrders() {
   await using nats = await startNatsServer();
   const env = { NATS_URL: nats.url };
-  await using catalog = await startServiceProcess("catalog", env, logDir);
-  await using payments = await startServiceProcess("payments", env, logDir);
-  await using orders = await startServiceProcess("orders", {
-    ...env,
-    CATALOG_ADDR: `127.0.0.1:${catalog.grpcPort}`,
-    PAYMENTS_ADDR: `127.0.0.1:${payments.grpcPort}`,
-  }, logDir);
+  await using stack = await startStackProcesses(env, logDir);
+  const { catalog, payments, orders } = stack;
   const seconds = quick ? 10 : 60;
   const target = `127.0.0.1:${orders.grpcPort}`;
   await runGhz({

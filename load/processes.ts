@@ -54,3 +54,32 @@ export function cpuSeconds(pid: number): number {
   // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the command name.
   return (Number(fields[11]) + Number(fields[12])) / 100;
 }
+
+/** catalog, payments and orders as processes, orders wired to the other two; disposed in reverse order. */
+export interface StackProcesses extends AsyncDisposable {
+  catalog: ServiceProcess;
+  payments: ServiceProcess;
+  orders: ServiceProcess;
+}
+
+export async function startStackProcesses(
+  env: Record<string, string>,
+  logDir: string,
+): Promise<StackProcesses> {
+  const catalog = await startServiceProcess("catalog", env, logDir);
+  const payments = await startServiceProcess("payments", env, logDir);
+  const orders = await startServiceProcess("orders", {
+    ...env,
+    CATALOG_ADDR: `127.0.0.1:${catalog.grpcPort}`,
+    PAYMENTS_ADDR: `127.0.0.1:${payments.grpcPort}`,
+  }, logDir);
+  return {
+    catalog,
+    payments,
+    orders,
+    async [Symbol.asyncDispose]() {
+      await orders[Symbol.asyncDispose]();
+      await Promise.all([catalog[Symbol.asyncDispose](), payments[Symbol.asyncDispose]()]);
+    },
+  };
+}

@@ -1,10 +1,4 @@
-import { startClickHouseServer, startNatsServer } from "./mod.ts";
-
-function assertEquals(actual: unknown, expected: unknown, message = "") {
-  if (JSON.stringify(actual) !== JSON.stringify(expected)) {
-    throw new Error(`${message} expected ${JSON.stringify(expected)}, got ${JSON.stringify(actual)}`);
-  }
-}
+import { assertEquals, startClickHouseServer, startNatsServer } from "./mod.ts";
 
 Deno.test("a private nats-server answers, restarts on the same port, and is gone after dispose", async () => {
   let port: number;

@@ -15,7 +15,6 @@ import {
   REQUEST_EVENTS_STREAM,
   type RunningService,
   type ServiceClient,
-  type ServiceSetup,
   startService,
 } from "@tailwatch/kit";
 import { catalogSetup } from "../catalog/main.ts";
@@ -46,10 +45,6 @@ export interface Stack extends AsyncDisposable {
     admin(service: RunningService): ServiceClient<typeof AdminService>;
   };
   rest(service: RunningService, path: string, init?: RequestInit): Promise<Response>;
-}
-
-export async function startServiceFrom(setup: ServiceSetup): Promise<RunningService> {
-  return await startService(setup);
 }
 
 /** Starts catalog, payments and orders (wired to the other two) with `env` added to every service's. */
