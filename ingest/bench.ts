@@ -38,6 +38,48 @@ import { makeEvent } from "./test_helpers.ts";
 import { createIngestWorker } from "./worker.ts";
 
 const round = (n: number) => Math.round(n);
+
+/** CPU time (user + system, all threads, in µs) a process has used so far, from /proc/<pid>/stat. */
+function cpuMicros(pid: number): number {
+  const fields = Deno.readTextFileSync(`/proc/${pid}/stat`).split(") ")[1].split(" ");
+  // utime and stime are fields 14 and 15 of stat (clock ticks of 10 ms), i.e. 11 and 12 after the name.
+  return (Number(fields[11]) + Number(fields[12])) * 10_000;
+}
+
+/** The pid of the one process whose command line contains `needle` (the private servers of this run). */
+function pidWithCommandLine(needle: string): number {
+  for (const entry of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(entry.name)) continue;
+    try {
+      const cmdline = Deno.readTextFileSync(`/proc/${entry.name}/cmdline`).replaceAll("\0", " ");
+      if (cmdline.includes(needle)) return Number(entry.name);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  throw new Error(`ingest bench: no process with ${JSON.stringify(needle)} in its command line`);
+}
+
+/** CPU µs per event of this process (Deno), nats-server and clickhouse-server over one phase. */
+interface CpuPerEvent {
+  deno: number;
+  nats: number;
+  clickhouse: number;
+}
+
+function cpuMeter(pids: { nats: number; clickhouse: number }): (events: number) => CpuPerEvent {
+  const read = () => ({
+    deno: cpuMicros(Deno.pid),
+    nats: cpuMicros(pids.nats),
+    clickhouse: cpuMicros(pids.clickhouse),
+  });
+  const before = read();
+  return (events) => {
+    const after = read();
+    const per = (key: keyof CpuPerEvent) => Math.round((after[key] - before[key]) / events * 10) / 10;
+    return { deno: per("deno"), nats: per("nats"), clickhouse: per("clickhouse") };
+  };
+}
 const INSERT_COLUMNS = [...REQUEST_EVENT_COLUMNS, "ingested_at_ms"];
 
 export interface IngestBenchResult {
@@ -53,6 +95,10 @@ export interface IngestBenchResult {
   ingest_rows_inserted: number;
   /** ingest rate / min(raw JetStream, raw ClickHouse); target ≥ 0.5. */
   ingest_vs_slower_raw: number;
+  /** CPU µs per event of each process during the raw JetStream phase, the raw INSERT phase and the worker. */
+  cpu_us_per_event_fetch_ack: CpuPerEvent;
+  cpu_us_per_event_insert: CpuPerEvent;
+  cpu_us_per_event_ingest: CpuPerEvent;
   load_rps: number;
   load_seconds: number;
   load_requests: number;
@@ -79,6 +125,10 @@ export async function runIngestBench(options: { quick?: boolean } = {}): Promise
   await using nats = await startNatsServer();
   await using clickhouse = await startClickHouseServer();
   const nc = await connect({ servers: nats.url });
+  const pids = {
+    nats: pidWithCommandLine(` -m ${nats.monitorPort} `),
+    clickhouse: pidWithCommandLine(`--config-file=${clickhouse.dir}/config.xml`),
+  };
   const ch = createClickHouse({ url: clickhouse.url, ...CLICKHOUSE_ADMIN, timeoutMs: 120_000 });
   const logDir = await Deno.makeTempDir({ prefix: "tailwatch-ingest-bench-" });
   try {
@@ -140,6 +190,7 @@ export async function runIngestBench(options: { quick?: boolean } = {}): Promise
     });
     const rawConsumer = await js.consumers.get(REQUEST_EVENTS_STREAM, "bench-raw");
     let acked = 0;
+    const fetchCpu = cpuMeter(pids);
     const fetchStart = performance.now();
     let allAcked = () => {};
     const rawDone = new Promise<void>((resolve) => allAcked = resolve);
@@ -153,12 +204,15 @@ export async function runIngestBench(options: { quick?: boolean } = {}): Promise
     await rawDone;
     await nc.flush();
     const fetchSeconds = (performance.now() - fetchStart) / 1000;
+    const cpuFetchAck = fetchCpu(total);
     rawMessages.stop(); // no pull requests left running during the next phases
     await jsm.consumers.delete(REQUEST_EVENTS_STREAM, "bench-raw");
 
     // 3. Raw ClickHouse inserts of prepared bodies into the same schema.
     await applyMigrations({ clickhouse: ch, database: "bench_raw" });
     let insertSeconds = 0;
+    let insertDeno = 0;
+    let insertClickHouse = 0;
     const scanner = new EventScanner();
     for (let i = 0; i < total; i += 20_000) {
       const writer = new RowWriter();
@@ -166,6 +220,7 @@ export async function runIngestBench(options: { quick?: boolean } = {}): Promise
         appendEvent(scanner, payloads[j], j + 1, () => writer);
       }
       writer.stamp(Date.now());
+      const [deno0, clickhouse0] = [cpuMicros(Deno.pid), cpuMicros(pids.clickhouse)];
       const t0 = performance.now();
       await ch.insertBody(
         { database: "bench_raw", table: "request_events" },
@@ -174,9 +229,13 @@ export async function runIngestBench(options: { quick?: boolean } = {}): Promise
         writer.body(),
       );
       insertSeconds += (performance.now() - t0) / 1000;
+      insertDeno += cpuMicros(Deno.pid) - deno0;
+      insertClickHouse += cpuMicros(pids.clickhouse) - clickhouse0;
     }
     payloads.length = 0;
     await ch.exec(sql`DROP DATABASE ${ident("bench_raw")}`);
+    const perEvent = (us: number) => Math.round(us / total * 10) / 10;
+    const cpuInsert = { deno: perEvent(insertDeno), nats: 0, clickhouse: perEvent(insertClickHouse) };
 
     // 4. The worker, defaults, drain mode.
     const baseEnv = {
@@ -196,9 +255,11 @@ export async function runIngestBench(options: { quick?: boolean } = {}): Promise
     const poll = setInterval(() => {
       if (!readyAt && worker.ready()) readyAt = performance.now();
     }, 5);
+    const ingestCpu = cpuMeter(pids);
     const runStart = performance.now();
     const stats = await worker.run();
     const runEnd = performance.now();
+    const cpuIngest = ingestCpu(total);
     clearInterval(poll);
     const ingestSeconds = (runEnd - (readyAt || runStart)) / 1000;
     const [count] = await ch.query<{ n: string }>(
@@ -285,6 +346,9 @@ export async function runIngestBench(options: { quick?: boolean } = {}): Promise
       ingest_batches: stats.batches,
       ingest_rows_inserted: stats.rowsInserted,
       ingest_vs_slower_raw: Math.round(total / ingestSeconds / slowerRaw * 100) / 100,
+      cpu_us_per_event_fetch_ack: cpuFetchAck,
+      cpu_us_per_event_insert: cpuInsert,
+      cpu_us_per_event_ingest: cpuIngest,
       load_rps: loadRps,
       load_seconds: loadSeconds,
       load_requests: load.count,
@@ -313,6 +377,8 @@ export async function runIngestBench(options: { quick?: boolean } = {}): Promise
 function summary(r: IngestBenchResult): string {
   const k = (n: number) => `${(n / 1000).toFixed(1)}k/s`;
   const verdict = (ok: boolean) => ok ? "ok" : "MISSED";
+  const cpu = (c: CpuPerEvent) =>
+    `${c.deno} + ${c.nats} + ${c.clickhouse} = ${Math.round((c.deno + c.nats + c.clickhouse) * 10) / 10}`;
   const ingestOk = r.ingest_events_per_s >= 100_000 && r.ingest_vs_slower_raw >= 0.5;
   return [
     `ingest bench${r.quick ? " (quick)" : ""}: ${r.events} events, ${r.total_seconds} s in all`,
@@ -323,6 +389,10 @@ function summary(r: IngestBenchResult): string {
       k(r.ingest_events_per_s)
     } = ${r.ingest_vs_slower_raw} x the slower raw rate, ` +
     `${r.ingest_batches} batches (target >= 100k/s and >= 0.5 x: ${verdict(ingestOk)})`,
+    `  CPU us/event (deno + nats-server + clickhouse-server): fetch+ack ${
+      cpu(r.cpu_us_per_event_fetch_ack)
+    }, ` +
+    `INSERT ${cpu(r.cpu_us_per_event_insert)}, ingest ${cpu(r.cpu_us_per_event_ingest)}`,
     `  ${r.load_rps} rps for ${r.load_seconds} s through the services: ${r.load_requests} requests ` +
     `(${r.load_ok} OK), ${r.load_events} events, ${r.load_rows} rows, ${r.load_distinct_events} distinct`,
     `  event start -> INSERT sent  p50 ${r.freshness_sent_p50_ms} ms, p99 ${r.freshness_sent_p99_ms} ms, ` +
