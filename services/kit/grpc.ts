@@ -45,12 +45,17 @@ function unaryHandler(pipeline: Pipeline, binding: ServiceBinding, method: DescM
     const arrivedMono = performance.now();
     const arrivedMs = Date.now();
     const abort = new AbortController();
-    call.on("cancelled", () => abort.abort());
     const deadlineMs = deadlineOf(call);
-    let deadlineTimer: ReturnType<typeof setTimeout> | undefined;
-    if (deadlineMs !== undefined) {
-      deadlineTimer = setTimeout(() => abort.abort(), Math.max(0, deadlineMs - Date.now()));
-    }
+    let answered = false;
+    let cancelledEarly = false;
+    // grpc-js reports "cancelled" when the client goes away or the deadline passes (it then answers
+    // DEADLINE_EXCEEDED itself), and also after every answer it sent: only the first two concern the handler.
+    // Aborting needlessly is not free (an AbortSignal's reason is a DOMException with a stack trace).
+    call.on("cancelled", () => {
+      if (answered) return;
+      cancelledEarly = true;
+      abort.abort();
+    });
     const running = pipeline.run(binding, method, {
       arrivedMs,
       arrivedMono,
@@ -73,14 +78,22 @@ function unaryHandler(pipeline: Pipeline, binding: ServiceBinding, method: DescM
     });
     running.result.then(
       (init) => {
-        clearTimeout(deadlineTimer);
+        answered = true;
+        if (cancelledEarly) {
+          running.finish(cancelledOutcome(deadlineMs));
+          return;
+        }
         // deno-lint-ignore no-explicit-any -- the handler's return type is checked by ServiceHandlers
         const bytes = toBinary(method.output, create(method.output, init as any));
         callback(null, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
         running.finish({ code: Code.OK, httpStatus: 200, responseBytes: bytes.byteLength, errorMessage: "" });
       },
       (reason) => {
-        clearTimeout(deadlineTimer);
+        answered = true;
+        if (cancelledEarly) {
+          running.finish(cancelledOutcome(deadlineMs));
+          return;
+        }
         const error = ServiceError.from(reason);
         const metadata = new grpc.Metadata();
         if (error.retryAfterSeconds !== undefined) {
@@ -91,6 +104,13 @@ function unaryHandler(pipeline: Pipeline, binding: ServiceBinding, method: DescM
       },
     );
   };
+}
+
+/** What the client saw of a call that ended before the handler answered: its deadline, or its cancel. */
+function cancelledOutcome(deadlineMs: number | undefined) {
+  return deadlineMs !== undefined && Date.now() >= deadlineMs
+    ? { code: Code.DEADLINE_EXCEEDED, httpStatus: 200, responseBytes: 0, errorMessage: "deadline exceeded" }
+    : { code: Code.CANCELLED, httpStatus: 200, responseBytes: 0, errorMessage: "cancelled by the client" };
 }
 
 /** Adds every binding's methods to a grpc-js server. */

@@ -1,4 +1,15 @@
 /** Faults around the services: overload, a NATS restart under load, SIGTERM under load. */
+import { Buffer } from "node:buffer";
+import * as grpc from "@grpc/grpc-js";
+import {
+  create,
+  type DescMessage,
+  type DescMethodUnary,
+  fromBinary,
+  type MessageInitShape,
+  type MessageShape,
+  toBinary,
+} from "@bufbuild/protobuf";
 import { CatalogService } from "@tailwatch/proto/catalog/v1";
 import { PaymentService } from "@tailwatch/proto/payments/v1";
 import { Health, HealthCheckResponse_ServingStatus } from "@tailwatch/proto/grpc/health/v1";
@@ -9,6 +20,27 @@ import { startServiceProcess } from "@tailwatch/load";
 import { readAllEvents, startStack } from "./stack.ts";
 
 const options = { sanitizeOps: false, sanitizeResources: false };
+
+/** charge and getPayment through grpc-js's own client, failures as ServiceError. */
+function grpcJsPaymentsClient(address: string) {
+  const channel = new grpc.Client(address, grpc.credentials.createInsecure());
+  const call = <I extends DescMessage, O extends DescMessage>(method: DescMethodUnary<I, O>) =>
+  (request: MessageInitShape<I>) =>
+    new Promise<MessageShape<O>>((resolve, reject) => {
+      channel.makeUnaryRequest(
+        `/${PaymentService.typeName}/${method.name}`,
+        (message: MessageShape<I>) => Buffer.from(toBinary(method.input, message)),
+        (bytes: Buffer) => fromBinary(method.output, bytes),
+        create(method.input, request),
+        (error, response) => error ? reject(ServiceError.from(error)) : resolve(response!),
+      );
+    });
+  return {
+    charge: call(PaymentService.method.charge),
+    getPayment: call(PaymentService.method.getPayment),
+    close: () => channel.close(),
+  };
+}
 
 Deno.test(
   "past the in-flight limit requests are refused at once and the service stays healthy",
@@ -201,7 +233,10 @@ Deno.test(
     let exited = false;
     payments.status.then(() => exited = true);
     for (let round = 0; round < 6; round++) {
-      const client = createClient(PaymentService, `127.0.0.1:${grpcPort}`);
+      // grpc-js's client (what the crash was found with) and the kit's own client in turn.
+      const client = round % 2 === 0
+        ? grpcJsPaymentsClient(`127.0.0.1:${grpcPort}`)
+        : createClient(PaymentService, `127.0.0.1:${grpcPort}`);
       await waitUntil("payments answers", async () => {
         await client.getPayment({ paymentId: "pay-none" }).catch((error) => {
           if ((error as ServiceError).code !== Code.NOT_FOUND) throw error;
