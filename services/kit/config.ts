@@ -109,6 +109,11 @@ export interface ServiceConfig {
   eventBufferCapacity: number;
   /** EVENT_PUBLISH_CONCURRENCY: JetStream publishes awaiting their ack at once. Default 512. */
   eventPublishConcurrency: number;
+  /**
+   * EVENT_PUBLISH_INTERVAL_MS: events emitted within this many milliseconds go to NATS in one socket write
+   * (0: each at once). Default 5.
+   */
+  eventPublishIntervalMs: number;
   /** MAX_IN_FLIGHT: requests handled at once; past it requests are refused at once. Default 512. */
   maxInFlight: number;
   /** MAX_BODY_BYTES: largest request body or gRPC message accepted. Default 1048576 (1 MiB). */
@@ -164,6 +169,7 @@ export function loadServiceConfig<T extends object = Record<never, never>>(
     eventsEnabled: read.boolean("EVENTS_ENABLED", true),
     eventBufferCapacity: read.integer("EVENT_BUFFER_CAPACITY", 100_000, 1, 10_000_000),
     eventPublishConcurrency: read.integer("EVENT_PUBLISH_CONCURRENCY", 512, 1, 65_536),
+    eventPublishIntervalMs: read.integer("EVENT_PUBLISH_INTERVAL_MS", 5, 0, 1000),
     maxInFlight: read.integer("MAX_IN_FLIGHT", 512, 1, 1_000_000),
     maxBodyBytes: read.integer("MAX_BODY_BYTES", 1024 * 1024, 1024, 64 * 1024 * 1024),
     adminToken: read.string("ADMIN_TOKEN", ""),

@@ -70,6 +70,12 @@ export interface EventSinkOptions {
   concurrency: number;
   /** How long one publish waits for its ack before it is retried. Default 5000 ms. */
   publishTimeoutMs?: number;
+  /**
+   * Events emitted within this many milliseconds are published together, in one socket write. Default 0
+   * (each at once). Why: a write to NATS per event was a tenth of a service's CPU (on loopback a send()
+   * also runs the receiver's side); a few milliseconds later in the stream costs nothing that matters.
+   */
+  publishIntervalMs?: number;
   logger: Logger;
   metrics: Registry;
 }
@@ -101,6 +107,8 @@ export function createEventSink(options: EventSinkOptions): EventSink {
   const { logger, metrics } = options;
   const subject = requestEventSubject(options.service);
   const timeoutMs = options.publishTimeoutMs ?? 5000;
+  const publishIntervalMs = options.publishIntervalMs ?? 0;
+  let batchTimer: ReturnType<typeof setTimeout> | undefined;
   const queue = new Ring<RequestEvent>(options.capacity);
   /** Published and awaiting their ack, by reply token. */
   const awaiting = new Map<number, { event: RequestEvent; sentAt: number }>();
@@ -286,7 +294,14 @@ export function createEventSink(options: EventSinkOptions): EventSink {
         return false;
       }
       queue.pushBack(create(RequestEventSchema, init));
-      if (queue.size === 1 || awaiting.size < options.concurrency) pump();
+      if (publishIntervalMs === 0) {
+        if (queue.size === 1 || awaiting.size < options.concurrency) pump();
+      } else if (batchTimer === undefined) {
+        batchTimer = setTimeout(() => {
+          batchTimer = undefined;
+          pump();
+        }, publishIntervalMs);
+      }
       return true;
     },
     pending: () => queue.size + awaiting.size,
@@ -311,6 +326,7 @@ export function createEventSink(options: EventSinkOptions): EventSink {
       }
       closed = true;
       clearTimeout(retryTimer);
+      clearTimeout(batchTimer);
       clearInterval(sweeper);
       await Promise.race([
         ready,

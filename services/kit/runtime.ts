@@ -52,6 +52,7 @@ export async function startService(setup: ServiceSetup): Promise<RunningService>
       natsUrl: config.natsUrl,
       capacity: config.eventBufferCapacity,
       concurrency: config.eventPublishConcurrency,
+      publishIntervalMs: config.eventPublishIntervalMs,
       logger,
       metrics,
     })
