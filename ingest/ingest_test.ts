@@ -84,7 +84,7 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
     const database = uniqueDatabase("migr");
     try {
       const first = await applyMigrations({ clickhouse, database });
-      assertEquals(first, [1, 2, 3, 4], "first run applies every migration");
+      assertEquals(first, [1, 2, 3, 4, 5], "first run applies every migration");
       const schema = () =>
         clickhouse.query(
           sql`SELECT name, engine, create_table_query FROM system.tables WHERE database = ${database} ORDER BY name`,
@@ -92,17 +92,27 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
       const before = await schema();
       assertEquals(await applyMigrations({ clickhouse, database }), [], "second run applies nothing");
       assertEquals(await schema(), before, "schema unchanged");
-      assertEquals(await appliedVersions(clickhouse, database), [1, 2, 3, 4]);
+      assertEquals(await appliedVersions(clickhouse, database), [1, 2, 3, 4, 5]);
       const [recorded] = await clickhouse.query<{ n: string }>(
         sql`SELECT count() AS n FROM ${ident(database, "schema_migrations")}`,
       );
-      assertEquals(Number(recorded.n), 4, "each migration recorded once");
+      assertEquals(Number(recorded.n), 5, "each migration recorded once");
       // As if every run had been interrupted before its record: all applied again, 0004's ADD COLUMN included.
       await clickhouse.exec(sql`DROP TABLE ${ident(database, "schema_migrations")}`);
-      assertEquals(await applyMigrations({ clickhouse, database }), [1, 2, 3, 4], "a re-run without records");
+      assertEquals(
+        await applyMigrations({ clickhouse, database }),
+        [1, 2, 3, 4, 5],
+        "a re-run without records",
+      );
       assertEquals(await schema(), before, "schema unchanged by the re-run");
       for (
-        const table of ["request_events", "request_stats_1s", "latency_histogram_1s", "latency_percentiles"]
+        const table of [
+          "request_events",
+          "request_stats_1s",
+          "latency_histogram_1s",
+          "latency_profile_1s",
+          "latency_percentiles",
+        ]
       ) {
         assert(before.some((row) => row.name === table), `table ${table} exists`);
       }

@@ -21,7 +21,8 @@ std::vector<std::uint64_t> lognormal_values(std::size_t n, std::uint64_t seed) {
   return values;
 }
 
-/// 1000 rps of synthetic per-second rollups over 2 services x 3 methods, repeating every kSeconds seconds.
+/// 1000 rps of synthetic per-second rollups over 2 services x 3 methods, repeating every kSeconds seconds, as
+/// latency_profile_1s rows (one per second and key, what the daemon reads).
 class SyntheticSource : public DataSource {
  public:
   static constexpr std::int64_t kSeconds = 600;
@@ -44,32 +45,29 @@ class SyntheticSource : public DataSource {
           h.record(v);
           max = std::max(max, v);
         }
-        for (const auto& entry : h.to_sparse()) {
-          seconds_[t].first.push_back({0, keys[k].service, keys[k].method, entry.bucket, entry.count, entry.count / 50});
-        }
-        seconds_[t].second.push_back({0, keys[k].service, keys[k].method, max});
+        ProfileRow row{0, keys[k].service, keys[k].method, h.count() / 50, max, h.to_sparse()};
+        buckets_per_second_ += row.buckets.size();
+        seconds_[t].push_back(std::move(row));
       }
     }
+    buckets_per_second_ /= kSeconds;
   }
   SecondsBatch fetch(std::int64_t from, std::int64_t to) override {
-    SecondsBatch batch{from, to, {}, {}};
+    SecondsBatch batch{from, to, {}, {}, {}};
     for (std::int64_t t = from; t < to; ++t) {
-      const auto& [rows, maxima] = seconds_[static_cast<std::size_t>(((t % kSeconds) + kSeconds) % kSeconds)];
-      for (auto row : rows) {
+      for (auto row : seconds_[static_cast<std::size_t>(((t % kSeconds) + kSeconds) % kSeconds)]) {
         row.ts = t;
-        batch.histogram.push_back(std::move(row));
-      }
-      for (auto row : maxima) {
-        row.ts = t;
-        batch.maxima.push_back(std::move(row));
+        batch.profile.push_back(std::move(row));
       }
     }
     return batch;
   }
-  std::size_t rows_per_second() const { return seconds_[0].first.size(); }
+  /// (bucket, count) entries per second, over all keys.
+  std::size_t rows_per_second() const { return buckets_per_second_; }
 
  private:
-  std::vector<std::pair<std::vector<HistogramRow>, std::vector<MaxRow>>> seconds_;
+  std::vector<std::vector<ProfileRow>> seconds_;
+  std::size_t buckets_per_second_ = 0;
 };
 
 }  // namespace

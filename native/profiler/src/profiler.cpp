@@ -18,13 +18,11 @@ namespace tailwatch {
 namespace {
 
 nlohmann::json timing_object(const TickTiming& timing) {
-  return {{"read_ms", timing.read_ms},
-          {"compute_ms", timing.compute_ms},
-          {"insert_ms", timing.insert_ms},
-          {"histogram_rows", timing.histogram_rows},
-          {"max_rows", timing.max_rows},
-          {"from", timing.from},
-          {"to", timing.to}};
+  return {{"read_ms", timing.read_ms},         {"http_ms", timing.http_ms},
+          {"parse_ms", timing.parse_ms},       {"compute_ms", timing.compute_ms},
+          {"insert_ms", timing.insert_ms},     {"response_bytes", timing.response_bytes},
+          {"rows", timing.rows},               {"histogram_rows", timing.histogram_rows},
+          {"from", timing.from},               {"to", timing.to}};
 }
 
 volatile std::sig_atomic_t g_stop = 0;
@@ -72,8 +70,11 @@ std::vector<WindowStats> one_tick(RollingEngine& engine, ClickHouseSource& sourc
   auto start = Clock::now();
   const SecondsBatch batch = source.fetch(from, to);
   timing.read_ms = ms_since(start);
-  timing.histogram_rows = batch.histogram.size();
-  timing.max_rows = batch.maxima.size();
+  timing.http_ms = source.last_fetch().http_ms;
+  timing.parse_ms = source.last_fetch().parse_ms;
+  timing.response_bytes = source.last_fetch().bytes;
+  timing.rows = batch.profile.size();
+  for (const auto& row : batch.profile) timing.histogram_rows += row.buckets.size();
   start = Clock::now();
   engine.advance(now, batch);
   auto rows = engine.snapshot();

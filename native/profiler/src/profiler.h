@@ -12,12 +12,15 @@
 namespace tailwatch {
 
 struct TickTiming {
-  double read_ms = 0;     ///< both SELECTs, including parsing
+  double read_ms = 0;     ///< the SELECT, including parsing (http_ms + parse_ms, nearly)
+  double http_ms = 0;     ///< the SELECT's round trip
+  double parse_ms = 0;    ///< its answer -> rows
   double compute_ms = 0;  ///< advance + snapshot
   double insert_ms = 0;
-  std::size_t histogram_rows = 0;
-  std::size_t max_rows = 0;
-  std::int64_t from = 0, to = 0;  ///< seconds read
+  std::size_t response_bytes = 0;
+  std::size_t rows = 0;            ///< latency_profile_1s rows read (one per second, key and unmerged part)
+  std::size_t histogram_rows = 0;  ///< (bucket, count) entries read
+  std::int64_t from = 0, to = 0;   ///< seconds read
 };
 
 /// The --once --json document.

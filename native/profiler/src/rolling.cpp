@@ -134,6 +134,13 @@ void RollingEngine::advance(std::int64_t now, const SecondsBatch& batch) {
       throw std::out_of_range("bucket index " + std::to_string(row.bucket) + " out of range");
     }
   }
+  for (const auto& row : batch.profile) {
+    for (const auto& entry : row.buckets) {
+      if (entry.bucket >= kBucketCount) {
+        throw std::out_of_range("bucket index " + std::to_string(entry.bucket) + " out of range");
+      }
+    }
+  }
   const auto span = static_cast<std::size_t>(to - from);
 
   // Fresh per-second data per key; each row also counts for its service as a whole (method "").
@@ -164,6 +171,28 @@ void RollingEngine::advance(std::int64_t now, const SecondsBatch& batch) {
         if (whole_service && row.method.empty()) continue;
         auto& maxima = lookup(stats_max, row.service, whole_service ? std::string_view() : row.method, span);
         maxima[i] = std::max(maxima[i], row.max_us);
+      }
+    }
+    const ProfileRow* last_row = nullptr;  // rows come ordered by (ts, service, method): keys repeat
+    std::vector<SecondData>* targets[2] = {nullptr, nullptr};
+    std::vector<std::uint64_t>* max_targets[2] = {nullptr, nullptr};
+    for (const auto& row : batch.profile) {
+      if (row.ts < from || row.ts >= to) continue;
+      if (last_row == nullptr || last_row->service != row.service || last_row->method != row.method) {
+        last_row = &row;
+        targets[0] = &lookup(fresh, row.service, row.method, span);
+        max_targets[0] = &lookup(stats_max, row.service, row.method, span);
+        targets[1] = row.method.empty() ? nullptr : &lookup(fresh, row.service, "", span);
+        max_targets[1] = row.method.empty() ? nullptr : &lookup(stats_max, row.service, "", span);
+      }
+      const auto i = static_cast<std::size_t>(row.ts - from);
+      for (int k = 0; k < 2; ++k) {
+        if (targets[k] == nullptr) continue;
+        auto& second = (*targets[k])[i];
+        second.buckets.insert(second.buckets.end(), row.buckets.begin(), row.buckets.end());
+        second.errors += row.errors;
+        auto& max = (*max_targets[k])[i];
+        max = std::max(max, row.max_us);
       }
     }
   }

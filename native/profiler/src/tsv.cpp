@@ -66,16 +66,65 @@ std::vector<std::vector<std::string>> parse_tsv(std::string_view body) {
   return rows;
 }
 
-unsigned long long parse_uint_field(const std::string& field, const char* what) {
-  if (field.empty() || field.size() > 20) throw std::runtime_error(std::string("TSV: bad ") + what + " '" + field + "'");
+unsigned long long parse_uint_field(std::string_view field, const char* what) {
+  if (field.empty() || field.size() > 20) {
+    throw std::runtime_error(std::string("TSV: bad ") + what + " '" + std::string(field.substr(0, 40)) + "'");
+  }
   unsigned long long value = 0;
   for (const char c : field) {
-    if (c < '0' || c > '9') throw std::runtime_error(std::string("TSV: bad ") + what + " '" + field + "'");
+    if (c < '0' || c > '9') throw std::runtime_error(std::string("TSV: bad ") + what + " '" + std::string(field) + "'");
     const unsigned long long digit = static_cast<unsigned long long>(c - '0');
     if (value > (~0ULL - digit) / 10) throw std::runtime_error(std::string("TSV: ") + what + " overflows");
     value = value * 10 + digit;
   }
   return value;
+}
+
+std::vector<unsigned long long> parse_uint_array(std::string_view field, const char* what) {
+  if (field.size() < 2 || field.front() != '[' || field.back() != ']') {
+    throw std::runtime_error(std::string("TSV: bad ") + what + " array '" + std::string(field.substr(0, 40)) + "'");
+  }
+  std::vector<unsigned long long> values;
+  const std::string_view inner = field.substr(1, field.size() - 2);
+  if (inner.empty()) return values;
+  std::size_t start = 0;
+  while (true) {
+    const std::size_t comma = inner.find(',', start);
+    values.push_back(parse_uint_field(inner.substr(start, comma == std::string_view::npos ? inner.npos : comma - start), what));
+    if (comma == std::string_view::npos) break;
+    start = comma + 1;
+  }
+  return values;
+}
+
+std::vector<ProfileRow> parse_profile_tsv(std::string_view body) {
+  std::vector<ProfileRow> rows;
+  std::size_t start = 0;
+  while (start < body.size()) {
+    std::size_t end = body.find('\n', start);
+    if (end == std::string_view::npos) end = body.size();
+    auto fields = split_tsv_line(body.substr(start, end - start));
+    start = end + 1;
+    if (fields.size() != 7) {
+      throw std::runtime_error("TSV: row with " + std::to_string(fields.size()) + " fields, expected 7");
+    }
+    ProfileRow row;
+    row.ts = static_cast<std::int64_t>(parse_uint_field(fields[0], "ts"));
+    row.service = std::move(fields[1]);
+    row.method = std::move(fields[2]);
+    row.errors = parse_uint_field(fields[3], "errors");
+    row.max_us = parse_uint_field(fields[4], "max");
+    const auto buckets = parse_uint_array(fields[5], "bucket");
+    const auto counts = parse_uint_array(fields[6], "count");
+    if (buckets.size() != counts.size()) throw std::runtime_error("TSV: bucket and count arrays differ in length");
+    row.buckets.reserve(buckets.size());
+    for (std::size_t i = 0; i < buckets.size(); ++i) {
+      if (buckets[i] >= kBucketCount) throw std::runtime_error("TSV: bucket " + std::to_string(buckets[i]) + " out of range");
+      row.buckets.push_back({static_cast<std::uint32_t>(buckets[i]), counts[i]});
+    }
+    rows.push_back(std::move(row));
+  }
+  return rows;
 }
 
 }  // namespace tailwatch

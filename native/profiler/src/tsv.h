@@ -5,6 +5,8 @@
 #include <string_view>
 #include <vector>
 
+#include "tailwatch/rolling.h"
+
 namespace tailwatch {
 
 /// Splits one line (without its '\n') of ClickHouse's TabSeparated output into fields and undoes its
@@ -16,6 +18,15 @@ std::vector<std::string> split_tsv_line(std::string_view line);
 std::vector<std::vector<std::string>> parse_tsv(std::string_view body);
 
 /// Parses a decimal unsigned integer field; throws std::runtime_error naming `what` otherwise.
-unsigned long long parse_uint_field(const std::string& field, const char* what);
+unsigned long long parse_uint_field(std::string_view field, const char* what);
+
+/// Parses an array of unsigned integers as TabSeparated writes it ("[]", "[1,22,3]"); throws
+/// std::runtime_error naming `what` otherwise.
+std::vector<unsigned long long> parse_uint_array(std::string_view field, const char* what);
+
+/// Parses the answer to tick_query (clickhouse.h): per line ts, service, method, errors, max, buckets,
+/// counts (the last two arrays of equal length, buckets < kBucketCount). Throws std::runtime_error for
+/// anything else.
+std::vector<ProfileRow> parse_profile_tsv(std::string_view body);
 
 }  // namespace tailwatch

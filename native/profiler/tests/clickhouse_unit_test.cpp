@@ -33,15 +33,47 @@ TEST(Tsv, ParsesBodies) {
   EXPECT_THROW(parse_uint_field("", "x"), std::runtime_error);
 }
 
-TEST(ClickHouseSql, QueriesSumUnmergedRowsAndRefuseBadNames) {
+TEST(ClickHouseSql, QueryReadsTheProfileRollupAndRefusesBadNames) {
   const std::string q = tick_query("profiler", 100, 106);
-  EXPECT_NE(q.find("sum(count), sum(errors) FROM profiler.latency_histogram_1s"), std::string::npos);
-  EXPECT_NE(q.find("GROUP BY ts, service, method, bucket UNION ALL"), std::string::npos);
-  EXPECT_NE(q.find("maxMerge(duration_max_us), toUInt64(0) FROM profiler.request_stats_1s"), std::string::npos);
+  EXPECT_NE(q.find("SELECT toUInt32(ts), service, method, errors, finalizeAggregation(duration_max_us), "
+                   "histogramMap.bucket, histogramMap.count FROM profiler.latency_profile_1s WHERE "),
+            std::string::npos);
   EXPECT_NE(q.find("ts >= toDateTime(100) AND ts < toDateTime(106)"), std::string::npos);
+  EXPECT_EQ(q.find("GROUP BY"), std::string::npos);
   EXPECT_THROW(tick_query("x; DROP TABLE y", 1, 2), std::invalid_argument);
   EXPECT_THROW(check_identifier("1abc"), std::invalid_argument);
   EXPECT_NO_THROW(check_identifier("_profiler_2"));
+}
+
+TEST(Tsv, ParsesArrays) {
+  EXPECT_TRUE(parse_uint_array("[]", "x").empty());
+  EXPECT_EQ(parse_uint_array("[7]", "x"), std::vector<unsigned long long>{7});
+  EXPECT_EQ(parse_uint_array("[1,22,18446744073709551615]", "x"),
+            (std::vector<unsigned long long>{1, 22, 18446744073709551615ULL}));
+  for (const char* bad : {"", "[", "]", "1,2", "[1,]", "[,1]", "[1,,2]", "[1 ,2]", "[-1]", "[1,2", "[a]"}) {
+    EXPECT_THROW(parse_uint_array(bad, "x"), std::runtime_error) << bad;
+  }
+}
+
+TEST(Tsv, ParsesProfileRows) {
+  const auto rows = parse_profile_tsv(
+      "1700000000\tcat\\talog\t/m\t2\t5000\t[5,796]\t[2,1]\n"
+      "1700000001\ts\t\t0\t0\t[]\t[]\n");
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0].ts, 1700000000);
+  EXPECT_EQ(rows[0].service, "cat\talog");
+  EXPECT_EQ(rows[0].method, "/m");
+  EXPECT_EQ(rows[0].errors, 2u);
+  EXPECT_EQ(rows[0].max_us, 5000u);
+  EXPECT_EQ(rows[0].buckets, (SparseHistogram{{5, 2}, {796, 1}}));
+  EXPECT_EQ(rows[1].method, "");
+  EXPECT_TRUE(rows[1].buckets.empty());
+  EXPECT_TRUE(parse_profile_tsv("").empty());
+  // Arrays of different lengths, a bucket out of range, a missing field.
+  EXPECT_THROW(parse_profile_tsv("1\ts\tm\t0\t1\t[1,2]\t[1]\n"), std::runtime_error);
+  EXPECT_THROW(parse_profile_tsv("1\ts\tm\t0\t1\t[" + std::to_string(kBucketCount) + "]\t[1]\n"),
+               std::runtime_error);
+  EXPECT_THROW(parse_profile_tsv("1\ts\tm\t0\t1\t[1]\n"), std::runtime_error);
 }
 
 TEST(ClickHouseSql, PercentileRowsAreOneJsonObjectPerLine) {

@@ -23,6 +23,9 @@ class MemorySource : public DataSource {
   std::map<std::int64_t, std::map<Key, std::vector<Event>>> events;
   int fetches = 0;
   bool fail = false;
+  /// Roll up into latency_profile_1s rows (one per second and key, split over 1-3 unmerged "parts") instead
+  /// of latency_histogram_1s + request_stats_1s rows.
+  bool profile = false;
 
   SecondsBatch fetch(std::int64_t from, std::int64_t to) override {
     if (fail) throw std::runtime_error("source down");
@@ -32,6 +35,23 @@ class MemorySource : public DataSource {
     batch.to = to;
     for (auto it = events.lower_bound(from); it != events.end() && it->first < to; ++it) {
       for (const auto& [key, list] : it->second) {
+        if (profile) {
+          // Event i goes to part i % parts, as if each part had come with its own INSERT.
+          const std::size_t parts = 1 + static_cast<std::size_t>(it->first % 3);
+          for (std::size_t part = 0; part < parts; ++part) {
+            std::map<std::uint32_t, std::uint64_t> buckets;
+            ProfileRow row{it->first, key.service, key.method, 0, 0, {}};
+            for (std::size_t i = part; i < list.size(); i += parts) {
+              buckets[bucket_index(list[i].value_us)] += 1;
+              row.errors += list[i].error ? 1 : 0;
+              row.max_us = std::max(row.max_us, list[i].value_us);
+            }
+            if (buckets.empty()) continue;
+            for (const auto& [bucket, count] : buckets) row.buckets.push_back({bucket, count});
+            batch.profile.push_back(std::move(row));
+          }
+          continue;
+        }
         std::map<std::uint32_t, std::pair<std::uint64_t, std::uint64_t>> buckets;
         std::uint64_t max = 0;
         for (const auto& e : list) {
@@ -97,9 +117,10 @@ void expect_same(const WindowStats& a, const WindowStats& b, const std::string& 
 
 /// Runs a random walk of ticks with new, late and withdrawn events and checks every window of every key
 /// against a recomputation from scratch after every tick.
-void random_walk(RollingConfig config, int steps, std::uint64_t seed) {
+void random_walk(RollingConfig config, int steps, std::uint64_t seed, bool profile = false) {
   RollingEngine engine(config);
   MemorySource source;
+  source.profile = profile;
   std::mt19937_64 rng(seed);
   const std::vector<Key> keys = {{"catalog", "/catalog.v1.Catalog/Get"}, {"catalog", "/catalog.v1.Catalog/List"},
                                  {"orders", "/orders.v1.Orders/Create"}, {"orders", ""},
@@ -172,6 +193,13 @@ TEST(Rolling, SlidWindowsEqualRecomputedSmallWindows) { random_walk({{3, 7, 20},
 TEST(Rolling, SlidWindowsEqualRecomputedNoMargin) { random_walk({{1, 5}, 0}, 2000, 2); }
 TEST(Rolling, SlidWindowsEqualRecomputedMarginLongerThanWindow) { random_walk({{2, 4}, 9}, 2000, 3); }
 TEST(Rolling, SlidWindowsEqualRecomputedDefaults) { random_walk(RollingConfig{}, 700, 4); }
+// The same walks, read as latency_profile_1s rows (what the daemon reads).
+TEST(Rolling, ProfileRowsSlidWindowsEqualRecomputedSmallWindows) { random_walk({{3, 7, 20}, 4}, 3000, 1, true); }
+TEST(Rolling, ProfileRowsSlidWindowsEqualRecomputedNoMargin) { random_walk({{1, 5}, 0}, 2000, 2, true); }
+TEST(Rolling, ProfileRowsSlidWindowsEqualRecomputedMarginLongerThanWindow) {
+  random_walk({{2, 4}, 9}, 2000, 3, true);
+}
+TEST(Rolling, ProfileRowsSlidWindowsEqualRecomputedDefaults) { random_walk(RollingConfig{}, 700, 4, true); }
 
 TEST(Rolling, ReadsOnlyUnseenSecondsPlusMargin) {
   RollingEngine engine({{10, 60, 300}, 5});
@@ -214,17 +242,19 @@ TEST(Rolling, RejectsBadInput) {
   MemorySource source;
   engine.tick(100, source);
   EXPECT_THROW(engine.tick(99, source), std::invalid_argument);
-  SecondsBatch short_batch{100, 101, {}, {}};
+  SecondsBatch short_batch{100, 101, {}, {}, {}};
   EXPECT_THROW(engine.advance(102, short_batch), std::invalid_argument);
-  SecondsBatch bad_bucket{95, 102, {{100, "s", "m", kBucketCount, 1, 0}}, {}};
+  SecondsBatch bad_bucket{95, 102, {{100, "s", "m", kBucketCount, 1, 0}}, {}, {}};
   EXPECT_THROW(engine.advance(102, bad_bucket), std::out_of_range);
+  SecondsBatch bad_profile{95, 102, {}, {}, {{100, "s", "m", 0, 5, {{5, 1}, {kBucketCount, 1}}}}};
+  EXPECT_THROW(engine.advance(102, bad_profile), std::out_of_range);
   EXPECT_EQ(engine.end(), 100);
   EXPECT_EQ(engine.key_count(), 0u);
 }
 
 TEST(Rolling, UnmergedRowsAreSummedAndMaxFallsBackToBucket) {
   RollingEngine engine({{10}, 0});
-  SecondsBatch batch{90, 100, {}, {}};
+  SecondsBatch batch{90, 100, {}, {}, {}};
   const std::uint32_t b = bucket_index(5000);
   batch.histogram.push_back({95, "s", "m", b, 2, 1});
   batch.histogram.push_back({95, "s", "m", b, 3, 0});  // same key, not merged yet
@@ -237,4 +267,27 @@ TEST(Rolling, UnmergedRowsAreSummedAndMaxFallsBackToBucket) {
   EXPECT_EQ(rows[0].errors, 1u);
   EXPECT_EQ(rows[1].count, 5u);
   EXPECT_EQ(rows[1].max_us, bucket_last(b)) << "no request_stats row: the bucket's upper end";
+}
+
+TEST(Rolling, UnmergedProfileRowsAddUpAndKeepTheExactMax) {
+  RollingEngine engine({{10}, 0});
+  SecondsBatch batch{90, 100, {}, {}, {}};
+  const std::uint32_t b = bucket_index(5000);
+  batch.profile.push_back({95, "s", "m", 1, 5000, {{b, 2}, {7, 1}}});
+  batch.profile.push_back({95, "s", "m", 0, 4990, {{7, 2}, {b, 1}}});  // same second and key, unmerged
+  batch.profile.push_back({96, "s", "", 2, 7, {{7, 1}}});               // a row whose method is empty
+  batch.profile.push_back({80, "s", "m", 0, 9, {{9, 1}}});              // outside the batch: ignored
+  engine.advance(100, batch);
+  const auto rows = engine.snapshot();
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0].key, (Key{"s", ""}));
+  EXPECT_EQ(rows[0].count, 7u);
+  EXPECT_EQ(rows[0].errors, 3u);
+  EXPECT_EQ(rows[0].max_us, 5000u);
+  EXPECT_EQ(rows[1].count, 6u);
+  EXPECT_EQ(rows[1].errors, 1u);
+  EXPECT_EQ(rows[1].max_us, 5000u);
+  // Values 7, 7, 7, then three in b: position floor(0.5 * 6) = 3 is in b (its midpoint, capped at the max).
+  EXPECT_EQ(rows[1].p50_us, std::min<std::uint64_t>(bucket_midpoint(b), 5000));
+  EXPECT_EQ(rows[0].p50_us, 7u);  // the whole service: 7 x4, then b x3
 }

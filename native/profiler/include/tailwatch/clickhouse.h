@@ -56,21 +56,30 @@ bool is_identifier(const std::string& name);
 void check_identifier(const std::string& name);
 
 /// The SQL a tick reads with (exposed for tests and documentation): seconds [from, to), unix time. One
-/// statement, so one round trip, whose two UNION ALL branches ClickHouse runs in parallel: rows tagged 'h'
-/// are latency_histogram_1s (sum(count), sum(errors) GROUP BY ts, service, method, bucket, since rows of
-/// the SummingMergeTree may not be merged yet), rows tagged 'm' request_stats_1s (maxMerge(duration_max_us)).
-/// Throws std::invalid_argument for a database name that is not an identifier.
+/// statement, one round trip, on latency_profile_1s (ingest/migrations/0005_latency_profile.sql): per row
+/// ts, service, method, errors, exact max (finalizeAggregation of its max state) and the histogram as two
+/// arrays (buckets, counts). No GROUP BY: rows of a second and key that are not merged yet are added up by
+/// the engine. Throws std::invalid_argument for a database name that is not an identifier.
 std::string tick_query(const std::string& database, std::int64_t from, std::int64_t to);
+
+/// Where the last fetch() spent its time.
+struct FetchStats {
+  double http_ms = 0;   ///< the query's round trip: request sent, answer received
+  double parse_ms = 0;  ///< TabSeparated answer -> rows
+  std::size_t bytes = 0;
+};
 
 /// Reads a tick's seconds with tick_query.
 class ClickHouseSource : public DataSource {
  public:
   ClickHouseSource(ClickHouseClient& client, std::string database);
   SecondsBatch fetch(std::int64_t from, std::int64_t to) override;
+  const FetchStats& last_fetch() const noexcept { return last_; }
 
  private:
   ClickHouseClient& client_;
   std::string database_;
+  FetchStats last_;
 };
 
 /// JSONEachRow body for INSERT INTO latency_percentiles (one line per row, ts = `now`).

@@ -52,12 +52,25 @@ struct MaxRow {
   std::uint64_t max_us = 0;
 };
 
-/// Everything stored for the seconds [from, to): rows outside the range are ignored.
+/// One row of latency_profile_1s: the histogram, errors and exact maximum of one second and (service,
+/// method). Rows of the same second and key may repeat (unmerged parts); they add up (max: the largest).
+struct ProfileRow {
+  std::int64_t ts = 0;
+  std::string service;
+  std::string method;
+  std::uint64_t errors = 0;
+  std::uint64_t max_us = 0;        ///< 0: unknown (the top bucket's bound is used)
+  SparseHistogram buckets;         ///< any order, duplicates allowed; buckets < kBucketCount
+};
+
+/// Everything stored for the seconds [from, to): rows outside the range are ignored. The two forms add up:
+/// per-bucket rows (histogram, maxima) and per-key rows (profile).
 struct SecondsBatch {
   std::int64_t from = 0;
   std::int64_t to = 0;
   std::vector<HistogramRow> histogram;
   std::vector<MaxRow> maxima;
+  std::vector<ProfileRow> profile;
 };
 
 /// Where the engine reads seconds from (ClickHouse in production, memory in tests and benchmarks).
