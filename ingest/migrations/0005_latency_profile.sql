@@ -5,10 +5,11 @@
 -- Rows of the same key are merged in the background (SummingMergeTree: requests and errors summed, the map
 -- histogramMap summed bucket by bucket, duration_max_us merged as a max state); until then a reader adds them
 -- up: never assume one row per key. Small granules, because a tick reads a few seconds (a few dozen rows).
--- The bucket expression is the one of latency_histogram_1s (0002_rollups.sql) and of
+-- The view writes one (bucket, 1) entry per event (a plain groupArray: no map to build while inserting, so
+-- the INSERTs into request_events stay nearly as cheap as before); merges sum them into one sorted entry per
+-- bucket. The bucket expression is the one of latency_histogram_1s (0002_rollups.sql) and of
 -- native/profiler/include/tailwatch/buckets.h: bucket = v < 128 ? v : 128 * s + (v >> s), where
--- s = floor(log2(v)) - 7. It is written twice below (the keys and the counts of one sumMap), which ClickHouse
--- computes once.
+-- s = floor(log2(v)) - 7.
 CREATE TABLE IF NOT EXISTS {{database}}.latency_profile_1s
 (
     ts DateTime,
@@ -36,11 +37,9 @@ AS SELECT
     count() AS requests,
     countIf(grpc_code != 0) AS errors,
     maxState(duration_us) AS duration_max_us,
-    (sumMap([toUInt16(if(duration_us < 128, duration_us,
-        128 * toUInt64(floor(log2(duration_us)) - 7) + bitShiftRight(duration_us, toUInt64(floor(log2(duration_us)) - 7))))],
-        [toUInt64(1)])).1 AS `histogramMap.bucket`,
-    (sumMap([toUInt16(if(duration_us < 128, duration_us,
-        128 * toUInt64(floor(log2(duration_us)) - 7) + bitShiftRight(duration_us, toUInt64(floor(log2(duration_us)) - 7))))],
-        [toUInt64(1)])).2 AS `histogramMap.count`
+    groupArray(toUInt16(if(duration_us < 128, duration_us,
+        128 * toUInt64(floor(log2(duration_us)) - 7) + bitShiftRight(duration_us, toUInt64(floor(log2(duration_us)) - 7)))))
+        AS `histogramMap.bucket`,
+    groupArray(toUInt64(1)) AS `histogramMap.count`
 FROM {{database}}.request_events
 GROUP BY ts, service, method;

@@ -134,15 +134,27 @@ Deno.test("profiler against a real ClickHouse", async (t) => {
     // The profiler's rollup (latency_profile_1s, 0005) has its own copy of the expression in its view.
     const occurrences = new Map<string, number>();
     for (const v of values) occurrences.set(String(v), (occurrences.get(String(v)) ?? 0) + 1);
+    // One (bucket, 1) entry per event until merged: every entry of a value must carry its bucket.
     const profileSql = new Map<string, string>();
     for (
       const line of (await clickhouse.query(
         `SELECT method, histogramMap.bucket, histogramMap.count FROM ${database}.latency_profile_1s FORMAT TSV`,
       )).split("\n").filter(Boolean)
     ) {
-      const [value, buckets, counts] = line.split("\t");
-      assertEquals(counts, `[${occurrences.get(value)}]`, `count of ${value} us in latency_profile_1s`);
-      profileSql.set(value, buckets);
+      const [value, bucketsText, countsText] = line.split("\t");
+      const buckets = JSON.parse(bucketsText) as number[];
+      const counts = JSON.parse(countsText) as number[];
+      assertEquals(
+        counts.reduce((a, b) => a + b, 0),
+        occurrences.get(value),
+        `count of ${value} us in latency_profile_1s`,
+      );
+      assertEquals(
+        new Set(buckets).size,
+        1,
+        `one bucket for ${value} us in latency_profile_1s: ${bucketsText}`,
+      );
+      profileSql.set(value, String(buckets[0]));
     }
     const cpp = await run(buckets, [], values.map(String).join("\n") + "\n");
     assertEquals(cpp.code, 0, `tailwatch-buckets failed: ${cpp.stderr}`);
@@ -152,7 +164,7 @@ Deno.test("profiler against a real ClickHouse", async (t) => {
     for (const line of cpp.stdout.split("\n").filter(Boolean)) {
       const [value, index] = line.split("\t");
       assertEquals(sql.get(value), index, `bucket of ${value} us (SQL vs C++)`);
-      assertEquals(profileSql.get(value), `[${index}]`, `bucket of ${value} us (latency_profile_1s vs C++)`);
+      assertEquals(profileSql.get(value), index, `bucket of ${value} us (latency_profile_1s vs C++)`);
       checked++;
     }
     assertEquals(checked, values.length, "values compared");
