@@ -1,17 +1,47 @@
 /**
- * The unary client against a grpc-js server in this process: answers, error statuses with their metadata,
+ * The unary client against grpc-js's server in this process (a standard implementation, not the kit's): answers, error statuses with their metadata,
  * deadlines and cancellation (which must reach the server as a cancelled stream), oversize responses, an
  * unreachable address, and a server that restarts.
  */
+import { Buffer } from "node:buffer";
 import * as grpc from "@grpc/grpc-js";
-import { create } from "@bufbuild/protobuf";
+import { create, type DescMethod, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { CatalogService, GetProductResponseSchema, ProductSchema } from "@tailwatch/proto/catalog/v1";
 import { assert, assertEquals, assertRejects, freePort, waitUntil } from "@tailwatch/testing";
 import { createClient } from "./client.ts";
 import { Code, ServiceError } from "./errors.ts";
-import { bindServer, typedDefinition } from "./grpc.ts";
 
 const options = { sanitizeOps: false, sanitizeResources: false };
+
+/** A grpc-js service definition with protobuf-es (de)serializers. */
+function typedDefinition(methods: readonly DescMethod[]): grpc.ServiceDefinition {
+  // deno-lint-ignore no-explicit-any -- messages of different types per method
+  const definition: Record<string, grpc.MethodDefinition<any, any>> = {};
+  for (const method of methods) {
+    definition[method.localName] = {
+      path: `/${method.parent.typeName}/${method.name}`,
+      requestStream: false,
+      responseStream: false,
+      // deno-lint-ignore no-explicit-any -- grpc-js passes the message given to it by the handler
+      requestSerialize: (message: any) => Buffer.from(toBinary(method.input, message)),
+      requestDeserialize: (bytes: Buffer) => fromBinary(method.input, bytes),
+      // deno-lint-ignore no-explicit-any -- as above
+      responseSerialize: (message: any) => Buffer.from(toBinary(method.output, message)),
+      responseDeserialize: (bytes: Buffer) => fromBinary(method.output, bytes),
+    };
+  }
+  return definition;
+}
+
+function bindServer(server: grpc.Server, port: number): Promise<number> {
+  return new Promise((resolve, reject) =>
+    server.bindAsync(
+      `127.0.0.1:${port}`,
+      grpc.ServerCredentials.createInsecure(),
+      (error, bound) => error ? reject(error) : resolve(bound),
+    )
+  );
+}
 
 interface FakeCatalog extends AsyncDisposable {
   address: string;
@@ -73,7 +103,7 @@ async function startFakeCatalog(port = 0): Promise<FakeCatalog> {
       }
     },
   });
-  const bound = await bindServer(server, "127.0.0.1", port);
+  const bound = await bindServer(server, port);
   return {
     address: `127.0.0.1:${bound}`,
     port: bound,

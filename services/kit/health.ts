@@ -2,16 +2,16 @@
  * grpc.health.v1: SERVING while the process takes requests, NOT_SERVING from the moment it starts draining,
  * so probes and load balancers stop sending traffic before the listener closes.
  */
-import type * as grpc from "@grpc/grpc-js";
-import { create } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import {
   Health,
-  type HealthCheckRequest,
-  type HealthCheckResponse,
+  HealthCheckRequestSchema,
   HealthCheckResponse_ServingStatus as ServingStatus,
   HealthCheckResponseSchema,
 } from "@tailwatch/proto/grpc/health/v1";
-import { typedDefinition } from "./grpc.ts";
+import { Code, ServiceError } from "./errors.ts";
+import type { GrpcServer, GrpcStream } from "./grpc_server.ts";
+import { methodPath } from "./pipeline.ts";
 
 export { ServingStatus };
 
@@ -24,54 +24,69 @@ export interface HealthState {
   endWatches(): void;
 }
 
-export function createHealth(server: grpc.Server, serviceNames: readonly string[]): HealthState {
+function decodeRequest(bytes: Uint8Array) {
+  try {
+    return fromBinary(HealthCheckRequestSchema, bytes);
+  } catch (error) {
+    throw new ServiceError(
+      Code.INVALID_ARGUMENT,
+      `malformed HealthCheckRequest: ${(error as Error).message}`,
+    );
+  }
+}
+
+const encodeStatus = (status: ServingStatus) =>
+  toBinary(HealthCheckResponseSchema, create(HealthCheckResponseSchema, { status }));
+
+export function createHealth(server: GrpcServer, serviceNames: readonly string[]): HealthState {
   const names = new Set(["", ...serviceNames]);
   let current = ServingStatus.SERVING;
-  const watchers = new Set<(status: ServingStatus) => void>();
-  const watchCalls = new Set<grpc.ServerWritableStream<HealthCheckRequest, HealthCheckResponse>>();
+  const watches = new Map<GrpcStream, string>();
   const statusOf = (service: string) => names.has(service) ? current : undefined;
 
-  server.addService(typedDefinition(Health.methods), {
-    check(
-      call: grpc.ServerUnaryCall<HealthCheckRequest, HealthCheckResponse>,
-      callback: grpc.sendUnaryData<HealthCheckResponse>,
-    ) {
-      const status = statusOf(call.request.service);
-      if (status === undefined) {
-        callback({ code: 5, details: `unknown service ${JSON.stringify(call.request.service)}` });
-      } else {
-        callback(null, create(HealthCheckResponseSchema, { status }));
+  server.addUnary(methodPath(Health.method.check), (bytes, _call, respond) => {
+    let service: string;
+    try {
+      service = decodeRequest(bytes).service;
+    } catch (error) {
+      respond.error(ServiceError.from(error));
+      return;
+    }
+    const status = statusOf(service);
+    if (status === undefined) {
+      respond.error(new ServiceError(Code.NOT_FOUND, `unknown service ${JSON.stringify(service)}`));
+    } else {
+      respond.message(encodeStatus(status));
+    }
+  });
+  server.addStreaming(methodPath(Health.method.watch), (stream) => {
+    stream.onMessage((bytes) => {
+      if (watches.has(stream)) return; // server streaming: one request
+      let service: string;
+      try {
+        service = decodeRequest(bytes).service;
+      } catch (error) {
+        stream.end(ServiceError.from(error));
+        return;
       }
-    },
-    watch(call: grpc.ServerWritableStream<HealthCheckRequest, HealthCheckResponse>) {
-      const send = () => {
-        const status = statusOf(call.request.service) ?? ServingStatus.SERVICE_UNKNOWN;
-        call.write(create(HealthCheckResponseSchema, { status }));
-      };
-      send();
-      const watcher = () => send();
-      watchers.add(watcher);
-      watchCalls.add(call);
-      const forget = () => {
-        watchers.delete(watcher);
-        watchCalls.delete(call);
-      };
-      call.on("cancelled", forget);
-      call.on("close", forget);
-    },
+      watches.set(stream, service);
+      stream.send(encodeStatus(statusOf(service) ?? ServingStatus.SERVICE_UNKNOWN));
+    });
+    stream.signal.addEventListener("abort", () => watches.delete(stream), { once: true });
   });
   return {
     status: statusOf,
     setAll(status) {
       if (status === current) return;
       current = status;
-      for (const watcher of watchers) watcher(status);
+      for (const [stream, service] of watches) {
+        stream.send(encodeStatus(statusOf(service) ?? ServingStatus.SERVICE_UNKNOWN));
+      }
     },
     isServing: () => current === ServingStatus.SERVING,
     endWatches() {
-      for (const call of watchCalls) call.end();
-      watchCalls.clear();
-      watchers.clear();
+      for (const stream of watches.keys()) stream.end();
+      watches.clear();
     },
   };
 }

@@ -2,12 +2,13 @@
  * gRPC server reflection (v1 and v1alpha, same answers), so grpcurl and ghz work without .proto files. The
  * descriptors are the ones embedded in the generated code; a file is sent with all its dependencies.
  */
-import type * as grpc from "@grpc/grpc-js";
-import { create, type DescFile, type DescService, toBinary } from "@bufbuild/protobuf";
+import { create, type DescFile, type DescService, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
 import * as v1 from "@tailwatch/proto/grpc/reflection/v1";
 import * as v1alpha from "@tailwatch/proto/grpc/reflection/v1alpha";
-import { typedDefinition } from "./grpc.ts";
+import { Code, ServiceError } from "./errors.ts";
+import type { GrpcServer, GrpcStream } from "./grpc_server.ts";
+import { methodPath } from "./pipeline.ts";
 
 type ReflectionModule = typeof v1 | typeof v1alpha;
 
@@ -58,16 +59,30 @@ function withDependencies(file: DescFile): Uint8Array[] {
 
 function handlerFor(module: ReflectionModule, index: Index) {
   const m = module as typeof v1;
-  // deno-lint-ignore no-explicit-any -- the two reflection versions are the same messages under two names
-  return (call: grpc.ServerDuplexStream<any, any>) => {
-    call.on("data", (request: v1.ServerReflectionRequest) => {
+  return (call: GrpcStream) => {
+    call.onMessage((bytes) => {
+      let request: v1.ServerReflectionRequest;
+      try {
+        request = fromBinary(m.ServerReflectionRequestSchema, bytes);
+      } catch (error) {
+        call.end(
+          new ServiceError(
+            Code.INVALID_ARGUMENT,
+            `malformed reflection request: ${(error as Error).message}`,
+          ),
+        );
+        return;
+      }
       const reply = (response: v1.ServerReflectionResponse["messageResponse"]) =>
-        call.write(
-          create(m.ServerReflectionResponseSchema, {
-            validHost: request.host,
-            originalRequest: request,
-            messageResponse: response,
-          }),
+        call.send(
+          toBinary(
+            m.ServerReflectionResponseSchema,
+            create(m.ServerReflectionResponseSchema, {
+              validHost: request.host,
+              originalRequest: request,
+              messageResponse: response,
+            }),
+          ),
         );
       const files = (file: DescFile | undefined, what: string) =>
         file
@@ -111,22 +126,22 @@ function handlerFor(module: ReflectionModule, index: Index) {
           });
       }
     });
-    call.on("end", () => call.end());
-    call.on("error", () => {});
+    call.onEnd(() => call.end());
   };
 }
 
 /** Registers both reflection versions, describing `services` (plus the named protocol services). */
 export function addReflection(
-  server: grpc.Server,
+  server: GrpcServer,
   services: readonly DescService[],
   extraServices: readonly DescService[],
 ): void {
   const all = [...services, ...extraServices, v1.ServerReflection, v1alpha.ServerReflection];
   const index = buildIndex(all, []);
   for (const module of [v1, v1alpha] as const) {
-    server.addService(typedDefinition(module.ServerReflection.methods), {
-      serverReflectionInfo: handlerFor(module, index),
-    });
+    server.addStreaming(
+      methodPath(module.ServerReflection.method.serverReflectionInfo),
+      handlerFor(module, index),
+    );
   }
 }

@@ -3,12 +3,13 @@
  * /readyz, /openapi.json) on their ports, events to NATS, and a drain on SIGTERM: readiness off, stop
  * accepting, finish in-flight work within the grace period, flush buffered events, exit 0.
  */
-import * as grpc from "@grpc/grpc-js";
 import { Health } from "@tailwatch/proto/grpc/health/v1";
 import { createAdminBinding } from "./admin.ts";
+import { Code } from "./errors.ts";
 import type { ServiceConfig } from "./config.ts";
 import { createDisabledEventSink, createEventSink, type EventSink } from "./events.ts";
-import { addBindings, bindServer } from "./grpc.ts";
+import { addBindings } from "./grpc.ts";
+import { createGrpcServer } from "./grpc_server.ts";
 import { installHttp2WriteBatching } from "./http2_batching.ts";
 import { createHealth, ServingStatus } from "./health.ts";
 import { createLogger, type Logger } from "./log.ts";
@@ -69,15 +70,29 @@ export async function startService(setup: ServiceSetup): Promise<RunningService>
   const apiBindings = setup.bindings({ metrics, logger });
   const bindings = [...apiBindings, createAdminBinding(pipeline, config.adminToken)];
 
-  const grpcServer = new grpc.Server({
-    "grpc.max_receive_message_length": config.maxBodyBytes,
-    "grpc.max_concurrent_streams": 1000,
-    "grpc.enable_channelz": 0,
-  });
+  const grpcServer = createGrpcServer({ maxReceiveBytes: config.maxBodyBytes, logger });
   addBindings(grpcServer, pipeline, bindings);
+  grpcServer.onUnknownMethod((path, call, requestBytes) =>
+    pipeline.unmatched({
+      arrivedMs: Date.now(),
+      arrivedMono: performance.now(),
+      protocol: "grpc",
+      route: "",
+      requestBytes,
+      traceparent: call.header("traceparent"),
+      deadlineMs: call.deadlineMs,
+      signal: call.signal,
+      header: call.header,
+    }, {
+      code: Code.UNIMPLEMENTED,
+      httpStatus: 200,
+      responseBytes: 0,
+      errorMessage: `unknown method ${path}`,
+    })
+  );
   const health = createHealth(grpcServer, bindings.map((b) => b.service.typeName));
   addReflection(grpcServer, bindings.map((b) => b.service), [Health]);
-  const grpcPort = await bindServer(grpcServer, config.host, config.grpcPort);
+  const grpcPort = await grpcServer.listen(config.host, config.grpcPort);
 
   const routes = compileRoutes(bindings);
   const openapi = JSON.stringify(buildOpenApi(`Tailwatch ${config.service}`, "1.0.0", routes));
@@ -124,7 +139,7 @@ export async function startService(setup: ServiceSetup): Promise<RunningService>
       logger.info("draining: readiness off, finishing in-flight requests", { inFlight: pipeline.inFlight() });
       health.setAll(ServingStatus.NOT_SERVING);
       health.endWatches();
-      const grpcDone = new Promise<void>((resolve) => grpcServer.tryShutdown(() => resolve()));
+      const grpcDone = grpcServer.shutdown();
       const httpDone = httpServer.shutdown();
       const timedOut = await Promise.race([
         Promise.all([grpcDone, httpDone]).then(() => false),
