@@ -4,15 +4,21 @@
  * Publishes that fail (NATS down, timeouts) are retried with the same Nats-Msg-Id, so the stream's
  * duplicate window turns a retry of an event that did arrive into a no-op.
  */
-import { create, toBinary } from "@bufbuild/protobuf";
 import { connect, createInbox, headers, type Msg, type NatsConnection } from "@nats-io/transport-node";
-import { type RequestEvent, RequestEventSchema } from "@tailwatch/proto/events/v1";
+import type { RequestEvent } from "@tailwatch/proto/events/v1";
+import { encodeRequestEvent, type RequestEventFields } from "./event_codec.ts";
 import type { Logger } from "./log.ts";
 import type { Registry } from "./metrics.ts";
 import { ensureRequestEventsStream, requestEventSubject } from "./stream.ts";
 
 export type { RequestEvent };
-export type RequestEventInit = Omit<RequestEvent, "$typeName" | "$unknown">;
+export type RequestEventInit = RequestEventFields;
+
+/** An event as it waits for JetStream: encoded once when emitted. */
+interface QueuedEvent {
+  eventId: string;
+  bytes: Uint8Array;
+}
 
 /** A fixed-capacity FIFO that can also put an item back at the front (for retries). */
 class Ring<T> {
@@ -109,9 +115,9 @@ export function createEventSink(options: EventSinkOptions): EventSink {
   const timeoutMs = options.publishTimeoutMs ?? 5000;
   const publishIntervalMs = options.publishIntervalMs ?? 0;
   let batchTimer: ReturnType<typeof setTimeout> | undefined;
-  const queue = new Ring<RequestEvent>(options.capacity);
+  const queue = new Ring<QueuedEvent>(options.capacity);
   /** Published and awaiting their ack, by reply token. */
-  const awaiting = new Map<number, { event: RequestEvent; sentAt: number }>();
+  const awaiting = new Map<number, { event: QueuedEvent; sentAt: number }>();
   let nextToken = 0;
   let retryAt = 0;
   let retryTimer: ReturnType<typeof setTimeout> | undefined;
@@ -187,7 +193,7 @@ export function createEventSink(options: EventSinkOptions): EventSink {
   };
 
   let lastWarning = 0;
-  const retry = (event: RequestEvent, reason: string) => {
+  const retry = (event: QueuedEvent, reason: string) => {
     retries.inc();
     // Back to the front of the line; the ring has room because the event held a place while awaited.
     queue.pushFront(event);
@@ -275,7 +281,7 @@ export function createEventSink(options: EventSinkOptions): EventSink {
       const msgHeaders = headers();
       msgHeaders.set("Nats-Msg-Id", event.eventId);
       try {
-        nc.publish(subject, toBinary(RequestEventSchema, event), {
+        nc.publish(subject, event.bytes, {
           headers: msgHeaders,
           reply: `${inbox}.${token}`,
         });
@@ -293,7 +299,7 @@ export function createEventSink(options: EventSinkOptions): EventSink {
         dropped.inc();
         return false;
       }
-      queue.pushBack(create(RequestEventSchema, init));
+      queue.pushBack({ eventId: init.eventId, bytes: encodeRequestEvent(init) });
       if (publishIntervalMs === 0) {
         if (queue.size === 1 || awaiting.size < options.concurrency) pump();
       } else if (batchTimer === undefined) {

@@ -1,0 +1,122 @@
+/**
+ * The wire encoding of `events.v1.RequestEvent`, written field by field.
+ *
+ * Why not protobuf-es's toBinary: it walks the descriptor for every message, and a service encodes one
+ * event per request; measured here, create + toBinary took about 8 us per event, this about 1 us. The bytes
+ * are the same as toBinary's (fields in number order, proto3 defaults left out): a test compares the two
+ * on random events and fails when the message gains a field this encoder does not write.
+ */
+import type { RequestEvent } from "@tailwatch/proto/events/v1";
+
+export type RequestEventFields = Omit<RequestEvent, "$typeName" | "$unknown">;
+
+/** The field numbers written below, in order (the test checks them against the schema). */
+export const ENCODED_FIELD_NUMBERS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17] as const;
+
+const WIRE_VARINT = 0;
+const WIRE_LENGTH_DELIMITED = 2;
+const textEncoder = new TextEncoder();
+
+/** A growable scratch buffer reused by every call (encoding is synchronous). */
+let buffer = new Uint8Array(1024);
+let position = 0;
+
+function ensure(extra: number): void {
+  if (position + extra <= buffer.length) return;
+  const grown = new Uint8Array(Math.max(buffer.length * 2, position + extra));
+  grown.set(buffer.subarray(0, position));
+  buffer = grown;
+}
+
+/** An unsigned varint of a non-negative safe integer. */
+function writeVarint(value: number): void {
+  ensure(10);
+  while (value > 0x7f) {
+    buffer[position++] = (value % 0x80) | 0x80;
+    value = Math.floor(value / 0x80);
+  }
+  buffer[position++] = value;
+}
+
+/** An int64 as protobuf writes it: negative values as their 64-bit two's complement (10 bytes). */
+function writeInt64(field: number, value: bigint): void {
+  if (value === 0n) return;
+  writeVarint((field << 3) | WIRE_VARINT);
+  if (value > 0n && value <= BigInt(Number.MAX_SAFE_INTEGER)) {
+    writeVarint(Number(value));
+    return;
+  }
+  let unsigned = BigInt.asUintN(64, value);
+  ensure(10);
+  while (unsigned > 0x7fn) {
+    buffer[position++] = Number(unsigned & 0x7fn) | 0x80;
+    unsigned >>= 7n;
+  }
+  buffer[position++] = Number(unsigned);
+}
+
+function writeUint32(field: number, value: number): void {
+  if (value === 0) return;
+  writeVarint((field << 3) | WIRE_VARINT);
+  writeVarint(value >>> 0);
+}
+
+/** An enum (int32): negative values are sign-extended to 64 bits, as protobuf does. */
+function writeEnum(field: number, value: number): void {
+  if (value === 0) return;
+  if (value < 0) {
+    writeInt64(field, BigInt(value));
+    return;
+  }
+  writeVarint((field << 3) | WIRE_VARINT);
+  writeVarint(value);
+}
+
+function writeString(field: number, value: string): void {
+  if (value.length === 0) return;
+  writeVarint((field << 3) | WIRE_LENGTH_DELIMITED);
+  let ascii = true;
+  for (let i = 0; i < value.length; i++) {
+    if (value.charCodeAt(i) > 0x7f) {
+      ascii = false;
+      break;
+    }
+  }
+  if (ascii) {
+    writeVarint(value.length);
+    ensure(value.length);
+    for (let i = 0; i < value.length; i++) buffer[position++] = value.charCodeAt(i);
+    return;
+  }
+  const utf8 = textEncoder.encode(value);
+  writeVarint(utf8.length);
+  ensure(utf8.length);
+  buffer.set(utf8, position);
+  position += utf8.length;
+}
+
+/** The protobuf encoding of one event; a fresh array the caller owns. */
+export function encodeRequestEvent(event: RequestEventFields): Uint8Array {
+  position = 0;
+  writeString(1, event.eventId);
+  writeInt64(2, event.startTimeMs);
+  writeInt64(3, event.durationUs);
+  writeString(4, event.service);
+  writeString(5, event.method);
+  writeEnum(6, event.protocol);
+  writeString(7, event.route);
+  writeUint32(8, event.grpcCode);
+  writeUint32(9, event.httpStatus);
+  writeInt64(10, event.requestBytes);
+  writeInt64(11, event.responseBytes);
+  writeString(12, event.traceId);
+  writeString(13, event.spanId);
+  writeString(14, event.parentSpanId);
+  writeString(15, event.instance);
+  writeString(16, event.errorMessage);
+  if (event.faultInjected) {
+    writeVarint((17 << 3) | WIRE_VARINT);
+    writeVarint(1);
+  }
+  return buffer.slice(0, position);
+}
