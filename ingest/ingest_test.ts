@@ -322,6 +322,59 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
   });
 
   await step(
+    "a delivery the worker never saw (another client pulled it) is not acked past: exactly once",
+    async () => {
+      await withFixture(server, async ({ nats, nc, clickhouse, database }) => {
+        // Small pull requests, so that another client's pull request on the same durable is served between
+        // the worker's: the worker then sees a gap in the consumer sequence. Without the continuity check its
+        // cumulative ack (AckPolicy.All) would ack the stolen messages, and they would never be inserted.
+        const config = testConfig(nats.url, server.url, CLICKHOUSE_ADMIN.password, database, {
+          INGEST_BATCH_MAX: "20",
+          INGEST_BATCH_WAIT_MS: "20",
+        });
+        const worker = createIngestWorker({ config, logger: quietLogger });
+        const running = worker.run();
+        let published = 0;
+        let stolen = 0;
+        try {
+          await eventually("the worker consuming", () => worker.ready(), 30_000);
+          const thief = await jetstream(nc).consumers.get(REQUEST_EVENTS_STREAM, config.durable);
+          const publishing = (async () => {
+            for (let i = 0; i < 30; i++) {
+              await publishEvents(nc, Array.from({ length: 100 }, (_, j) => makeEvent(published + j)));
+              published += 100;
+              await new Promise((resolve) => setTimeout(resolve, 30));
+            }
+          })();
+          while (stolen === 0 && published < 3000) {
+            // Taken and never acked: they stay ack-pending until the worker recreates the consumer.
+            for await (const _ of await thief.fetch({ max_messages: 3, expires: 1_000 })) stolen++;
+          }
+          await publishing;
+          assert(stolen > 0, "the other client got some deliveries");
+          await eventually(
+            "every event in the table",
+            async () => (await counts(clickhouse, database)).rows >= published,
+            60_000,
+          );
+          await eventually("nothing pending", async () => {
+            const info = await (await jetstreamManager(nc)).consumers.info(
+              REQUEST_EVENTS_STREAM,
+              config.durable,
+            );
+            return info.num_pending === 0 && info.num_ack_pending === 0;
+          });
+        } finally {
+          worker.stop();
+          await running;
+        }
+        assert(worker.stats().resyncs > 0, "the worker recreated the consumer after the gap");
+        assertEquals(await counts(clickhouse, database), { rows: published, distinct: published });
+      });
+    },
+  );
+
+  await step(
     "a durable with explicit acks and unacked messages is recreated (ack all) at its ack floor + 1",
     async () => {
       await withFixture(server, async ({ nats, nc, clickhouse, database }) => {

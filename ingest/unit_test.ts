@@ -7,8 +7,7 @@ import { appendEvent, EventScanner, RowWriter } from "./row_writer.ts";
 import { ident, literal, sql, SqlBindError, sqlJoin } from "./sql.ts";
 import { assert, assertEquals, seededRandom } from "@tailwatch/testing";
 import { makeEvent } from "./test_helpers.ts";
-import type { JsMsg } from "@nats-io/jetstream";
-import { replySeq } from "./worker.ts";
+import { parseAckReply } from "./pull.ts";
 
 function assertThrows(fn: () => unknown, type: new (...args: never[]) => Error, message: string): void {
   try {
@@ -272,31 +271,33 @@ Deno.test("rows as TabSeparated lines: columns in order, strings escaped", () =>
   assertEquals(columns[18], "9");
 });
 
-Deno.test("replySeq reads the stream sequence and delivery count from the reply subject", () => {
-  const msg = (reply: string) =>
-    ({
-      reply,
-      get seq(): number {
-        return -1;
-      },
-      get info() {
-        return { deliveryCount: -1 };
-      },
-    }) as unknown as JsMsg;
-  assertEquals(replySeq(msg("$JS.ACK.REQUEST_EVENTS.ingest.1.12345.17.1700000000000000000.9")), {
+Deno.test("parseAckReply reads stream sequence, delivery count and consumer sequence from the reply subject", () => {
+  const parse = (reply: string, pad = "") => {
+    // Embedded in a larger buffer, as in a read chunk.
+    const bytes = new TextEncoder().encode(`${pad}${reply} 123\r\n`);
+    return parseAckReply(bytes, pad.length, pad.length + reply.length);
+  };
+  assertEquals(parse("$JS.ACK.REQUEST_EVENTS.ingest.1.12345.17.1700000000000000000.9"), {
     seq: 12345,
     deliveries: 1,
+    consumerSeq: 17,
   });
-  assertEquals(replySeq(msg("$JS.ACK._.hash.REQUEST_EVENTS.ingest.3.907.18.1700000000000000000.0")), {
+  assertEquals(parse("$JS.ACK._.hash.REQUEST_EVENTS.ingest.3.907.18.1700000000000000000.0", "HMSG x 1 "), {
     seq: 907,
     deliveries: 3,
+    consumerSeq: 18,
   });
-  assertEquals(replySeq(msg("$JS.ACK.dom.hash.S.c.2.4503599627370496.1.1700000000000000000.0.rand")), {
+  assertEquals(parse("$JS.ACK.dom.hash.S.c.2.4503599627370496.1.1700000000000000000.0.rand"), {
     seq: 4503599627370496,
     deliveries: 2,
+    consumerSeq: 1,
   });
-  // Anything else: the client's own parse.
-  assertEquals(replySeq(msg("_INBOX.abc")), { seq: -1, deliveries: -1 });
-  assertEquals(replySeq(msg("$JS.ACK.S.c.x.1.1.1.0")), { seq: -1, deliveries: -1 });
-  assertEquals(replySeq(msg("$JS.ACK.S.c.1..1.1.0")), { seq: -1, deliveries: -1 });
+  // Anything else is not a JetStream delivery.
+  assertEquals(parse("_INBOX.abc"), undefined);
+  assertEquals(parse("$JS.ACK.S.c.x.1.1.1.0"), undefined);
+  assertEquals(parse("$JS.ACK.S.c.1..1.1.0"), undefined);
+  assertEquals(parse("$JS.ACK.S.c.1.2.x.1.0"), undefined);
+  assertEquals(parse("$JS.ACK.S.c.1.2.3.4"), undefined);
+  assertEquals(parse("$JS.ACK.S.c.1.9007199254740993.3.1.0"), undefined, "above 2^53 - 1");
+  assertEquals(parse("$JS.ACK.S.c.1.12345678901234567.3.1.0"), undefined, "17 digits");
 });

@@ -3,7 +3,7 @@
  * one INSERT per batch and day-partition into `request_events` → ack. Exactly once through redelivery: see
  * ingest/README.md ("Exactly once").
  */
-import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type JsMsg } from "@nats-io/jetstream";
+import { AckPolicy, DeliverPolicy, type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
 import { connect, headers, nanos, type NatsConnection } from "@nats-io/transport-node";
 import {
   createRegistry,
@@ -18,6 +18,7 @@ import type { IngestConfig } from "./config.ts";
 import { type PoisonReason, REQUEST_EVENT_COLUMNS, ROW_FORMAT } from "./event_row.ts";
 import { appendEvent, EventScanner, RowWriter } from "./row_writer.ts";
 import { applyMigrations } from "./migrations.ts";
+import { createPullReceiver, type Delivery, type PullReceiver } from "./pull.ts";
 import { applyRetention } from "./retention.ts";
 import { ident, sql, sqlJoin } from "./sql.ts";
 
@@ -43,6 +44,8 @@ export interface IngestStats {
   duplicatesSkipped: number;
   deadLettered: number;
   retries: number;
+  /** Times delivery continuity broke and the consumer was recreated at its ack floor + 1 (pull.ts). */
+  resyncs: number;
   /** The slowest successful INSERT so far, in ms. */
   insertMsMax: number;
 }
@@ -70,11 +73,11 @@ interface RowGroup {
 
 /** A batch decoded and ready to insert. */
 interface PreparedBatch {
-  batch: JsMsg[];
+  batch: Delivery[];
   /** The highest stream sequence of the batch's messages, and its message: the one acked (AckPolicy.All). */
-  last: JsMsg;
+  last: Delivery;
   groups: RowGroup[];
-  poison: { msg: JsMsg; reason: PoisonReason; detail: string }[];
+  poison: { msg: Delivery; reason: PoisonReason; detail: string }[];
   /** Some message may have been inserted before: ask the table before inserting. */
   checkFirst: boolean;
 }
@@ -83,37 +86,6 @@ const INSERT_COLUMNS = [...REQUEST_EVENT_COLUMNS, "ingested_at_ms"] as const;
 
 /** Thrown inside the worker when a stop's grace period ran out while a batch was still failing. */
 class AbandonBatch extends Error {}
-
-/**
- * The stream sequence and delivery count of a JetStream message, read from its reply subject
- * (`$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>`, or the newer form with
- * `<domain>.<account hash>.` before the stream and a random token at the end) without splitting it: the
- * client's `msg.seq` parses every token into a new object. Falls back to the client for anything else.
- */
-export function replySeq(msg: JsMsg): { seq: number; deliveries: number } {
-  // The reply subject is on the client's message (not in the JsMsg interface); absent → the client's parse.
-  const reply = (msg as JsMsg & { reply?: string }).reply ?? "";
-  let dots = 0;
-  for (let i = reply.indexOf("."); i >= 0; i = reply.indexOf(".", i + 1)) dots++;
-  // Token index of <delivered>: 4 in the old 9-token form, 6 in the new one (11 or 12 tokens).
-  const at = dots === 8 ? 4 : dots === 10 || dots === 11 ? 6 : -1;
-  if (at > 0 && reply.startsWith("$JS.ACK.")) {
-    let start = 0;
-    for (let t = 0; t < at; t++) start = reply.indexOf(".", start) + 1;
-    let deliveries = 0;
-    let seq = 0;
-    let i = start;
-    let code = reply.charCodeAt(i);
-    for (; code >= 48 && code <= 57; code = reply.charCodeAt(++i)) deliveries = deliveries * 10 + code - 48;
-    if (code === 46 && i > start) {
-      const seqStart = ++i;
-      code = reply.charCodeAt(i);
-      for (; code >= 48 && code <= 57; code = reply.charCodeAt(++i)) seq = seq * 10 + code - 48;
-      if (code === 46 && i > seqStart) return { seq, deliveries };
-    }
-  }
-  return { seq: msg.seq, deliveries: msg.info.deliveryCount };
-}
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
@@ -145,18 +117,20 @@ function createPartitionOf(timeZone: string): (tsSeconds: number) => number {
 }
 
 interface BatchQueue {
-  push(msg: JsMsg): void;
+  push(msg: Delivery): void;
   /** Up to `max` messages: when `max` are there, or `waitMs` after the first arrived, or at stop/idle. */
-  take(max: number, waitMs: number, idleMs: number): Promise<JsMsg[]>;
+  take(max: number, waitMs: number, idleMs: number): Promise<Delivery[]>;
   size(): number;
   oldestAt(): number;
-  items(): readonly JsMsg[];
+  items(): readonly Delivery[];
   /** From now on take() returns at once with what is there (used at stop). */
   close(): void;
+  /** Makes a waiting take() look again now. */
+  wake(): void;
 }
 
 function createBatchQueue(batchMax: number): BatchQueue {
-  let items: JsMsg[] = [];
+  let items: Delivery[] = [];
   let firstAt = 0;
   let waiter: (() => void) | undefined;
   const wake = () => {
@@ -203,6 +177,7 @@ function createBatchQueue(batchMax: number): BatchQueue {
       closed = true;
       wake();
     },
+    wake,
   };
 }
 
@@ -242,6 +217,10 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       "Messages of the stream not yet delivered to the consumer (num_pending).",
     ),
     ackPending: registry.gauge("ingest_consumer_ack_pending", "Messages delivered and not yet acked."),
+    resyncs: registry.counter(
+      "ingest_consumer_resyncs_total",
+      "Times delivery continuity broke (a delivery this process did not see) and the consumer was recreated.",
+    ),
     retentionDropped: registry.counter("ingest_retention_partitions_dropped_total", "Partitions dropped."),
     up: registry.gauge("ingest_ready", "1 when connected, migrated and consuming."),
   };
@@ -251,6 +230,7 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
     duplicatesSkipped: 0,
     deadLettered: 0,
     retries: 0,
+    resyncs: 0,
     insertMsMax: 0,
   };
   const clickhouse: ClickHouse = createClickHouse({
@@ -266,8 +246,8 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
   let isReady = false;
   /** The highest stream sequence delivered before (see prepareBatch). */
   let highWater = 0;
-  /** Batches taken from the queue and not yet acked (at most two: one decoded, one being inserted). */
-  let inHand: { batch: JsMsg[]; since: number }[] = [];
+  /** Batches taken from the queue and not yet acked (at most three: two being inserted, one decoded). */
+  let inHand: { batch: Delivery[]; since: number }[] = [];
 
   const stop = () => {
     if (stopping) return;
@@ -332,6 +312,54 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
     });
   }
 
+  /**
+   * Creates the durable consumer, or recreates it at its ack floor + 1 when it has unacked messages (or
+   * another ack policy or filter); raises highWater to what an old consumer delivered.
+   */
+  async function ensureConsumer(jsm: JetStreamManager): Promise<void> {
+    const info = await jsm.consumers.info(REQUEST_EVENTS_STREAM, config.durable).catch(() => undefined);
+    // Acks are cumulative (AckPolicy.All: the last message of a batch acks the batch and everything
+    // before it). Such an ack is safe only if this process saw every message below it, so messages that
+    // an earlier process was handed and never acked must come again, in order, before anything new. The
+    // server would redeliver them only after the ack wait, while new messages flow: so a durable with
+    // unacked messages (or with another ack policy, which the server does not let us change) is
+    // recreated to start at its ack floor + 1. The dedup check absorbs the overlap (README, "Exactly
+    // once"). A durable that was created with another filter subject is recreated too.
+    const recreate = info !== undefined && (
+      info.config.ack_policy !== AckPolicy.All || info.num_ack_pending > 0 ||
+      info.delivered.stream_seq > info.ack_floor.stream_seq ||
+      (info.config.filter_subject ?? "") !== config.filterSubject
+    );
+    if (info && !recreate) {
+      await jsm.consumers.update(REQUEST_EVENTS_STREAM, config.durable, {
+        ack_wait: nanos(config.ackWaitMs),
+        max_ack_pending: config.maxAckPending,
+      });
+      return;
+    }
+    if (info) {
+      await jsm.consumers.delete(REQUEST_EVENTS_STREAM, config.durable);
+      logger.info("recreated the durable consumer at its ack floor + 1", {
+        ackPolicy: info.config.ack_policy,
+        ackFloor: info.ack_floor.stream_seq,
+        delivered: info.delivered.stream_seq,
+      });
+      // Everything up to what the old consumer delivered may have been inserted already.
+      if (info.delivered.stream_seq > highWater) highWater = info.delivered.stream_seq;
+    }
+    await jsm.consumers.add(REQUEST_EVENTS_STREAM, {
+      durable_name: config.durable,
+      ack_policy: AckPolicy.All,
+      ...(info
+        ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: info.ack_floor.stream_seq + 1 }
+        : { deliver_policy: options.deliverFromStart === false ? DeliverPolicy.New : DeliverPolicy.All }),
+      ack_wait: nanos(config.ackWaitMs),
+      max_ack_pending: config.maxAckPending,
+      max_deliver: -1,
+      filter_subject: config.filterSubject,
+    });
+  }
+
   function run(): Promise<IngestStats> {
     return runInner().finally(() => {
       isReady = false;
@@ -341,6 +369,7 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
 
   async function runInner(): Promise<IngestStats> {
     let nc: NatsConnection | undefined;
+    let pull: PullReceiver | undefined;
     const timers: ReturnType<typeof setInterval>[] = [];
     try {
       // Start-up steps retry until they succeed or a stop is asked for: servers may come up after us.
@@ -359,49 +388,7 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       })().catch(() => {});
       await withRetry("ensure stream", () => ensureRequestEventsStream(conn));
       const jsm = await jetstreamManager(conn);
-      await withRetry("ensure consumer", async () => {
-        const info = await jsm.consumers.info(REQUEST_EVENTS_STREAM, config.durable).catch(() => undefined);
-        // Acks are cumulative (AckPolicy.All: the last message of a batch acks the batch and everything
-        // before it). Such an ack is safe only if this process saw every message below it, so messages that
-        // an earlier process was handed and never acked must come again, in order, before anything new. The
-        // server would redeliver them only after the ack wait, while new messages flow: so a durable with
-        // unacked messages (or with another ack policy, which the server does not let us change) is
-        // recreated to start at its ack floor + 1. The dedup check absorbs the overlap (README, "Exactly
-        // once"). A durable that was created with another filter subject is recreated too.
-        const recreate = info !== undefined && (
-          info.config.ack_policy !== AckPolicy.All || info.num_ack_pending > 0 ||
-          info.delivered.stream_seq > info.ack_floor.stream_seq ||
-          (info.config.filter_subject ?? "") !== config.filterSubject
-        );
-        if (info && !recreate) {
-          await jsm.consumers.update(REQUEST_EVENTS_STREAM, config.durable, {
-            ack_wait: nanos(config.ackWaitMs),
-            max_ack_pending: config.maxAckPending,
-          });
-          return;
-        }
-        if (info) {
-          await jsm.consumers.delete(REQUEST_EVENTS_STREAM, config.durable);
-          logger.info("recreated the durable consumer at its ack floor + 1", {
-            ackPolicy: info.config.ack_policy,
-            ackFloor: info.ack_floor.stream_seq,
-            delivered: info.delivered.stream_seq,
-          });
-          // Everything up to what the old consumer delivered may have been inserted already.
-          if (info.delivered.stream_seq > highWater) highWater = info.delivered.stream_seq;
-        }
-        await jsm.consumers.add(REQUEST_EVENTS_STREAM, {
-          durable_name: config.durable,
-          ack_policy: AckPolicy.All,
-          ...(info
-            ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: info.ack_floor.stream_seq + 1 }
-            : { deliver_policy: options.deliverFromStart === false ? DeliverPolicy.New : DeliverPolicy.All }),
-          ack_wait: nanos(config.ackWaitMs),
-          max_ack_pending: config.maxAckPending,
-          max_deliver: -1,
-          filter_subject: config.filterSubject,
-        });
-      });
+      await withRetry("ensure consumer", () => ensureConsumer(jsm));
       if (config.migrateOnStart) {
         const applied = await withRetry(
           "migrate",
@@ -416,37 +403,49 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       const partitionOf = createPartitionOf(timeZone);
       if (stopping) return stats;
 
-      const js = jetstream(conn);
-      const consumer = await js.consumers.get(REQUEST_EVENTS_STREAM, config.durable);
+      const consumerInfo = () => jsm.consumers.info(REQUEST_EVENTS_STREAM, config.durable);
       // Everything up to the consumer's last delivered sequence may have been inserted by an earlier process.
-      const delivered = (await withRetry("read the consumer", () =>
-        consumer.info(false))).delivered.stream_seq;
-      if (delivered > highWater) highWater = delivered;
-      const messages = await consumer.consume({
-        max_messages: Math.min(config.batchMax, config.maxAckPending),
-        callback: (msg) => queue.push(msg),
+      const startInfo = await withRetry("read the consumer", consumerInfo);
+      if (startInfo.delivered.stream_seq > highWater) highWater = startInfo.delivered.stream_seq;
+      const receiver: PullReceiver = createPullReceiver({
+        servers: config.natsUrl,
+        name: `tailwatch-ingest-pull:${config.durable}`,
+        stream: REQUEST_EVENTS_STREAM,
+        durable: config.durable,
+        batch: Math.min(config.batchMax, config.maxAckPending),
+        logger,
+        onMessage: (msg) => queue.push(msg),
+        onBroken: () => queue.wake(),
       });
-      (async () => {
-        for await (const status of messages.status()) {
-          if (status.type !== "next" && status.type !== "heartbeat" && status.type !== "debug") {
-            logger.warn("consumer status", { status: status.type });
-          }
-        }
-      })().catch(() => {});
+      pull = receiver;
+      await receiver.start(startInfo.delivered.consumer_seq);
+      /**
+       * After delivery continuity broke (pull.ts): once the batches before the break are committed, recreate
+       * the consumer at its ack floor + 1 (ensureConsumer: it has unacked messages) and pull again.
+       */
+      const resync = async () => {
+        await receiver.flush().catch(() => {});
+        await withRetry("recreate the consumer", () => ensureConsumer(jsm));
+        const info = await withRetry("read the consumer", consumerInfo);
+        if (info.delivered.stream_seq > highWater) highWater = info.delivered.stream_seq;
+        receiver.restart(info.delivered.consumer_seq);
+        stats.resyncs++;
+        metrics.resyncs.inc();
+      };
 
       // Keep slow batches from being redelivered: mark in-progress at a third of the ack wait.
       timers.push(setInterval(() => {
         const now = Date.now();
         const third = config.ackWaitMs / 3;
         for (const entry of inHand) {
-          if (now - entry.since > third) { for (const msg of entry.batch) msg.working(); }
+          if (now - entry.since > third) { for (const msg of entry.batch) receiver.working(msg); }
         }
         if (queue.size() > 0 && now - queue.oldestAt() > third) {
-          for (const msg of queue.items()) msg.working();
+          for (const msg of queue.items()) receiver.working(msg);
         }
       }, Math.max(250, Math.floor(config.ackWaitMs / 6))));
       const refreshPending = async () => {
-        const info = await consumer.info(false);
+        const info = await consumerInfo();
         metrics.pending.set(info.num_pending);
         metrics.ackPending.set(info.num_ack_pending);
         return info;
@@ -477,14 +476,17 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       isReady = true;
       metrics.up.set(1);
       logger.info("consuming", { durable: config.durable, database: config.database, mode, timeZone });
-      // Two batches in hand at most: while batch k is inserted (and then acked), batch k+1 is decoded. INSERTs
-      // and acks stay in batch order; batch k+1's INSERT (and its dedup query) starts after batch k's acks.
+      // Three batches in hand at most: while batches k and k+1 are inserted, batch k+2 is decoded. A batch of
+      // first deliveries (no dedup check) is inserted alongside the one before it; a batch that needs the
+      // dedup check waits until every batch before it is committed, so its query sees their rows. Acks stay
+      // in batch order: a batch is acked only after the batch before it was.
       let firstBatch = true;
-      let committing: Promise<unknown> | undefined;
-      /** Waits for the batch being committed; false when it was abandoned (stop grace over). */
-      const settle = async (): Promise<boolean> => {
-        const outcome = await committing;
-        committing = undefined;
+      /** Batches being committed, oldest first; each resolves to undefined (acked) or what went wrong. */
+      const committing: Promise<unknown>[] = [];
+      /** Waits for the oldest batch being committed; false when it was abandoned (stop grace over). */
+      const settleOldest = async (): Promise<boolean> => {
+        const outcome = await committing[0];
+        committing.shift();
         if (outcome instanceof AbandonBatch) {
           logger.warn("stop grace period over: leaving the batch unacked for redelivery", { error: outcome });
           return false;
@@ -492,13 +494,21 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
         if (outcome !== undefined) throw outcome;
         return true;
       };
+      const settle = async (limit = 0): Promise<boolean> => {
+        while (committing.length > limit) if (!await settleOldest()) return false;
+        return true;
+      };
       for (;;) {
-        if (stopping) messages.stop();
+        if (stopping) receiver.pause();
         // Drain mode looks for the end sooner: 100 ms without a message, then asks the server.
         const batch = await queue.take(config.batchMax, config.batchWaitMs, mode === "drain" ? 100 : 1_000);
         if (batch.length === 0) {
           if (!await settle()) break;
           if (stopping) break;
+          if (receiver.broken && queue.size() === 0) {
+            await resync();
+            continue;
+          }
           if (mode === "drain") {
             const info = await refreshPending().catch(() => undefined);
             if (info && info.num_pending === 0 && info.num_ack_pending === 0 && queue.size() === 0) break;
@@ -511,26 +521,30 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
         const prepared = prepareBatch(batch, firstBatch, partitionOf);
         const waitStart = performance.now();
         firstBatch = false;
-        if (!await settle()) break;
+        if (!await settle(prepared.checkFirst ? 0 : 1)) break;
         logger.debug("batch decoded", {
           size: batch.length,
           decodeMs: Math.round(waitStart - prepareStart),
           waitedForPreviousMs: Math.round(performance.now() - waitStart),
           queued: queue.size(),
         });
-        committing = commitBatch(conn, prepared).then(
-          () => undefined,
-          (error: unknown) => error ?? new Error("batch failed"),
-        ).finally(() => {
-          inHand = inHand.filter((entry) => entry !== inHandEntry);
-        });
+        committing.push(
+          commitBatch(conn, receiver, prepared, committing.at(-1)).then(
+            () => undefined,
+            (error: unknown) => error ?? new Error("batch failed"),
+          ).finally(() => {
+            inHand = inHand.filter((entry) => entry !== inHandEntry);
+          }),
+        );
       }
-      await settle();
-      messages.stop();
+      while (committing.length > 0) await settleOldest();
+      receiver.pause();
       logger.info("stopped", { ...stats });
       return stats;
     } finally {
       for (const timer of timers) clearInterval(timer);
+      await pull?.close();
+      pull = undefined;
       if (nc) {
         await nc.flush().catch(() => {});
         await nc.close().catch(() => {});
@@ -542,7 +556,7 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
 
   /** Decodes a batch into per-partition TabSeparated bodies and poison messages (synchronous, CPU only). */
   function prepareBatch(
-    batch: JsMsg[],
+    batch: Delivery[],
     firstBatch: boolean,
     partitionOf: (ts: number) => number,
   ): PreparedBatch {
@@ -592,7 +606,7 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
     let topSeq = 0;
     const seqs = new Float64Array(batch.length);
     for (let i = 0; i < batch.length; i++) {
-      const { seq: s, deliveries } = replySeq(batch[i]);
+      const { seq: s, deliveries } = batch[i];
       seqs[i] = s;
       if (s <= high || deliveries > 1) checkFirst = true;
       if (s > high) high = s;
@@ -616,18 +630,29 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
   }
 
   /** Inserts a prepared batch (exactly once), dead-letters its poison, then acks every message of it. */
-  async function commitBatch(nc: NatsConnection, prepared: PreparedBatch): Promise<void> {
+  async function commitBatch(
+    nc: NatsConnection,
+    receiver: PullReceiver,
+    prepared: PreparedBatch,
+    /** The commit of the batch before it (resolves to undefined once that batch was acked). */
+    previous: Promise<unknown> | undefined,
+  ): Promise<void> {
     const { batch, last, groups, poison, checkFirst } = prepared;
     const commitStart = performance.now();
     // One INSERT per day-partition: an INSERT is atomic only within one partition (one part).
     for (const group of groups) await insertGroup(group, checkFirst);
+    // Acks in batch order: this batch's cumulative ack also covers the batch before it.
+    const before = await previous;
+    if (before !== undefined) {
+      throw before instanceof AbandonBatch ? new AbandonBatch(`an earlier batch: ${before.message}`) : before;
+    }
     for (const { msg, reason, detail } of poison) {
       const h = headers();
       h.set("Tailwatch-Dead-Letter-Reason", reason);
       h.set("Tailwatch-Dead-Letter-Detail", detail.replace(/[\r\n]+/g, " ").slice(0, 500));
       h.set("Tailwatch-Stream-Seq", String(msg.seq));
       h.set("Tailwatch-Subject", msg.subject);
-      const msgId = msg.headers?.get("Nats-Msg-Id");
+      const msgId = msg.header("Nats-Msg-Id");
       if (msgId) h.set("Tailwatch-Msg-Id", msgId);
       nc.publish(`${DEAD_LETTER_SUBJECT_PREFIX}.${reason}`, msg.data, { headers: h });
       stats.deadLettered++;
@@ -639,8 +664,8 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
     // delivered and committed in order, and the consumer starts at its ack floor + 1, so every message below
     // it has been inserted (or dead-lettered) by now. A lost ack only means a redelivery, which the dedup
     // check absorbs.
-    last.ack(); // the highest sequence: a redelivered message may come after higher ones
-    await nc.flush().catch((error) => logger.warn("flushing acks failed", { error }));
+    receiver.ack(last); // the highest sequence: a redelivered message may come after higher ones
+    await receiver.flush().catch((error) => logger.warn("flushing acks failed", { error }));
     stats.batches++;
     metrics.batches.inc();
     logger.debug("batch done", {
