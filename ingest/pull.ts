@@ -306,7 +306,7 @@ export function createPullReceiver(options: PullReceiverOptions): PullReceiver {
   function dropConnection(reason: string): void {
     if (!connected) return;
     connected = false;
-    logger.warn("nats (pull) disconnected", { reason });
+    if (!closed) logger.warn("nats (pull) disconnected", { reason });
     try {
       conn?.close();
     } catch {
@@ -570,8 +570,13 @@ export function createPullReceiver(options: PullReceiverOptions): PullReceiver {
         breakContinuity(`pull request: 409 ${description}`);
         return;
       }
-      if (code === 409) logger.warn("pull request ended", { code, description });
-      pull();
+      if (code === 408) pull(); // expired: ask again at once
+      else {
+        // Refused (too many waiting requests, a message over max_bytes, a leader change): ask again later,
+        // never in a tight loop.
+        logger.warn("pull request ended", { code, description });
+        retryPullLater();
+      }
       return;
     }
     // 404 (no messages), 503 (no responders: JetStream not ready), anything else: ask again a little later.
