@@ -21,7 +21,7 @@ import {
   toBinary,
 } from "@bufbuild/protobuf";
 import { Code, ServiceError } from "./errors.ts";
-import { installHttp2WriteBatching } from "./http2_batching.ts";
+import { corkForThisTurn } from "./http2_batching.ts";
 import { methodPath } from "./pipeline.ts";
 
 export interface CallOptions {
@@ -156,7 +156,6 @@ export function createClient<S extends DescService>(
   address: string,
   options: ClientOptions = {},
 ): ServiceClient<S> {
-  installHttp2WriteBatching();
   const pool = createSessionPool(address);
   const defaultTimeoutMs = options.defaultTimeoutMs ?? 2000;
   const maxResponseBytes = options.maxResponseBytes ?? 4 * 1024 * 1024;
@@ -191,7 +190,9 @@ export function createClient<S extends DescService>(
           for (const [key, value] of Object.entries(call.headers ?? {})) {
             requestHeaders[key.toLowerCase()] = value;
           }
-          stream = pool.get().request(requestHeaders);
+          const session = pool.get();
+          corkForThisTurn(session);
+          stream = session.request(requestHeaders);
           stream.end(body);
         } catch (error) {
           reject(ServiceError.from(error, Code.UNAVAILABLE));

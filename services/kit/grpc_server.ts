@@ -15,6 +15,7 @@ import { Buffer } from "node:buffer";
 import http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import { Code, ServiceError } from "./errors.ts";
+import { corkForThisTurn } from "./http2_batching.ts";
 import type { Logger } from "./log.ts";
 
 export interface GrpcServerOptions {
@@ -189,6 +190,7 @@ function createCallState(stream: http2.ServerHttp2Stream, deadlineMs: number | u
   const ensureHeaders = () => {
     if (headersSent) return;
     headersSent = true;
+    corkForThisTurn(stream.session);
     stream.respond(RESPONSE_HEADERS, { waitForTrailers: true });
   };
   const state = {
@@ -210,6 +212,7 @@ function createCallState(stream: http2.ServerHttp2Stream, deadlineMs: number | u
       if (!headersSent) {
         // Trailers-only: the status in the one HEADERS frame.
         headersSent = true;
+        corkForThisTurn(stream.session);
         stream.respond({ ...RESPONSE_HEADERS, ...statusTrailers(error, trailers) }, { endStream: true });
         return;
       }
@@ -223,6 +226,7 @@ function createCallState(stream: http2.ServerHttp2Stream, deadlineMs: number | u
       clearTimeout(deadlineTimer);
       if (stream.destroyed || stream.closed) return;
       headersSent = true;
+      corkForThisTurn(stream.session);
       stream.respond(RESPONSE_HEADERS, { waitForTrailers: true });
       stream.once("wantTrailers", () => stream.sendTrailers(statusTrailers(undefined)));
       stream.end(frameMessage(message));

@@ -10,7 +10,6 @@ import type { ServiceConfig } from "./config.ts";
 import { createDisabledEventSink, createEventSink, type EventSink } from "./events.ts";
 import { addBindings } from "./grpc.ts";
 import { createGrpcServer } from "./grpc_server.ts";
-import { installHttp2WriteBatching } from "./http2_batching.ts";
 import { createHealth, ServingStatus } from "./health.ts";
 import { createLogger, type Logger } from "./log.ts";
 import { createRegistry, PROMETHEUS_CONTENT_TYPE, type Registry } from "./metrics.ts";
@@ -43,7 +42,6 @@ export interface ServiceSetup {
 }
 
 export async function startService(setup: ServiceSetup): Promise<RunningService> {
-  installHttp2WriteBatching();
   const { config } = setup;
   const logger = createLogger(config.logLevel, { service: config.service, instance: config.instanceId });
   const metrics = createRegistry();
