@@ -7,14 +7,16 @@
  *     tick at 1000 rps for a 10 s and a 300 s window.
  *  2. Against a real, private clickhouse-server filled with 310 s (and the minutes ahead) of events at
  *     1000 rps over 6 methods of 3 services, log-normal durations, rollups filled by the materialized views:
- *     - steady-state ticks of the daemon with `--windows 10` and with `--windows 300`, side by side, at one
- *       tick per second: each tick's wall time (read + compute) as the daemon logs it with `--log-timing`,
- *       and the process's CPU per tick (from /proc/<pid>/schedstat), after its first (cold) ticks. Ratio
- *       300 s / 10 s, target <= 1.5.
+ *     - steady-state ticks of the daemon with `--windows 10` and then with `--windows 300`, each daemon alone,
+ *       at one tick per second: each tick's wall time (read + compute) as the daemon logs it with
+ *       `--log-timing`, and the process's CPU per tick (from /proc/<pid>/schedstat), after its first (cold)
+ *       ticks. Ratio 300 s / 10 s, target <= 1.5. The 300 s daemon's ticks are also broken down (the
+ *       SELECT's round trip, parsing, compute; rows and bytes read).
  *     - a profiler tick vs ClickHouse computing quantilesExact(0.5, 0.9, 0.95, 0.99, 0.999) over the same
  *       300 s of raw rows grouped by service and method, wall times: the 300 s daemon's median steady tick,
  *       and the cold tick (`--once --windows 300`: read_ms + compute_ms), against the median of several
- *       exact queries. Target: tick >= 10x cheaper.
+ *       exact queries. Target: tick >= 10x cheaper. Next to it, CPU: ClickHouse's for the exact query and for
+ *       the tick's SELECT (system.query_log), plus the profiler process's per tick.
  */
 import {
   CLICKHOUSE_ADMIN,
@@ -50,7 +52,17 @@ interface BenchEntry {
 }
 
 interface Snapshot {
-  timing: { read_ms: number; compute_ms: number; histogram_rows: number; from: number; to: number };
+  timing: {
+    read_ms: number;
+    http_ms: number;
+    parse_ms: number;
+    compute_ms: number;
+    response_bytes: number;
+    rows: number;
+    histogram_rows: number;
+    from: number;
+    to: number;
+  };
   rows: unknown[];
 }
 
@@ -144,12 +156,33 @@ export async function runProfilerBench(options: { quick: boolean }): Promise<Rec
     CLICKHOUSE_ADMIN.password,
     database,
   );
+  // The daemons' statements are logged (system.query_log, with ClickHouse's CPU time per query) under a
+  // query id of their own: each daemon runs one statement at a time, so the id is never in use twice.
+  const daemonConnection = (window: number) =>
+    connectionFlags(
+      `${clickhouse.url}/?log_queries=1&query_id=${database}_tick_${window}`,
+      CLICKHOUSE_ADMIN.username,
+      CLICKHOUSE_ADMIN.password,
+      database,
+    );
+  /** ClickHouse's CPU (user + system, ms) of each finished statement logged under `queryId`, since `since`. */
+  const clickhouseCpuMs = async (queryId: string, since: number): Promise<number[]> => {
+    await clickhouse.query("SYSTEM FLUSH LOGS");
+    const text = await clickhouse.query(
+      `SELECT (ProfileEvents.Values[indexOf(ProfileEvents.Names, 'UserTimeMicroseconds')] +
+               ProfileEvents.Values[indexOf(ProfileEvents.Names, 'SystemTimeMicroseconds')]) / 1000
+       FROM system.query_log
+       WHERE type = 2 AND query_id = '${queryId}' AND query LIKE 'SELECT%'
+         AND event_time >= toDateTime(${Math.floor(since)}) FORMAT TSV`,
+    );
+    return text.split("\n").filter(Boolean).map(Number);
+  };
 
   const steadyTicks = quick ? 8 : 30;
   const repeats = quick ? 3 : 7;
   // Seconds ahead of the clock the daemons will tick through (data already there: every tick reads full
   // seconds at 1000 rps); generous, the fill and the cold ticks take a while.
-  const aheadS = steadyTicks + 45;
+  const aheadS = 2 * steadyTicks + 60;
   const t0 = Math.floor(Date.now() / 1000);
   const fillStarted = performance.now();
   await fill(clickhouse, database, t0 - FILL_BACK_S, t0 + aheadS);
@@ -161,55 +194,71 @@ export async function runProfilerBench(options: { quick: boolean }): Promise<Rec
     )).trim(),
   );
 
-  // 1. Steady-state daemon ticks, 10 s and 300 s windows side by side (same data, same moments).
-  const daemons = await Promise.all([10, 300].map(async (window) => ({
-    window,
-    process: await spawnLogged(
-      profiler,
-      [...connection, "--windows", String(window), "--tick", "1s", "--late-margin", "5s", "--log-timing"],
-      `${logDir}/daemon-${window}.log`,
-    ),
-  })));
+  // 1. Steady-state daemon ticks, 10 s and 300 s windows, one daemon after the other (each alone, as in
+  //    production, where one daemon runs: two daemons side by side would tick at the same whole second and
+  //    each tick's SELECT would wait for the other's on 2 cores). The data are uniform, so both see alike.
   const ticksWritten = async (window: number) =>
     Number(
       (await clickhouse.query(
         `SELECT uniqExact(ts) FROM ${database}.latency_percentiles WHERE window_s = ${window}`,
       )).trim(),
     );
-  const daemonResults: Record<string, { ticks: number; cpuMsPerTick: number; tickMs: number[] }> = {};
-  try {
-    // Past the cold first tick (and one more), then sample between ticks (ticks run at whole seconds).
-    await waitUntil("daemons' first ticks", async () => {
-      for (const { window } of daemons) if ((await ticksWritten(window)) < 2) return false;
-      return true;
-    }, 30_000);
-    const between = async () => await sleep(1500 - (Date.now() % 1000));
-    await between();
-    const before = await Promise.all(
-      daemons.map(async (d) => ({ cpu: schedstatNs(d.process.pid), ticks: await ticksWritten(d.window) })),
+  const daemonResults: Record<
+    string,
+    {
+      ticks: number;
+      cpuMsPerTick: number;
+      tickMs: number[];
+      timings: Snapshot["timing"][];
+      steadySince: number;
+    }
+  > = {};
+  const between = async () => await sleep(1500 - (Date.now() % 1000));
+  for (const window of [10, 300]) {
+    const process = await spawnLogged(
+      profiler,
+      [
+        ...daemonConnection(window),
+        "--windows",
+        String(window),
+        "--tick",
+        "1s",
+        "--late-margin",
+        "5s",
+        "--log-timing",
+      ],
+      `${logDir}/daemon-${window}.log`,
     );
-    await sleep(steadyTicks * 1000);
-    await between();
-    for (const [i, d] of daemons.entries()) {
-      const ticks = (await ticksWritten(d.window)) - before[i].ticks;
-      const cpuNs = schedstatNs(d.process.pid) - before[i].cpu;
-      daemonResults[`${d.window}s`] = {
+    try {
+      // Past the cold first tick (and one more), then sample between ticks (ticks run at whole seconds).
+      await waitUntil(
+        `daemon ${window}s: first ticks`,
+        async () => (await ticksWritten(window)) >= 2,
+        30_000,
+      );
+      await between();
+      const steadySince = Date.now() / 1000;
+      const before = { cpu: schedstatNs(process.pid), ticks: await ticksWritten(window) };
+      await sleep(steadyTicks * 1000);
+      await between();
+      const ticks = (await ticksWritten(window)) - before.ticks;
+      const cpuNs = schedstatNs(process.pid) - before.cpu;
+      daemonResults[`${window}s`] = {
         ticks,
         cpuMsPerTick: round(cpuNs / 1e6 / Math.max(ticks, 1)),
         tickMs: [],
+        timings: [],
+        steadySince,
       };
+    } finally {
+      await process.stop("SIGTERM");
     }
-  } finally {
-    for (const d of daemons) await d.process.stop("SIGTERM");
-  }
-  // Each tick's wall time as the daemon logged it (--log-timing): read + compute, past the first two ticks.
-  for (const d of daemons) {
-    const ticks = (await d.process.log()).split("\n").filter((line) => line.startsWith('{"now"'))
+    // Each tick's wall time as the daemon logged it (--log-timing): read + compute, past the first two ticks.
+    const ticks = (await process.log()).split("\n").filter((line) => line.startsWith('{"now"'))
       .map((line) => JSON.parse(line) as { timing: Snapshot["timing"] });
-    daemonResults[`${d.window}s`].tickMs = ticks.slice(2).map((t) => t.timing.read_ms + t.timing.compute_ms);
-    if (daemonResults[`${d.window}s`].tickMs.length === 0) {
-      throw new Error(`daemon ${d.window}s logged no ticks`);
-    }
+    daemonResults[`${window}s`].timings = ticks.slice(2).map((t) => t.timing);
+    daemonResults[`${window}s`].tickMs = ticks.slice(2).map((t) => t.timing.read_ms + t.timing.compute_ms);
+    if (daemonResults[`${window}s`].tickMs.length === 0) throw new Error(`daemon ${window}s logged no ticks`);
   }
 
   // 2. A profiler tick vs ClickHouse's exact quantiles over the same 300 s of raw rows.
@@ -238,6 +287,39 @@ export async function runProfilerBench(options: { quick: boolean }): Promise<Rec
     exactMs.push(performance.now() - start);
     if (text.trim().split("\n").length !== METHODS.length) throw new Error(`quantilesExact: ${text}`);
   }
+  // CPU: the same exact query again (not timed), logged with ClickHouse's CPU time per run.
+  const exactCpuSince = Date.now() / 1000 - 1;
+  const exactQueryId = `${database}_exact`;
+  for (let i = 0; i < repeats; i++) {
+    const response = await fetch(`${clickhouse.url}/?log_queries=1&query_id=${exactQueryId}`, {
+      method: "POST",
+      body: exactSql,
+      headers: {
+        "X-ClickHouse-User": CLICKHOUSE_ADMIN.username,
+        "X-ClickHouse-Key": CLICKHOUSE_ADMIN.password,
+      },
+    });
+    const text = await response.text();
+    if (!response.ok) throw new Error(`quantilesExact (logged): ${text}`);
+  }
+  const exactCpuMs = median(await clickhouseCpuMs(exactQueryId, exactCpuSince));
+  const tickClickhouseCpuMs = median(
+    await clickhouseCpuMs(`${database}_tick_300`, daemonResults["300s"].steadySince),
+  );
+  const tick10ClickhouseCpuMs = median(
+    await clickhouseCpuMs(`${database}_tick_10`, daemonResults["10s"].steadySince),
+  );
+  const steady = daemonResults["300s"].timings;
+  const breakdown = {
+    httpMs: round(median(steady.map((t) => t.http_ms))),
+    parseMs: round(median(steady.map((t) => t.parse_ms))),
+    computeMs: round(median(steady.map((t) => t.compute_ms))),
+    responseBytes: median(steady.map((t) => t.response_bytes)),
+    rows: median(steady.map((t) => t.rows)),
+    histogramEntries: median(steady.map((t) => t.histogram_rows)),
+    secondsRead: median(steady.map((t) => t.to - t.from)),
+  };
+
   const exactMedianMs = median(exactMs);
   const steadyTickMs = median(daemonResults["300s"].tickMs);
   const steadyTick10Ms = median(daemonResults["10s"].tickMs);
@@ -275,8 +357,23 @@ export async function runProfilerBench(options: { quick: boolean }): Promise<Rec
         runs: coldMs.map((v) => round(v)),
         histogramRows: coldHistogramRows,
       },
+      /** Medians over the 300 s daemon's steady ticks: the SELECT's round trip, parsing, advance + snapshot. */
+      steadyTickBreakdown: breakdown,
       /** Target >= 10. */
       exactOverSteadyTick: round(exactMedianMs / steadyTickMs),
+      /**
+       * CPU, reported next to the wall times: ClickHouse's (system.query_log, user + system) for one exact
+       * query, and for one tick: ClickHouse's for the tick's SELECT plus the profiler process's CPU per tick
+       * (schedstat; it includes the tick's INSERT of its rows, which the wall time does not).
+       */
+      cpuMs: {
+        quantilesExactClickhouse: round(exactCpuMs),
+        steadyTickClickhouse: round(tickClickhouseCpuMs),
+        steadyTick10sClickhouse: round(tick10ClickhouseCpuMs),
+        steadyTickProfiler: cpu300,
+        steadyTickTotal: round(tickClickhouseCpuMs + cpu300),
+        exactOverSteadyTick: round(exactCpuMs / (tickClickhouseCpuMs + cpu300)),
+      },
       exactOverColdTick: round(exactMedianMs / coldMedianMs),
       target: 10,
     },
@@ -299,6 +396,15 @@ export async function runProfilerBench(options: { quick: boolean }): Promise<Rec
       `  300 s of raw rows (${rawRows}): quantilesExact ${round(exactMedianMs)} ms vs steady tick ` +
       `${round(steadyTickMs)} ms = ${result.tickVsQuantilesExact300s.exactOverSteadyTick}x, vs cold tick ` +
       `${round(coldMedianMs)} ms = ${result.tickVsQuantilesExact300s.exactOverColdTick}x (target >= 10)`,
+      `  steady tick breakdown (300 s daemon, medians): SELECT round trip ${breakdown.httpMs} ms ` +
+      `(${breakdown.rows} rows, ${breakdown.histogramEntries} bucket entries, ${breakdown.responseBytes} B, ` +
+      `${breakdown.secondsRead} s read), parse ${breakdown.parseMs} ms, compute ${breakdown.computeMs} ms`,
+      `  CPU: quantilesExact ${round(exactCpuMs)} ms (ClickHouse) vs steady tick ${
+        round(tickClickhouseCpuMs + cpu300)
+      } ms ` +
+      `(ClickHouse ${
+        round(tickClickhouseCpuMs)
+      } + profiler ${cpu300}) = ${result.tickVsQuantilesExact300s.cpuMs.exactOverSteadyTick}x`,
       `  ${result.seconds} s`,
     ].join("\n"),
   );
