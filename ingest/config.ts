@@ -66,7 +66,7 @@ export function loadConfig(env: Env = Deno.env.toObject()): IngestConfig {
     if (!pattern.test(value)) read.problems.push(`${name} must be ${what}, got ${JSON.stringify(value)}`);
     return value;
   };
-  const natsUrl = read.url("NATS_URL", "nats://127.0.0.1:4222", ["nats:", "tls:", "ws:", "wss:"]).split(",")
+  const natsUrl = read.url("NATS_URL", "nats://127.0.0.1:4222", ["nats:", "tls:"]).split(",")
     .map((u) => u.trim()).filter(Boolean);
   const batchMax = read.integer("INGEST_BATCH_MAX", 20_000, 1, 1_000_000);
   const insertTimeoutMs = read.integer("INGEST_INSERT_TIMEOUT_MS", 20_000, 100, 3_600_000);

@@ -645,6 +645,7 @@ export function createPullReceiver(options: PullReceiverOptions): PullReceiver {
       });
     },
     pause() {
+      if (paused) return;
       paused = true;
       if (connected) sendText(`UNSUB ${sid}\r\n`);
     },
