@@ -173,7 +173,7 @@ Config parse_config(const std::vector<std::string>& args, const EnvLookup& env) 
 std::string usage() {
   return R"(usage: tailwatch-profiler [flags]
 
-Rolling latency percentiles from ClickHouse's per-second histograms (latency_histogram_1s) into
+Rolling latency percentiles from ClickHouse's per-second histograms (latency_profile_1s) into
 latency_percentiles, one row per window and (service, method) per tick; method "" is the whole service.
 
   --clickhouse-url URL    HTTP interface (env TAILWATCH_CLICKHOUSE_URL, default http://127.0.0.1:8123)

@@ -203,8 +203,9 @@ void RollingEngine::advance(std::int64_t now, const SecondsBatch& batch) {
       if (second.buckets.empty()) continue;
       normalize(second.buckets);
       if (second.buckets.empty()) continue;
-      // Exact max from request_stats_1s when it agrees with the histogram's highest bucket; otherwise (the
-      // two rollups read at slightly different moments) the nearest value inside that bucket.
+      // Exact max (latency_profile_1s rows carry it; per-bucket rows take it from request_stats_1s) when it
+      // agrees with the histogram's highest bucket; otherwise (two rollups read at slightly different moments)
+      // the nearest value inside that bucket.
       const std::uint32_t top = second.buckets.back().bucket;
       const std::uint64_t exact = stats == stats_max.end() ? 0 : stats->second[i];
       second.max_us = exact == 0 ? bucket_last(top) : std::clamp(exact, bucket_lower(top), bucket_last(top));

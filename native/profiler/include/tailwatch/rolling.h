@@ -95,7 +95,7 @@ struct WindowStats {
   double rps = 0;         ///< count / window_s
   double error_rate = 0;  ///< errors / count, 0 when count is 0
   std::uint64_t p50_us = 0, p90_us = 0, p95_us = 0, p99_us = 0, p999_us = 0;  ///< 0 when count is 0
-  std::uint64_t max_us = 0;  ///< exact when request_stats_1s had the second; else the bucket bound
+  std::uint64_t max_us = 0;  ///< exact when the rows carried the second's max; else the bucket bound
 };
 
 class RollingEngine {
