@@ -135,6 +135,7 @@ async function benchOrders() {
       i,
     ) => [name, pid ? (cpuSeconds(pid) - cpuBefore[i]) / summary.count * 1000 : NaN]),
   );
+  cpuPer1k.ghz = summary.ghzCpuSeconds / summary.count * 1000;
   results.orders = { seconds, ...summary, cpuSecondsPer1kRequests: cpuPer1k };
   report.push(
     `## 2. orders.CreateOrder at 1000 rps for ${seconds} s (fans out to catalog and payments; events on)`,

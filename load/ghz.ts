@@ -30,6 +30,8 @@ export interface GhzSummary {
   statuses: Record<string, number>;
   errors: Record<string, number>;
   successRate: number;
+  /** CPU seconds ghz itself used (user + system): the load generator shares the machine's cores. */
+  ghzCpuSeconds: number;
 }
 
 interface GhzJson {
@@ -43,6 +45,13 @@ interface GhzJson {
 }
 
 const NS_PER_MS = 1e6;
+
+/** CPU seconds used by this process's finished (waited-for) children: cutime + cstime from /proc. */
+function childrenCpuSeconds(): number {
+  const fields = Deno.readTextFileSync("/proc/self/stat").split(") ")[1].split(" ");
+  // cutime and cstime are fields 16 and 17 of stat, i.e. 13 and 14 after the command name.
+  return (Number(fields[13]) + Number(fields[14])) / 100;
+}
 
 export async function runGhz(run: GhzRun): Promise<GhzSummary> {
   if (!/^(127\.\d+\.\d+\.\d+|localhost|\[::1\]):\d+$/.test(run.target)) {
@@ -67,7 +76,9 @@ export async function runGhz(run: GhzRun): Promise<GhzSummary> {
   if (run.total !== undefined) args.push("--total", String(run.total));
   if (run.duration !== undefined) args.push("--duration", run.duration);
   args.push(run.target);
+  const childrenCpuBefore = childrenCpuSeconds();
   const output = await new Deno.Command("ghz", { args, stdout: "piped", stderr: "piped" }).output();
+  const ghzCpuSeconds = childrenCpuSeconds() - childrenCpuBefore;
   const text = new TextDecoder().decode(output.stdout);
   if (!output.success && !text.trim().startsWith("{")) {
     throw new Error(`ghz failed: ${new TextDecoder().decode(output.stderr)}`);
@@ -87,6 +98,7 @@ export async function runGhz(run: GhzRun): Promise<GhzSummary> {
     statuses,
     errors: report.errorDistribution ?? {},
     successRate: report.count === 0 ? 0 : (statuses["OK"] ?? 0) / report.count,
+    ghzCpuSeconds,
   };
 }
 
