@@ -487,7 +487,13 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
       const config = testConfig(nats.url, server.url, CLICKHOUSE_ADMIN.password, database);
       await createIngestWorker({ config, logger: quietLogger, mode: "drain" }).run();
       const before = await projectionCounts(clickhouse, database);
-      assertEquals(before, { rows: 3000, distinctEvents: 3000, statsRequests: 3000, histogramCount: 3000 });
+      assertEquals(before, {
+        rows: 3000,
+        distinctEvents: 3000,
+        statsRequests: 3000,
+        histogramCount: 3000,
+        profileRequests: 3000,
+      });
       const result = await rebuild(config, quietLogger, { force: true });
       assertEquals(result.before, before);
       assertEquals(result.after, before, "counts after the rebuild");
@@ -511,15 +517,29 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
       const dropped = await applyRetention(clickhouse, database, { rawDays: 30, rollupDays: 60, now });
       assertEquals(dropped.map((d) => d.table), ["request_events"], "only the raw table loses a partition");
       const after = await projectionCounts(clickhouse, database);
-      assertEquals([after.rows, after.statsRequests, after.histogramCount], [1000, 1500, 1500]);
+      assertEquals([after.rows, after.statsRequests, after.histogramCount, after.profileRequests], [
+        1000,
+        1500,
+        1500,
+        1500,
+      ]);
       const [oldest] = await clickhouse.query<{ age: number }>(
         sql`SELECT max(dateDiff('day', ts, ${now})) AS age FROM ${ident(database, "request_events")}`,
       );
       assert(Number(oldest.age) <= 11, `no raw event older than 30 days remains (oldest ${oldest.age} days)`);
       const rollupsDropped = await applyRetention(clickhouse, database, { rawDays: 30, rollupDays: 20, now });
-      assertEquals(rollupsDropped.map((d) => d.table).sort(), ["latency_histogram_1s", "request_stats_1s"]);
+      assertEquals(rollupsDropped.map((d) => d.table).sort(), [
+        "latency_histogram_1s",
+        "latency_profile_1s",
+        "request_stats_1s",
+      ]);
       const final = await projectionCounts(clickhouse, database);
-      assertEquals([final.rows, final.statsRequests, final.histogramCount], [1000, 1000, 1000]);
+      assertEquals([final.rows, final.statsRequests, final.histogramCount, final.profileRequests], [
+        1000,
+        1000,
+        1000,
+        1000,
+      ]);
       assertEquals(
         await applyRetention(clickhouse, database, { rawDays: 30, rollupDays: 20, now }),
         [],

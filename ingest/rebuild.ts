@@ -14,13 +14,20 @@ import { ident, sql } from "./sql.ts";
 import { createIngestWorker, type IngestStats } from "./worker.ts";
 
 /** The projections a rebuild recomputes (latency_percentiles is the profiler's output, not a projection). */
-export const PROJECTION_TABLES = ["request_events", "request_stats_1s", "latency_histogram_1s"] as const;
+export const PROJECTION_TABLES = [
+  "request_events",
+  "request_stats_1s",
+  "latency_histogram_1s",
+  "latency_profile_1s",
+] as const;
 
 export interface ProjectionCounts {
   rows: number;
   distinctEvents: number;
   statsRequests: number;
   histogramCount: number;
+  /** Requests in the profiler's rollup (latency_profile_1s). */
+  profileRequests: number;
 }
 
 /** Counts that a rebuild must leave unchanged. */
@@ -36,11 +43,15 @@ export async function projectionCounts(clickhouse: ClickHouse, database: string)
   const [histogram] = await clickhouse.query<{ n: string }>(
     sql`SELECT sum(count) AS n FROM ${ident(database, "latency_histogram_1s")}`,
   );
+  const [profile] = await clickhouse.query<{ n: string }>(
+    sql`SELECT sum(requests) AS n FROM ${ident(database, "latency_profile_1s")}`,
+  );
   return {
     rows: Number(raw.rows),
     distinctEvents: Number(raw.distinct_events),
     statsRequests: Number(stats.n),
     histogramCount: Number(histogram.n),
+    profileRequests: Number(profile.n),
   };
 }
 
