@@ -24,17 +24,18 @@ const options = { sanitizeOps: false, sanitizeResources: false };
 /** charge and getPayment through grpc-js's own client, failures as ServiceError. */
 function grpcJsPaymentsClient(address: string) {
   const channel = new grpc.Client(address, grpc.credentials.createInsecure());
-  const call = <I extends DescMessage, O extends DescMessage>(method: DescMethodUnary<I, O>) =>
-  (request: MessageInitShape<I>) =>
-    new Promise<MessageShape<O>>((resolve, reject) => {
-      channel.makeUnaryRequest(
-        `/${PaymentService.typeName}/${method.name}`,
-        (message: MessageShape<I>) => Buffer.from(toBinary(method.input, message)),
-        (bytes: Buffer) => fromBinary(method.output, bytes),
-        create(method.input, request),
-        (error, response) => error ? reject(ServiceError.from(error)) : resolve(response!),
-      );
-    });
+  const call =
+    <I extends DescMessage, O extends DescMessage>(method: DescMethodUnary<I, O>) =>
+    (request: MessageInitShape<I>) =>
+      new Promise<MessageShape<O>>((resolve, reject) => {
+        channel.makeUnaryRequest(
+          `/${PaymentService.typeName}/${method.name}`,
+          (message: MessageShape<I>) => Buffer.from(toBinary(method.input, message)),
+          (bytes: Buffer) => fromBinary(method.output, bytes),
+          create(method.input, request),
+          (error, response) => error ? reject(ServiceError.from(error)) : resolve(response!),
+        );
+      });
   return {
     charge: call(PaymentService.method.charge),
     getPayment: call(PaymentService.method.getPayment),
