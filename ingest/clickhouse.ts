@@ -41,7 +41,8 @@ export interface ClickHouse {
     columns: readonly string[],
     format: "TabSeparated" | "JSONEachRow",
     body: string | Uint8Array<ArrayBuffer>,
-    options?: { timeoutMs?: number },
+    /** queryId: names the INSERT in system.processes (ClickHouse's query_id). */
+    options?: { timeoutMs?: number; queryId?: string },
   ): Promise<void>;
   /** True when /ping answers. */
   ping(): Promise<boolean>;
@@ -60,8 +61,12 @@ export function createClickHouse(options: ClickHouseOptions): ClickHouse {
     query: string | undefined,
     body: string | Uint8Array<ArrayBuffer>,
     timeoutMs: number,
+    queryId?: string,
   ): Promise<string> {
-    const url = query === undefined ? `${base}/` : `${base}/?query=${encodeURIComponent(query)}`;
+    const params = new URLSearchParams();
+    if (query !== undefined) params.set("query", query);
+    if (queryId !== undefined) params.set("query_id", queryId);
+    const url = params.size === 0 ? `${base}/` : `${base}/?${params}`;
     let response: Response;
     try {
       response = await fetch(url, {
@@ -129,7 +134,7 @@ export function createClickHouse(options: ClickHouseOptions): ClickHouse {
       const statement = sql`INSERT INTO ${ident(table.database, table.table)} (${
         sqlJoin(columns.map((column) => ident(column)))
       }) FORMAT `;
-      await post(statement.text + format, body, opts?.timeoutMs ?? defaultTimeout);
+      await post(statement.text + format, body, opts?.timeoutMs ?? defaultTimeout, opts?.queryId);
     },
     async ping() {
       try {

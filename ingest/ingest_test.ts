@@ -84,7 +84,7 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
     const database = uniqueDatabase("migr");
     try {
       const first = await applyMigrations({ clickhouse, database });
-      assertEquals(first, [1, 2, 3, 4, 5], "first run applies every migration");
+      assertEquals(first, [1, 2, 3, 4, 5, 6], "first run applies every migration");
       const schema = () =>
         clickhouse.query(
           sql`SELECT name, engine, create_table_query FROM system.tables WHERE database = ${database} ORDER BY name`,
@@ -92,16 +92,16 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
       const before = await schema();
       assertEquals(await applyMigrations({ clickhouse, database }), [], "second run applies nothing");
       assertEquals(await schema(), before, "schema unchanged");
-      assertEquals(await appliedVersions(clickhouse, database), [1, 2, 3, 4, 5]);
+      assertEquals(await appliedVersions(clickhouse, database), [1, 2, 3, 4, 5, 6]);
       const [recorded] = await clickhouse.query<{ n: string }>(
         sql`SELECT count() AS n FROM ${ident(database, "schema_migrations")}`,
       );
-      assertEquals(Number(recorded.n), 5, "each migration recorded once");
+      assertEquals(Number(recorded.n), 6, "each migration recorded once");
       // As if every run had been interrupted before its record: all applied again, 0004's ADD COLUMN included.
       await clickhouse.exec(sql`DROP TABLE ${ident(database, "schema_migrations")}`);
       assertEquals(
         await applyMigrations({ clickhouse, database }),
-        [1, 2, 3, 4, 5],
+        [1, 2, 3, 4, 5, 6],
         "a re-run without records",
       );
       assertEquals(await schema(), before, "schema unchanged by the re-run");
@@ -109,13 +109,13 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
         const table of [
           "request_events",
           "request_stats_1s",
-          "latency_histogram_1s",
           "latency_profile_1s",
           "latency_percentiles",
         ]
       ) {
         assert(before.some((row) => row.name === table), `table ${table} exists`);
       }
+      assert(!before.some((row) => row.name === "latency_histogram_1s"), "0006 dropped latency_histogram_1s");
     } finally {
       await clickhouse.exec(sql`DROP DATABASE IF EXISTS ${ident(database)}`);
     }
@@ -192,7 +192,9 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
       }, "row fields");
       const [rollup] = await clickhouse.query<{ requests: string; histogram: string }>(
         sql`SELECT (SELECT sum(requests) FROM ${ident(database, "request_stats_1s")}) AS requests,
-          (SELECT sum(count) FROM ${ident(database, "latency_histogram_1s")}) AS histogram`,
+          (SELECT sum(arraySum(histogramMap.count)) FROM ${
+          ident(database, "latency_profile_1s")
+        }) AS histogram`,
       );
       assertEquals(rollup, { requests: "5000", histogram: "5000" }, "rollups count every event once");
     });
@@ -491,7 +493,6 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
         rows: 3000,
         distinctEvents: 3000,
         statsRequests: 3000,
-        histogramCount: 3000,
         profileRequests: 3000,
       });
       const result = await rebuild(config, quietLogger, { force: true });
@@ -517,9 +518,8 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
       const dropped = await applyRetention(clickhouse, database, { rawDays: 30, rollupDays: 60, now });
       assertEquals(dropped.map((d) => d.table), ["request_events"], "only the raw table loses a partition");
       const after = await projectionCounts(clickhouse, database);
-      assertEquals([after.rows, after.statsRequests, after.histogramCount, after.profileRequests], [
+      assertEquals([after.rows, after.statsRequests, after.profileRequests], [
         1000,
-        1500,
         1500,
         1500,
       ]);
@@ -529,13 +529,11 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
       assert(Number(oldest.age) <= 11, `no raw event older than 30 days remains (oldest ${oldest.age} days)`);
       const rollupsDropped = await applyRetention(clickhouse, database, { rawDays: 30, rollupDays: 20, now });
       assertEquals(rollupsDropped.map((d) => d.table).sort(), [
-        "latency_histogram_1s",
         "latency_profile_1s",
         "request_stats_1s",
       ]);
       const final = await projectionCounts(clickhouse, database);
-      assertEquals([final.rows, final.statsRequests, final.histogramCount, final.profileRequests], [
-        1000,
+      assertEquals([final.rows, final.statsRequests, final.profileRequests], [
         1000,
         1000,
         1000,

@@ -17,7 +17,6 @@ import { createIngestWorker, type IngestStats } from "./worker.ts";
 export const PROJECTION_TABLES = [
   "request_events",
   "request_stats_1s",
-  "latency_histogram_1s",
   "latency_profile_1s",
 ] as const;
 
@@ -25,7 +24,6 @@ export interface ProjectionCounts {
   rows: number;
   distinctEvents: number;
   statsRequests: number;
-  histogramCount: number;
   /** Requests in the profiler's rollup (latency_profile_1s). */
   profileRequests: number;
 }
@@ -40,9 +38,6 @@ export async function projectionCounts(clickhouse: ClickHouse, database: string)
   const [stats] = await clickhouse.query<{ n: string }>(
     sql`SELECT sum(requests) AS n FROM ${ident(database, "request_stats_1s")}`,
   );
-  const [histogram] = await clickhouse.query<{ n: string }>(
-    sql`SELECT sum(count) AS n FROM ${ident(database, "latency_histogram_1s")}`,
-  );
   const [profile] = await clickhouse.query<{ n: string }>(
     sql`SELECT sum(requests) AS n FROM ${ident(database, "latency_profile_1s")}`,
   );
@@ -50,7 +45,6 @@ export async function projectionCounts(clickhouse: ClickHouse, database: string)
     rows: Number(raw.rows),
     distinctEvents: Number(raw.distinct_events),
     statsRequests: Number(stats.n),
-    histogramCount: Number(histogram.n),
     profileRequests: Number(profile.n),
   };
 }

@@ -9,7 +9,6 @@ import { ident, sql } from "./sql.ts";
 export const RAW_TABLES = ["request_events"] as const;
 export const ROLLUP_TABLES = [
   "request_stats_1s",
-  "latency_histogram_1s",
   "latency_profile_1s",
   "latency_percentiles",
 ] as const;

@@ -273,7 +273,32 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
     }
   }
 
+  /**
+   * Every INSERT of this durable's workers is named `<prefix><uuid>` in ClickHouse (query_id), so that a dedup
+   * check can first wait for INSERTs still running on the server: one sent by a process killed a moment ago,
+   * or one whose client timed out. ClickHouse keeps reading such an INSERT and may commit it after the
+   * check looked (measured: a kill -9 test inserted a batch twice without this). Once it has left
+   * system.processes it is committed or gone for good, and the check sees which.
+   */
+  const insertQueryPrefix = `tailwatch-ingest-${config.durable}-`;
+
+  async function awaitNoInsertsInFlight(): Promise<void> {
+    const deadline = Date.now() + 2 * config.insertTimeoutMs;
+    for (;;) {
+      const [running] = await clickhouse.query<{ n: string | number }>(
+        sql`SELECT count() AS n FROM system.processes
+          WHERE substring(query_id, 1, ${insertQueryPrefix.length}) = ${insertQueryPrefix}`,
+      );
+      if (Number(running.n) === 0) return;
+      if (Date.now() > deadline) {
+        throw new Error(`an earlier INSERT (query_id ${insertQueryPrefix}*) is still running in ClickHouse`);
+      }
+      await sleep(100);
+    }
+  }
+
   async function existingSeqs(group: RowGroup): Promise<Set<number>> {
+    await awaitNoInsertsInFlight();
     const found = await clickhouse.query<{ stream_seq: string | number }>(
       sql`SELECT stream_seq FROM ${ident(config.database, "request_events")}
         WHERE service IN (${sqlJoin([...group.services])})
@@ -302,7 +327,9 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       const sentAt = Date.now();
       writer.stamp(sentAt);
       const started = performance.now();
-      await clickhouse.insertBody(table, INSERT_COLUMNS, ROW_FORMAT, writer.body());
+      await clickhouse.insertBody(table, INSERT_COLUMNS, ROW_FORMAT, writer.body(), {
+        queryId: insertQueryPrefix + crypto.randomUUID(),
+      });
       options.onInserted?.(sentAt, Date.now(), writer.rows);
       const insertMs = performance.now() - started;
       metrics.insertSeconds.observe(insertMs / 1000);

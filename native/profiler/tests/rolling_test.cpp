@@ -24,7 +24,7 @@ class MemorySource : public DataSource {
   int fetches = 0;
   bool fail = false;
   /// Roll up into latency_profile_1s rows (one per second and key, split over 1-3 unmerged "parts") instead
-  /// of latency_histogram_1s + request_stats_1s rows.
+  /// of per-bucket histogram rows + max rows.
   bool profile = false;
 
   SecondsBatch fetch(std::int64_t from, std::int64_t to) override {

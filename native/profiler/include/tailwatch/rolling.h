@@ -34,7 +34,7 @@ struct Key {
   }
 };
 
-/// One row of latency_histogram_1s (already summed per ts, service, method, bucket).
+/// One histogram bucket of one second and key (already summed per ts, service, method, bucket).
 struct HistogramRow {
   std::int64_t ts = 0;  ///< unix seconds
   std::string service;
