@@ -21,6 +21,7 @@ import {
   toBinary,
 } from "@bufbuild/protobuf";
 import { Code, ServiceError } from "./errors.ts";
+import { decodeGrpcMessage, firstHeader, frameMessage, GRPC_CONTENT_TYPE } from "./grpc_wire.ts";
 import { corkForThisTurn } from "./http2_batching.ts";
 import { methodPath } from "./pipeline.ts";
 
@@ -54,7 +55,6 @@ export interface ClientOptions {
 
 const {
   HTTP2_HEADER_STATUS,
-  HTTP2_HEADER_CONTENT_TYPE,
   NGHTTP2_CANCEL,
 } = http2.constants;
 
@@ -106,29 +106,6 @@ function createSessionPool(address: string) {
   };
 }
 
-/** gRPC wire format: a compressed flag (0) and the big-endian length before each message. */
-function frame(message: Uint8Array): Buffer {
-  const framed = Buffer.allocUnsafe(5 + message.byteLength);
-  framed[0] = 0;
-  framed.writeUInt32BE(message.byteLength, 1);
-  framed.set(message, 5);
-  return framed;
-}
-
-function headerString(value: string | string[] | number | undefined): string | undefined {
-  if (value === undefined) return undefined;
-  return Array.isArray(value) ? value[0] : String(value);
-}
-
-function decodeGrpcMessage(value: string | undefined): string {
-  if (!value) return "";
-  try {
-    return decodeURIComponent(value);
-  } catch {
-    return value;
-  }
-}
-
 /** The status an HTTP response without grpc-status maps to (gRPC's HTTP-to-gRPC status mapping). */
 function codeForHttpStatus(status: number): Code {
   switch (status) {
@@ -178,11 +155,11 @@ export function createClient<S extends DescService>(
         }
         let stream: http2.ClientHttp2Stream;
         try {
-          const body = frame(toBinary(method.input, create(method.input, request)));
+          const body = frameMessage(toBinary(method.input, create(method.input, request)));
           const requestHeaders: http2.OutgoingHttpHeaders = {
             ":method": "POST",
             ":path": path,
-            "content-type": "application/grpc",
+            "content-type": GRPC_CONTENT_TYPE,
             "te": "trailers",
             "grpc-timeout": `${Math.ceil(remainingMs)}m`,
           };
@@ -225,7 +202,7 @@ export function createClient<S extends DescService>(
 
         /** Settles from grpc-status and grpc-message (trailers, or the headers of a trailers-only answer). */
         const finish = (status: http2.IncomingHttpHeaders) => {
-          const grpcStatus = headerString(status["grpc-status"]);
+          const grpcStatus = firstHeader(status, "grpc-status");
           if (grpcStatus === undefined) {
             settle(
               new ServiceError(
@@ -237,11 +214,11 @@ export function createClient<S extends DescService>(
           }
           const code = Number(grpcStatus);
           if (code !== Code.OK) {
-            const retryAfter = Number(headerString(status["retry-after"]));
+            const retryAfter = Number(firstHeader(status, "retry-after"));
             settle(
               new ServiceError(
                 Number.isInteger(code) && code > 0 && code <= 16 ? code : Code.UNKNOWN,
-                decodeGrpcMessage(headerString(status["grpc-message"])),
+                decodeGrpcMessage(firstHeader(status, "grpc-message")),
                 Number.isFinite(retryAfter) && retryAfter > 0 ? { retryAfterSeconds: retryAfter } : {},
               ),
             );
@@ -272,9 +249,9 @@ export function createClient<S extends DescService>(
 
         stream.on("response", (headers) => {
           httpStatus = Number(headers[HTTP2_HEADER_STATUS]);
-          contentType = headerString(headers[HTTP2_HEADER_CONTENT_TYPE]) ?? "";
+          contentType = firstHeader(headers, "content-type") ?? "";
           if (headers["grpc-status"] !== undefined) finish(headers); // trailers-only
-          else if (httpStatus !== 200 || !contentType.startsWith("application/grpc")) {
+          else if (httpStatus !== 200 || !contentType.startsWith(GRPC_CONTENT_TYPE)) {
             abandon(
               new ServiceError(codeForHttpStatus(httpStatus), `${path}: HTTP ${httpStatus} ${contentType}`),
             );

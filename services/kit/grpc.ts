@@ -6,7 +6,13 @@
 import { create, type DescMethod, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code, ServiceError } from "./errors.ts";
 import type { GrpcCallInfo, GrpcServer, UnaryResponder } from "./grpc_server.ts";
-import { type CallOutcome, methodPath, type Pipeline, type ServiceBinding } from "./pipeline.ts";
+import {
+  type CallOutcome,
+  type IncomingCall,
+  methodPath,
+  type Pipeline,
+  type ServiceBinding,
+} from "./pipeline.ts";
 
 /** What the client saw of a call that ended before the handler answered: its deadline, or its cancel. */
 function endedEarlyOutcome(deadlineMs: number | undefined): CallOutcome {
@@ -15,19 +21,24 @@ function endedEarlyOutcome(deadlineMs: number | undefined): CallOutcome {
     : { code: Code.CANCELLED, httpStatus: 200, responseBytes: 0, errorMessage: "cancelled by the client" };
 }
 
+/** The pipeline's view of a gRPC call that arrived now. */
+function incomingCall(call: GrpcCallInfo, requestBytes: number): IncomingCall {
+  return {
+    arrivedMs: Date.now(),
+    arrivedMono: performance.now(),
+    protocol: "grpc",
+    route: "",
+    requestBytes,
+    traceparent: call.header("traceparent"),
+    deadlineMs: call.deadlineMs,
+    signal: call.signal,
+    header: call.header,
+  };
+}
+
 function unaryHandler(pipeline: Pipeline, binding: ServiceBinding, method: DescMethod) {
   return (request: Uint8Array, call: GrpcCallInfo, respond: UnaryResponder) => {
-    const running = pipeline.run(binding, method, {
-      arrivedMs: Date.now(),
-      arrivedMono: performance.now(),
-      protocol: "grpc",
-      route: "",
-      requestBytes: request.byteLength,
-      traceparent: call.header("traceparent"),
-      deadlineMs: call.deadlineMs,
-      signal: call.signal,
-      header: call.header,
-    }, () => {
+    const running = pipeline.run(binding, method, incomingCall(call, request.byteLength), () => {
       try {
         return fromBinary(method.input, request);
       } catch (error) {
@@ -66,7 +77,10 @@ function unaryHandler(pipeline: Pipeline, binding: ServiceBinding, method: DescM
   };
 }
 
-/** Serves every method of every binding through the pipeline. */
+/**
+ * Serves every method of every binding through the pipeline; a call of a method no binding has becomes an
+ * event too (UNIMPLEMENTED, empty method), as an unknown REST route does.
+ */
 export function addBindings(
   server: GrpcServer,
   pipeline: Pipeline,
@@ -77,4 +91,12 @@ export function addBindings(
       server.addUnary(methodPath(method), unaryHandler(pipeline, binding, method));
     }
   }
+  server.onUnknownMethod((path, call, requestBytes) =>
+    pipeline.unmatched(incomingCall(call, requestBytes), {
+      code: Code.UNIMPLEMENTED,
+      httpStatus: 200,
+      responseBytes: 0,
+      errorMessage: `unknown method ${path}`,
+    })
+  );
 }

@@ -11,10 +11,17 @@
  * trailers (or alone in the headers when there is no message). Tests call it with grpc-js's client, ghz
  * (grpc-go) and grpcurl, besides the kit's own client.
  */
-import { Buffer } from "node:buffer";
+import type { Buffer } from "node:buffer";
 import http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import { Code, ServiceError } from "./errors.ts";
+import {
+  encodeGrpcMessage,
+  firstHeader,
+  frameMessage,
+  GRPC_CONTENT_TYPE,
+  MessageReader,
+} from "./grpc_wire.ts";
 import { corkForThisTurn } from "./http2_batching.ts";
 import type { Logger } from "./log.ts";
 
@@ -78,7 +85,6 @@ export interface GrpcServer {
   forceShutdown(): void;
 }
 
-const GRPC_CONTENT_TYPE = "application/grpc";
 const TIMEOUT_UNIT_MS: Record<string, number> = {
   H: 3_600_000,
   M: 60_000,
@@ -92,75 +98,6 @@ const RESPONSE_HEADERS = {
   "content-type": GRPC_CONTENT_TYPE,
   "grpc-accept-encoding": "identity",
 };
-
-/** grpc-message is percent-encoded (the gRPC spec: every byte outside 0x20-0x7E, and %). */
-export function encodeGrpcMessage(message: string): string {
-  return /[^\x20-\x24\x26-\x7e]/.test(message) ? encodeURIComponent(message) : message;
-}
-
-/** A 5-byte prefix (uncompressed, big-endian length) and the message. */
-export function frameMessage(message: Uint8Array): Buffer {
-  const framed = Buffer.allocUnsafe(5 + message.byteLength);
-  framed[0] = 0;
-  framed.writeUInt32BE(message.byteLength, 1);
-  framed.set(message, 5);
-  return framed;
-}
-
-/**
- * Splits a byte stream into gRPC messages. Throws a ServiceError for a compressed message or one larger
- * than `maxBytes`.
- */
-export class MessageReader {
-  #pending: Buffer[] = [];
-  #pendingBytes = 0;
-  constructor(private readonly maxBytes: number) {}
-
-  /** Adds a chunk; returns the messages it completed. */
-  push(chunk: Buffer): Uint8Array[] {
-    this.#pending.push(chunk);
-    this.#pendingBytes += chunk.length;
-    const messages: Uint8Array[] = [];
-    while (this.#pendingBytes >= 5) {
-      let buffer = this.#pending[0].length >= 5 ? this.#pending[0] : this.#merge();
-      if (buffer[0] !== 0) {
-        throw new ServiceError(Code.UNIMPLEMENTED, "compressed messages are not supported (identity only)");
-      }
-      const length = buffer.readUInt32BE(1);
-      if (length > this.maxBytes) {
-        throw new ServiceError(
-          Code.RESOURCE_EXHAUSTED,
-          `request message of ${length} bytes is larger than the limit of ${this.maxBytes}`,
-        );
-      }
-      if (this.#pendingBytes < 5 + length) break;
-      if (buffer.length < 5 + length) buffer = this.#merge();
-      messages.push(buffer.subarray(5, 5 + length));
-      const rest = buffer.subarray(5 + length);
-      if (rest.length > 0) this.#pending[0] = rest;
-      else this.#pending.shift();
-      this.#pendingBytes -= 5 + length;
-    }
-    return messages;
-  }
-
-  /** Bytes received that are not yet a whole message. */
-  get partialBytes(): number {
-    return this.#pendingBytes;
-  }
-
-  #merge(): Buffer {
-    const merged = Buffer.concat(this.#pending, this.#pendingBytes);
-    this.#pending = [merged];
-    return merged;
-  }
-}
-
-function firstHeader(headers: http2.IncomingHttpHeaders, name: string): string | undefined {
-  const value = headers[name];
-  if (value === undefined) return undefined;
-  return Array.isArray(value) ? value[0] : String(value);
-}
 
 /** The deadline named by a grpc-timeout header ("100m", "2S"...), or a ServiceError when it is malformed. */
 function parseTimeout(value: string | undefined, now: number): number | undefined {

@@ -8,7 +8,8 @@ import http2 from "node:http2";
 import * as grpc from "@grpc/grpc-js";
 import { assert, assertEquals, waitUntil } from "@tailwatch/testing";
 import { Code, ServiceError } from "./errors.ts";
-import { createGrpcServer, frameMessage, type GrpcServer, MessageReader } from "./grpc_server.ts";
+import { createGrpcServer, type GrpcServer } from "./grpc_server.ts";
+import { frameMessage, MessageReader } from "./grpc_wire.ts";
 import { createLogger } from "./log.ts";
 
 const options = { sanitizeOps: false, sanitizeResources: false };

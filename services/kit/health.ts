@@ -24,11 +24,12 @@ export interface HealthState {
   endWatches(): void;
 }
 
-function decodeRequest(bytes: Uint8Array) {
+/** The service a HealthCheckRequest names, or INVALID_ARGUMENT for a malformed one. */
+function requestedService(bytes: Uint8Array): string | ServiceError {
   try {
-    return fromBinary(HealthCheckRequestSchema, bytes);
+    return fromBinary(HealthCheckRequestSchema, bytes).service;
   } catch (error) {
-    throw new ServiceError(
+    return new ServiceError(
       Code.INVALID_ARGUMENT,
       `malformed HealthCheckRequest: ${(error as Error).message}`,
     );
@@ -45,11 +46,9 @@ export function createHealth(server: GrpcServer, serviceNames: readonly string[]
   const statusOf = (service: string) => names.has(service) ? current : undefined;
 
   server.addUnary(methodPath(Health.method.check), (bytes, _call, respond) => {
-    let service: string;
-    try {
-      service = decodeRequest(bytes).service;
-    } catch (error) {
-      respond.error(ServiceError.from(error));
+    const service = requestedService(bytes);
+    if (service instanceof ServiceError) {
+      respond.error(service);
       return;
     }
     const status = statusOf(service);
@@ -62,11 +61,9 @@ export function createHealth(server: GrpcServer, serviceNames: readonly string[]
   server.addStreaming(methodPath(Health.method.watch), (stream) => {
     stream.onMessage((bytes) => {
       if (watches.has(stream)) return; // server streaming: one request
-      let service: string;
-      try {
-        service = decodeRequest(bytes).service;
-      } catch (error) {
-        stream.end(ServiceError.from(error));
+      const service = requestedService(bytes);
+      if (service instanceof ServiceError) {
+        stream.end(service);
         return;
       }
       watches.set(stream, service);

@@ -5,7 +5,6 @@
  */
 import { Health } from "@tailwatch/proto/grpc/health/v1";
 import { createAdminBinding } from "./admin.ts";
-import { Code } from "./errors.ts";
 import type { ServiceConfig } from "./config.ts";
 import { createDisabledEventSink, createEventSink, type EventSink } from "./events.ts";
 import { addBindings } from "./grpc.ts";
@@ -70,24 +69,6 @@ export async function startService(setup: ServiceSetup): Promise<RunningService>
 
   const grpcServer = createGrpcServer({ maxReceiveBytes: config.maxBodyBytes, logger });
   addBindings(grpcServer, pipeline, bindings);
-  grpcServer.onUnknownMethod((path, call, requestBytes) =>
-    pipeline.unmatched({
-      arrivedMs: Date.now(),
-      arrivedMono: performance.now(),
-      protocol: "grpc",
-      route: "",
-      requestBytes,
-      traceparent: call.header("traceparent"),
-      deadlineMs: call.deadlineMs,
-      signal: call.signal,
-      header: call.header,
-    }, {
-      code: Code.UNIMPLEMENTED,
-      httpStatus: 200,
-      responseBytes: 0,
-      errorMessage: `unknown method ${path}`,
-    })
-  );
   const health = createHealth(grpcServer, bindings.map((b) => b.service.typeName));
   addReflection(grpcServer, bindings.map((b) => b.service), [Health]);
   const grpcPort = await grpcServer.listen(config.host, config.grpcPort);

@@ -1,4 +1,6 @@
 /** Events: exactly one per request, gRPC or REST, success or failure, with the right fields and traces. */
+import { Buffer } from "node:buffer";
+import * as grpc from "@grpc/grpc-js";
 import { assert, assertEquals, startNatsServer } from "@tailwatch/testing";
 import { Code, ServiceError } from "@tailwatch/kit";
 import { Protocol, type RequestEvent } from "@tailwatch/proto/events/v1";
@@ -21,6 +23,12 @@ Deno.test(
       await ok.body?.cancel();
       const notFound = await stack.rest(stack.catalog, "/nowhere");
       await notFound.body?.cancel();
+      const client = new grpc.Client(`127.0.0.1:${stack.catalog.grpcPort}`, grpc.credentials.createInsecure());
+      const unknown = await new Promise<grpc.ServiceError | null>((resolve) =>
+        client.makeUnaryRequest("/catalog.v1.CatalogService/Nowhere", (b: Buffer) => b, (b: Buffer) => b, Buffer.from([]), (error) => resolve(error))
+      );
+      client.close();
+      assertEquals(unknown?.code, Code.UNIMPLEMENTED as number, "an unknown gRPC method");
       const payment = await stack.rest(stack.payments, "/v1/payments", {
         method: "POST",
         body: JSON.stringify({ orderId: "e-1", amountCents: 42, currency: "EUR", cardNumber: GOOD_CARD }),
@@ -34,8 +42,8 @@ Deno.test(
       }
     }
     const events = await readAllEvents(nats.url);
-    assertEquals(events.length, 5, "five requests, five events");
-    assertEquals(new Set(events.map((e) => e.eventId)).size, 5, "unique event ids");
+    assertEquals(events.length, 6, "six requests, six events");
+    assertEquals(new Set(events.map((e) => e.eventId)).size, 6, "unique event ids");
     const byKey = (e: RequestEvent) =>
       `${e.service} ${e.protocol} ${e.method} ${e.grpcCode} ${e.httpStatus} ${e.route}`;
     const keys = events.map(byKey).sort();
@@ -44,6 +52,7 @@ Deno.test(
       [
         `catalog ${Protocol.GRPC} /catalog.v1.CatalogService/GetProduct ${Code.NOT_FOUND} 200 `,
         `catalog ${Protocol.GRPC} /catalog.v1.CatalogService/GetProduct ${Code.OK} 200 `,
+        `catalog ${Protocol.GRPC}  ${Code.UNIMPLEMENTED} 200 `,
         `catalog ${Protocol.HTTP}  ${Code.NOT_FOUND} 404 `,
         `catalog ${Protocol.HTTP} /catalog.v1.CatalogService/GetProduct ${Code.OK} 200 GET /v1/products/{product_id}`,
         `payments ${Protocol.HTTP} /payments.v1.PaymentService/Charge ${Code.OK} 200 POST /v1/payments`,
