@@ -23,9 +23,18 @@ Deno.test(
       await ok.body?.cancel();
       const notFound = await stack.rest(stack.catalog, "/nowhere");
       await notFound.body?.cancel();
-      const client = new grpc.Client(`127.0.0.1:${stack.catalog.grpcPort}`, grpc.credentials.createInsecure());
+      const client = new grpc.Client(
+        `127.0.0.1:${stack.catalog.grpcPort}`,
+        grpc.credentials.createInsecure(),
+      );
       const unknown = await new Promise<grpc.ServiceError | null>((resolve) =>
-        client.makeUnaryRequest("/catalog.v1.CatalogService/Nowhere", (b: Buffer) => b, (b: Buffer) => b, Buffer.from([]), (error) => resolve(error))
+        client.makeUnaryRequest(
+          "/catalog.v1.CatalogService/Nowhere",
+          (b: Buffer) => b,
+          (b: Buffer) => b,
+          Buffer.from([]),
+          (error) => resolve(error),
+        )
       );
       client.close();
       assertEquals(unknown?.code, Code.UNIMPLEMENTED as number, "an unknown gRPC method");
