@@ -97,6 +97,11 @@ function writeString(field: number, value: string): void {
 
 /** The protobuf encoding of one event; a fresh array the caller owns. */
 export function encodeRequestEvent(event: RequestEventFields): Uint8Array {
+  return encodeRequestEventView(event).slice();
+}
+
+/** The protobuf encoding of one event as a view of a scratch buffer, valid until the next call. */
+export function encodeRequestEventView(event: RequestEventFields): Uint8Array {
   position = 0;
   writeString(1, event.eventId);
   writeInt64(2, event.startTimeMs);
@@ -118,5 +123,5 @@ export function encodeRequestEvent(event: RequestEventFields): Uint8Array {
     writeVarint((17 << 3) | WIRE_VARINT);
     writeVarint(1);
   }
-  return buffer.slice(0, position);
+  return buffer.subarray(0, position);
 }

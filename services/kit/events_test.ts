@@ -1,0 +1,243 @@
+/**
+ * The event sink against a real nats-server: every accepted event is stored exactly once, whatever happens to
+ * the connection, and the counters add up (accepted = published + pending; refused = dropped).
+ */
+import { fromBinary } from "@bufbuild/protobuf";
+import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { connect } from "@nats-io/transport-node";
+import { Protocol, RequestEventSchema } from "@tailwatch/proto/events/v1";
+import { assert, assertEquals, freePort, startNatsServer, waitUntil } from "@tailwatch/testing";
+import { createEventSink, type RequestEventInit } from "./events.ts";
+import { uuidv7 } from "./ids.ts";
+import { createLogger } from "./log.ts";
+import { createRegistry } from "./metrics.ts";
+import { createNatsWire, parseNatsUrl } from "./nats_wire.ts";
+import { REQUEST_EVENTS_STREAM } from "./stream.ts";
+
+const options = { sanitizeOps: false, sanitizeResources: false };
+
+function event(index: number): RequestEventInit {
+  return {
+    eventId: uuidv7(),
+    startTimeMs: BigInt(Date.now()),
+    durationUs: BigInt(100 + index),
+    service: "catalog",
+    method: "GetProduct",
+    protocol: Protocol.GRPC,
+    route: "/catalog.v1.CatalogService/GetProduct",
+    grpcCode: index % 7 === 0 ? 5 : 0,
+    httpStatus: index % 7 === 0 ? 404 : 200,
+    requestBytes: 20n,
+    responseBytes: 80n,
+    traceId: "0af7651916cd43dd8448eb211c80319c",
+    spanId: "b7ad6b7169203331",
+    parentSpanId: "",
+    instance: "catalog-test",
+    errorMessage: index % 7 === 0 ? "product not found: ünïcødé" : "",
+    faultInjected: false,
+  };
+}
+
+/** Stored messages of the stream, in order: the event id in the Nats-Msg-Id header and the decoded event. */
+async function storedEvents(natsUrl: string) {
+  const nc = await connect({ servers: natsUrl });
+  try {
+    const jsm = await jetstreamManager(nc);
+    const total = (await jsm.streams.info(REQUEST_EVENTS_STREAM)).state.messages;
+    const stored: Array<{ msgId: string | undefined; eventId: string; durationUs: bigint }> = [];
+    if (total === 0) return stored;
+    const consumer = await jsm.consumers.add(REQUEST_EVENTS_STREAM, {
+      ack_policy: AckPolicy.None,
+      deliver_policy: DeliverPolicy.All,
+    });
+    const reader = await jetstream(nc).consumers.get(REQUEST_EVENTS_STREAM, consumer.name);
+    while (stored.length < total) {
+      const batch = await reader.fetch({ max_messages: total - stored.length, expires: 2000 });
+      let got = 0;
+      for await (const message of batch) {
+        const decoded = fromBinary(RequestEventSchema, message.data);
+        stored.push({
+          msgId: message.headers?.get("Nats-Msg-Id"),
+          eventId: decoded.eventId,
+          durationUs: decoded.durationUs,
+        });
+        got++;
+      }
+      if (got === 0) break;
+    }
+    return stored;
+  } finally {
+    await nc.close();
+  }
+}
+
+function sinkFor(natsUrl: string, overrides: { capacity?: number; publishTimeoutMs?: number } = {}) {
+  const metrics = createRegistry();
+  const sink = createEventSink({
+    service: "catalog",
+    natsUrl,
+    capacity: overrides.capacity ?? 100_000,
+    concurrency: 64,
+    publishIntervalMs: 5,
+    publishTimeoutMs: overrides.publishTimeoutMs,
+    logger: createLogger("error"),
+    metrics,
+  });
+  const counter = (name: string) => {
+    const line = metrics.render().split("\n").find((l) => l.startsWith(`${name} `));
+    return line === undefined ? 0 : Number(line.split(" ")[1]);
+  };
+  return { sink, counter };
+}
+
+Deno.test("every emitted event is stored once, under its id, with its fields", options, async () => {
+  await using nats = await startNatsServer();
+  const { sink, counter } = sinkFor(nats.url);
+  const emitted = Array.from({ length: 3000 }, (_, i) => event(i));
+  // In bursts across turns, as requests come: frames of one burst share a page and a socket write.
+  for (let i = 0; i < emitted.length; i += 250) {
+    for (const e of emitted.slice(i, i + 250)) assert(sink.emit(e), "accepted");
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+  assert(await sink.flush(20_000), "flushed");
+  assertEquals(sink.pending(), 0);
+  assertEquals(counter("events_published_total"), emitted.length);
+  assertEquals(counter("events_dropped_total"), 0);
+  const stored = await storedEvents(nats.url);
+  assertEquals(stored.length, emitted.length);
+  assertEquals(stored.map((s) => s.eventId).sort(), emitted.map((e) => e.eventId).sort());
+  assert(stored.every((s) => s.msgId === s.eventId), "Nats-Msg-Id is the event id");
+  const byId = new Map(emitted.map((e) => [e.eventId, e]));
+  assert(stored.every((s) => byId.get(s.eventId)?.durationUs === s.durationUs), "fields round-trip");
+  await sink.close(5000);
+});
+
+Deno.test("an event id published twice is stored once and counted as a duplicate", options, async () => {
+  await using nats = await startNatsServer();
+  const { sink, counter } = sinkFor(nats.url);
+  const first = event(1);
+  sink.emit(first);
+  assert(await sink.flush(10_000), "first flushed");
+  sink.emit({ ...first, durationUs: 999n });
+  assert(await sink.flush(10_000), "second flushed");
+  assertEquals(counter("events_published_total"), 2);
+  assertEquals(counter("events_duplicate_acks_total"), 1);
+  const stored = await storedEvents(nats.url);
+  assertEquals(stored.length, 1);
+  assertEquals(stored[0].durationUs, first.durationUs, "the first copy stays");
+  await sink.close(5000);
+});
+
+Deno.test("events emitted while NATS restarts are all stored, once", options, async () => {
+  await using nats = await startNatsServer();
+  const { sink, counter } = sinkFor(nats.url, { publishTimeoutMs: 2000 });
+  const emitted: RequestEventInit[] = [];
+  const emitSome = async (rounds: number) => {
+    for (let round = 0; round < rounds; round++) {
+      for (let i = 0; i < 50; i++) {
+        const e = event(emitted.length);
+        emitted.push(e);
+        assert(sink.emit(e), "accepted");
+      }
+      await new Promise((resolve) => setTimeout(resolve, 2));
+    }
+  };
+  await emitSome(20);
+  const emitting = emitSome(200);
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  await nats.stop("SIGKILL");
+  await new Promise((resolve) => setTimeout(resolve, 1000));
+  await nats.start();
+  await emitting;
+  assert(await sink.flush(30_000), `flushed (pending ${sink.pending()})`);
+  const stored = await storedEvents(nats.url);
+  assertEquals(new Set(stored.map((s) => s.eventId)).size, stored.length, "no event stored twice");
+  assertEquals(stored.length, emitted.length, "no event lost");
+  assertEquals(counter("events_published_total"), emitted.length);
+  assert(counter("events_publish_retries_total") > 0, "the restart caused retries");
+  await sink.close(5000);
+});
+
+Deno.test(
+  "with NATS not up yet events wait in the buffer; past its capacity they are dropped and counted",
+  options,
+  async () => {
+    const port = freePort();
+    const url = `nats://127.0.0.1:${port}`;
+    const { sink, counter } = sinkFor(url, { capacity: 100 });
+    const accepted = Array.from({ length: 150 }, (_, i) => sink.emit(event(i))).filter(Boolean).length;
+    assertEquals(accepted, 100);
+    assertEquals(counter("events_dropped_total"), 50);
+    assertEquals(sink.pending(), 100);
+    assertEquals(counter("events_nats_connected"), 0);
+    const dir = await Deno.makeTempDir();
+    const server = new Deno.Command("nats-server", {
+      args: ["-a", "127.0.0.1", "-p", String(port), "-js", "-sd", `${dir}/js`],
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    try {
+      assert(await sink.flush(20_000), "flushed once NATS is up");
+      assertEquals(counter("events_published_total"), 100);
+      assertEquals((await storedEvents(url)).length, 100);
+      await sink.close(5000);
+    } finally {
+      server.kill("SIGKILL");
+      await server.status;
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
+Deno.test(
+  "the wire client reads a message larger than its read buffer and answers flush",
+  options,
+  async () => {
+    await using nats = await startNatsServer();
+    const received: number[] = [];
+    const big = new Uint8Array(1_000_000).map((_, i) => i % 251);
+    let intact = true;
+    const wire = createNatsWire({
+      servers: [parseNatsUrl(nats.url)],
+      name: "wire-test",
+      logger: createLogger("error"),
+      onConnected: () => wire.writeText("SUB wire.test 7\r\n"),
+      onMessage(message) {
+        const payload = message.buf.subarray(message.payloadStart, message.end);
+        received.push(payload.length);
+        if (payload.length === big.length) intact = payload.every((byte, i) => byte === big[i]);
+      },
+    });
+    await waitUntil("wire connected", () => wire.connected);
+    await wire.flush();
+    for (const size of [10, 200_000, big.length, 20]) {
+      const head = new TextEncoder().encode(`PUB wire.test ${size}\r\n`);
+      wire.write(head);
+      wire.write(big.subarray(0, size));
+      wire.writeText("\r\n");
+    }
+    await wire.flush();
+    await waitUntil("four messages", () => received.length === 4);
+    assertEquals(received, [10, 200_000, big.length, 20]);
+    assert(intact, "the large message arrives intact");
+    await wire.close();
+  },
+);
+
+Deno.test("a NATS URL of another scheme is refused", () => {
+  let message = "";
+  try {
+    parseNatsUrl("http://127.0.0.1:4222");
+  } catch (error) {
+    message = String(error);
+  }
+  assert(message.includes("nats:// or tls://"), message);
+  assertEquals(parseNatsUrl("nats://secret@127.0.0.1").token, "secret");
+  assertEquals(parseNatsUrl("nats://u:p%40ss@[::1]:4333"), {
+    hostname: "::1",
+    port: 4333,
+    tls: false,
+    user: "u",
+    pass: "p@ss",
+  });
+});
