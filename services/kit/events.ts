@@ -16,16 +16,20 @@ export type { RequestEvent };
 export type RequestEventInit = RequestEventFields;
 
 /**
- * An event as it waits for JetStream: its whole HPUB frame (subject, reply subject with the event's token,
- * Nats-Msg-Id header, protobuf body), built once when it is emitted into a shared page and sent from there,
- * again on a retry. Why pages: a buffer of its own per event (over V8's 64-byte limit for on-heap arrays)
- * is a malloc, a free and GC bookkeeping each, which cost more than building the frame.
+ * An event as it waits for JetStream: its whole HPUB frame without a reply subject (subject, Nats-Msg-Id
+ * header, protobuf body), built once when it is emitted into a shared page and sent from there, again on a
+ * retry. Why pages: a buffer of its own per event (over V8's 64-byte limit for on-heap arrays) is a malloc, a
+ * free and GC bookkeeping each, which cost more than building the frame.
  */
 interface QueuedEvent {
-  token: number;
   page: Uint8Array;
   start: number;
   end: number;
+}
+
+/** Events written together; the last one carries the reply subject `<inbox>.<token>` that acks them all. */
+interface Batch {
+  events: QueuedEvent[];
   sentAt: number;
 }
 
@@ -112,13 +116,20 @@ export function createDisabledEventSink(metrics: Registry): EventSink {
 /**
  * Connects to NATS in the background (requests never wait for it) and publishes every emitted event.
  *
- * Publishing is pipelined rather than request/reply per event: each event is a plain HPUB whose reply
- * subject names it (`<inbox>.<token>`) on one inbox subscription, so JetStream's ack comes back there. The
- * frames are written by hand on a connection of the sink's own (`nats_wire.ts`): through nats.js, a publish
- * and its ack cost a service about 25 us of CPU per event, a quarter of serving the request. An event whose
- * ack does not come within the timeout, or comes back as an error, is published again with the same
- * Nats-Msg-Id, which the stream's duplicate window turns into a no-op if the first copy was stored. The stream
- * itself is created (or updated) through nats.js at each connect, before anything is published.
+ * Publishing is pipelined, and acknowledged per write rather than per event: the events that leave together
+ * are plain HPUBs except the last, whose reply subject (`<inbox>.<token>`, one inbox subscription) brings back
+ * JetStream's ack for the batch. Why that is enough: JetStream stores the messages of one connection to a
+ * stream in the order they arrive, one after the other, so the last one's ack comes after every earlier one
+ * was processed; with this stream's configuration (limits with DiscardOld, bytes reserved when it is created)
+ * storing a message fails only for reasons that fail the whole write (no stream, no server, a restart),
+ * and then the whole batch is published again. An ack per event cost nats-server about a third more CPU per
+ * event (a JSON answer and a socket write each), and the service a parse and a map entry each.
+ *
+ * The frames are written by hand on a connection of the sink's own (`nats_wire.ts`): through nats.js, a
+ * publish and its ack cost a service about 25 us of CPU per event, a quarter of serving the request. A batch
+ * whose ack does not come within the timeout, or comes back as an error, is published again with the same
+ * Nats-Msg-Ids, which the stream's duplicate window turns into no-ops for the copies that were stored. The
+ * stream itself is created (or updated) through nats.js at each connect, before anything is published.
  */
 export function createEventSink(options: EventSinkOptions): EventSink {
   const { logger, metrics } = options;
@@ -127,10 +138,12 @@ export function createEventSink(options: EventSinkOptions): EventSink {
   const publishIntervalMs = options.publishIntervalMs ?? 0;
   let batchTimer: ReturnType<typeof setTimeout> | undefined;
   const queue = new Ring<QueuedEvent>(options.capacity);
-  /** Published and awaiting their ack, by token, in the order sent. */
-  const awaiting = new Map<number, QueuedEvent>();
+  /** Batches written and awaiting their ack, by token, in the order sent. */
+  const awaiting = new Map<number, Batch>();
+  /** Events in `awaiting`. */
+  let awaitingEvents = 0;
   let nextToken = 0;
-  /** True when the last pump left events queued because `concurrency` publishes awaited their acks. */
+  /** True when the last pump left events queued because `concurrency` events awaited their acks. */
   let heldBack = false;
   let retryAt = 0;
   let retryTimer: ReturnType<typeof setTimeout> | undefined;
@@ -143,17 +156,17 @@ export function createEventSink(options: EventSinkOptions): EventSink {
   const published = metrics.counter("events_published_total", "Events acknowledged by JetStream.");
   const duplicates = metrics.counter(
     "events_duplicate_acks_total",
-    "Publishes JetStream acknowledged as duplicates (a retry of an event that had arrived).",
+    "Acks that reported a duplicate: a batch published again whose last event had been stored.",
   );
   const dropped = metrics.counter("events_dropped_total", "Events dropped because the buffer was full.");
   const retries = metrics.counter(
     "events_publish_retries_total",
-    "Publishes retried after an error or timeout.",
+    "Events published again after an error, a timeout or a reconnect.",
   );
   metrics.gaugeFn(
     "events_buffer_depth",
     "Events accepted and not yet acknowledged.",
-    () => queue.size + awaiting.size,
+    () => queue.size + awaitingEvents,
   );
   metrics.gaugeFn("events_buffer_capacity", "Events the buffer holds at most.", () => options.capacity);
   const connectedGauge = metrics.gauge("events_nats_connected", "1 while connected to NATS.");
@@ -164,7 +177,8 @@ export function createEventSink(options: EventSinkOptions): EventSink {
 
   const inbox = `_INBOX.${crypto.randomUUID().replaceAll("-", "")}`;
   const INBOX_SID = 1;
-  const framePrefix = textEncoder.encode(`HPUB ${requestEventSubject(options.service)} ${inbox}.`);
+  const subjectPrefix = textEncoder.encode(`HPUB ${requestEventSubject(options.service)} `);
+  const replyPrefix = `${inbox}.`;
   const ackSubjectTokenStart = inbox.length + 1;
 
   const PAGE_BYTES = 256 * 1024;
@@ -172,24 +186,22 @@ export function createEventSink(options: EventSinkOptions): EventSink {
   let pageUsed = 0;
 
   /**
-   * Appends `HPUB <subject> <inbox>.<token> <header bytes> <total bytes>\r\n<headers>\r\n\r\n<event>\r\n` to
-   * the current page, byte by byte (a template string and TextEncoder cost twice the protobuf encoding).
+   * Appends `HPUB <subject> <header bytes> <total bytes>\r\n<headers>\r\n\r\n<event>\r\n` to the current page,
+   * byte by byte (a template string and TextEncoder cost twice the protobuf encoding).
    */
-  function appendFrame(token: number, eventId: string, event: Uint8Array): QueuedEvent {
+  function appendFrame(eventId: string, event: Uint8Array): QueuedEvent {
     const headerBytes = MSG_ID_HEADER.length + eventId.length + 4;
     const totalBytes = headerBytes + event.length;
-    const size = framePrefix.length + decimalDigits(token) + 1 + decimalDigits(headerBytes) + 1 +
-      decimalDigits(totalBytes) + 2 + totalBytes + 2;
+    const size = subjectPrefix.length + decimalDigits(headerBytes) + 1 + decimalDigits(totalBytes) + 2 +
+      totalBytes + 2;
     if (pageUsed + size > page.length) {
       // The old page lives on while events in it wait for their acks.
       page = new Uint8Array(Math.max(PAGE_BYTES, size));
       pageUsed = 0;
     }
     const start = pageUsed;
-    page.set(framePrefix, start);
-    let at = writeDecimal(page, start + framePrefix.length, token);
-    page[at++] = SPACE;
-    at = writeDecimal(page, at, headerBytes);
+    page.set(subjectPrefix, start);
+    let at = writeDecimal(page, start + subjectPrefix.length, headerBytes);
     page[at++] = SPACE;
     at = writeDecimal(page, at, totalBytes);
     page[at++] = CR;
@@ -207,7 +219,7 @@ export function createEventSink(options: EventSinkOptions): EventSink {
     page[at++] = CR;
     page[at++] = LF;
     pageUsed = at;
-    return { token, page, start, end: at, sentAt: 0 };
+    return { page, start, end: at };
   }
 
   const wire: NatsWire = createNatsWire({
@@ -261,18 +273,19 @@ export function createEventSink(options: EventSinkOptions): EventSink {
   }
 
   const notifyIfIdle = () => {
-    if (queue.size === 0 && awaiting.size === 0) {
+    if (queue.size === 0 && awaitingEvents === 0) {
       for (const wake of idleWaiters) wake();
     }
   };
 
   let lastWarning = 0;
-  const retry = (event: QueuedEvent, reason: string) => {
-    retries.inc();
-    // Back to the front of the line; the ring has room because the event held a place while awaited.
-    queue.pushFront(event);
+  /** Puts events back at the front of the queue, in order, and backs off before the next write. */
+  const retry = (events: QueuedEvent[], reason: string) => {
+    retries.inc(undefined, events.length);
+    // The ring has room: the events held their places while they were awaited.
+    for (let i = events.length - 1; i >= 0; i--) queue.pushFront(events[i]);
     const now = Date.now();
-    // A failed round (many publishes failing together) raises the backoff once.
+    // A failed round (many batches failing together) raises the backoff once.
     if (now >= retryAt) {
       backoffMs = Math.min(1000, backoffMs === 0 ? 50 : backoffMs * 2);
       retryAt = now + backoffMs;
@@ -281,30 +294,38 @@ export function createEventSink(options: EventSinkOptions): EventSink {
       lastWarning = now;
       logger.warn("events: publish not acknowledged, retrying", {
         reason,
-        pending: queue.size + awaiting.size,
+        pending: queue.size + awaitingEvents,
       });
     }
     schedulePump();
   };
 
+  const takeAwaited = (token: number): Batch | undefined => {
+    const batch = awaiting.get(token);
+    if (batch === undefined) return undefined;
+    awaiting.delete(token);
+    awaitingEvents -= batch.events.length;
+    return batch;
+  };
+
   /**
-   * A JetStream ack on `<inbox>.<token>`: {"stream":..,"seq":..[,"duplicate":true]}. Anything else (an error
-   * object, a 503 "no responders" status as an HMSG with an empty body) means the event is not stored.
+   * A JetStream ack on `<inbox>.<token>`: {"stream":..,"seq":..[,"duplicate": true]}. Anything else (an error
+   * object, a 503 "no responders" status as an HMSG with an empty body) means the batch is not stored.
    */
   function onAck(message: WireMessage) {
     if (message.sid !== INBOX_SID) return;
     const { buf } = message;
     const token = parseDecimal(buf, message.subjectStart + ackSubjectTokenStart, message.subjectEnd);
-    const event = awaiting.get(token);
-    if (!event) return; // already retried after a timeout; the retry's own ack will count it
-    awaiting.delete(token);
+    // Unknown: already published again after a timeout; that copy's own ack will count it.
+    const batch = takeAwaited(token);
+    if (batch === undefined) return;
     const isStatus = message.headerEnd > message.payloadStart;
     if (
       !isStatus && contains(buf, message.headerEnd, message.end, SEQ_KEY) &&
       !contains(buf, message.headerEnd, message.end, ERROR_KEY)
     ) {
       backoffMs = 0;
-      published.inc();
+      published.inc(undefined, batch.events.length);
       if (isTrue(buf, message.headerEnd, message.end, DUPLICATE_KEY)) duplicates.inc();
       // Only events held back by the concurrency limit go now; the others wait for their batch's timer, or
       // acks arriving one by one would send the queue a few events per write.
@@ -312,29 +333,32 @@ export function createEventSink(options: EventSinkOptions): EventSink {
       notifyIfIdle();
     } else {
       const reason = textDecoder.decode(buf.subarray(message.payloadStart, message.end)).trim();
-      retry(event, reason || "empty answer");
+      retry(batch.events, reason || "empty answer");
+      // The stream may be gone (deleted, or a server that restarted without its store): check it, create
+      // it again if needed, before the next write.
+      streamReady = false;
+      void ensureStream();
     }
   }
 
-  /** Puts every publish awaiting its ack back at the front of the queue, in order. */
+  /** Puts every batch awaiting its ack back at the front of the queue, in order. */
   function requeueUnacknowledged() {
-    const events = [...awaiting.values()];
+    const events = [...awaiting.values()].flatMap((batch) => batch.events);
     awaiting.clear();
-    for (let i = events.length - 1; i >= 0; i--) {
-      retries.inc();
-      queue.pushFront(events[i]);
-    }
+    awaitingEvents = 0;
+    retries.inc(undefined, events.length);
+    for (let i = events.length - 1; i >= 0; i--) queue.pushFront(events[i]);
     backoffMs = 0;
     retryAt = 0;
   }
 
   function sweep() {
     const cutoff = Date.now() - timeoutMs;
-    for (const [token, event] of awaiting) {
-      // Map order is publish order: stop at the first entry still within its timeout.
-      if (event.sentAt > cutoff) break;
-      awaiting.delete(token);
-      retry(event, "ack timeout");
+    for (const [token, batch] of awaiting) {
+      // Map order is publish order: stop at the first batch still within its timeout.
+      if (batch.sentAt > cutoff) break;
+      takeAwaited(token);
+      retry(batch.events, "ack timeout");
     }
   }
   const sweeper = setInterval(sweep, Math.min(1000, timeoutMs / 2));
@@ -347,7 +371,7 @@ export function createEventSink(options: EventSinkOptions): EventSink {
     }, Math.max(0, retryAt - Date.now()));
   };
 
-  /** Sends queued events up to the concurrency limit; frames adjacent in a page go out as one slice. */
+  /** Sends queued events, up to `concurrency` awaiting their acks, as one batch. */
   function pump() {
     if (!streamReady || !wire.connected || closed && queue.size === 0) return;
     const now = Date.now();
@@ -355,41 +379,44 @@ export function createEventSink(options: EventSinkOptions): EventSink {
       schedulePump();
       return;
     }
-    heldBack = false;
-    let runPage: Uint8Array | undefined;
-    let runStart = 0;
-    let runEnd = 0;
-    while (queue.size > 0) {
-      if (awaiting.size >= options.concurrency) {
-        heldBack = true;
-        break;
-      }
-      const event = queue.popFront()!;
-      if (event.page === runPage && event.start === runEnd) runEnd = event.end;
-      else {
-        if (runPage) wire.write(runPage.subarray(runStart, runEnd));
+    const count = Math.min(queue.size, options.concurrency - awaitingEvents);
+    heldBack = count < queue.size;
+    if (count <= 0) return;
+    const events = new Array<QueuedEvent>(count);
+    for (let i = 0; i < count; i++) events[i] = queue.popFront()!;
+    // Connected at the start of this synchronous call, so still connected: the writes are queued. Were the
+    // connection to drop before they leave, the reconnect requeues every batch awaiting an ack.
+    let runPage = events[0].page;
+    let runStart = events[0].start;
+    let runEnd = runStart;
+    for (let i = 0; i < count - 1; i++) {
+      const event = events[i];
+      if (event.page !== runPage || event.start !== runEnd) {
+        if (runEnd > runStart) wire.write(runPage.subarray(runStart, runEnd));
         runPage = event.page;
         runStart = event.start;
-        runEnd = event.end;
       }
-      event.sentAt = now;
-      awaiting.set(event.token, event);
+      runEnd = event.end;
     }
-    // Connected at the start of this synchronous loop, so still connected: the write is queued. Were the
-    // connection to drop before it leaves, the reconnect requeues everything awaiting an ack.
-    if (runPage) wire.write(runPage.subarray(runStart, runEnd));
+    if (runEnd > runStart) wire.write(runPage.subarray(runStart, runEnd));
+    // The last frame again with a reply subject: `HPUB <subject> <inbox>.<token> ` and the rest of its frame.
+    const last = events[count - 1];
+    const token = nextToken++;
+    wire.write(concat(subjectPrefix, textEncoder.encode(`${replyPrefix}${token} `)));
+    wire.write(last.page.subarray(last.start + subjectPrefix.length, last.end));
+    awaiting.set(token, { events, sentAt: now });
+    awaitingEvents += count;
   }
 
   return {
     emit(init) {
-      if (queue.size + awaiting.size >= options.capacity || closed) {
+      if (queue.size + awaitingEvents >= options.capacity || closed) {
         dropped.inc();
         return false;
       }
-      const token = nextToken++;
-      queue.pushBack(appendFrame(token, init.eventId, encodeRequestEventView(init)));
+      queue.pushBack(appendFrame(init.eventId, encodeRequestEventView(init)));
       if (publishIntervalMs === 0) {
-        if (queue.size === 1 || awaiting.size < options.concurrency) pump();
+        if (awaitingEvents < options.concurrency) pump();
       } else if (batchTimer === undefined) {
         batchTimer = setTimeout(() => {
           batchTimer = undefined;
@@ -398,9 +425,9 @@ export function createEventSink(options: EventSinkOptions): EventSink {
       }
       return true;
     },
-    pending: () => queue.size + awaiting.size,
+    pending: () => queue.size + awaitingEvents,
     async flush(timeoutMs) {
-      if (queue.size === 0 && awaiting.size === 0) return true;
+      if (queue.size === 0 && awaitingEvents === 0) return true;
       let wake!: () => void;
       const idle = new Promise<void>((resolve) => wake = resolve);
       idleWaiters.add(wake);
@@ -408,13 +435,13 @@ export function createEventSink(options: EventSinkOptions): EventSink {
       await idle;
       clearTimeout(timer);
       idleWaiters.delete(wake);
-      return queue.size === 0 && awaiting.size === 0;
+      return queue.size === 0 && awaitingEvents === 0;
     },
     async close(timeoutMs) {
       const flushed = await this.flush(timeoutMs);
       if (!flushed) {
         logger.error("events: shutting down with unpublished events", {
-          pending: queue.size + awaiting.size,
+          pending: queue.size + awaitingEvents,
         });
       }
       closed = true;
@@ -451,6 +478,13 @@ function writeDecimal(buf: Uint8Array, at: number, value: number): number {
     value = Math.floor(value / 10);
   }
   return at + digits;
+}
+
+function concat(first: Uint8Array, second: Uint8Array): Uint8Array {
+  const out = new Uint8Array(first.length + second.length);
+  out.set(first);
+  out.set(second, first.length);
+  return out;
 }
 
 /** Whether the JSON in buf[start, end) has `key` set to true (nats-server writes `"duplicate": true`). */

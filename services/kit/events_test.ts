@@ -159,6 +159,28 @@ Deno.test("events emitted while NATS restarts are all stored, once", options, as
 });
 
 Deno.test(
+  "a stream deleted under the sink is created again and the refused batches are published again",
+  options,
+  async () => {
+    await using nats = await startNatsServer();
+    const { sink, counter } = sinkFor(nats.url);
+    for (let i = 0; i < 100; i++) sink.emit(event(i));
+    assert(await sink.flush(10_000), "first events flushed");
+    const nc = await connect({ servers: nats.url });
+    await (await jetstreamManager(nc)).streams.delete(REQUEST_EVENTS_STREAM);
+    await nc.close();
+    const after = Array.from({ length: 300 }, (_, i) => event(i));
+    for (const e of after) sink.emit(e);
+    assert(await sink.flush(20_000), `flushed (pending ${sink.pending()})`);
+    const stored = await storedEvents(nats.url);
+    assertEquals(stored.map((s) => s.eventId).sort(), after.map((e) => e.eventId).sort());
+    assertEquals(counter("events_published_total"), 400);
+    assert(counter("events_publish_retries_total") > 0, "the refused batch was published again");
+    await sink.close(5000);
+  },
+);
+
+Deno.test(
   "with NATS not up yet events wait in the buffer; past its capacity they are dropped and counted",
   options,
   async () => {
