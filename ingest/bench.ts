@@ -5,9 +5,10 @@
  *   1. fills REQUEST_EVENTS with INGEST_BENCH_EVENTS events (default 1,000,000; 200,000 quick) by pipelined
  *      publishes (plain publish with a reply inbox and Nats-Msg-Id, acks counted on the inbox),
  *   2. jetstream_fetch_ack_per_s: raw consume-and-ack rate of a plain consumer (no decode, no insert),
- *   3. clickhouse_insert_rows_per_s: raw INSERT rate of prepared TabSeparated bodies (the worker's bytes) in
- *      20,000-row batches into the same schema (materialized views included), insert time only,
- *   4. ingest_events_per_s: the worker with its defaults, in drain mode, from ready to fully drained,
+ *   3. clickhouse_insert_rows_per_s: raw INSERT rate of prepared RowBinary bodies (the worker's bytes) in
+ *      batches of the worker's size into the same schema (materialized views included), insert time only,
+ *   4. ingest_events_per_s: the worker with its defaults (or INGEST_BATCH_MAX, INGEST_BATCH_WAIT_MS,
+ *      INGEST_MAX_ACK_PENDING from the environment), in drain mode, from ready to fully drained,
  *   5. freshness at 1000 rps through the services: catalog, payments and orders as processes, ghz drives
  *      orders.CreateOrder at 1000 rps for 30 s (10 s quick) with the worker following; then, over every row
  *      of that phase, the p50, p99 and max of ingested_at_ms - ts_ms (event start → INSERT sent; see
@@ -81,6 +82,8 @@ function cpuMeter(pids: { nats: number; clickhouse: number }): (events: number) 
   };
 }
 const INSERT_COLUMNS = [...REQUEST_EVENT_COLUMNS, "ingested_at_ms"];
+/** Worker settings the bench takes from its own environment when set (default: the worker's defaults). */
+const BATCHING_VARIABLES = ["INGEST_BATCH_MAX", "INGEST_BATCH_WAIT_MS", "INGEST_MAX_ACK_PENDING"] as const;
 
 export interface IngestBenchResult {
   quick: boolean;
@@ -208,15 +211,32 @@ export async function runIngestBench(options: { quick?: boolean } = {}): Promise
     rawMessages.stop(); // no pull requests left running during the next phases
     await jsm.consumers.delete(REQUEST_EVENTS_STREAM, "bench-raw");
 
-    // 3. Raw ClickHouse inserts of prepared bodies into the same schema.
+    // The worker's settings: its defaults, or what this process's environment sets for the batching knobs
+    // (to measure another batch size with the same harness).
+    const baseEnv = {
+      NATS_URL: nats.url,
+      CLICKHOUSE_URL: clickhouse.url,
+      CLICKHOUSE_USER: CLICKHOUSE_ADMIN.username,
+      CLICKHOUSE_PASSWORD: CLICKHOUSE_ADMIN.password,
+      INGEST_RETENTION_INTERVAL_S: "0",
+      ...Object.fromEntries(
+        BATCHING_VARIABLES.flatMap((name) => {
+          const value = Deno.env.get(name);
+          return value === undefined ? [] : [[name, value]];
+        }),
+      ),
+    };
+    const batchMax = loadConfig(baseEnv).batchMax;
+
+    // 3. Raw ClickHouse inserts of prepared bodies into the same schema, in the worker's batch size.
     await applyMigrations({ clickhouse: ch, database: "bench_raw" });
     let insertSeconds = 0;
     let insertDeno = 0;
     let insertClickHouse = 0;
     const scanner = new EventScanner();
-    for (let i = 0; i < total; i += 20_000) {
+    for (let i = 0; i < total; i += batchMax) {
       const writer = new RowWriter();
-      for (let j = i; j < Math.min(total, i + 20_000); j++) {
+      for (let j = i; j < Math.min(total, i + batchMax); j++) {
         appendEvent(scanner, payloads[j], j + 1, () => writer);
       }
       writer.stamp(Date.now());
@@ -237,14 +257,7 @@ export async function runIngestBench(options: { quick?: boolean } = {}): Promise
     const perEvent = (us: number) => Math.round(us / total * 10) / 10;
     const cpuInsert = { deno: perEvent(insertDeno), nats: 0, clickhouse: perEvent(insertClickHouse) };
 
-    // 4. The worker, defaults, drain mode.
-    const baseEnv = {
-      NATS_URL: nats.url,
-      CLICKHOUSE_URL: clickhouse.url,
-      CLICKHOUSE_USER: CLICKHOUSE_ADMIN.username,
-      CLICKHOUSE_PASSWORD: CLICKHOUSE_ADMIN.password,
-      INGEST_RETENTION_INTERVAL_S: "0",
-    };
+    // 4. The worker (its defaults unless the environment sets a batching variable), drain mode.
     await applyMigrations({ clickhouse: ch, database: "bench_ingest" });
     const worker = createIngestWorker({
       config: loadConfig({ ...baseEnv, CLICKHOUSE_DATABASE: "bench_ingest" }),

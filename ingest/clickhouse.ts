@@ -35,11 +35,11 @@ export interface ClickHouse {
     rows: readonly object[],
     options?: { timeoutMs?: number },
   ): Promise<void>;
-  /** INSERT INTO table (columns) FORMAT `format` with `body` as is (e.g. TabSeparated lines). */
+  /** INSERT INTO table (columns) FORMAT `format` with `body` as is (e.g. RowBinary rows). */
   insertBody(
     table: { database: string; table: string },
     columns: readonly string[],
-    format: "TabSeparated" | "JSONEachRow",
+    format: "RowBinary" | "TabSeparated" | "JSONEachRow",
     body: string | Uint8Array<ArrayBuffer>,
     /** queryId: names the INSERT in system.processes (ClickHouse's query_id). */
     options?: { timeoutMs?: number; queryId?: string },

@@ -157,27 +157,8 @@ function toRow(event: RequestEvent, streamSeq: number): DecodeResult {
   };
 }
 
-/** The TabSeparated format of request_events' ingest columns: the columns of REQUEST_EVENT_COLUMNS. */
-export const ROW_FORMAT = "TabSeparated";
-
-const NEEDS_ESCAPE = /[\\\t\n\r]/;
-const ESCAPES: Record<string, string> = { "\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r" };
-const escapeAll = /[\\\t\n\r]/g;
-
-/** A String value in TabSeparated: backslash, tab, line feed and carriage return escaped. */
-export function tsvString(value: string): string {
-  return NEEDS_ESCAPE.test(value) ? value.replace(escapeAll, (c) => ESCAPES[c]) : value;
-}
-
 /**
- * One row as a TabSeparated line of the REQUEST_EVENT_COLUMNS, without the line end: the worker appends
- * the columns it knows only at INSERT time (`ingested_at_ms`) and the line feed.
+ * The format of the worker's INSERT bodies (row_writer.ts): RowBinary, the columns of REQUEST_EVENT_COLUMNS
+ * and then `ingested_at_ms`.
  */
-export function rowLine(row: RequestEventRow): string {
-  return row.event_id + "\t" + row.ts + "\t" + row.ts_ms + "\t" + tsvString(row.service) + "\t" +
-    tsvString(row.method) + "\t" + row.protocol + "\t" + tsvString(row.route) + "\t" + row.grpc_code +
-    "\t" + row.http_status + "\t" + row.duration_us + "\t" + row.request_bytes + "\t" +
-    row.response_bytes + "\t" + tsvString(row.trace_id) + "\t" + tsvString(row.span_id) + "\t" +
-    tsvString(row.parent_span_id) + "\t" + tsvString(row.instance) + "\t" + tsvString(row.error_message) +
-    "\t" + row.fault_injected + "\t" + row.stream_seq;
-}
+export const ROW_FORMAT = "RowBinary";

@@ -29,12 +29,21 @@ import { serveMetrics } from "./metrics.ts";
 import { appliedVersions, applyMigrations } from "./migrations.ts";
 import { projectionCounts, rebuild } from "./rebuild.ts";
 import { applyRetention } from "./retention.ts";
-import { ident, sql } from "./sql.ts";
-import { eventually, makeEvent, publishEvents, testConfig, testEnv, uniqueDatabase } from "./test_helpers.ts";
+import { ident, sql, sqlJoin } from "./sql.ts";
+import {
+  eventually,
+  makeEvent,
+  publishEvents,
+  randomEvent,
+  testConfig,
+  testEnv,
+  uniqueDatabase,
+} from "./test_helpers.ts";
 import { createIngestWorker } from "./worker.ts";
-import { REQUEST_EVENT_COLUMNS, ROW_FORMAT } from "./event_row.ts";
+import { decodeEvent, REQUEST_EVENT_COLUMNS, ROW_FORMAT } from "./event_row.ts";
 import { appendEvent, EventScanner, RowWriter } from "./row_writer.ts";
-import { Protocol } from "@tailwatch/proto/events/v1";
+import { Protocol, RequestEventSchema } from "@tailwatch/proto/events/v1";
+import { toBinary } from "@bufbuild/protobuf";
 
 const only = Deno.env.get("INGEST_TEST_ONLY");
 const quietLogger = createLogger("warn", { test: true });
@@ -199,6 +208,46 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
       assertEquals(rollup, { requests: "5000", histogram: "5000" }, "rollups count every event once");
     });
   });
+  await step("RowBinary bodies hold what the reference decoder gives, as the server reads them", async () => {
+    // The worker's bytes (fast path and decodeEvent path) against decodeEvent's rows sent as JSONEachRow:
+    // the same rows in the table, column by column, for random events (escapes, non-ASCII, upper-case ids,
+    // numbers up to 2^53 - 1, long strings).
+    const clickhouse = createClickHouse({ url: server.url, ...CLICKHOUSE_ADMIN });
+    const database = uniqueDatabase("rowbinary");
+    try {
+      await applyMigrations({ clickhouse, database });
+      await clickhouse.exec(
+        sql`CREATE TABLE ${ident(database, "reference_events")} AS ${ident(database, "request_events")}`,
+      );
+      const random = seededRandom(Number(Deno.env.get("INGEST_FUZZ_SEED") ?? 20261130));
+      const writer = new RowWriter();
+      const scanner = new EventScanner();
+      const reference: object[] = [];
+      for (let seq = 1; seq <= 3000; seq++) {
+        const payload = toBinary(RequestEventSchema, randomEvent(random, seq));
+        const decoded = decodeEvent(payload, seq);
+        if (!decoded.ok) continue;
+        appendEvent(scanner, payload, seq, () => writer);
+        reference.push({ ...decoded.row, ingested_at_ms: 1_764_460_800_123 });
+      }
+      assert(reference.length > 500, `${reference.length} valid random events`);
+      writer.stamp(1_764_460_800_123);
+      const columns = [...REQUEST_EVENT_COLUMNS, "ingested_at_ms"];
+      await clickhouse.insertBody({ database, table: "request_events" }, columns, ROW_FORMAT, writer.body());
+      await clickhouse.insertJsonEachRow({ database, table: "reference_events" }, columns, reference);
+      const read = (table: string) =>
+        clickhouse.query(
+          sql`SELECT ${sqlJoin(columns.map((column) => ident(column)))} FROM ${ident(database, table)}
+            ORDER BY stream_seq`,
+        );
+      const [written, expected] = [await read("request_events"), await read("reference_events")];
+      assertEquals(written.length, reference.length);
+      for (let i = 0; i < expected.length; i++) assertEquals(written[i], expected[i], `row ${i}`);
+    } finally {
+      await clickhouse.exec(sql`DROP DATABASE IF EXISTS ${ident(database)}`);
+    }
+  });
+
   await step(
     "a poison message is dead-lettered with its reason and everything else is ingested",
     async () => {

@@ -1,12 +1,13 @@
 /**
- * The worker's hot path: RequestEvent payloads straight to the bytes of a TabSeparated INSERT body, without
+ * The worker's hot path: RequestEvent payloads straight to the bytes of a RowBinary INSERT body, without
  * building JS strings or objects per event. `EventScanner` reads the canonical wire format of RequestEvent
  * and applies the checks of `decodeEvent`; whatever it does not accept (non-ASCII text, unknown fields,
  * wrong wire types, long varints, any value `decodeEvent` would refuse) is left to `decodeEvent`, which
  * then gives the row or the poison reason. So a payload always becomes the same row (the same bytes as
- * `rowLine(decodeEvent(...).row)`) or the same reason either way; unit_test.ts fuzzes that.
+ * `appendRow(decodeEvent(...).row)`, and the same values as decodeEvent's row when the body is read back) or
+ * the same reason either way; unit_test.ts fuzzes that, ingest_test.ts checks it against the server.
  */
-import { decodeEvent, type DecodeResult, rowLine } from "./event_row.ts";
+import { decodeEvent, type DecodeResult, type RequestEventRow } from "./event_row.ts";
 
 /** Bounds of `decodeEvent`: start time in [1971, 2100), see event_row.ts. */
 const MIN_MS = Date.UTC(1971, 0, 1);
@@ -16,14 +17,6 @@ const STRING_FIELDS = [1, 4, 5, 7, 12, 13, 14, 15, 16] as const;
 const SLOT_OF_FIELD: number[] = [];
 STRING_FIELDS.forEach((field, slot) => SLOT_OF_FIELD[field] = slot);
 const [EVENT_ID, SERVICE, METHOD, ROUTE, TRACE_ID, ERROR_MESSAGE] = [0, 1, 2, 3, 4, 8];
-
-const TAB = 0x09;
-const LF = 0x0a;
-const CR = 0x0d;
-const BACKSLASH = 0x5c;
-const ZERO = 0x30;
-/** ingested_at_ms is written as 13 digits (epoch ms until the year 2286), patched in at INSERT time. */
-const STAMP_DIGITS = 13;
 
 /** Reads one payload at a time into reused fields; `scan` is true when the fast path accepts it. */
 export class EventScanner {
@@ -163,14 +156,28 @@ export class EventScanner {
 const serviceCache: { bytes: Uint8Array; text: string }[] = [];
 const encoder = new TextEncoder();
 
+/** Bytes of a value of a UInt64 column that is not known until the INSERT is sent (`ingested_at_ms`). */
+const STAMP_BYTES = 8;
+const TWO_TO_32 = 2 ** 32;
+
+/** The value of a hex digit (0-9, a-f, A-F; the scanner checked it is one). */
+function hexValue(c: number): number {
+  return c <= 0x39 ? c - 0x30 : (c | 0x20) - 0x57;
+}
+
 /**
- * The rows of one INSERT, as TabSeparated bytes in a growable buffer: the columns of REQUEST_EVENT_COLUMNS
- * and then `ingested_at_ms`, whose value `stamp()` writes into every row just before the INSERT is sent.
+ * The rows of one INSERT in ClickHouse's RowBinary format, in a growable buffer: the columns of
+ * REQUEST_EVENT_COLUMNS and then `ingested_at_ms`, whose value `stamp()` writes into every row just before the
+ * INSERT is sent. RowBinary rather than TabSeparated because the server parses it with a copy per value
+ * instead of a text parser per value (no number or UUID parsing, no unescaping): measured in ingest/README.md.
+ * Per column type (ingest/migrations/0001 and 0004): UUID as 16 bytes (its two halves, each a little-endian
+ * UInt64 of 16 hex digits), DateTime as a little-endian UInt32 of unix seconds, UIntN as N/8 little-endian
+ * bytes, String as a LEB128 length and the UTF-8 bytes.
  */
 export class RowWriter {
   bytes: Uint8Array<ArrayBuffer>;
   length = 0;
-  /** Per row: its first byte, its stream sequence, and where its ingested_at_ms digits are. */
+  /** Per row: its first byte, its stream sequence, and where its ingested_at_ms bytes are. */
   readonly rowStarts: number[] = [];
   readonly seqs: number[] = [];
   private readonly stampAt: number[] = [];
@@ -195,88 +202,84 @@ export class RowWriter {
   /** Appends the row of a payload `scanner.scan` accepted. */
   appendScanned(scanner: EventScanner, seq: number): void {
     const buf = scanner.payload;
-    // At most: every string byte escaped (2x), 11 numbers of up to 16 digits, 20 separators.
-    this.reserve(2 * buf.length + 11 * 16 + 20 + STAMP_DIGITS);
+    // At most: every payload byte as string bytes plus a 5-byte length per string, the fixed-size columns.
+    this.reserve(buf.length + 9 * 5 + FIXED_BYTES + STAMP_BYTES);
     this.rowStarts.push(this.length);
     this.seqs.push(seq);
     const out = this.bytes;
-    let at = this.length;
-    // event_id, lowercased
-    const idStart = scanner.starts[EVENT_ID];
-    for (let i = 0; i < 36; i++) {
-      const c = buf[idStart + i];
-      out[at++] = c >= 0x41 && c <= 0x46 ? c + 0x20 : c;
-    }
-    out[at++] = TAB;
-    at = writeInt(out, at, scanner.ts);
-    out[at++] = TAB;
-    at = writeInt(out, at, scanner.startTimeMs);
-    out[at++] = TAB;
-    at = writeText(out, at, buf, scanner.starts[SERVICE], scanner.ends[SERVICE]);
-    out[at++] = TAB;
-    at = writeText(out, at, buf, scanner.starts[METHOD], scanner.ends[METHOD]);
-    out[at++] = TAB;
-    if (scanner.protocol === 1) {
-      out[at++] = 0x67; // grpc
-      out[at++] = 0x72;
-      out[at++] = 0x70;
-      out[at++] = 0x63;
-    } else {
-      out[at++] = 0x68; // http
-      out[at++] = 0x74;
-      out[at++] = 0x74;
-      out[at++] = 0x70;
-    }
-    out[at++] = TAB;
-    at = writeText(out, at, buf, scanner.starts[ROUTE], scanner.ends[ROUTE]);
-    for (
-      const value of [
-        scanner.grpcCode,
-        scanner.httpStatus,
-        scanner.durationUs,
-        scanner.requestBytes,
-        scanner.responseBytes,
-      ]
-    ) {
-      out[at++] = TAB;
-      at = writeInt(out, at, value);
-    }
+    let at = writeUuid(out, this.length, buf, scanner.starts[EVENT_ID]);
+    at = writeUInt32(out, at, scanner.ts);
+    at = writeUInt64(out, at, scanner.startTimeMs);
+    at = writeAscii(out, at, buf, scanner.starts[SERVICE], scanner.ends[SERVICE]);
+    at = writeAscii(out, at, buf, scanner.starts[METHOD], scanner.ends[METHOD]);
+    at = writeProtocol(out, at, scanner.protocol === 1 ? GRPC : HTTP);
+    at = writeAscii(out, at, buf, scanner.starts[ROUTE], scanner.ends[ROUTE]);
+    out[at++] = scanner.grpcCode;
+    out[at++] = scanner.httpStatus & 0xff;
+    out[at++] = scanner.httpStatus >>> 8;
+    at = writeUInt64(out, at, scanner.durationUs);
+    at = writeUInt64(out, at, scanner.requestBytes);
+    at = writeUInt64(out, at, scanner.responseBytes);
     // trace_id, span_id, parent_span_id, instance, error_message: consecutive slots
     for (let slot = TRACE_ID; slot <= ERROR_MESSAGE; slot++) {
-      out[at++] = TAB;
-      at = writeText(out, at, buf, scanner.starts[slot], scanner.ends[slot]);
+      at = writeAscii(out, at, buf, scanner.starts[slot], scanner.ends[slot]);
     }
-    out[at++] = TAB;
-    out[at++] = ZERO + scanner.faultInjected;
-    out[at++] = TAB;
-    at = writeInt(out, at, seq);
+    out[at++] = scanner.faultInjected;
+    at = writeUInt64(out, at, seq);
     this.length = this.endRow(at);
   }
 
-  /** Appends a row given as a line (`rowLine`), for payloads the scanner left to `decodeEvent`. */
-  appendLine(line: string, seq: number): void {
-    this.reserve(3 * line.length + STAMP_DIGITS + 2);
+  /** Appends a row decoded by `decodeEvent`, for payloads the scanner left to it. */
+  appendRow(row: RequestEventRow): void {
+    const texts = [
+      row.service,
+      row.method,
+      row.protocol,
+      row.route,
+      row.trace_id,
+      row.span_id,
+      row.parent_span_id,
+      row.instance,
+      row.error_message,
+    ].map((text) => encoder.encode(text));
+    this.reserve(texts.reduce((sum, text) => sum + text.length + 5, 0) + FIXED_BYTES + STAMP_BYTES);
     this.rowStarts.push(this.length);
-    this.seqs.push(seq);
-    const { written } = encoder.encodeInto(line, this.bytes.subarray(this.length));
-    this.length = this.endRow(this.length + written);
+    this.seqs.push(row.stream_seq);
+    const out = this.bytes;
+    const id = encoder.encode(row.event_id); // decodeEvent checked: 36 ASCII characters, a UUID
+    let at = writeUuid(out, this.length, id, 0);
+    at = writeUInt32(out, at, row.ts);
+    at = writeUInt64(out, at, row.ts_ms);
+    const [service, method, protocol, route, traceId, spanId, parentSpanId, instance, errorMessage] = texts;
+    at = writeBytes(out, at, service);
+    at = writeBytes(out, at, method);
+    at = writeBytes(out, at, protocol);
+    at = writeBytes(out, at, route);
+    out[at++] = row.grpc_code;
+    out[at++] = row.http_status & 0xff;
+    out[at++] = row.http_status >>> 8;
+    at = writeUInt64(out, at, row.duration_us);
+    at = writeUInt64(out, at, row.request_bytes);
+    at = writeUInt64(out, at, row.response_bytes);
+    for (const text of [traceId, spanId, parentSpanId, instance, errorMessage]) {
+      at = writeBytes(out, at, text);
+    }
+    out[at++] = row.fault_injected;
+    at = writeUInt64(out, at, row.stream_seq);
+    this.length = this.endRow(at);
   }
 
   private endRow(at: number): number {
-    const out = this.bytes;
-    out[at++] = TAB;
     this.stampAt.push(at);
-    out.fill(ZERO, at, at + STAMP_DIGITS);
-    at += STAMP_DIGITS;
-    out[at++] = LF;
-    return at;
+    this.bytes.fill(0, at, at + STAMP_BYTES);
+    return at + STAMP_BYTES;
   }
 
-  /** Writes `ms` (epoch milliseconds, 13 digits) as every row's ingested_at_ms. */
+  /** Writes `ms` (epoch milliseconds) as every row's ingested_at_ms. */
   stamp(ms: number): void {
-    const digits = new Uint8Array(STAMP_DIGITS).fill(ZERO);
-    writeInt(digits, STAMP_DIGITS - String(Math.trunc(ms)).length, Math.trunc(ms));
-    for (const at of this.stampAt) this.bytes.set(digits, at);
+    const value = new Uint8Array(STAMP_BYTES);
+    writeUInt64(value, 0, Math.trunc(ms));
+    for (const at of this.stampAt) this.bytes.set(value, at);
   }
 
   /** The body to send (a view: valid until the next append). */
@@ -301,41 +304,75 @@ export class RowWriter {
   }
 }
 
-/** Non-negative integer below 2^53 as decimal digits; returns the new offset. */
-function writeInt(out: Uint8Array, at: number, value: number): number {
-  if (value < 10) {
-    out[at] = ZERO + value;
-    return at + 1;
-  }
-  let digits = 0;
-  for (let v = value; v >= 1; v = Math.floor(v / 10)) digits++;
-  let v = value;
-  for (let i = at + digits - 1; i >= at; i--) {
-    const q = Math.floor(v / 10);
-    out[i] = ZERO + (v - q * 10);
-    v = q;
-  }
-  return at + digits;
-}
+/** Bytes of a row's fixed-size columns: UUID, DateTime, 6 UInt64 (with stream_seq), UInt8 twice, UInt16. */
+const FIXED_BYTES = 16 + 4 + 6 * 8 + 1 + 1 + 2;
+/** The protocol column's two values as RowBinary Strings (length, then bytes). */
+const GRPC = Uint8Array.of(4, 0x67, 0x72, 0x70, 0x63);
+const HTTP = Uint8Array.of(4, 0x68, 0x74, 0x74, 0x70);
 
-/** ASCII bytes as a TabSeparated string: backslash, tab, line feed and carriage return escaped. */
-function writeText(out: Uint8Array, at: number, buf: Uint8Array, start: number, end: number): number {
-  for (let i = start; i < end; i++) {
-    const c = buf[i];
-    if (c === BACKSLASH || c === TAB || c === LF || c === CR) {
-      out[at++] = BACKSLASH;
-      out[at++] = c === BACKSLASH ? BACKSLASH : c === TAB ? 0x74 : c === LF ? 0x6e : 0x72;
-    } else {
-      out[at++] = c;
-    }
-  }
+function writeProtocol(out: Uint8Array, at: number, value: Uint8Array): number {
+  for (let i = 0; i < value.length; i++) out[at++] = value[i];
   return at;
 }
 
 /**
+ * A UUID's 36 characters (8-4-4-4-12 hex digits, checked) at `start` of `text` as ClickHouse's 16 bytes: the
+ * first 16 hex digits as a little-endian UInt64, then the last 16 likewise (what a UUID column holds in
+ * RowBinary on 18.16 and on current releases alike).
+ */
+function writeUuid(out: Uint8Array, at: number, text: Uint8Array, start: number): number {
+  let pos = start;
+  for (let k = 0; k < 16; k++) {
+    const offset = pos - start;
+    if (offset === 8 || offset === 13 || offset === 18 || offset === 23) pos++; // a dash
+    out[k < 8 ? at + 7 - k : at + 23 - k] = (hexValue(text[pos]) << 4) | hexValue(text[pos + 1]);
+    pos += 2;
+  }
+  return at + 16;
+}
+
+function writeUInt32(out: Uint8Array, at: number, value: number): number {
+  out[at] = value & 0xff;
+  out[at + 1] = (value >>> 8) & 0xff;
+  out[at + 2] = (value >>> 16) & 0xff;
+  out[at + 3] = value >>> 24;
+  return at + 4;
+}
+
+/** A non-negative integer below 2^53 as a little-endian UInt64. */
+function writeUInt64(out: Uint8Array, at: number, value: number): number {
+  const low = value % TWO_TO_32;
+  writeUInt32(out, at, low);
+  return writeUInt32(out, at + 4, (value - low) / TWO_TO_32);
+}
+
+/** A LEB128 length (what RowBinary puts before a String's bytes). */
+function writeLength(out: Uint8Array, at: number, length: number): number {
+  while (length > 0x7f) {
+    out[at++] = (length & 0x7f) | 0x80;
+    length >>>= 7;
+  }
+  out[at++] = length;
+  return at;
+}
+
+/** `buf[start, end)` (ASCII, checked by the scanner) as a RowBinary String. */
+function writeAscii(out: Uint8Array, at: number, buf: Uint8Array, start: number, end: number): number {
+  at = writeLength(out, at, end - start);
+  for (let i = start; i < end; i++) out[at++] = buf[i];
+  return at;
+}
+
+function writeBytes(out: Uint8Array, at: number, bytes: Uint8Array): number {
+  at = writeLength(out, at, bytes.length);
+  out.set(bytes, at);
+  return at + bytes.length;
+}
+
+/**
  * Appends a payload to the writer `pick(ts)` returns (the worker's writer for the row's partition): the fast
- * path for what the scanner accepts, `decodeEvent` and `rowLine` for the rest. Returns decodeEvent's
- * refusal for a poison payload, else undefined; `service` gets the row's service.
+ * path for what the scanner accepts, `decodeEvent` for the rest. Returns decodeEvent's refusal for a poison
+ * payload, else undefined; `service` gets the row's service.
  */
 export function appendEvent(
   scanner: EventScanner,
@@ -349,6 +386,6 @@ export function appendEvent(
   }
   const decoded = decodeEvent(payload, seq);
   if (!decoded.ok) return decoded;
-  pick(decoded.row.ts, decoded.row.service).appendLine(rowLine(decoded.row), seq);
+  pick(decoded.row.ts, decoded.row.service).appendRow(decoded.row);
   return undefined;
 }

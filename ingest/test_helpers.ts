@@ -6,6 +6,7 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { jetstream } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { Protocol, type RequestEvent, RequestEventSchema } from "@tailwatch/proto/events/v1";
+import type { RequestEventRow } from "./event_row.ts";
 import { requestEventSubject } from "@tailwatch/kit";
 import { AssertionError } from "@tailwatch/testing";
 import { type IngestConfig, loadConfig } from "./config.ts";
@@ -110,4 +111,135 @@ export async function eventually(
     }
     await new Promise((resolve) => setTimeout(resolve, intervalMs));
   }
+}
+
+/** A random RequestEvent, valid or not: strings with escapes and non-ASCII, numbers of every size and sign. */
+export function randomEvent(random: () => number, i: number): RequestEvent {
+  const pick = <T>(items: readonly T[]) => items[Math.floor(random() * items.length)];
+  const text = () => {
+    const pieces = [
+      "a",
+      "Z",
+      "\t",
+      "\n",
+      "\r",
+      "\\",
+      "'",
+      "é",
+      "日本",
+      "😀",
+      "\u0000",
+      "\ufeff",
+      "x".repeat(70),
+      " ",
+    ];
+    let out = "";
+    for (let n = Math.floor(random() * 6); n > 0; n--) out += pick(pieces);
+    return out;
+  };
+  const int64 = () =>
+    pick([
+      0n,
+      1n,
+      127n,
+      128n,
+      16_383n,
+      16_384n,
+      2n ** 48n,
+      2n ** 49n,
+      2n ** 53n,
+      2n ** 62n,
+      -1n,
+      -(2n ** 40n),
+    ]) +
+    BigInt(Math.floor(random() * 3));
+  const event = makeEvent(i, Date.UTC(2026, 0, 1) + Math.floor(random() * 1e9));
+  if (random() < 0.3) event.eventId = pick(["", "x", crypto.randomUUID().toUpperCase(), text()]);
+  if (random() < 0.2) {
+    event.startTimeMs = pick([int64(), BigInt(Date.UTC(1970, 5)), BigInt(Date.UTC(2100, 0))]);
+  }
+  for (const key of ["durationUs", "requestBytes", "responseBytes"] as const) {
+    if (random() < 0.2) event[key] = int64();
+  }
+  for (const key of ["service", "method", "route", "traceId", "instance", "errorMessage"] as const) {
+    if (random() < 0.3) event[key] = text();
+  }
+  if (random() < 0.2) event.protocol = pick([0, 1, 2, 3, 1000]) as Protocol; // open enum: unknown values too
+  if (random() < 0.2) event.grpcCode = pick([0, 14, 255, 256, 2 ** 31, 2 ** 32 - 1]);
+  if (random() < 0.2) event.httpStatus = pick([200, 65_535, 65_536, 2 ** 32 - 1]);
+  if (random() < 0.5) event.faultInjected = random() < 0.5;
+  return event;
+}
+
+/** A row read back from a RowBinary body: the ingest columns and the `ingested_at_ms` stamped at INSERT. */
+export interface RowBinaryRow {
+  row: RequestEventRow;
+  ingested_at_ms: number;
+}
+
+/**
+ * Reads an INSERT body of row_writer.ts back, written from ClickHouse's description of RowBinary (and the
+ * column types of migrations 0001 and 0004), not from the writer: the tests compare what it reads with
+ * decodeEvent's rows. UUID: two little-endian UInt64 halves, checked against the server in ingest_test.ts.
+ */
+export function readRowBinary(body: Uint8Array): RowBinaryRow[] {
+  const view = new DataView(body.buffer, body.byteOffset, body.byteLength);
+  const text = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }); // a leading U+FEFF is text
+  let at = 0;
+  const u8 = () => body[at++];
+  const u16 = () => (at += 2, view.getUint16(at - 2, true));
+  const u32 = () => (at += 4, view.getUint32(at - 4, true));
+  const u64 = () => {
+    const value = view.getBigUint64(at, true);
+    at += 8;
+    if (value > BigInt(Number.MAX_SAFE_INTEGER)) throw new AssertionError(`UInt64 ${value} above 2^53 - 1`);
+    return Number(value);
+  };
+  const string = () => {
+    let length = 0;
+    for (let shift = 0;; shift += 7) {
+      const byte = u8();
+      length += (byte & 0x7f) * 2 ** shift;
+      if (byte < 0x80) break;
+    }
+    at += length;
+    if (at > body.length) throw new AssertionError("a String runs past the body");
+    return text.decode(body.subarray(at - length, at));
+  };
+  const uuid = () => {
+    const hex = (from: number) =>
+      [...body.subarray(from, from + 8)].reverse().map((b) => b.toString(16).padStart(2, "0")).join("");
+    const digits = hex(at) + hex(at + 8);
+    at += 16;
+    return `${digits.slice(0, 8)}-${digits.slice(8, 12)}-${digits.slice(12, 16)}-${digits.slice(16, 20)}-${
+      digits.slice(20)
+    }`;
+  };
+  const rows: RowBinaryRow[] = [];
+  while (at < body.length) {
+    const row: RequestEventRow = {
+      event_id: uuid(),
+      ts: u32(),
+      ts_ms: u64(),
+      service: string(),
+      method: string(),
+      protocol: string() as RequestEventRow["protocol"],
+      route: string(),
+      grpc_code: u8(),
+      http_status: u16(),
+      duration_us: u64(),
+      request_bytes: u64(),
+      response_bytes: u64(),
+      trace_id: string(),
+      span_id: string(),
+      parent_span_id: string(),
+      instance: string(),
+      error_message: string(),
+      fault_injected: u8() as 0 | 1,
+      stream_seq: u64(),
+    };
+    rows.push({ row, ingested_at_ms: u64() });
+  }
+  if (at !== body.length) throw new AssertionError("the last row runs past the body");
+  return rows;
 }

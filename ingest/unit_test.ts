@@ -1,12 +1,12 @@
 /** Unit tests without servers: the SQL binder's literals, configuration validation, event decoding. */
 import { create, toBinary } from "@bufbuild/protobuf";
-import { type Protocol, RequestEventSchema } from "@tailwatch/proto/events/v1";
+import { RequestEventSchema } from "@tailwatch/proto/events/v1";
 import { ConfigError, loadConfig } from "./config.ts";
-import { decodeEvent, rowLine, tsvString } from "./event_row.ts";
+import { decodeEvent } from "./event_row.ts";
 import { appendEvent, EventScanner, RowWriter } from "./row_writer.ts";
 import { ident, literal, sql, SqlBindError, sqlJoin } from "./sql.ts";
 import { assert, assertEquals, seededRandom } from "@tailwatch/testing";
-import { makeEvent } from "./test_helpers.ts";
+import { makeEvent, randomEvent, readRowBinary } from "./test_helpers.ts";
 import { parseAckReply } from "./pull.ts";
 
 function assertThrows(fn: () => unknown, type: new (...args: never[]) => Error, message: string): void {
@@ -113,70 +113,11 @@ Deno.test("decodeEvent turns an event into a row and a bad one into a reason", (
   }
 });
 
-/** A random RequestEvent, valid or not: strings with escapes and non-ASCII, numbers of every size and sign. */
-function randomEvent(random: () => number, i: number) {
-  const pick = <T>(items: readonly T[]) => items[Math.floor(random() * items.length)];
-  const text = () => {
-    const pieces = [
-      "a",
-      "Z",
-      "\t",
-      "\n",
-      "\r",
-      "\\",
-      "'",
-      "é",
-      "日本",
-      "😀",
-      "\u0000",
-      "\ufeff",
-      "x".repeat(70),
-      " ",
-    ];
-    let out = "";
-    for (let n = Math.floor(random() * 6); n > 0; n--) out += pick(pieces);
-    return out;
-  };
-  const int64 = () =>
-    pick([
-      0n,
-      1n,
-      127n,
-      128n,
-      16_383n,
-      16_384n,
-      2n ** 48n,
-      2n ** 49n,
-      2n ** 53n,
-      2n ** 62n,
-      -1n,
-      -(2n ** 40n),
-    ]) +
-    BigInt(Math.floor(random() * 3));
-  const event = makeEvent(i, Date.UTC(2026, 0, 1) + Math.floor(random() * 1e9));
-  if (random() < 0.3) event.eventId = pick(["", "x", crypto.randomUUID().toUpperCase(), text()]);
-  if (random() < 0.2) {
-    event.startTimeMs = pick([int64(), BigInt(Date.UTC(1970, 5)), BigInt(Date.UTC(2100, 0))]);
-  }
-  for (const key of ["durationUs", "requestBytes", "responseBytes"] as const) {
-    if (random() < 0.2) event[key] = int64();
-  }
-  for (const key of ["service", "method", "route", "traceId", "instance", "errorMessage"] as const) {
-    if (random() < 0.3) event[key] = text();
-  }
-  if (random() < 0.2) event.protocol = pick([0, 1, 2, 3, 1000]) as Protocol; // open enum: unknown values too
-  if (random() < 0.2) event.grpcCode = pick([0, 14, 255, 256, 2 ** 31, 2 ** 32 - 1]);
-  if (random() < 0.2) event.httpStatus = pick([200, 65_535, 65_536, 2 ** 32 - 1]);
-  if (random() < 0.5) event.faultInjected = random() < 0.5;
-  return event;
-}
-
-Deno.test("the fast path writes what protobuf-es and rowLine give, for random events and mangled bytes", () => {
+Deno.test("the fast path writes the rows of protobuf-es, for random events and mangled bytes", () => {
   const seed = Number(Deno.env.get("INGEST_FUZZ_SEED") ?? 20261123);
   const random = seededRandom(seed);
   const scanner = new EventScanner();
   const probe = new EventScanner();
-  const decoder = new TextDecoder();
   let fastPath = 0;
   let compared = 0;
   const compare = (payload: Uint8Array, what: string) => {
@@ -198,7 +139,17 @@ Deno.test("the fast path writes what protobuf-es and rowLine give, for random ev
     assertEquals(refused, undefined, context);
     assertEquals(picked, [expected.row.ts, expected.row.service], context);
     writer.stamp(1_234_567_890_123);
-    assertEquals(decoder.decode(writer.body()), `${rowLine(expected.row)}\t1234567890123\n`, context);
+    // The body read back (by a reader of its own) holds decodeEvent's row, and both write paths give the
+    // same bytes for it.
+    assertEquals(
+      readRowBinary(writer.body()),
+      [{ row: expected.row, ingested_at_ms: 1_234_567_890_123 }],
+      context,
+    );
+    const reference = new RowWriter(16);
+    reference.appendRow(expected.row);
+    reference.stamp(1_234_567_890_123);
+    assertEquals([...writer.body()], [...reference.body()], context);
   };
   for (let i = 0; i < 4000; i++) {
     const payload = toBinary(RequestEventSchema, randomEvent(random, i));
@@ -226,11 +177,39 @@ Deno.test("the fast path writes what protobuf-es and rowLine give, for random ev
   const base = toBinary(RequestEventSchema, makeEvent(5));
   compare(new Uint8Array([...base, 0x22, 0x01, 0x78, 0x18, 0x80, 0x00]), "repeated service, long varint");
   compare(new Uint8Array([...base, 0x88, 0x01, 0x02]), "bool 2");
+  // Strings of 128 bytes and more: a two-byte length.
+  const long = create(RequestEventSchema, {
+    ...makeEvent(6),
+    errorMessage: "x".repeat(300),
+    route: "r".repeat(128),
+  });
+  compare(toBinary(RequestEventSchema, long), "long strings");
   assert(fastPath > 300, `the fast path took ${fastPath} of ${compared} payloads`);
   // Plain events (ASCII, valid) all take the fast path.
   for (let i = 0; i < 500; i++) {
     assert(probe.scan(toBinary(RequestEventSchema, makeEvent(i))), `makeEvent(${i}) takes the fast path`);
   }
+});
+
+Deno.test("RowBinary: a UUID is its two halves as little-endian UInt64s, numbers little-endian", () => {
+  // The bytes clickhouse-server 18.16 answers for SELECT toUUID('00112233-4455-6677-8899-aabbccddeeff'),
+  // toDateTime(1700000000), toUInt16(513) FORMAT RowBinary.
+  const event = create(RequestEventSchema, {
+    ...makeEvent(1, 1_700_000_000_123),
+    eventId: "00112233-4455-6677-8899-AABBCCDDEEFF",
+    httpStatus: 513,
+  });
+  const writer = new RowWriter(16);
+  appendEvent(new EventScanner(), toBinary(RequestEventSchema, event), 1, () => writer);
+  const body = writer.body();
+  assertEquals(
+    [...body.subarray(0, 16)],
+    [0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, 0x00, 0xff, 0xee, 0xdd, 0xcc, 0xbb, 0xaa, 0x99, 0x88],
+  );
+  assertEquals([...body.subarray(16, 20)], [0x00, 0xf1, 0x53, 0x65], "ts 1700000000 as UInt32");
+  const [read] = readRowBinary(body);
+  assertEquals(read.row.event_id, "00112233-4455-6677-8899-aabbccddeeff");
+  assertEquals(read.row.http_status, 513);
 });
 
 Deno.test("a row writer drops rows by sequence and stamps every row", () => {
@@ -246,29 +225,15 @@ Deno.test("a row writer drops rows by sequence and stamps every row", () => {
   }
   const kept = writer.without(new Set([100, 125, 149, 7]));
   kept.stamp(1_700_000_123_456);
-  const lines = new TextDecoder().decode(kept.body()).split("\n");
-  assertEquals(lines.pop(), "", "ends with a line feed");
-  assertEquals(lines.length, 47);
+  const rows = readRowBinary(kept.body());
+  assertEquals(rows.length, 47);
   assertEquals(kept.seqs.length, 47);
-  for (const [i, line] of lines.entries()) {
-    const columns = line.split("\t");
-    assertEquals(columns.length, 20, line);
-    assertEquals(Number(columns[18]), kept.seqs[i]);
-    assertEquals(columns[19], "1700000123456");
+  for (const [i, { row, ingested_at_ms }] of rows.entries()) {
+    assertEquals(row.stream_seq, kept.seqs[i]);
+    assertEquals(row.ts_ms, 1_700_000_000_000 + row.stream_seq - 100);
+    assertEquals(ingested_at_ms, 1_700_000_123_456);
   }
   assert(!kept.seqs.includes(125) && kept.seqs.includes(126), "the right rows are gone");
-});
-
-Deno.test("rows as TabSeparated lines: columns in order, strings escaped", () => {
-  assertEquals(tsvString("a\tb\nc\\d\re'\u0000"), "a\\tb\\nc\\\\d\\re'\u0000");
-  assertEquals(tsvString("plain"), "plain");
-  const decoded = decodeEvent(toBinary(RequestEventSchema, makeEvent(17, 1_700_000_000_123)), 9);
-  assert(decoded.ok, "decodes");
-  const columns = rowLine(decoded.row).split("\t");
-  assertEquals(columns.length, 19);
-  assertEquals(columns.slice(1, 3), ["1700000000", "1700000000123"]);
-  assertEquals(columns[16], "unavailable: injected 'fault'\\n\\tline two");
-  assertEquals(columns[18], "9");
 });
 
 Deno.test("parseAckReply reads stream sequence, delivery count and consumer sequence from the reply subject", () => {
