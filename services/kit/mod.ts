@@ -22,6 +22,15 @@ export {
 export { createLogger, type Logger } from "./log.ts";
 export { createRegistry, type Registry } from "./metrics.ts";
 export {
+  createNatsWire,
+  type NatsServerAddress,
+  type NatsWire,
+  type NatsWireOptions,
+  parseDecimal,
+  parseNatsUrl,
+  type WireMessage,
+} from "./nats_wire.ts";
+export {
   bindService,
   type CallContext,
   methodPath,

@@ -48,7 +48,8 @@ export function parseNatsUrl(url: string): NatsServerAddress {
 }
 
 /**
- * A received MSG or HMSG: offsets into `buf`, valid only during the `onMessage` call (the chunk is reused).
+ * A received MSG or HMSG: offsets into `buf`. The object is reused for the next message, but `buf` is never
+ * written again where this message lies, so a receiver may keep views into it.
  * `headerEnd === payloadStart` for a MSG; for an HMSG the header block is `buf[payloadStart, headerEnd)` and the
  * body `buf[headerEnd, end)`.
  */
@@ -85,7 +86,7 @@ export interface NatsWireOptions {
   onConnected(reconnected: boolean): void;
   /** Called when a connection is lost (not on `close`). */
   onDisconnected?(reason: string): void;
-  /** Every MSG and HMSG; the views are valid only during the call. */
+  /** Every MSG and HMSG (the `message` object itself is reused: copy the offsets to keep them). */
   onMessage(message: WireMessage): void;
 }
 
@@ -271,16 +272,13 @@ export function createNatsWire(options: NatsWireOptions): NatsWire {
     let filled = 0;
     let pos = 0;
     for (;;) {
-      if (pos === filled) pos = filled = 0;
-      else if (chunk.length - filled < 64 * 1024) {
-        // Room for the next read: the unparsed tail moves to the front, or to a bigger chunk when a message
-        // is larger than what is left.
+      if (chunk.length - filled < 64 * 1024) {
+        // Room for the next read: the unparsed tail moves to a new chunk (bigger when one message needs it).
+        // A chunk is never written again once its messages were handed out, so receivers may keep views.
         const tail = filled - pos;
-        if (chunk.length - tail < 64 * 1024) {
-          const next = new Uint8Array(2 * tail + 64 * 1024);
-          next.set(chunk.subarray(pos, filled));
-          chunk = next;
-        } else chunk.copyWithin(0, pos, filled);
+        const next = new Uint8Array(Math.max(CHUNK, 2 * tail + 64 * 1024));
+        next.set(chunk.subarray(pos, filled));
+        chunk = next;
         filled = tail;
         pos = 0;
       }
