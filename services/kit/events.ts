@@ -226,7 +226,6 @@ export function createEventSink(options: EventSinkOptions): EventSink {
     servers,
     name: `${options.service}-events`,
     logger,
-    readPauseMs: Math.max(1, publishIntervalMs),
     onConnected(reconnected) {
       wire.writeText(`SUB ${inbox}.* ${INBOX_SID}\r\n`);
       connectedGauge.set(1);

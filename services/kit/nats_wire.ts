@@ -76,12 +76,6 @@ export interface NatsWireOptions {
   reconnectWaitMs?: number;
   /** A PING is sent this often; two PINGs without a PONG drop the connection. In ms. Default 5000. */
   pingIntervalMs?: number;
-  /**
-   * After each read, wait this long before the next one, in ms. Default 0. Why: a server that answers many
-   * small messages one write at a time (JetStream's publish acks) would otherwise cost one read, one wakeup
-   * and one promise per message; a pause lets them gather in the socket and arrive in one read.
-   */
-  readPauseMs?: number;
   /** Called once connected (first time and after each reconnect), before anything is read: subscribe here. */
   onConnected(reconnected: boolean): void;
   /** Called when a connection is lost (not on `close`). */
@@ -109,7 +103,6 @@ export function createNatsWire(options: NatsWireOptions): NatsWire {
   if (options.servers.length === 0) throw new Error("no NATS server given");
   const reconnectWaitMs = options.reconnectWaitMs ?? 250;
   const pingIntervalMs = options.pingIntervalMs ?? 5000;
-  const readPauseMs = options.readPauseMs ?? 0;
   let conn: Deno.Conn | undefined;
   let connected = false;
   let closed = false;
@@ -287,7 +280,6 @@ export function createNatsWire(options: NatsWireOptions): NatsWire {
       filled += n;
       pos = parse(chunk, pos, filled);
       if (!connected) return;
-      if (readPauseMs > 0) await sleep(readPauseMs);
     }
   }
 
