@@ -107,11 +107,13 @@ export interface ServiceConfig {
   eventsEnabled: boolean;
   /** EVENT_BUFFER_CAPACITY: events held in memory while NATS is slow or down; past it they are dropped. Default 100000. */
   eventBufferCapacity: number;
-  /** EVENT_PUBLISH_CONCURRENCY: JetStream publishes awaiting their ack at once. Default 512. */
+  /** EVENT_PUBLISH_CONCURRENCY: events published and awaiting JetStream's ack at once. Default 512. */
   eventPublishConcurrency: number;
   /**
-   * EVENT_PUBLISH_INTERVAL_MS: events emitted within this many milliseconds go to NATS in one socket write
-   * (0: each at once). Default 5.
+   * EVENT_PUBLISH_INTERVAL_MS: events emitted within this many milliseconds go to NATS in one socket write,
+   * acknowledged by one ack (0: each at once). Default 20: nats-server's CPU per event falls as batches grow
+   * (measured: about 17 us at 5 events a write, 10 at 50, 9 at 200), and 20 ms is nothing next to ingest's
+   * batch wait.
    */
   eventPublishIntervalMs: number;
   /** MAX_IN_FLIGHT: requests handled at once; past it requests are refused at once. Default 512. */
@@ -169,7 +171,7 @@ export function loadServiceConfig<T extends object = Record<never, never>>(
     eventsEnabled: read.boolean("EVENTS_ENABLED", true),
     eventBufferCapacity: read.integer("EVENT_BUFFER_CAPACITY", 100_000, 1, 10_000_000),
     eventPublishConcurrency: read.integer("EVENT_PUBLISH_CONCURRENCY", 512, 1, 65_536),
-    eventPublishIntervalMs: read.integer("EVENT_PUBLISH_INTERVAL_MS", 5, 0, 1000),
+    eventPublishIntervalMs: read.integer("EVENT_PUBLISH_INTERVAL_MS", 20, 0, 1000),
     maxInFlight: read.integer("MAX_IN_FLIGHT", 512, 1, 1_000_000),
     maxBodyBytes: read.integer("MAX_BODY_BYTES", 1024 * 1024, 1024, 64 * 1024 * 1024),
     adminToken: read.string("ADMIN_TOKEN", ""),
