@@ -11,6 +11,8 @@ export interface NatsServer extends AsyncDisposable {
   stop(signal?: Deno.Signal): Promise<void>;
   /** Starts it again on the same port with the same store. */
   start(): Promise<void>;
+  /** The running server's pid (for SIGSTOP/SIGCONT: a server that holds connections but answers nothing). */
+  readonly pid: number | undefined;
 }
 
 export interface NatsServerOptions {
@@ -58,6 +60,9 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
     storeDir,
     stop,
     start,
+    get pid() {
+      return process?.pid;
+    },
     async [Symbol.asyncDispose]() {
       await stop();
       if (ownsDir) await Deno.remove(dir, { recursive: true }).catch(() => {});

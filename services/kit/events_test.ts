@@ -159,6 +159,37 @@ Deno.test("events emitted while NATS restarts are all stored, once", options, as
 });
 
 Deno.test(
+  "batches whose ack does not come in time are published again, and stored once",
+  options,
+  async () => {
+    await using nats = await startNatsServer();
+    const { sink, counter } = sinkFor(nats.url, { publishTimeoutMs: 400 });
+    for (let i = 0; i < 50; i++) sink.emit(event(i));
+    assert(await sink.flush(10_000), "first events flushed");
+    // A frozen server keeps the connection open and answers nothing: only the ack timeout can notice.
+    Deno.kill(nats.pid!, "SIGSTOP");
+    const emitted = Array.from({ length: 200 }, (_, i) => event(i));
+    try {
+      for (const e of emitted) sink.emit(e);
+      await waitUntil("a timed-out batch published again", () => counter("events_publish_retries_total") > 0);
+    } finally {
+      Deno.kill(nats.pid!, "SIGCONT");
+    }
+    assert(await sink.flush(20_000), `flushed (pending ${sink.pending()})`);
+    const stored = await storedEvents(nats.url);
+    assertEquals(stored.length, 250, "every event stored once");
+    assertEquals(new Set(stored.map((s) => s.eventId)).size, 250);
+    assertEquals(counter("events_published_total"), 250);
+    assertEquals(counter("events_dropped_total"), 0);
+    assert(
+      counter("events_duplicate_acks_total") > 0,
+      "the copies written before the freeze were stored first",
+    );
+    await sink.close(5000);
+  },
+);
+
+Deno.test(
   "a stream deleted under the sink is created again and the refused batches are published again",
   options,
   async () => {
