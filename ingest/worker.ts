@@ -118,10 +118,7 @@ function createPartitionOf(timeZone: string): (tsSeconds: number) => number {
 
 interface BatchQueue {
   push(msg: Delivery): void;
-  /**
-   * Up to `max` messages: when `max` are there, or `waitMs` after the first arrived, or at stop; nothing
-   * after `idleMs` without a message.
-   */
+  /** Up to `max` messages: when `max` are there, or `waitMs` after the first arrived, or at stop/idle. */
   take(max: number, waitMs: number, idleMs: number): Promise<Delivery[]>;
   size(): number;
   oldestAt(): number;
@@ -152,17 +149,15 @@ function createBatchQueue(batchMax: number): BatchQueue {
       const idleUntil = Date.now() + idleMs;
       for (;;) {
         const now = Date.now();
-        // The idle limit applies only while nothing is in hand: a batch that has begun closes by size or by
-        // its wait. (Cutting it at the idle limit made drain mode's batches 100 ms of arrivals, below the
-        // batch wait: smaller INSERTs, each a part per table with a fixed cost in ClickHouse.)
-        const idle = items.length === 0 && now >= idleUntil;
-        if (items.length >= max || (items.length > 0 && now - firstAt >= waitMs) || closed || idle) {
+        if (
+          items.length >= max || (items.length > 0 && now - firstAt >= waitMs) || closed || now >= idleUntil
+        ) {
           const out = items.length <= max ? items : items.slice(0, max);
           items = items.length <= max ? [] : items.slice(max);
           firstAt = items.length > 0 ? now : 0;
           return out;
         }
-        const delay = items.length === 0 ? idleUntil - now : firstAt + waitMs - now;
+        const delay = items.length === 0 ? idleUntil - now : Math.min(idleUntil, firstAt + waitMs) - now;
         await new Promise<void>((resolve) => {
           const timer = setTimeout(() => {
             waiter = undefined;
