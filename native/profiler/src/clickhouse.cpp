@@ -7,7 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "rows.h"
-#include "tsv.h"
+#include "rowbinary.h"
 
 namespace tailwatch {
 
@@ -46,6 +46,7 @@ std::string trimmed(std::string text, std::size_t limit = 2000) {
 struct ClickHouseClient::Impl {
   std::unique_ptr<CURL, CurlDeleter> curl;
   std::unique_ptr<curl_slist, SlistDeleter> headers;
+  char error[CURL_ERROR_SIZE] = {0};
 };
 
 ClickHouseClient::ClickHouseClient(ClickHouseOptions options) : options_(std::move(options)), impl_(std::make_unique<Impl>()) {
@@ -55,7 +56,7 @@ ClickHouseClient::ClickHouseClient(ClickHouseOptions options) : options_(std::mo
   curl_slist* list = nullptr;
   for (const std::string& header :
        {"X-ClickHouse-User: " + options_.user, "X-ClickHouse-Key: " + options_.password,
-        std::string("Content-Type: text/plain; charset=utf-8")}) {
+        std::string("Content-Type: text/plain; charset=utf-8"), std::string("Expect:")}) {
     curl_slist* next = curl_slist_append(list, header.c_str());
     if (next == nullptr) {
       curl_slist_free_all(list);
@@ -64,6 +65,16 @@ ClickHouseClient::ClickHouseClient(ClickHouseOptions options) : options_(std::mo
     list = next;
   }
   impl_->headers.reset(list);
+  CURL* curl = impl_->curl.get();
+  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, impl_->headers.get());
+  curl_easy_setopt(curl, CURLOPT_POST, 1L);
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, append_body);
+  curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, impl_->error);
+  curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, options_.connect_timeout_ms);
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, options_.timeout_ms);
+  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(curl, CURLOPT_TCP_NODELAY, 1L);
+  curl_easy_setopt(curl, CURLOPT_TCP_KEEPALIVE, 1L);
 }
 
 ClickHouseClient::~ClickHouseClient() = default;
@@ -71,24 +82,16 @@ ClickHouseClient::~ClickHouseClient() = default;
 std::string ClickHouseClient::post(const std::string& url, const std::string& body) {
   CURL* curl = impl_->curl.get();
   std::string response;
-  char error[CURL_ERROR_SIZE] = {0};
-  curl_easy_reset(curl);
+  impl_->error[0] = 0;
+  // The handle keeps every other option from the constructor (and its connection) between requests.
   curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
-  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, impl_->headers.get());
-  curl_easy_setopt(curl, CURLOPT_POST, 1L);
   curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.data());
   curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
-  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, append_body);
   curl_easy_setopt(curl, CURLOPT_WRITEDATA, &response);
-  curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, error);
-  curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, options_.connect_timeout_ms);
-  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, options_.timeout_ms);
-  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(curl, CURLOPT_ACCEPT_ENCODING, "");
   const CURLcode code = curl_easy_perform(curl);
   if (code != CURLE_OK) {
     throw ClickHouseError("ClickHouse at " + options_.url + " unreachable: " +
-                          (error[0] != 0 ? std::string(error) : std::string(curl_easy_strerror(code))));
+                          (impl_->error[0] != 0 ? std::string(impl_->error) : std::string(curl_easy_strerror(code))));
   }
   long status = 0;
   curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
@@ -101,11 +104,15 @@ std::string ClickHouseClient::post(const std::string& url, const std::string& bo
 std::string ClickHouseClient::query(const std::string& sql) { return post(options_.url, sql); }
 
 void ClickHouseClient::insert(const std::string& statement, const std::string& data) {
-  std::unique_ptr<char, CurlStringDeleter> escaped(
-      curl_easy_escape(impl_->curl.get(), statement.c_str(), static_cast<int>(statement.size())));
-  if (!escaped) throw ClickHouseError("curl_easy_escape failed");
-  const char separator = options_.url.find('?') == std::string::npos ? '?' : '&';
-  post(options_.url + separator + "query=" + escaped.get(), data);
+  if (insert_url_.empty() || statement != insert_statement_) {
+    std::unique_ptr<char, CurlStringDeleter> escaped(
+        curl_easy_escape(impl_->curl.get(), statement.c_str(), static_cast<int>(statement.size())));
+    if (!escaped) throw ClickHouseError("curl_easy_escape failed");
+    const char separator = options_.url.find('?') == std::string::npos ? '?' : '&';
+    insert_url_ = options_.url + separator + "query=" + escaped.get();
+    insert_statement_ = statement;
+  }
+  post(insert_url_, data);
 }
 
 bool is_identifier(const std::string& name) {
@@ -134,7 +141,7 @@ std::string tick_query(const std::string& database, std::int64_t from, std::int6
   // engine, which costs less than a server-side sumMap.
   return "SELECT toUInt32(ts), service, method, errors, finalizeAggregation(duration_max_us), "
          "histogramMap.bucket, histogramMap.count FROM " +
-         database + ".latency_profile_1s WHERE " + time_range(from, to) + " FORMAT TabSeparated";
+         database + ".latency_profile_1s WHERE " + time_range(from, to) + " FORMAT RowBinary";
 }
 
 ClickHouseSource::ClickHouseSource(ClickHouseClient& client, std::string database)
@@ -155,7 +162,7 @@ SecondsBatch ClickHouseSource::fetch(std::int64_t from, std::int64_t to) {
   last_.bytes = body.size();
   start = Clock::now();
   try {
-    batch.profile = parse_profile_tsv(body);
+    batch.profile = parse_profile_rowbinary(body);
   } catch (const std::exception& error) {
     throw ClickHouseError(std::string("bad answer from ClickHouse: ") + error.what());
   }
@@ -181,13 +188,18 @@ nlohmann::json percentile_row(std::int64_t now, const WindowStats& row) {
   };
 }
 
-std::string percentile_rows_json(std::int64_t now, const std::vector<WindowStats>& rows) {
+const char* const kPercentileColumns =
+    "ts, window_s, service, method, count, rps, error_rate, p50_us, p90_us, p95_us, p99_us, p999_us, max_us";
+
+std::string percentile_insert_statement(const std::string& database) {
+  check_identifier(database);
+  return "INSERT INTO " + database + ".latency_percentiles (" + kPercentileColumns + ") FORMAT RowBinary";
+}
+
+std::string percentile_rows_rowbinary(std::int64_t now, const std::vector<WindowStats>& rows) {
   std::string body;
-  for (const auto& row : rows) {
-    // Replace invalid UTF-8 instead of throwing: names come from the services, unchecked.
-    body += percentile_row(now, row).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-    body += '\n';
-  }
+  body.reserve(rows.size() * 128);
+  for (const auto& row : rows) append_percentile_row(body, now, row);
   return body;
 }
 

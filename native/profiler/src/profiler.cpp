@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "tailwatch/clickhouse.h"
+#include "rowbinary.h"
 #include "rows.h"
 
 namespace tailwatch {
@@ -55,10 +56,6 @@ void sleep_until_unix(double unix_s) {
 
 double unix_now() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
-std::string insert_statement(const Config& config) {
-  return "INSERT INTO " + config.database + ".latency_percentiles FORMAT JSONEachRow";
 }
 
 /// Reads, advances and snapshots. Throws (engine unchanged) if reading fails.
@@ -107,7 +104,7 @@ int run_once(const Config& config, std::ostream& out, std::ostream& err) {
     const auto rows = one_tick(engine, source, now, timing);
     if (config.insert && !rows.empty()) {
       const auto start = Clock::now();
-      client.insert(insert_statement(config), percentile_rows_json(now, rows));
+      client.insert(percentile_insert_statement(config.database), percentile_rows_rowbinary(now, rows));
       timing.insert_ms = ms_since(start);
     }
     if (config.json) out << snapshot_json(config, now, rows, timing) << std::endl;
@@ -127,7 +124,9 @@ int run_daemon(const Config& config, std::ostream& err) {
       << config.tick_s << "s" << std::endl;
 
   constexpr std::size_t kMaxPendingRows = 200000;  // unsent rows kept across a ClickHouse outage
-  std::deque<std::string> pending;                 // one JSONEachRow line each
+  std::deque<std::string> pending;                 // one RowBinary row each
+  std::string body;                                // the INSERT body, its buffer reused
+  const std::string statement = percentile_insert_statement(config.database);
   std::size_t dropped = 0;
   double backoff_s = 0.5;
   bool failing = false;
@@ -143,21 +142,16 @@ int run_daemon(const Config& config, std::ostream& err) {
     try {
       TickTiming timing;
       const auto rows = one_tick(engine, source, now, timing);
-      const std::string body = percentile_rows_json(now, rows);
-      for (std::size_t start = 0; start < body.size();) {
-        const std::size_t end = body.find('\n', start);
-        pending.push_back(body.substr(start, end - start + 1));
-        start = end + 1;
-      }
+      for (const auto& row : rows) append_percentile_row(pending.emplace_back(), now, row);
       while (pending.size() > kMaxPendingRows) {
         pending.pop_front();
         ++dropped;
       }
       if (!pending.empty()) {
-        std::string all;
-        for (const auto& line : pending) all += line;
+        body.clear();
+        for (const auto& row : pending) body += row;
         const auto start = Clock::now();
-        client.insert(insert_statement(config), all);
+        client.insert(statement, body);
         timing.insert_ms = ms_since(start);
         pending.clear();
       }

@@ -249,17 +249,36 @@ Deno.test("profiler against a real ClickHouse", async (t) => {
     const result = await run(profiler, [
       ...connection(clickhouse, database),
       "--once",
+      "--json",
+      "--insert",
       "--now",
       String(now + 1),
     ]);
     assertEquals(result.code, 0, `profiler failed: ${result.stderr}`);
+    const snapshot = JSON.parse(result.stdout) as Snapshot;
+    assertEquals(snapshot.inserted, true, "--insert inserts");
     const rows = (await clickhouse.query(
-      `SELECT window_s, service, method, count, p99_us FROM ${database}.latency_percentiles
-       WHERE ts = toDateTime(${now + 1}) ORDER BY service, method, window_s FORMAT JSONEachRow`,
-    )).split("\n").filter(Boolean).map((line) => JSON.parse(line));
+      `SELECT toUInt32(ts) AS ts, window_s, service, method, count, rps, error_rate, p50_us, p90_us, p95_us,
+              p99_us, p999_us, max_us
+       FROM ${database}.latency_percentiles
+       WHERE ts = toDateTime(${now + 1}) ORDER BY service, method, window_s
+       FORMAT JSONEachRow`,
+    )).split("\n").filter(Boolean).map((line) =>
+      // UInt64 columns come quoted; every other column but the names is a number too.
+      Object.fromEntries(
+        Object.entries(JSON.parse(line)).map((
+          [k, v],
+        ) => [k, k === "service" || k === "method" ? v : Number(v)]),
+      )
+    );
     assertEquals(rows.length, 21, "rows inserted");
     assertEquals(rows[0].service, "catalog", "first service");
     assertEquals(rows[0].method, "", "whole service first");
+    // The RowBinary body lands column by column as the snapshot printed it (same order: keys, then windows).
+    const sorted = (row: object) =>
+      Object.fromEntries(Object.entries(row).sort(([a], [b]) => a < b ? -1 : 1));
+    const expected = snapshot.rows.map(({ errors: _errors, ...row }) => sorted(row));
+    assertEquals(rows.map(sorted), expected, "inserted rows = snapshot rows");
   });
 
   await t.step("a wrong password is a clear error and exit 1", async () => {

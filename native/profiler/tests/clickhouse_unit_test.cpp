@@ -2,41 +2,19 @@
 
 #include <gtest/gtest.h>
 
-#include <nlohmann/json.hpp>
 
-#include "tsv.h"
+#include <cstring>
+
+#include "rowbinary.h"
 
 using namespace tailwatch;
-
-TEST(Tsv, SplitsAndUnescapes) {
-  const auto fields = split_tsv_line("1700000000\tcat\\talog\tx\\\\y\\n\\'\\0z\t\\x41");
-  ASSERT_EQ(fields.size(), 4u);
-  EXPECT_EQ(fields[0], "1700000000");
-  EXPECT_EQ(fields[1], "cat\talog");
-  EXPECT_EQ(fields[2], std::string("x\\y\n'\0z", 7));
-  EXPECT_EQ(fields[3], "A");
-  EXPECT_EQ(split_tsv_line("").size(), 1u);
-  EXPECT_EQ(split_tsv_line("a\t").size(), 2u);
-  EXPECT_THROW(split_tsv_line("a\\"), std::runtime_error);
-  EXPECT_THROW(split_tsv_line("a\\q"), std::runtime_error);
-  EXPECT_THROW(split_tsv_line("\\x4"), std::runtime_error);
-}
-
-TEST(Tsv, ParsesBodies) {
-  EXPECT_TRUE(parse_tsv("").empty());
-  const auto rows = parse_tsv("1\ta\n2\tb\n");
-  ASSERT_EQ(rows.size(), 2u);
-  EXPECT_EQ(rows[1][1], "b");
-  EXPECT_EQ(parse_uint_field("18446744073709551615", "x"), 18446744073709551615ULL);
-  EXPECT_THROW(parse_uint_field("18446744073709551616", "x"), std::runtime_error);
-  EXPECT_THROW(parse_uint_field("-1", "x"), std::runtime_error);
-  EXPECT_THROW(parse_uint_field("", "x"), std::runtime_error);
-}
 
 TEST(ClickHouseSql, QueryReadsTheProfileRollupAndRefusesBadNames) {
   const std::string q = tick_query("profiler", 100, 106);
   EXPECT_NE(q.find("SELECT toUInt32(ts), service, method, errors, finalizeAggregation(duration_max_us), "
                    "histogramMap.bucket, histogramMap.count FROM profiler.latency_profile_1s WHERE "),
+            std::string::npos);
+  EXPECT_NE(q.find(" FORMAT RowBinary"),
             std::string::npos);
   EXPECT_NE(q.find("ts >= toDateTime(100) AND ts < toDateTime(106)"), std::string::npos);
   EXPECT_EQ(q.find("GROUP BY"), std::string::npos);
@@ -45,53 +23,113 @@ TEST(ClickHouseSql, QueryReadsTheProfileRollupAndRefusesBadNames) {
   EXPECT_NO_THROW(check_identifier("_profiler_2"));
 }
 
-TEST(Tsv, ParsesArrays) {
-  EXPECT_TRUE(parse_uint_array("[]", "x").empty());
-  EXPECT_EQ(parse_uint_array("[7]", "x"), std::vector<unsigned long long>{7});
-  EXPECT_EQ(parse_uint_array("[1,22,18446744073709551615]", "x"),
-            (std::vector<unsigned long long>{1, 22, 18446744073709551615ULL}));
-  for (const char* bad : {"", "[", "]", "1,2", "[1,]", "[,1]", "[1,,2]", "[1 ,2]", "[-1]", "[1,2", "[a]"}) {
-    EXPECT_THROW(parse_uint_array(bad, "x"), std::runtime_error) << bad;
-  }
+namespace {
+/// One tick_query answer row, encoded the way ClickHouse writes RowBinary.
+std::string profile_row(std::uint32_t ts, const std::string& service, const std::string& method,
+                        std::uint64_t errors, std::uint64_t max, const std::vector<std::uint16_t>& buckets,
+                        const std::vector<std::uint64_t>& counts) {
+  std::string out;
+  put_u32(out, ts);
+  put_string(out, service);
+  put_string(out, method);
+  put_u64(out, errors);
+  put_u64(out, max);
+  out.push_back(static_cast<char>(buckets.size()));
+  for (const auto b : buckets) out.append(reinterpret_cast<const char*>(&b), 2);
+  out.push_back(static_cast<char>(counts.size()));
+  for (const auto c : counts) put_u64(out, c);
+  return out;
+}
+}  // namespace
+
+TEST(RowBinary, WritesLittleEndianNumbersAndLeb128Strings) {
+  std::string out;
+  put_u32(out, 0x01020304);
+  put_u64(out, 5);
+  put_string(out, "");
+  put_string(out, std::string(300, 'x'));
+  ASSERT_EQ(out.size(), 4u + 8u + 1u + 2u + 300u);
+  EXPECT_EQ(out.substr(0, 4), std::string("\x04\x03\x02\x01", 4));
+  EXPECT_EQ(out[12], '\0');
+  EXPECT_EQ(out.substr(13, 2), std::string("\xac\x02", 2));  // 300 = 0b10_0101100
+  RowBinaryReader in(out);
+  EXPECT_EQ(in.u32("a"), 0x01020304u);
+  EXPECT_EQ(in.u64("b"), 5u);
+  EXPECT_EQ(in.string("c"), "");
+  EXPECT_EQ(in.string("d"), std::string(300, 'x'));
+  EXPECT_TRUE(in.done());
+  EXPECT_THROW(in.u16("past the end"), std::runtime_error);
+  std::string overlong(11, '\x80');
+  RowBinaryReader bad(overlong);
+  EXPECT_THROW(bad.varint("x"), std::runtime_error);
 }
 
-TEST(Tsv, ParsesProfileRows) {
-  const auto rows = parse_profile_tsv(
-      "1700000000\tcat\\talog\t/m\t2\t5000\t[5,796]\t[2,1]\n"
-      "1700000001\ts\t\t0\t0\t[]\t[]\n");
+TEST(RowBinary, ParsesProfileRows) {
+  const std::string name("cat\talog\0\xff", 10);  // any bytes: RowBinary has no escapes
+  const std::string body = profile_row(1700000000, name, "/m", 2, 5000, {5, 796}, {2, 1}) +
+                           profile_row(1700000001, "s", "", 0, 0, {}, {});
+  const auto rows = parse_profile_rowbinary(body);
   ASSERT_EQ(rows.size(), 2u);
   EXPECT_EQ(rows[0].ts, 1700000000);
-  EXPECT_EQ(rows[0].service, "cat\talog");
+  EXPECT_EQ(rows[0].service, name);
   EXPECT_EQ(rows[0].method, "/m");
   EXPECT_EQ(rows[0].errors, 2u);
   EXPECT_EQ(rows[0].max_us, 5000u);
   EXPECT_EQ(rows[0].buckets, (SparseHistogram{{5, 2}, {796, 1}}));
   EXPECT_EQ(rows[1].method, "");
   EXPECT_TRUE(rows[1].buckets.empty());
-  EXPECT_TRUE(parse_profile_tsv("").empty());
-  // Arrays of different lengths, a bucket out of range, a missing field.
-  EXPECT_THROW(parse_profile_tsv("1\ts\tm\t0\t1\t[1,2]\t[1]\n"), std::runtime_error);
-  EXPECT_THROW(parse_profile_tsv("1\ts\tm\t0\t1\t[" + std::to_string(kBucketCount) + "]\t[1]\n"),
-               std::runtime_error);
-  EXPECT_THROW(parse_profile_tsv("1\ts\tm\t0\t1\t[1]\n"), std::runtime_error);
+  EXPECT_TRUE(parse_profile_rowbinary("").empty());
+  // Every truncation of a valid answer is refused, never read past.
+  for (std::size_t n = 1; n < body.size(); ++n) {
+    const std::string cut = body.substr(0, n);
+    bool boundary = false;
+    try {
+      parse_profile_rowbinary(cut);
+      boundary = true;
+    } catch (const std::runtime_error&) {
+    }
+    EXPECT_EQ(boundary, n == profile_row(1700000000, name, "/m", 2, 5000, {5, 796}, {2, 1}).size()) << n;
+  }
+  // Arrays of different lengths, a bucket out of range.
+  EXPECT_THROW(parse_profile_rowbinary(profile_row(1, "s", "m", 0, 1, {1, 2}, {1})), std::runtime_error);
+  EXPECT_THROW(
+      parse_profile_rowbinary(profile_row(1, "s", "m", 0, 1, {static_cast<std::uint16_t>(kBucketCount)}, {1})),
+      std::runtime_error);
 }
 
-TEST(ClickHouseSql, PercentileRowsAreOneJsonObjectPerLine) {
+TEST(ClickHouseSql, PercentileRowsAreRowBinaryInColumnOrder) {
   WindowStats row;
-  row.key = {"svc\"quote", "/m\n"};
+  row.key = {"svc\"quote", std::string("/m\n\xff", 4)};
   row.window_s = 60;
   row.count = 120;
   row.rps = 2;
+  row.error_rate = 0.25;
+  row.p50_us = 7;
   row.p99_us = 1234;
-  const std::string body = percentile_rows_json(1700000000, {row, row});
-  ASSERT_EQ(std::count(body.begin(), body.end(), '\n'), 2);
-  const auto first = nlohmann::json::parse(body.substr(0, body.find('\n')));
-  EXPECT_EQ(first["ts"], 1700000000);
-  EXPECT_EQ(first["service"], "svc\"quote");
-  EXPECT_EQ(first["method"], "/m\n");
-  EXPECT_EQ(first["window_s"], 60);
-  EXPECT_EQ(first["p99_us"], 1234);
-  EXPECT_EQ(first.size(), 13u);
+  row.max_us = 99999;
+  const std::string body = percentile_rows_rowbinary(1700000000, {row, row});
+  const std::size_t one = 4 + 4 + (1 + 9) + (1 + 4) + 8 + 8 + 8 + 6 * 8;
+  ASSERT_EQ(body.size(), 2 * one);
+  EXPECT_EQ(body.substr(0, one), body.substr(one));
+  RowBinaryReader in(body);
+  EXPECT_EQ(in.u32("ts"), 1700000000u);
+  EXPECT_EQ(in.u32("window_s"), 60u);
+  EXPECT_EQ(in.string("service"), "svc\"quote");
+  EXPECT_EQ(in.string("method"), std::string("/m\n\xff", 4));
+  EXPECT_EQ(in.u64("count"), 120u);
+  const auto f64 = [&](const char* what) {
+    const std::uint64_t bits = in.u64(what);
+    double value;
+    std::memcpy(&value, &bits, 8);
+    return value;
+  };
+  EXPECT_EQ(f64("rps"), 2.0);
+  EXPECT_EQ(f64("error_rate"), 0.25);
+  for (const std::uint64_t expected : {7u, 0u, 0u, 1234u, 0u, 99999u}) EXPECT_EQ(in.u64("p"), expected);
+  const std::string statement = percentile_insert_statement("profiler");
+  EXPECT_EQ(statement, std::string("INSERT INTO profiler.latency_percentiles (") + kPercentileColumns +
+                           ") FORMAT RowBinary");
+  EXPECT_THROW(percentile_insert_statement("a b"), std::invalid_argument);
 }
 
 TEST(ClickHouseClient, UnreachableServerIsAClickHouseError) {

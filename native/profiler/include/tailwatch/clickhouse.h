@@ -27,7 +27,9 @@ struct ClickHouseOptions {
   long timeout_ms = 15000;
 };
 
-/// One keep-alive connection. Not thread-safe. Auth goes in X-ClickHouse-User / X-ClickHouse-Key headers.
+/// One keep-alive connection on one libcurl handle whose options are set once (only the URL and body change
+/// per request). Not thread-safe. Auth goes in X-ClickHouse-User / X-ClickHouse-Key headers; no
+/// "Expect: 100-continue" (a body is sent at once, without waiting for a round trip first).
 class ClickHouseClient {
  public:
   explicit ClickHouseClient(ClickHouseOptions options);
@@ -38,12 +40,14 @@ class ClickHouseClient {
   /// Runs one statement (sent as the POST body) and returns the response body. Throws ClickHouseError.
   std::string query(const std::string& sql);
 
-  /// Runs `statement` (e.g. "INSERT INTO db.t FORMAT JSONEachRow", sent in the URL) with `data` as the POST
+  /// Runs `statement` (e.g. "INSERT INTO db.t FORMAT RowBinary", sent in the URL) with `data` as the POST
   /// body. Throws ClickHouseError.
   void insert(const std::string& statement, const std::string& data);
 
  private:
   std::string post(const std::string& url, const std::string& body);
+  std::string insert_statement_;  // the last insert's statement and URL, reused while it does not change
+  std::string insert_url_;
   struct Impl;
   ClickHouseOptions options_;
   std::unique_ptr<Impl> impl_;
@@ -58,14 +62,14 @@ void check_identifier(const std::string& name);
 /// The SQL a tick reads with (exposed for tests and documentation): seconds [from, to), unix time. One
 /// statement, one round trip, on latency_profile_1s (ingest/migrations/0005_latency_profile.sql): per row
 /// ts, service, method, errors, exact max (finalizeAggregation of its max state) and the histogram as two
-/// arrays (buckets, counts). No GROUP BY: rows of a second and key that are not merged yet are added up by
-/// the engine. Throws std::invalid_argument for a database name that is not an identifier.
+/// arrays (buckets, counts), FORMAT RowBinary. No GROUP BY: rows of a second and key that are not merged yet
+/// are added up by the engine. Throws std::invalid_argument for a database name that is not an identifier.
 std::string tick_query(const std::string& database, std::int64_t from, std::int64_t to);
 
 /// Where the last fetch() spent its time.
 struct FetchStats {
   double http_ms = 0;   ///< the query's round trip: request sent, answer received
-  double parse_ms = 0;  ///< TabSeparated answer -> rows
+  double parse_ms = 0;  ///< RowBinary answer -> rows
   std::size_t bytes = 0;
 };
 
@@ -82,7 +86,15 @@ class ClickHouseSource : public DataSource {
   FetchStats last_;
 };
 
-/// JSONEachRow body for INSERT INTO latency_percentiles (one line per row, ts = `now`).
-std::string percentile_rows_json(std::int64_t now, const std::vector<WindowStats>& rows);
+/// The latency_percentiles columns the profiler writes, in the order of its RowBinary rows.
+extern const char* const kPercentileColumns;
+
+/// "INSERT INTO <database>.latency_percentiles (<kPercentileColumns>) FORMAT RowBinary". Throws
+/// std::invalid_argument for a database name that is not an identifier.
+std::string percentile_insert_statement(const std::string& database);
+
+/// The RowBinary body for percentile_insert_statement: one row per element of `rows`, ts = `now`. Names go
+/// byte for byte (RowBinary has no escapes; nothing is replaced).
+std::string percentile_rows_rowbinary(std::int64_t now, const std::vector<WindowStats>& rows);
 
 }  // namespace tailwatch
