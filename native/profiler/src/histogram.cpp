@@ -13,8 +13,26 @@ void normalize(SparseHistogram& sparse) {
       throw std::out_of_range("bucket index " + std::to_string(entry.bucket) + " out of range");
     }
   }
-  std::sort(sparse.begin(), sparse.end(),
-            [](const BucketCount& a, const BucketCount& b) { return a.bucket < b.bucket; });
+  const auto by_bucket = [](const BucketCount& a, const BucketCount& b) { return a.bucket < b.bucket; };
+  // What a tick gathers is usually a few sorted runs (merged rollup rows, one per method of a service):
+  // merge those in linear time; sort anything more scattered (unmerged rows keep arrival order).
+  constexpr std::size_t kMaxRuns = 8;
+  std::size_t run_ends[kMaxRuns];
+  std::size_t runs = 0;
+  for (std::size_t i = 1; i <= sparse.size() && runs <= kMaxRuns; ++i) {
+    if (i == sparse.size() || sparse[i].bucket < sparse[i - 1].bucket) {
+      if (runs < kMaxRuns) run_ends[runs] = i;
+      ++runs;
+    }
+  }
+  if (runs > kMaxRuns) {
+    std::sort(sparse.begin(), sparse.end(), by_bucket);
+  } else {
+    for (std::size_t r = 1; r < runs; ++r) {
+      std::inplace_merge(sparse.begin(), sparse.begin() + static_cast<std::ptrdiff_t>(run_ends[r - 1]),
+                         sparse.begin() + static_cast<std::ptrdiff_t>(run_ends[r]), by_bucket);
+    }
+  }
   std::size_t out = 0;
   for (std::size_t i = 0; i < sparse.size(); ++i) {
     if (out > 0 && sparse[out - 1].bucket == sparse[i].bucket) {

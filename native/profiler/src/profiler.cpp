@@ -1,5 +1,7 @@
 #include "profiler.h"
 
+#include <pthread.h>
+
 #include <csignal>
 #include <chrono>
 #include <ctime>
@@ -28,15 +30,19 @@ nlohmann::json timing_object(const TickTiming& timing) {
 
 volatile std::sig_atomic_t g_stop = 0;
 
-extern "C" void on_stop_signal(int) { g_stop = 1; }
+/// The daemon's stop signals. They are blocked for the whole daemon (and every thread it starts), so a
+/// signal that arrives during a tick stays pending: the tick finishes, and the next wait takes it.
+sigset_t stop_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  return set;
+}
 
-void install_signal_handlers() {
-  struct sigaction action {};
-  action.sa_handler = on_stop_signal;
-  sigemptyset(&action.sa_mask);
-  action.sa_flags = 0;
-  sigaction(SIGTERM, &action, nullptr);
-  sigaction(SIGINT, &action, nullptr);
+void block_stop_signals() {
+  const sigset_t set = stop_signals();
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
 }
 
 using Clock = std::chrono::steady_clock;
@@ -45,12 +51,18 @@ double ms_since(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
 
-/// Sleeps until the wall clock reaches `unix_s` or a stop signal arrives.
+/// Sleeps until the wall clock reaches `unix_s` or a stop signal arrives (then g_stop = 1). One wakeup per
+/// call in the ordinary case: the wait is a sigtimedwait on the blocked stop signals, not a polling loop.
 void sleep_until_unix(double unix_s) {
+  const sigset_t set = stop_signals();
   while (g_stop == 0) {
     const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
     if (now >= unix_s) return;
-    std::this_thread::sleep_for(std::chrono::duration<double>(std::min(0.1, unix_s - now)));
+    const double left = unix_s - now;
+    timespec timeout{};
+    timeout.tv_sec = static_cast<time_t>(left);
+    timeout.tv_nsec = static_cast<long>((left - static_cast<double>(timeout.tv_sec)) * 1e9);
+    if (sigtimedwait(&set, nullptr, &timeout) > 0) g_stop = 1;
   }
 }
 
@@ -116,7 +128,7 @@ int run_once(const Config& config, std::ostream& out, std::ostream& err) {
 }
 
 int run_daemon(const Config& config, std::ostream& err) {
-  install_signal_handlers();
+  block_stop_signals();  // before the client exists: no thread of it may take the signals
   RollingEngine engine(rolling_config(config));
   ClickHouseClient client(clickhouse_options(config));
   ClickHouseSource source(client, config.database);

@@ -90,11 +90,11 @@ struct RollingEngine::KeyState {
     const std::size_t slot = slot_of(t, size);
     return ring_ts[slot] == t ? ring[slot] : kEmptySecond;
   }
-  void store(std::int64_t t, std::uint32_t size, const SecondData& data) {
+  void store(std::int64_t t, std::uint32_t size, SecondData data) {
     const std::size_t slot = slot_of(t, size);
     ring_ts[slot] = t;
-    ring[slot] = data;
     ring_max[slot] = data.max_us;
+    ring[slot] = std::move(data);
   }
 };
 
@@ -221,9 +221,13 @@ void RollingEngine::advance(std::int64_t now, const SecondsBatch& batch) {
   const bool restart = end_ == kNoTime || now - end_ >= static_cast<std::int64_t>(max_window_);
   for (auto& [key, state] : keys_) {
     const auto found = fresh.find(key);
-    const std::vector<SecondData>* seconds = found == fresh.end() ? nullptr : &found->second;
+    std::vector<SecondData>* seconds = found == fresh.end() ? nullptr : &found->second;
     auto fresh_at = [&](std::int64_t t) -> const SecondData& {
       return seconds == nullptr ? kEmptySecond : (*seconds)[static_cast<std::size_t>(t - from)];
+    };
+    // A second's fresh data is kept (moved into the ring) once no later step of this key reads it.
+    auto take_fresh = [&](std::int64_t t) -> SecondData {
+      return seconds == nullptr ? SecondData{} : std::move((*seconds)[static_cast<std::size_t>(t - from)]);
     };
 
     // A: reconcile the re-read seconds that were already seen.
@@ -237,7 +241,7 @@ void RollingEngine::advance(std::int64_t now, const SecondsBatch& batch) {
           state->windows[w].remove(old_data);
           state->windows[w].add(new_data);
         }
-        state->store(t, max_window_, new_data);
+        state->store(t, max_window_, take_fresh(t));  // step B reads only seconds >= end_
       }
     }
     // B: slide every window from end_ to now.
@@ -253,7 +257,7 @@ void RollingEngine::advance(std::int64_t now, const SecondsBatch& batch) {
       }
     }
     // C: keep the new seconds (their slots held seconds every window has dropped by now).
-    for (std::int64_t t = restart ? from : end_; t < now; ++t) state->store(t, max_window_, fresh_at(t));
+    for (std::int64_t t = restart ? from : end_; t < now; ++t) state->store(t, max_window_, take_fresh(t));
   }
   end_ = now;
 
