@@ -1,0 +1,116 @@
+#include "rowbinary.h"
+
+#include <cstring>
+#include <stdexcept>
+
+namespace tailwatch {
+
+namespace {
+template <typename T>
+void put_raw(std::string& out, T value) {
+  char bytes[sizeof(T)];
+  std::memcpy(bytes, &value, sizeof(T));
+  out.append(bytes, sizeof(T));
+}
+template <typename T>
+T get_raw(const char* data) {
+  T value;
+  std::memcpy(&value, data, sizeof(T));
+  return value;
+}
+}  // namespace
+
+void put_u32(std::string& out, std::uint32_t value) { put_raw(out, value); }
+void put_u64(std::string& out, std::uint64_t value) { put_raw(out, value); }
+void put_f64(std::string& out, double value) { put_raw(out, value); }
+
+void put_string(std::string& out, std::string_view value) {
+  std::uint64_t n = value.size();
+  while (n >= 0x80) {
+    out.push_back(static_cast<char>(static_cast<unsigned char>(n | 0x80)));
+    n >>= 7;
+  }
+  out.push_back(static_cast<char>(n));
+  out.append(value.data(), value.size());
+}
+
+const char* RowBinaryReader::take(std::size_t n, const char* what) {
+  if (body_.size() - pos_ < n) {
+    throw std::runtime_error(std::string("RowBinary: answer ends inside ") + what + " at byte " +
+                             std::to_string(pos_));
+  }
+  const char* data = body_.data() + pos_;
+  pos_ += n;
+  return data;
+}
+
+std::uint16_t RowBinaryReader::u16(const char* what) { return get_raw<std::uint16_t>(take(2, what)); }
+std::uint32_t RowBinaryReader::u32(const char* what) { return get_raw<std::uint32_t>(take(4, what)); }
+std::uint64_t RowBinaryReader::u64(const char* what) { return get_raw<std::uint64_t>(take(8, what)); }
+
+std::uint64_t RowBinaryReader::varint(const char* what) {
+  std::uint64_t value = 0;
+  for (int shift = 0; shift < 70; shift += 7) {
+    const auto byte = static_cast<unsigned char>(*take(1, what));
+    value |= static_cast<std::uint64_t>(byte & 0x7f) << shift;
+    if ((byte & 0x80) == 0) return value;
+  }
+  throw std::runtime_error(std::string("RowBinary: length of ") + what + " longer than 10 bytes");
+}
+
+std::string_view RowBinaryReader::string(const char* what) {
+  const std::uint64_t n = varint(what);
+  if (n > body_.size() - pos_) {
+    throw std::runtime_error(std::string("RowBinary: ") + what + " of " + std::to_string(n) +
+                             " bytes runs past the answer");
+  }
+  return {take(static_cast<std::size_t>(n), what), static_cast<std::size_t>(n)};
+}
+
+std::size_t RowBinaryReader::array_size(std::size_t element_size, const char* what) {
+  const std::uint64_t n = varint(what);
+  if (n > (body_.size() - pos_) / element_size) {
+    throw std::runtime_error(std::string("RowBinary: ") + what + " of " + std::to_string(n) +
+                             " elements runs past the answer");
+  }
+  return static_cast<std::size_t>(n);
+}
+
+std::vector<ProfileRow> parse_profile_rowbinary(std::string_view body) {
+  std::vector<ProfileRow> rows;
+  RowBinaryReader in(body);
+  while (!in.done()) {
+    ProfileRow& row = rows.emplace_back();
+    row.ts = in.u32("ts");
+    row.service = in.string("service");
+    row.method = in.string("method");
+    row.errors = in.u64("errors");
+    row.max_us = in.u64("max");
+    const std::size_t n = in.array_size(2, "buckets");
+    row.buckets.resize(n);
+    for (auto& entry : row.buckets) {
+      entry.bucket = in.u16("bucket");
+      if (entry.bucket >= kBucketCount) {
+        throw std::runtime_error("RowBinary: bucket " + std::to_string(entry.bucket) + " out of range");
+      }
+    }
+    if (in.array_size(8, "counts") != n) throw std::runtime_error("RowBinary: bucket and count arrays differ in length");
+    for (auto& entry : row.buckets) entry.count = in.u64("count");
+  }
+  return rows;
+}
+
+void append_percentile_row(std::string& out, std::int64_t now, const WindowStats& row) {
+  put_u32(out, static_cast<std::uint32_t>(now));
+  put_u32(out, row.window_s);
+  put_string(out, row.key.service);
+  put_string(out, row.key.method);
+  put_u64(out, row.count);
+  put_f64(out, row.rps);
+  put_f64(out, row.error_rate);
+  for (const std::uint64_t value : {row.p50_us, row.p90_us, row.p95_us, row.p99_us, row.p999_us, row.max_us}) {
+    put_u64(out, value);
+  }
+}
+
+}  // namespace tailwatch
