@@ -3,7 +3,13 @@
  * one INSERT per batch and day-partition into `request_events` → ack. Exactly once through redelivery: see
  * ingest/README.md ("Exactly once").
  */
-import { AckPolicy, DeliverPolicy, type JetStreamManager, jetstreamManager } from "@nats-io/jetstream";
+import {
+  AckPolicy,
+  type ConsumerInfo,
+  DeliverPolicy,
+  type JetStreamManager,
+  jetstreamManager,
+} from "@nats-io/jetstream";
 import { connect, headers, nanos, type NatsConnection } from "@nats-io/transport-node";
 import {
   createRegistry,
@@ -83,6 +89,18 @@ interface PreparedBatch {
 }
 
 const INSERT_COLUMNS = [...REQUEST_EVENT_COLUMNS, "ingested_at_ms"] as const;
+
+/**
+ * The stream sequence below which a consumer has everything acked. A consumer made to start at sequence S
+ * reports ack floor 0 until it acks something, but everything below S was acked by the consumer it replaced
+ * (it starts at that one's ack floor + 1): recreating it from 1 would replay the whole stream.
+ */
+function ackFloor(info: ConsumerInfo): number {
+  const start = info.config.deliver_policy === DeliverPolicy.StartSequence
+    ? info.config.opt_start_seq ?? 1
+    : 1;
+  return Math.max(info.ack_floor.stream_seq, start - 1);
+}
 
 /** Thrown inside the worker when a stop's grace period ran out while a batch was still failing. */
 class AbandonBatch extends Error {}
@@ -354,9 +372,19 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
     // once"). A durable that was created with another filter subject is recreated too.
     const recreate = info !== undefined && (
       info.config.ack_policy !== AckPolicy.All || info.num_ack_pending > 0 ||
-      info.delivered.stream_seq > info.ack_floor.stream_seq ||
+      info.delivered.stream_seq > ackFloor(info) ||
       (info.config.filter_subject ?? "") !== config.filterSubject
     );
+    // A durable that was recreated (by this code: start sequence = the old one's ack floor + 1) no longer
+    // knows what its earlier incarnations delivered: a process killed after recreating it (caught by the kill
+    // -9 test: the next process found ack floor 0, delivered 2500, while the incarnation before had delivered
+    // up to 4000 and inserted unacked batches above 2500, which then went in a second time). Any of those
+    // deliveries is in the stream, so the stream's last sequence bounds them: every message up to it gets the
+    // dedup check. A durable never recreated keeps its delivered sequence, which is enough (below).
+    if (info && (recreate || info.config.deliver_policy === DeliverPolicy.StartSequence)) {
+      const lastSeq = (await jsm.streams.info(REQUEST_EVENTS_STREAM)).state.last_seq;
+      if (lastSeq > highWater) highWater = lastSeq;
+    }
     if (info && !recreate) {
       await jsm.consumers.update(REQUEST_EVENTS_STREAM, config.durable, {
         ack_wait: nanos(config.ackWaitMs),
@@ -368,7 +396,7 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       await jsm.consumers.delete(REQUEST_EVENTS_STREAM, config.durable);
       logger.info("recreated the durable consumer at its ack floor + 1", {
         ackPolicy: info.config.ack_policy,
-        ackFloor: info.ack_floor.stream_seq,
+        ackFloor: ackFloor(info),
         delivered: info.delivered.stream_seq,
       });
       // Everything up to what the old consumer delivered may have been inserted already.
@@ -378,7 +406,7 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       durable_name: config.durable,
       ack_policy: AckPolicy.All,
       ...(info
-        ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: info.ack_floor.stream_seq + 1 }
+        ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: ackFloor(info) + 1 }
         : { deliver_policy: options.deliverFromStart === false ? DeliverPolicy.New : DeliverPolicy.All }),
       ack_wait: nanos(config.ackWaitMs),
       max_ack_pending: config.maxAckPending,
