@@ -72,22 +72,33 @@ function writeEnum(field: number, value: number): void {
   writeVarint(value);
 }
 
+/**
+ * A string field. Short ASCII strings (nearly all: ids, names, routes) are written in one pass, length first,
+ * and undone for the UTF-8 path at the first character above 0x7f; a length under 128 is one varint byte.
+ */
 function writeString(field: number, value: string): void {
-  if (value.length === 0) return;
+  const length = value.length;
+  if (length === 0) return;
   writeVarint((field << 3) | WIRE_LENGTH_DELIMITED);
-  let ascii = true;
-  for (let i = 0; i < value.length; i++) {
-    if (value.charCodeAt(i) > 0x7f) {
-      ascii = false;
-      break;
+  if (length < 0x80) {
+    ensure(1 + length);
+    const start = position;
+    buffer[position++] = length;
+    for (let i = 0; i < length; i++) {
+      const code = value.charCodeAt(i);
+      if (code > 0x7f) {
+        position = start;
+        writeUtf8(value);
+        return;
+      }
+      buffer[position++] = code;
     }
-  }
-  if (ascii) {
-    writeVarint(value.length);
-    ensure(value.length);
-    for (let i = 0; i < value.length; i++) buffer[position++] = value.charCodeAt(i);
     return;
   }
+  writeUtf8(value);
+}
+
+function writeUtf8(value: string): void {
   const utf8 = textEncoder.encode(value);
   writeVarint(utf8.length);
   ensure(utf8.length);
