@@ -12,3 +12,4 @@ export {
 } from "./clickhouse_server.ts";
 export { assert, assertEquals, AssertionError, assertRejects } from "./assert.ts";
 export { seededRandom } from "./random.ts";
+export { readStreamMessages, type StoredMessage } from "./stream_reader.ts";

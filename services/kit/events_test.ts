@@ -3,10 +3,17 @@
  * the connection, and the counters add up (accepted = published + pending; refused = dropped).
  */
 import { fromBinary } from "@bufbuild/protobuf";
-import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { Protocol, RequestEventSchema } from "@tailwatch/proto/events/v1";
-import { assert, assertEquals, freePort, startNatsServer, waitUntil } from "@tailwatch/testing";
+import {
+  assert,
+  assertEquals,
+  freePort,
+  readStreamMessages,
+  startNatsServer,
+  waitUntil,
+} from "@tailwatch/testing";
 import { createEventSink, type RequestEventInit } from "./events.ts";
 import { uuidv7 } from "./ids.ts";
 import { createLogger } from "./log.ts";
@@ -38,37 +45,13 @@ function event(index: number): RequestEventInit {
   };
 }
 
-/** Stored messages of the stream, in order: the event id in the Nats-Msg-Id header and the decoded event. */
+/** Stored events, in stream order: the Nats-Msg-Id header and the decoded event's id and duration. */
 async function storedEvents(natsUrl: string) {
-  const nc = await connect({ servers: natsUrl });
-  try {
-    const jsm = await jetstreamManager(nc);
-    const total = (await jsm.streams.info(REQUEST_EVENTS_STREAM)).state.messages;
-    const stored: Array<{ msgId: string | undefined; eventId: string; durationUs: bigint }> = [];
-    if (total === 0) return stored;
-    const consumer = await jsm.consumers.add(REQUEST_EVENTS_STREAM, {
-      ack_policy: AckPolicy.None,
-      deliver_policy: DeliverPolicy.All,
-    });
-    const reader = await jetstream(nc).consumers.get(REQUEST_EVENTS_STREAM, consumer.name);
-    while (stored.length < total) {
-      const batch = await reader.fetch({ max_messages: total - stored.length, expires: 2000 });
-      let got = 0;
-      for await (const message of batch) {
-        const decoded = fromBinary(RequestEventSchema, message.data);
-        stored.push({
-          msgId: message.headers?.get("Nats-Msg-Id"),
-          eventId: decoded.eventId,
-          durationUs: decoded.durationUs,
-        });
-        got++;
-      }
-      if (got === 0) break;
-    }
-    return stored;
-  } finally {
-    await nc.close();
-  }
+  const messages = await readStreamMessages(natsUrl, REQUEST_EVENTS_STREAM);
+  return messages.map((message) => {
+    const decoded = fromBinary(RequestEventSchema, message.data);
+    return { msgId: message.msgId, eventId: decoded.eventId, durationUs: decoded.durationUs };
+  });
 }
 
 function sinkFor(natsUrl: string, overrides: { capacity?: number; publishTimeoutMs?: number } = {}) {
@@ -145,6 +128,10 @@ Deno.test("events emitted while NATS restarts are all stored, once", options, as
   await emitSome(20);
   const emitting = emitSome(200);
   await new Promise((resolve) => setTimeout(resolve, 100));
+  // Frozen first, so that writes sent just before the crash are surely waiting for acks that never come (a
+  // crash between two writes would leave nothing to publish again).
+  Deno.kill(nats.pid!, "SIGSTOP");
+  await new Promise((resolve) => setTimeout(resolve, 50));
   await nats.stop("SIGKILL");
   await new Promise((resolve) => setTimeout(resolve, 1000));
   await nats.start();

@@ -3,7 +3,7 @@
  * reader for the events they published. Everything is disposable with `await using`.
  */
 import { fromBinary } from "@bufbuild/protobuf";
-import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { type RequestEvent, RequestEventSchema } from "@tailwatch/proto/events/v1";
 import { CatalogService } from "@tailwatch/proto/catalog/v1";
@@ -17,6 +17,7 @@ import {
   type ServiceClient,
   startService,
 } from "@tailwatch/kit";
+import { readStreamMessages } from "@tailwatch/testing";
 import { catalogSetup } from "../catalog/main.ts";
 import { paymentsSetup } from "../payments/main.ts";
 import { ordersSetup } from "../orders/main.ts";
@@ -83,39 +84,10 @@ export async function startStack(natsUrl: string, env: Record<string, string> = 
   };
 }
 
-/** Every event in the stream, in stream order, read by an ephemeral consumer. */
+/** Every event in the stream, in stream order. */
 export async function readAllEvents(natsUrl: string): Promise<RequestEvent[]> {
-  const nc = await connect({ servers: natsUrl });
-  try {
-    const jsm = await jetstreamManager(nc);
-    const info = await jsm.streams.info(REQUEST_EVENTS_STREAM);
-    const total = info.state.messages;
-    const events: RequestEvent[] = [];
-    if (total === 0) return events;
-    const consumer = await jsm.consumers.add(REQUEST_EVENTS_STREAM, {
-      ack_policy: AckPolicy.None,
-      deliver_policy: DeliverPolicy.All,
-      inactive_threshold: 30_000_000_000,
-    });
-    const js = jetstream(nc);
-    const reader = await js.consumers.get(REQUEST_EVENTS_STREAM, consumer.name);
-    while (events.length < total) {
-      const batch = await reader.fetch({
-        max_messages: Math.min(10_000, total - events.length),
-        expires: 5000,
-      });
-      let got = 0;
-      for await (const message of batch) {
-        events.push(fromBinary(RequestEventSchema, message.data));
-        got++;
-      }
-      if (got === 0) break;
-    }
-    await jsm.consumers.delete(REQUEST_EVENTS_STREAM, consumer.name).catch(() => {});
-    return events;
-  } finally {
-    await nc.close();
-  }
+  const messages = await readStreamMessages(natsUrl, REQUEST_EVENTS_STREAM);
+  return messages.map((message) => fromBinary(RequestEventSchema, message.data));
 }
 
 /** The number of messages in the stream (0 when it does not exist yet). */

@@ -1,0 +1,44 @@
+import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { connect } from "@nats-io/transport-node";
+
+/** One stored message: its payload and its Nats-Msg-Id header (undefined when it has none). */
+export interface StoredMessage {
+  data: Uint8Array;
+  msgId: string | undefined;
+}
+
+/**
+ * Every message of `stream`, in stream order, read by an ephemeral consumer (deleted afterwards); an empty
+ * list when the stream has none. Throws when the stream does not exist.
+ */
+export async function readStreamMessages(natsUrl: string, stream: string): Promise<StoredMessage[]> {
+  const nc = await connect({ servers: natsUrl });
+  try {
+    const jsm = await jetstreamManager(nc);
+    const total = (await jsm.streams.info(stream)).state.messages;
+    const messages: StoredMessage[] = [];
+    if (total === 0) return messages;
+    const consumer = await jsm.consumers.add(stream, {
+      ack_policy: AckPolicy.None,
+      deliver_policy: DeliverPolicy.All,
+      inactive_threshold: 30_000_000_000,
+    });
+    const reader = await jetstream(nc).consumers.get(stream, consumer.name);
+    while (messages.length < total) {
+      const batch = await reader.fetch({
+        max_messages: Math.min(10_000, total - messages.length),
+        expires: 5000,
+      });
+      let got = 0;
+      for await (const message of batch) {
+        messages.push({ data: message.data, msgId: message.headers?.get("Nats-Msg-Id") });
+        got++;
+      }
+      if (got === 0) break;
+    }
+    await jsm.consumers.delete(stream, consumer.name).catch(() => {});
+    return messages;
+  } finally {
+    await nc.close();
+  }
+}
