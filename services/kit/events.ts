@@ -178,7 +178,8 @@ export function createEventSink(options: EventSinkOptions): EventSink {
   const inbox = `_INBOX.${crypto.randomUUID().replaceAll("-", "")}`;
   const INBOX_SID = 1;
   const subjectPrefix = textEncoder.encode(`HPUB ${requestEventSubject(options.service)} `);
-  const replyPrefix = `${inbox}.`;
+  /** `HPUB <subject> <inbox>.`: a batch's last frame starts with it, its token follows. */
+  const replyLineStart = `HPUB ${requestEventSubject(options.service)} ${inbox}.`;
   const ackSubjectTokenStart = inbox.length + 1;
 
   const PAGE_BYTES = 256 * 1024;
@@ -401,7 +402,7 @@ export function createEventSink(options: EventSinkOptions): EventSink {
     // The last frame again with a reply subject: `HPUB <subject> <inbox>.<token> ` and the rest of its frame.
     const last = events[count - 1];
     const token = nextToken++;
-    wire.write(concat(subjectPrefix, textEncoder.encode(`${replyPrefix}${token} `)));
+    wire.writeText(`${replyLineStart}${token} `);
     wire.write(last.page.subarray(last.start + subjectPrefix.length, last.end));
     awaiting.set(token, { events, sentAt: now });
     awaitingEvents += count;
@@ -477,13 +478,6 @@ function writeDecimal(buf: Uint8Array, at: number, value: number): number {
     value = Math.floor(value / 10);
   }
   return at + digits;
-}
-
-function concat(first: Uint8Array, second: Uint8Array): Uint8Array {
-  const out = new Uint8Array(first.length + second.length);
-  out.set(first);
-  out.set(second, first.length);
-  return out;
 }
 
 /** Whether the JSON in buf[start, end) has `key` set to true (nats-server writes `"duplicate": true`). */

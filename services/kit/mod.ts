@@ -26,7 +26,6 @@ export {
   type NatsServerAddress,
   type NatsWire,
   type NatsWireOptions,
-  parseDecimal,
   parseNatsUrl,
   type WireMessage,
 } from "./nats_wire.ts";

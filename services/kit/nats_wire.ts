@@ -308,9 +308,9 @@ export function createNatsWire(options: NatsWireOptions): NatsWire {
         const count = tokenize(buf, pos + (withHeaders ? 5 : 4), lf);
         const sizes = withHeaders ? 2 : 1;
         if (count !== 2 + sizes && count !== 3 + sizes) throw new Error("bad MSG line");
-        const total = number(buf, starts[count - 1], ends[count - 1]);
-        const header = withHeaders ? number(buf, starts[count - 2], ends[count - 2]) : 0;
-        const sid = number(buf, starts[1], ends[1]);
+        const total = parseDecimal(buf, starts[count - 1], ends[count - 1]);
+        const header = withHeaders ? parseDecimal(buf, starts[count - 2], ends[count - 2]) : 0;
+        const sid = parseDecimal(buf, starts[1], ends[1]);
         if (total < 0 || header < 0 || header > total || sid < 0) throw new Error("bad MSG line");
         const payloadStart = lf + 1;
         if (payloadStart + total + 2 > end) return pos;
@@ -412,4 +412,3 @@ export function parseDecimal(buf: Uint8Array, start: number, end: number): numbe
   }
   return n;
 }
-const number = parseDecimal;
