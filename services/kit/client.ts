@@ -4,13 +4,12 @@
  *
  * Why not grpc-js's client: under Deno its per-call machinery (resolving, retrying, load-balancing and
  * subchannel calls, filter stacks, metadata objects) was a third of the orders service's CPU, whose every
- * CreateOrder makes two upstream calls. A unary call needs none of it: one HTTP/2 stream on a shared
- * session, the request as one length-prefixed message, the status from the trailers (or from the headers
- * of a trailers-only response). The servers stay grpc-js, and the tests also call them with grpc-js's own
- * client, so both directions of the protocol are checked against a standard implementation.
+ * CreateOrder makes two upstream calls, and node:http2 under it woke the process several times per call. A
+ * unary call needs none of it: one HTTP/2 stream on a shared connection (http2/connection.ts), the request
+ * as one length-prefixed message, the status from the trailers (or from the headers of a trailers-only
+ * response). The tests call grpc-js's server with it, so the protocol is checked against a standard
+ * implementation.
  */
-import { Buffer } from "node:buffer";
-import http2 from "node:http2";
 import {
   create,
   type DescMessage,
@@ -20,9 +19,25 @@ import {
   type MessageShape,
   toBinary,
 } from "@bufbuild/protobuf";
+import { createDeadlineQueue, type Deadline, type DeadlineQueue } from "./deadlines.ts";
 import { Code, ServiceError } from "./errors.ts";
-import { decodeGrpcMessage, firstHeader, frameMessage, GRPC_CONTENT_TYPE } from "./grpc_wire.ts";
-import { corkForThisTurn } from "./http2_batching.ts";
+import {
+  checkHeaderValue,
+  decodeGrpcMessage,
+  fieldValue,
+  frameMessage,
+  GRPC_CONTENT_TYPE,
+} from "./grpc_wire.ts";
+import {
+  type ByteStream,
+  CONNECTION_LOST,
+  createHttp2Connection,
+  type Http2Connection,
+  type Http2Handler,
+  type Http2Stream,
+} from "./http2/connection.ts";
+import { ErrorCode, errorCodeName } from "./http2/frames.ts";
+import { createLogger, type Logger } from "./log.ts";
 import { methodPath } from "./pipeline.ts";
 
 export interface CallOptions {
@@ -51,60 +66,12 @@ export interface ClientOptions {
   defaultTimeoutMs?: number;
   /** Largest response accepted. Default 4 MiB. */
   maxResponseBytes?: number;
+  /** Where connection problems are logged. Default: warnings and errors on stderr. */
+  logger?: Logger;
 }
-
-const {
-  HTTP2_HEADER_STATUS,
-  NGHTTP2_CANCEL,
-} = http2.constants;
 
 /** Waiting longer than this after a failed connection before trying again. */
 const MAX_RECONNECT_BACKOFF_MS = 1000;
-
-/** One HTTP/2 session to `address`, opened on first use and again after it closed or failed. */
-function createSessionPool(address: string) {
-  let session: http2.ClientHttp2Session | undefined;
-  let failedAt = 0;
-  let backoffMs = 0;
-  let lastFailure = "";
-  let closed = false;
-  return {
-    /** The open session, or a ServiceError(UNAVAILABLE) while the last connection attempt is fresh. */
-    get(): http2.ClientHttp2Session {
-      if (closed) throw new ServiceError(Code.CANCELLED, `client for ${address} is closed`);
-      if (session && !session.closed && !session.destroyed) return session;
-      if (backoffMs > 0 && Date.now() - failedAt < backoffMs) {
-        throw new ServiceError(Code.UNAVAILABLE, `${address} unreachable: ${lastFailure}`);
-      }
-      const opened = http2.connect(`http://${address}`);
-      let connected = false;
-      opened.once("connect", () => {
-        connected = true;
-        backoffMs = 0;
-      });
-      opened.on("error", (error: Error) => {
-        lastFailure = error.message;
-        if (!connected) {
-          failedAt = Date.now();
-          backoffMs = Math.min(MAX_RECONNECT_BACKOFF_MS, backoffMs === 0 ? 50 : backoffMs * 2);
-        }
-      });
-      // A GOAWAY (server draining) or a close: later calls open a new session; calls in flight finish.
-      const forget = () => {
-        if (session === opened) session = undefined;
-      };
-      opened.once("goaway", forget);
-      opened.once("close", forget);
-      session = opened;
-      return opened;
-    },
-    close() {
-      closed = true;
-      session?.close();
-      session = undefined;
-    },
-  };
-}
 
 /** The status an HTTP response without grpc-status maps to (gRPC's HTTP-to-gRPC status mapping). */
 function codeForHttpStatus(status: number): Code {
@@ -127,19 +94,349 @@ function codeForHttpStatus(status: number): Code {
   }
 }
 
+/** The status a stream reset maps to (gRPC's HTTP/2 error code mapping); a lost connection is UNAVAILABLE. */
+function codeForReset(code: number): Code {
+  switch (code) {
+    case CONNECTION_LOST:
+    case ErrorCode.REFUSED_STREAM:
+      return Code.UNAVAILABLE;
+    case ErrorCode.CANCEL:
+      return Code.CANCELLED;
+    case ErrorCode.ENHANCE_YOUR_CALM:
+      return Code.RESOURCE_EXHAUSTED;
+    case ErrorCode.INADEQUATE_SECURITY:
+      return Code.PERMISSION_DENIED;
+    default:
+      return Code.INTERNAL;
+  }
+}
+
+/** "host:port" or "[v6]:port" into its parts. */
+function parseAddress(address: string): { hostname: string; port: number } {
+  const match = /^\[?([^\]]*?)\]?:(\d{1,5})$/.exec(address);
+  const port = Number(match?.[2]);
+  if (!match || !match[1] || port < 1 || port > 65535) {
+    throw new Error(`address ${JSON.stringify(address)} is not host:port`);
+  }
+  return { hostname: match[1], port };
+}
+
+/** What a connection's streams report to: the call each stream carries. */
+interface StreamOwner {
+  onHeaders(fields: string[], endStream: boolean): void;
+  onData(data: Uint8Array, endStream: boolean): void;
+  onClose(code: number | undefined, reason: string): void;
+}
+
+/**
+ * One HTTP/2 connection to `address`, opened on first use and again after it closed or went away; calls
+ * over the server's stream limit wait for a stream to end.
+ */
+function createConnectionPool(address: string, logger: Logger) {
+  const { hostname, port } = parseAddress(address);
+  let connection: Http2Connection | undefined;
+  let connecting: Promise<Http2Connection> | undefined;
+  let failedAt = 0;
+  let backoffMs = 0;
+  let lastFailure = "";
+  let closed = false;
+  const waiting: Array<() => void> = [];
+
+  const handler: Http2Handler = {
+    onHeaders: (stream, fields, endStream) => (stream.context as StreamOwner).onHeaders(fields, endStream),
+    onData: (stream, data, endStream) => (stream.context as StreamOwner).onData(data, endStream),
+    onClose(stream, code, reason) {
+      (stream.context as StreamOwner | undefined)?.onClose(code, reason);
+      waiting.shift()?.();
+    },
+  };
+
+  function connect(): Promise<Http2Connection> {
+    connecting ??= (async () => {
+      try {
+        const tcp = await Deno.connect({ hostname, port, transport: "tcp" });
+        tcp.setNoDelay(true);
+        const opened = createHttp2Connection(tcp as ByteStream, {
+          role: "client",
+          handler,
+          logger,
+          label: address,
+        });
+        backoffMs = 0;
+        connection = opened;
+        void opened.closed.then(() => {
+          if (connection === opened) connection = undefined;
+          for (const wake of waiting.splice(0)) wake();
+        });
+        if (closed) opened.destroy("client closed");
+        return opened;
+      } catch (error) {
+        lastFailure = (error as Error).message;
+        failedAt = Date.now();
+        backoffMs = Math.min(MAX_RECONNECT_BACKOFF_MS, backoffMs === 0 ? 50 : backoffMs * 2);
+        throw new ServiceError(Code.UNAVAILABLE, `${address} unreachable: ${lastFailure}`);
+      } finally {
+        connecting = undefined;
+      }
+    })();
+    return connecting;
+  }
+
+  return {
+    /** A connection that can open a stream now (after connecting, or a wait for a free stream). */
+    acquire(): Http2Connection | Promise<Http2Connection> {
+      if (closed) throw new ServiceError(Code.CANCELLED, `client for ${address} is closed`);
+      const current = connection;
+      if (current?.canOpen) return current;
+      if (current && !current.goingAway) {
+        // At the server's stream limit: wait until one of this connection's streams ends.
+        return new Promise<void>((resolve) => waiting.push(resolve)).then(() => this.acquire());
+      }
+      if (connecting) return connecting;
+      if (backoffMs > 0 && Date.now() - failedAt < backoffMs) {
+        throw new ServiceError(Code.UNAVAILABLE, `${address} unreachable: ${lastFailure}`);
+      }
+      return connect();
+    },
+    close() {
+      closed = true;
+      void connection?.close();
+      connection = undefined;
+      for (const wake of waiting.splice(0)) wake();
+    },
+  };
+}
+
+type Pool = ReturnType<typeof createConnectionPool>;
+
+/** One unary call: sends the request on a stream, reads the answer, settles once. */
+class UnaryCall implements StreamOwner {
+  settled = false;
+  httpStatus = 0;
+  headersSeen = false;
+  chunks: Uint8Array[] = [];
+  received = 0;
+  stream: Http2Stream | undefined = undefined;
+  deadline: Deadline | undefined = undefined;
+  retried = false;
+  onAbort: (() => void) | undefined = undefined;
+
+  constructor(
+    readonly path: string,
+    readonly output: DescMessage,
+    readonly requestFields: readonly string[],
+    readonly body: Uint8Array,
+    readonly maxResponseBytes: number,
+    readonly signal: AbortSignal | undefined,
+    readonly deadlines: DeadlineQueue,
+    readonly resolve: (message: MessageShape<DescMessage>) => void,
+    readonly reject: (error: ServiceError) => void,
+  ) {}
+
+  start(pool: Pool, deadlineMs: number): void {
+    this.deadline = this.deadlines.add(
+      deadlineMs,
+      () => this.abandon(new ServiceError(Code.DEADLINE_EXCEEDED, `${this.path}: deadline exceeded`)),
+    );
+    if (this.signal) {
+      this.onAbort = () =>
+        this.abandon(new ServiceError(Code.CANCELLED, `${this.path} cancelled by the caller`));
+      this.signal.addEventListener("abort", this.onAbort, { once: true });
+    }
+    this.send(pool);
+  }
+
+  send(pool: Pool): void {
+    let acquired: Http2Connection | Promise<Http2Connection>;
+    try {
+      acquired = pool.acquire();
+    } catch (error) {
+      return this.settle(ServiceError.from(error, Code.UNAVAILABLE));
+    }
+    if (acquired instanceof Promise) {
+      acquired.then(
+        (connection) => this.open(pool, connection),
+        (error) => this.settle(ServiceError.from(error, Code.UNAVAILABLE)),
+      );
+    } else {
+      this.open(pool, acquired);
+    }
+  }
+
+  open(pool: Pool, connection: Http2Connection): void {
+    if (this.settled) return;
+    if (!connection.canOpen) return this.send(pool);
+    const stream = connection.request(this.requestFields, false);
+    stream.context = this;
+    this.stream = stream;
+    this.pool = pool;
+    stream.sendData(this.body, true);
+  }
+
+  pool: Pool | undefined = undefined;
+
+  settle(error: ServiceError | undefined, response?: MessageShape<DescMessage>): void {
+    if (this.settled) return;
+    this.settled = true;
+    if (this.deadline) this.deadlines.remove(this.deadline);
+    if (this.onAbort) this.signal?.removeEventListener("abort", this.onAbort);
+    if (error) this.reject(error);
+    else this.resolve(response!);
+  }
+
+  abandon(error: ServiceError): void {
+    if (this.settled) return;
+    this.settle(error);
+    this.stream?.reset(ErrorCode.CANCEL);
+  }
+
+  onHeaders(fields: string[], endStream: boolean): void {
+    if (this.settled) return;
+    if (!this.headersSeen) {
+      this.headersSeen = true;
+      this.httpStatus = Number(fieldValue(fields, ":status"));
+      if (endStream) return this.finish(fields); // trailers-only
+      const contentType = fieldValue(fields, "content-type") ?? "";
+      if (this.httpStatus !== 200 || !contentType.startsWith(GRPC_CONTENT_TYPE)) {
+        this.abandon(
+          new ServiceError(
+            codeForHttpStatus(this.httpStatus),
+            `${this.path}: HTTP ${this.httpStatus} ${contentType}`,
+          ),
+        );
+      }
+      return;
+    }
+    this.finish(fields);
+  }
+
+  onData(data: Uint8Array, endStream: boolean): void {
+    if (this.settled) return;
+    this.received += data.length;
+    if (this.received > this.maxResponseBytes + 5) {
+      return this.abandon(
+        new ServiceError(
+          Code.RESOURCE_EXHAUSTED,
+          `${this.path}: response larger than ${this.maxResponseBytes} bytes`,
+        ),
+      );
+    }
+    if (data.length > 0) this.chunks.push(data);
+    if (endStream) this.finish([]);
+  }
+
+  onClose(code: number | undefined, reason: string): void {
+    if (this.settled) return;
+    if (code === ErrorCode.REFUSED_STREAM && !this.retried && this.pool) {
+      // Not processed by the server (its stream limit, or a GOAWAY): safe to send once more.
+      this.retried = true;
+      this.stream = undefined;
+      this.headersSeen = false;
+      this.chunks = [];
+      this.received = 0;
+      return this.send(this.pool);
+    }
+    const detail = code === undefined || code === CONNECTION_LOST
+      ? reason
+      : `${reason} (${errorCodeName(code)})`;
+    this.settle(
+      new ServiceError(
+        code === undefined ? Code.INTERNAL : codeForReset(code),
+        `${this.path}: stream closed before a status: ${detail}`,
+      ),
+    );
+  }
+
+  /** Settles from grpc-status and grpc-message (trailers, or the headers of a trailers-only answer). */
+  finish(status: string[]): void {
+    const grpcStatus = fieldValue(status, "grpc-status");
+    if (grpcStatus === undefined) {
+      return this.settle(
+        new ServiceError(
+          this.httpStatus === 200 ? Code.INTERNAL : codeForHttpStatus(this.httpStatus),
+          `${this.path}: response without grpc-status (HTTP ${this.httpStatus})`,
+        ),
+      );
+    }
+    const code = Number(grpcStatus);
+    if (code !== Code.OK) {
+      const retryAfter = Number(fieldValue(status, "retry-after"));
+      return this.settle(
+        new ServiceError(
+          Number.isInteger(code) && code > 0 && code <= 16 ? code : Code.UNKNOWN,
+          decodeGrpcMessage(fieldValue(status, "grpc-message")),
+          Number.isFinite(retryAfter) && retryAfter > 0 ? { retryAfterSeconds: retryAfter } : {},
+        ),
+      );
+    }
+    const payload = this.chunks.length === 1 ? this.chunks[0] : concatAll(this.chunks, this.received);
+    if (payload.length < 5) {
+      return this.settle(new ServiceError(Code.INTERNAL, `${this.path}: OK without a response message`));
+    }
+    if (payload[0] !== 0) {
+      return this.settle(
+        new ServiceError(Code.INTERNAL, `${this.path}: compressed response, none was asked for`),
+      );
+    }
+    const length = ((payload[1] << 24) | (payload[2] << 16) | (payload[3] << 8) | payload[4]) >>> 0;
+    if (payload.length !== 5 + length) {
+      return this.settle(
+        new ServiceError(Code.INTERNAL, `${this.path}: a unary response must be one whole message`),
+      );
+    }
+    let response: MessageShape<DescMessage>;
+    try {
+      response = fromBinary(this.output, payload.subarray(5));
+    } catch (error) {
+      return this.settle(
+        new ServiceError(Code.INTERNAL, `${this.path}: malformed response: ${(error as Error).message}`),
+      );
+    }
+    this.settle(undefined, response);
+  }
+}
+
+function concatAll(chunks: Uint8Array[], total: number): Uint8Array {
+  const joined = new Uint8Array(total);
+  let at = 0;
+  for (const chunk of chunks) {
+    joined.set(chunk, at);
+    at += chunk.length;
+  }
+  return joined;
+}
+
 /** A client for `service` at "host:port" (one HTTP/2 connection, reused by every call). */
 export function createClient<S extends DescService>(
   service: S,
   address: string,
   options: ClientOptions = {},
 ): ServiceClient<S> {
-  const pool = createSessionPool(address);
+  const pool = createConnectionPool(address, options.logger ?? createLogger("warn", { client: address }));
   const defaultTimeoutMs = options.defaultTimeoutMs ?? 2000;
   const maxResponseBytes = options.maxResponseBytes ?? 4 * 1024 * 1024;
   const client: Record<string, unknown> = { close: () => pool.close() };
+  const deadlines = createDeadlineQueue();
 
   for (const method of service.methods) {
     const path = methodPath(method);
+    // The fields every call of this method sends, encoded once.
+    const fixedFields = [
+      ":method",
+      "POST",
+      ":scheme",
+      "http",
+      ":path",
+      path,
+      ":authority",
+      address,
+      "content-type",
+      GRPC_CONTENT_TYPE,
+      "te",
+      "trailers",
+      "user-agent",
+      "tailwatch-kit",
+    ];
     client[method.localName] = (request: MessageInitShape<DescMessage>, call: CallOptions = {}) =>
       new Promise<MessageShape<DescMessage>>((resolve, reject) => {
         let deadline = Date.now() + (call.timeoutMs ?? defaultTimeoutMs);
@@ -153,138 +450,34 @@ export function createClient<S extends DescService>(
           reject(new ServiceError(Code.CANCELLED, `${path} cancelled before it started`));
           return;
         }
-        let stream: http2.ClientHttp2Stream;
+        const fields = fixedFields.slice();
+        let body: Uint8Array;
         try {
-          const body = frameMessage(toBinary(method.input, create(method.input, request)));
-          const requestHeaders: http2.OutgoingHttpHeaders = {
-            ":method": "POST",
-            ":path": path,
-            "content-type": GRPC_CONTENT_TYPE,
-            "te": "trailers",
-            "grpc-timeout": `${Math.ceil(remainingMs)}m`,
-          };
-          if (call.traceparent) requestHeaders.traceparent = call.traceparent;
-          for (const [key, value] of Object.entries(call.headers ?? {})) {
-            requestHeaders[key.toLowerCase()] = value;
+          body = frameMessage(toBinary(method.input, create(method.input, request)));
+          fields.push("grpc-timeout", `${Math.ceil(remainingMs)}m`);
+          if (call.traceparent) fields.push("traceparent", call.traceparent);
+          if (call.headers) {
+            for (const [key, value] of Object.entries(call.headers)) {
+              const name = key.toLowerCase();
+              checkHeaderValue(name, value);
+              fields.push(name, value);
+            }
           }
-          const session = pool.get();
-          corkForThisTurn(session);
-          stream = session.request(requestHeaders);
-          stream.end(body);
         } catch (error) {
-          reject(ServiceError.from(error, Code.UNAVAILABLE));
+          reject(ServiceError.from(error, Code.INTERNAL));
           return;
         }
-
-        let settled = false;
-        let httpStatus = 0;
-        let contentType = "";
-        const chunks: Buffer[] = [];
-        let received = 0;
-        const settle = (error: ServiceError | undefined, response?: MessageShape<DescMessage>) => {
-          if (settled) return;
-          settled = true;
-          clearTimeout(timer);
-          call.signal?.removeEventListener("abort", cancel);
-          if (error) reject(error);
-          else resolve(response!);
-        };
-        const abandon = (error: ServiceError) => {
-          if (!stream.closed && !stream.destroyed) stream.close(NGHTTP2_CANCEL);
-          settle(error);
-        };
-        const cancel = () => abandon(new ServiceError(Code.CANCELLED, `${path} cancelled by the caller`));
-        const timer = setTimeout(
-          () => abandon(new ServiceError(Code.DEADLINE_EXCEEDED, `${path}: deadline exceeded`)),
-          remainingMs,
-        );
-        call.signal?.addEventListener("abort", cancel, { once: true });
-
-        /** Settles from grpc-status and grpc-message (trailers, or the headers of a trailers-only answer). */
-        const finish = (status: http2.IncomingHttpHeaders) => {
-          const grpcStatus = firstHeader(status, "grpc-status");
-          if (grpcStatus === undefined) {
-            settle(
-              new ServiceError(
-                httpStatus === 200 ? Code.INTERNAL : codeForHttpStatus(httpStatus),
-                `${path}: response without grpc-status (HTTP ${httpStatus})`,
-              ),
-            );
-            return;
-          }
-          const code = Number(grpcStatus);
-          if (code !== Code.OK) {
-            const retryAfter = Number(firstHeader(status, "retry-after"));
-            settle(
-              new ServiceError(
-                Number.isInteger(code) && code > 0 && code <= 16 ? code : Code.UNKNOWN,
-                decodeGrpcMessage(firstHeader(status, "grpc-message")),
-                Number.isFinite(retryAfter) && retryAfter > 0 ? { retryAfterSeconds: retryAfter } : {},
-              ),
-            );
-            return;
-          }
-          const payload = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks);
-          if (payload.length < 5) {
-            settle(new ServiceError(Code.INTERNAL, `${path}: OK without a response message`));
-            return;
-          }
-          if (payload[0] !== 0) {
-            settle(new ServiceError(Code.INTERNAL, `${path}: compressed response, none was asked for`));
-            return;
-          }
-          const length = payload.readUInt32BE(1);
-          if (payload.length !== 5 + length) {
-            settle(new ServiceError(Code.INTERNAL, `${path}: a unary response must be one whole message`));
-            return;
-          }
-          try {
-            settle(undefined, fromBinary(method.output, payload.subarray(5)));
-          } catch (error) {
-            settle(
-              new ServiceError(Code.INTERNAL, `${path}: malformed response: ${(error as Error).message}`),
-            );
-          }
-        };
-
-        stream.on("response", (headers) => {
-          httpStatus = Number(headers[HTTP2_HEADER_STATUS]);
-          contentType = firstHeader(headers, "content-type") ?? "";
-          if (headers["grpc-status"] !== undefined) finish(headers); // trailers-only
-          else if (httpStatus !== 200 || !contentType.startsWith(GRPC_CONTENT_TYPE)) {
-            abandon(
-              new ServiceError(codeForHttpStatus(httpStatus), `${path}: HTTP ${httpStatus} ${contentType}`),
-            );
-          }
-        });
-        stream.on("data", (chunk: Buffer) => {
-          received += chunk.length;
-          if (received > maxResponseBytes + 5) {
-            abandon(
-              new ServiceError(
-                Code.RESOURCE_EXHAUSTED,
-                `${path}: response larger than ${maxResponseBytes} bytes`,
-              ),
-            );
-            return;
-          }
-          chunks.push(chunk);
-        });
-        // Settled at the end of the stream, once every DATA frame before the trailers was read.
-        let trailers: http2.IncomingHttpHeaders = {};
-        stream.on("trailers", (received) => trailers = received);
-        stream.on("end", () => finish(trailers));
-        stream.on("error", (error: Error) => settle(ServiceError.from(error, Code.UNAVAILABLE)));
-        stream.on("close", () => {
-          if (settled) return;
-          const rstCode = stream.rstCode;
-          settle(
-            new ServiceError(
-              rstCode === NGHTTP2_CANCEL ? Code.CANCELLED : Code.UNAVAILABLE,
-              `${path}: stream closed before a status (HTTP/2 code ${rstCode ?? "none"})`,
-            ),
-          );
-        });
+        new UnaryCall(
+          path,
+          method.output,
+          fields,
+          body,
+          maxResponseBytes,
+          call.signal,
+          deadlines,
+          resolve,
+          reject,
+        ).start(pool, deadline);
       });
   }
   return client as ServiceClient<S>;

@@ -1,28 +1,25 @@
 /**
- * A gRPC server on node:http2: unary methods for the API, and streaming methods for the protocol services
- * (health's Watch, reflection). Messages are passed as bytes; decoding happens in the pipeline, so that a
- * malformed message is an INVALID_ARGUMENT with an event.
+ * A gRPC server on the kit's HTTP/2 connection (http2/connection.ts): unary methods for the API, and
+ * streaming methods for the protocol services (health's Watch, reflection). Messages are passed as bytes;
+ * decoding happens in the pipeline, so that a malformed message is an INVALID_ARGUMENT with an event.
  *
- * Why not grpc-js's server: under Deno its per-call machinery (interceptor chains, call objects, metadata
- * conversions, a deadline timer per call) cost about 60 us of CPU per unary call on top of the ~80 us of the
- * HTTP/2 stream itself, and every call of the cat food store crosses one or two servers. The protocol is
- * small for what the services use: identity encoding only (compressed messages are refused with
+ * Why not grpc-js or node:http2: under Deno, a unary call through grpc-js cost about 60 us of CPU on top of
+ * node:http2, and node:http2 itself about 430 us per call at 1000 calls/s (several event-loop wakeups and a
+ * send() per frame per call), against about 140 us here, where a call is one read and one write. What the
+ * services need of the protocol is small: identity encoding only (compressed messages are refused with
  * UNIMPLEMENTED, and `grpc-accept-encoding: identity` says so), length-prefixed messages, the status in the
  * trailers (or alone in the headers when there is no message). Tests call it with grpc-js's client, ghz
- * (grpc-go) and grpcurl, besides the kit's own client.
+ * (grpc-go) and grpcurl besides the kit's own client, and h2spec checks the HTTP/2 underneath.
  */
-import type { Buffer } from "node:buffer";
-import http2 from "node:http2";
-import type { AddressInfo } from "node:net";
+import { createDeadlineQueue, type Deadline, type DeadlineQueue } from "./deadlines.ts";
 import { Code, ServiceError } from "./errors.ts";
+import { fieldValue, frameMessage, GRPC_CONTENT_TYPE, MessageReader, statusFields } from "./grpc_wire.ts";
 import {
-  encodeGrpcMessage,
-  firstHeader,
-  frameMessage,
-  GRPC_CONTENT_TYPE,
-  MessageReader,
-} from "./grpc_wire.ts";
-import { corkForThisTurn } from "./http2_batching.ts";
+  type ByteStream,
+  createHttp2Connection,
+  type Http2Connection,
+  type Http2Stream,
+} from "./http2/connection.ts";
 import type { Logger } from "./log.ts";
 
 export interface GrpcServerOptions {
@@ -93,97 +90,150 @@ const TIMEOUT_UNIT_MS: Record<string, number> = {
   u: 0.001,
   n: 0.000001,
 };
-const RESPONSE_HEADERS = {
-  ":status": 200,
-  "content-type": GRPC_CONTENT_TYPE,
-  "grpc-accept-encoding": "identity",
-};
+
+const RESPONSE_HEADERS: readonly string[] = [
+  ":status",
+  "200",
+  "content-type",
+  GRPC_CONTENT_TYPE,
+  "grpc-accept-encoding",
+  "identity",
+];
+const OK_TRAILERS = statusFields(undefined);
 
 /** The deadline named by a grpc-timeout header ("100m", "2S"...), or a ServiceError when it is malformed. */
 function parseTimeout(value: string | undefined, now: number): number | undefined {
   if (value === undefined) return undefined;
-  const match = /^(\d{1,8})([HMSmun])$/.exec(value);
-  if (!match) throw new ServiceError(Code.INTERNAL, `malformed grpc-timeout ${JSON.stringify(value)}`);
-  return now + Number(match[1]) * TIMEOUT_UNIT_MS[match[2]];
-}
-
-function statusTrailers(error: ServiceError | undefined, extra: Record<string, string> = {}) {
-  return {
-    ...extra,
-    "grpc-status": String(error?.code ?? Code.OK),
-    "grpc-message": error ? encodeGrpcMessage(error.message) : "",
-  };
+  // At most 8 digits and a unit (the gRPC spec), read by hand: this runs on every call.
+  const unit = TIMEOUT_UNIT_MS[value.charAt(value.length - 1)];
+  let amount = 0;
+  for (let i = 0; i < value.length - 1; i++) {
+    const digit = value.charCodeAt(i) - 48;
+    if (digit < 0 || digit > 9) {
+      amount = -1;
+      break;
+    }
+    amount = amount * 10 + digit;
+  }
+  if (unit === undefined || amount < 0 || value.length < 2 || value.length > 9) {
+    throw new ServiceError(Code.INTERNAL, `malformed grpc-timeout ${JSON.stringify(value)}`);
+  }
+  return now + amount * unit;
 }
 
 /**
- * One call's stream: answers once, in whichever form fits (message and trailers, or trailers only), and
- * aborts its signal when the call ends before an answer (client cancel, connection gone, deadline).
+ * A request that is not gRPC gets a plain HTTP answer once it has ended, as the gRPC spec asks (405 for the
+ * method, 415 for the content type); its body is read and dropped.
  */
-function createCallState(stream: http2.ServerHttp2Stream, deadlineMs: number | undefined) {
-  const abort = new AbortController();
-  let headersSent = false;
-  let ended = false;
-  let deadlineTimer: ReturnType<typeof setTimeout> | undefined;
-  const ensureHeaders = () => {
-    if (headersSent) return;
-    headersSent = true;
-    corkForThisTurn(stream.session);
-    stream.respond(RESPONSE_HEADERS, { waitForTrailers: true });
-  };
-  const state = {
-    signal: abort.signal,
-    get ended() {
-      return ended;
-    },
-    send(message: Uint8Array): boolean {
-      if (ended || stream.destroyed) return false;
-      ensureHeaders();
-      stream.write(frameMessage(message));
-      return true;
-    },
-    end(error?: ServiceError, trailers?: Record<string, string>) {
-      if (ended) return;
-      ended = true;
-      clearTimeout(deadlineTimer);
-      if (stream.destroyed || stream.closed) return;
-      if (!headersSent) {
-        // Trailers-only: the status in the one HEADERS frame.
-        headersSent = true;
-        corkForThisTurn(stream.session);
-        stream.respond({ ...RESPONSE_HEADERS, ...statusTrailers(error, trailers) }, { endStream: true });
-        return;
-      }
-      stream.once("wantTrailers", () => stream.sendTrailers(statusTrailers(error, trailers)));
-      stream.end();
-    },
-    /** Sends one message and the OK status. */
-    answer(message: Uint8Array) {
-      if (ended) return;
-      ended = true;
-      clearTimeout(deadlineTimer);
-      if (stream.destroyed || stream.closed) return;
-      headersSent = true;
-      corkForThisTurn(stream.session);
-      stream.respond(RESPONSE_HEADERS, { waitForTrailers: true });
-      stream.once("wantTrailers", () => stream.sendTrailers(statusTrailers(undefined)));
-      stream.end(frameMessage(message));
-    },
-  };
-  const cancel = () => {
-    if (!ended) {
-      ended = true;
-      clearTimeout(deadlineTimer);
-      abort.abort();
-    }
-  };
-  stream.once("close", cancel);
-  if (deadlineMs !== undefined) {
-    deadlineTimer = setTimeout(() => {
-      state.end(new ServiceError(Code.DEADLINE_EXCEEDED, "deadline exceeded"));
-      abort.abort();
-    }, Math.max(0, deadlineMs - Date.now()));
+class PlainAnswer {
+  constructor(readonly stream: Http2Stream, readonly status: number) {}
+
+  requestEnded(): void {
+    this.stream.sendHeaders(
+      [":status", String(this.status), "content-type", "text/plain"],
+      false,
+    );
+    this.stream.sendData(PLAIN_BODY, true);
   }
-  return state;
+}
+
+const PLAIN_BODY = new TextEncoder().encode(
+  "this port speaks gRPC (POST with content-type application/grpc)\n",
+);
+
+/**
+ * One call on one HTTP/2 stream: answers once, in whichever form fits (message and trailers, or trailers
+ * only), and aborts its signal when the call ends before an answer (client cancel, connection gone,
+ * deadline). The AbortController is made only when a handler asks for the signal.
+ */
+class ServerCall implements GrpcCallInfo {
+  headersSent = false;
+  ended = false;
+  request: Uint8Array | undefined = undefined;
+  requestBytes = 0;
+  failed = false;
+  reader: MessageReader;
+  deadline: Deadline | undefined = undefined;
+  controller: AbortController | undefined = undefined;
+  cancelled = false;
+  /** Streaming calls: the handler's listeners. */
+  messageListeners: Array<(message: Uint8Array) => void> | undefined = undefined;
+  endListeners: Array<() => void> | undefined = undefined;
+  unary: UnaryHandler | undefined = undefined;
+
+  constructor(
+    readonly stream: Http2Stream,
+    readonly path: string,
+    readonly deadlineMs: number | undefined,
+    readonly fields: string[],
+    maxReceiveBytes: number,
+    readonly deadlines: DeadlineQueue,
+  ) {
+    this.reader = new MessageReader(maxReceiveBytes);
+    if (deadlineMs !== undefined) {
+      this.deadline = deadlines.add(deadlineMs, () => {
+        this.end(new ServiceError(Code.DEADLINE_EXCEEDED, "deadline exceeded"));
+        this.cancel();
+      });
+    }
+  }
+
+  clearDeadline(): void {
+    if (this.deadline) this.deadlines.remove(this.deadline);
+  }
+
+  get signal(): AbortSignal {
+    if (!this.controller) {
+      this.controller = new AbortController();
+      if (this.cancelled) this.controller.abort();
+    }
+    return this.controller.signal;
+  }
+
+  header = (name: string): string | undefined => fieldValue(this.fields, name);
+
+  cancel(): void {
+    if (this.cancelled) return;
+    this.cancelled = true;
+    this.controller?.abort();
+  }
+
+  send(message: Uint8Array): boolean {
+    if (this.ended) return false;
+    if (!this.headersSent) {
+      this.headersSent = true;
+      this.stream.sendHeaders(RESPONSE_HEADERS, false);
+    }
+    this.stream.sendData(frameMessage(message), false);
+    return true;
+  }
+
+  /** Ends the call with a status; trailers-only when nothing was sent yet. */
+  end(error?: ServiceError, trailers?: Record<string, string>): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.clearDeadline();
+    const status = error || trailers ? statusFields(error, trailers) : OK_TRAILERS;
+    if (!this.headersSent) {
+      this.headersSent = true;
+      this.stream.sendHeaders([...RESPONSE_HEADERS, ...status], true);
+    } else {
+      this.stream.sendTrailers(status);
+    }
+    this.stream.discardRest();
+  }
+
+  /** Sends one message and the OK status. */
+  answer(message: Uint8Array): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.clearDeadline();
+    this.headersSent = true;
+    this.stream.sendHeaders(RESPONSE_HEADERS, false);
+    this.stream.sendData(frameMessage(message), false);
+    this.stream.sendTrailers(OK_TRAILERS);
+    this.stream.discardRest();
+  }
 }
 
 export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
@@ -191,125 +241,154 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
   const unary = new Map<string, UnaryHandler>();
   const streaming = new Map<string, StreamingHandler>();
   const unknownListeners: UnknownMethodListener[] = [];
-  const sessions = new Set<http2.ServerHttp2Session>();
+  const connections = new Set<Http2Connection>();
+  const deadlines = createDeadlineQueue();
+  let listener: Deno.TcpListener | undefined;
   let accepting = true;
-  const server = http2.createServer({
-    settings: { maxConcurrentStreams: options.maxConcurrentStreams ?? 1000 },
+  let acceptLoop: Promise<void> | undefined;
+
+  const responder = (call: ServerCall): UnaryResponder => ({
+    message: (bytes) => call.answer(bytes),
+    error: (error, trailers) => call.end(error, trailers),
   });
 
-  server.on("session", (session: http2.ServerHttp2Session) => {
-    sessions.add(session);
-    session.once("close", () => sessions.delete(session));
-    session.on("error", (error: Error) => logger.debug("gRPC connection error", { error }));
-  });
-  server.on("stream", (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => {
-    stream.on("error", (error: Error) => logger.debug("gRPC stream error", { error }));
-    const contentType = firstHeader(headers, "content-type") ?? "";
-    if (headers[":method"] !== "POST" || !contentType.startsWith(GRPC_CONTENT_TYPE)) {
-      // Not gRPC: a plain HTTP answer, as the gRPC spec asks (405 for the method, 415 for the type).
-      const status = headers[":method"] !== "POST" ? 405 : 415;
-      stream.respond({ ":status": status, "content-type": "text/plain" });
-      stream.end(`this port speaks gRPC (POST with content-type application/grpc)\n`);
+  function startCall(stream: Http2Stream, fields: string[], endStream: boolean): void {
+    const method = fieldValue(fields, ":method");
+    const contentType = fieldValue(fields, "content-type") ?? "";
+    if (method !== "POST" || !contentType.startsWith(GRPC_CONTENT_TYPE)) {
+      const plain = new PlainAnswer(stream, method !== "POST" ? 405 : 415);
+      stream.context = plain;
+      if (endStream) plain.requestEnded();
       return;
     }
-    const path = String(headers[":path"] ?? "");
-    const arrived = Date.now();
+    const path = fieldValue(fields, ":path") ?? "";
     let deadlineMs: number | undefined;
+    let timeoutError: ServiceError | undefined;
     try {
-      deadlineMs = parseTimeout(firstHeader(headers, "grpc-timeout"), arrived);
+      deadlineMs = parseTimeout(fieldValue(fields, "grpc-timeout"), Date.now());
     } catch (error) {
-      createCallState(stream, undefined).end(error as ServiceError);
-      return;
+      timeoutError = error as ServiceError;
     }
-    const state = createCallState(stream, deadlineMs);
-    const info: GrpcCallInfo = {
-      path,
-      deadlineMs,
-      signal: state.signal,
-      header: (name) => firstHeader(headers, name),
-    };
-    if (!accepting) {
-      state.end(new ServiceError(Code.UNAVAILABLE, "the server is shutting down"));
-      return;
-    }
-    const reader = new MessageReader(options.maxReceiveBytes);
+    const call = new ServerCall(stream, path, deadlineMs, fields, options.maxReceiveBytes, deadlines);
+    stream.context = call;
+    if (timeoutError) return call.end(timeoutError);
+    if (!accepting) return call.end(new ServiceError(Code.UNAVAILABLE, "the server is shutting down"));
     const streamingHandler = streaming.get(path);
     if (streamingHandler) {
-      serveStreaming(stream, state, info, reader, streamingHandler);
-      return;
-    }
-    const handler = unary.get(path);
-    let request: Uint8Array | undefined;
-    let requestBytes = 0;
-    let failed = false;
-    stream.on("data", (chunk: Buffer) => {
-      if (failed) return;
-      requestBytes += chunk.length;
+      call.messageListeners = [];
+      call.endListeners = [];
+      const listeners = { messages: call.messageListeners, ends: call.endListeners };
       try {
-        for (const message of reader.push(chunk)) {
-          if (request !== undefined) {
-            throw new ServiceError(Code.INVALID_ARGUMENT, `${path} is unary: one request message only`);
-          }
-          request = message;
-        }
-      } catch (error) {
-        failed = true;
-        state.end(error as ServiceError);
-        if (!stream.closed) stream.close(http2.constants.NGHTTP2_NO_ERROR);
-      }
-    });
-    stream.on("end", () => {
-      if (failed || state.ended) return;
-      if (!handler) {
-        for (const listener of unknownListeners) listener(path, info, requestBytes);
-        state.end(new ServiceError(Code.UNIMPLEMENTED, `unknown method ${path}`));
-        return;
-      }
-      if (request === undefined || reader.partialBytes > 0) {
-        state.end(new ServiceError(Code.INTERNAL, `${path} is unary: exactly one whole request message`));
-        return;
-      }
-      try {
-        handler(request, info, {
-          message: (bytes) => state.answer(bytes),
-          error: (error, trailers) => state.end(error, trailers),
+        streamingHandler({
+          path,
+          deadlineMs,
+          get signal() {
+            return call.signal;
+          },
+          header: call.header,
+          onMessage: (listener) => void listeners.messages.push(listener),
+          onEnd: (listener) => void listeners.ends.push(listener),
+          send: (message) => call.send(message),
+          end: (error) => call.end(error),
         });
       } catch (error) {
-        logger.error("gRPC handler threw", { path, error });
-        state.end(ServiceError.from(error));
+        logger.error("gRPC streaming handler threw", { path, error });
+        call.end(ServiceError.from(error));
       }
-    });
-  });
+    } else {
+      call.unary = unary.get(path);
+    }
+    if (endStream) requestEnded(call);
+  }
 
-  function serveStreaming(
-    stream: http2.ServerHttp2Stream,
-    state: ReturnType<typeof createCallState>,
-    info: GrpcCallInfo,
-    reader: MessageReader,
-    handler: StreamingHandler,
-  ) {
-    const messageListeners: Array<(message: Uint8Array) => void> = [];
-    const endListeners: Array<() => void> = [];
-    handler({
-      ...info,
-      onMessage: (listener) => messageListeners.push(listener),
-      onEnd: (listener) => endListeners.push(listener),
-      send: (message) => state.send(message),
-      end: (error) => state.end(error),
-    });
-    stream.on("data", (chunk: Buffer) => {
-      if (state.ended) return;
+  function onData(call: ServerCall, data: Uint8Array, endStream: boolean): void {
+    if (!call.failed && !call.ended) {
+      call.requestBytes += data.length;
       try {
-        for (const message of reader.push(chunk)) {
-          for (const listener of messageListeners) listener(message);
+        const messages = call.reader.push(data);
+        for (const message of messages) {
+          if (call.messageListeners) {
+            for (const listener of call.messageListeners) listener(message);
+          } else if (call.request !== undefined) {
+            throw new ServiceError(Code.INVALID_ARGUMENT, `${call.path} is unary: one request message only`);
+          } else {
+            call.request = message;
+          }
         }
       } catch (error) {
-        state.end(ServiceError.from(error));
+        call.failed = true;
+        call.end(ServiceError.from(error));
       }
+    }
+    if (endStream) requestEnded(call);
+  }
+
+  function requestEnded(call: ServerCall): void {
+    if (call.endListeners) {
+      if (!call.ended) { for (const listener of call.endListeners) listener(); }
+      return;
+    }
+    if (call.failed || call.ended) return;
+    const handler = call.unary;
+    if (!handler) {
+      for (const listener of unknownListeners) listener(call.path, call, call.requestBytes);
+      call.end(new ServiceError(Code.UNIMPLEMENTED, `unknown method ${call.path}`));
+      return;
+    }
+    if (call.request === undefined || call.reader.partialBytes > 0) {
+      call.end(new ServiceError(Code.INTERNAL, `${call.path} is unary: exactly one whole request message`));
+      return;
+    }
+    try {
+      handler(call.request, call, responder(call));
+    } catch (error) {
+      logger.error("gRPC handler threw", { path: call.path, error });
+      call.end(ServiceError.from(error));
+    }
+  }
+
+  const http2Handler = {
+    onHeaders(stream: Http2Stream, fields: string[], endStream: boolean) {
+      const context = stream.context as ServerCall | PlainAnswer | undefined;
+      if (context === undefined) return startCall(stream, fields, endStream);
+      // Request trailers: gRPC has none to read; they end the request.
+      if (!endStream) return;
+      if (context instanceof PlainAnswer) context.requestEnded();
+      else requestEnded(context);
+    },
+    onData(stream: Http2Stream, data: Uint8Array, endStream: boolean) {
+      const context = stream.context as ServerCall | PlainAnswer;
+      if (context instanceof ServerCall) onData(context, data, endStream);
+      else if (endStream) context.requestEnded();
+    },
+    onClose(stream: Http2Stream) {
+      const call = stream.context;
+      if (!(call instanceof ServerCall)) return;
+      call.clearDeadline();
+      if (!call.ended) {
+        call.ended = true;
+        call.cancel();
+      }
+    },
+  };
+
+  function serveConnection(conn: Deno.TcpConn): void {
+    try {
+      conn.setNoDelay(true);
+    } catch {
+      // the socket may already be gone
+    }
+    const remote = conn.remoteAddr;
+    const connection = createHttp2Connection(conn as ByteStream, {
+      role: "server",
+      handler: http2Handler,
+      logger,
+      label: `${remote.hostname}:${remote.port}`,
+      maxConcurrentStreams: options.maxConcurrentStreams ?? 1000,
     });
-    stream.on("end", () => {
-      for (const listener of endListeners) listener();
-    });
+    connections.add(connection);
+    void connection.closed.then(() => connections.delete(connection));
+    if (!accepting) void connection.close();
   }
 
   return {
@@ -317,27 +396,40 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
     addStreaming: (path, handler) => void streaming.set(path, handler),
     onUnknownMethod: (listener) => void unknownListeners.push(listener),
     listen(host, port) {
-      return new Promise((resolve, reject) => {
-        const onError = (error: Error) =>
-          reject(new Error(`cannot listen for gRPC on ${host}:${port}: ${error}`));
-        server.once("error", onError);
-        server.listen(port, host, () => {
-          server.off("error", onError);
-          resolve((server.address() as AddressInfo).port);
-        });
-      });
+      try {
+        listener = Deno.listen({ hostname: host, port, transport: "tcp" });
+      } catch (error) {
+        return Promise.reject(new Error(`cannot listen for gRPC on ${host}:${port}: ${error}`));
+      }
+      const bound = listener;
+      acceptLoop = (async () => {
+        try {
+          for await (const conn of bound) serveConnection(conn);
+        } catch (error) {
+          if (accepting) logger.error("gRPC listener failed", { error });
+        }
+      })();
+      return Promise.resolve((bound.addr as Deno.NetAddr).port);
     },
-    shutdown() {
+    async shutdown() {
       accepting = false;
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      // close(): GOAWAY, then the session ends by itself once its last stream has.
-      for (const session of sessions) session.close();
-      return closed;
+      try {
+        listener?.close();
+      } catch {
+        // already closed
+      }
+      await acceptLoop;
+      // GOAWAY: each connection ends by itself once its last stream has.
+      await Promise.all([...connections].map((connection) => connection.close()));
     },
     forceShutdown() {
       accepting = false;
-      for (const session of sessions) session.destroy();
-      server.close();
+      try {
+        listener?.close();
+      } catch {
+        // already closed
+      }
+      for (const connection of connections) connection.destroy("the server is shutting down");
     },
   };
 }

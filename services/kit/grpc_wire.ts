@@ -1,9 +1,7 @@
 /**
  * The gRPC wire format both sides of the kit's transport share (grpc_server.ts, client.ts): length-prefixed
- * messages, the percent-encoded grpc-message, and header values.
+ * messages, the percent-encoded grpc-message, and header lists as the HTTP/2 connection hands them over.
  */
-import { Buffer } from "node:buffer";
-import type http2 from "node:http2";
 import { Code, ServiceError } from "./errors.ts";
 
 export const GRPC_CONTENT_TYPE = "application/grpc";
@@ -14,25 +12,31 @@ export function encodeGrpcMessage(message: string): string {
 }
 
 /** A 5-byte prefix (uncompressed, big-endian length) and the message. */
-export function frameMessage(message: Uint8Array): Buffer {
-  const framed = Buffer.allocUnsafe(5 + message.byteLength);
-  framed[0] = 0;
-  framed.writeUInt32BE(message.byteLength, 1);
+export function frameMessage(message: Uint8Array): Uint8Array {
+  const length = message.byteLength;
+  const framed = new Uint8Array(5 + length);
+  framed[1] = length >>> 24;
+  framed[2] = (length >>> 16) & 0xff;
+  framed[3] = (length >>> 8) & 0xff;
+  framed[4] = length & 0xff;
   framed.set(message, 5);
   return framed;
 }
+
+const readLength = (bytes: Uint8Array, at: number) =>
+  ((bytes[at] << 24) | (bytes[at + 1] << 16) | (bytes[at + 2] << 8) | bytes[at + 3]) >>> 0;
 
 /**
  * Splits a byte stream into gRPC messages. Throws a ServiceError for a compressed message or one larger
  * than `maxBytes`.
  */
 export class MessageReader {
-  #pending: Buffer[] = [];
+  #pending: Uint8Array[] = [];
   #pendingBytes = 0;
   constructor(private readonly maxBytes: number) {}
 
   /** Adds a chunk; returns the messages it completed. */
-  push(chunk: Buffer): Uint8Array[] {
+  push(chunk: Uint8Array): Uint8Array[] {
     this.#pending.push(chunk);
     this.#pendingBytes += chunk.length;
     const messages: Uint8Array[] = [];
@@ -41,7 +45,7 @@ export class MessageReader {
       if (buffer[0] !== 0) {
         throw new ServiceError(Code.UNIMPLEMENTED, "compressed messages are not supported (identity only)");
       }
-      const length = buffer.readUInt32BE(1);
+      const length = readLength(buffer, 1);
       if (length > this.maxBytes) {
         throw new ServiceError(
           Code.RESOURCE_EXHAUSTED,
@@ -64,18 +68,24 @@ export class MessageReader {
     return this.#pendingBytes;
   }
 
-  #merge(): Buffer {
-    const merged = Buffer.concat(this.#pending, this.#pendingBytes);
+  #merge(): Uint8Array {
+    const merged = new Uint8Array(this.#pendingBytes);
+    let at = 0;
+    for (const part of this.#pending) {
+      merged.set(part, at);
+      at += part.length;
+    }
     this.#pending = [merged];
     return merged;
   }
 }
 
-/** A header's first value, as a string. */
-export function firstHeader(headers: http2.IncomingHttpHeaders, name: string): string | undefined {
-  const value = headers[name];
-  if (value === undefined) return undefined;
-  return Array.isArray(value) ? value[0] : String(value);
+/** A field's first value in a header list (name, value, name, value...; names are lower-case). */
+export function fieldValue(fields: readonly string[], name: string): string | undefined {
+  for (let i = 0; i < fields.length; i += 2) {
+    if (fields[i] === name) return fields[i + 1];
+  }
+  return undefined;
 }
 
 /** The grpc-message header decoded; a malformed encoding is returned as it came. */
@@ -86,4 +96,20 @@ export function decodeGrpcMessage(value: string | undefined): string {
   } catch {
     return value;
   }
+}
+
+/** Header values must be visible ASCII (gRPC's ASCII metadata); anything else is refused, not mangled. */
+export function checkHeaderValue(name: string, value: string): void {
+  if (!/^[\x20-\x7e]*$/.test(value)) {
+    throw new ServiceError(Code.INTERNAL, `metadata ${name} holds characters outside printable ASCII`);
+  }
+}
+
+/** The status fields that end a call: extra metadata, grpc-status and grpc-message (name, value...). */
+export function statusFields(error: ServiceError | undefined, extra: Record<string, string> = {}): string[] {
+  const fields: string[] = [];
+  for (const [name, value] of Object.entries(extra)) fields.push(name.toLowerCase(), value);
+  fields.push("grpc-status", String(error?.code ?? Code.OK));
+  if (error && error.message) fields.push("grpc-message", encodeGrpcMessage(error.message));
+  return fields;
 }
