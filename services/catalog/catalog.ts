@@ -5,6 +5,7 @@ import {
   ProductSchema,
   type ReservedLine,
   ReservedLineSchema,
+  ReserveStockResponseSchema,
 } from "@tailwatch/proto/catalog/v1";
 import { create } from "@bufbuild/protobuf";
 import {
@@ -13,6 +14,7 @@ import {
   Code,
   decodePageToken,
   encodePageToken,
+  PackedMessages,
   pageSize,
   requireCurrency,
   requireId,
@@ -31,12 +33,8 @@ export interface CatalogOptions {
   seedStock: number;
 }
 
-interface Reservation {
-  id: string;
-  orderId: string;
-  lines: ReservedLine[];
-  released: boolean;
-}
+/** The label of a reservation whose stock went back (see PackedMessages). */
+const RELEASED = "released";
 
 const SEED_PRODUCTS: Array<[string, string, number]> = [
   ["kibble-salmon-2kg", "Salmon kibble, 2 kg", 1899],
@@ -51,7 +49,8 @@ const MAX_LINES = 50;
 
 export function createCatalog(options: CatalogOptions): ServiceBinding {
   const products = new Map<string, Product>();
-  const reservations = new BoundedMap<string, Reservation>(options.maxReservations);
+  // What ReserveStock answered, by reservation id, labelled RELEASED once released.
+  const reservations = new PackedMessages(ReserveStockResponseSchema, options.maxReservations);
   const reservationByOrder = new BoundedMap<string, string>(options.maxReservations);
   for (const [productId, name, priceCents] of SEED_PRODUCTS) {
     products.set(
@@ -111,10 +110,8 @@ export function createCatalog(options: CatalogOptions): ServiceBinding {
     reserveStock(request) {
       const orderId = requireId("order_id", request.orderId);
       const existing = reservationByOrder.get(orderId);
-      if (existing && reservations.has(existing)) {
-        const reservation = reservations.get(existing)!;
-        return { reservationId: reservation.id, lines: reservation.lines };
-      }
+      const earlier = existing === undefined ? undefined : reservations.get(existing);
+      if (earlier) return earlier;
       if (request.lines.length === 0 || request.lines.length > MAX_LINES) {
         throw new ServiceError(Code.INVALID_ARGUMENT, `lines must hold 1 to ${MAX_LINES} items`);
       }
@@ -142,17 +139,20 @@ export function createCatalog(options: CatalogOptions): ServiceBinding {
           currency: item.currency,
         }));
       }
-      const reservation: Reservation = { id: `res-${crypto.randomUUID()}`, orderId, lines, released: false };
-      reservations.set(reservation.id, reservation);
-      reservationByOrder.set(orderId, reservation.id);
-      return { reservationId: reservation.id, lines };
+      const reservation = create(ReserveStockResponseSchema, {
+        reservationId: `res-${crypto.randomUUID()}`,
+        lines,
+      });
+      reservations.set(reservation.reservationId, reservation);
+      reservationByOrder.set(orderId, reservation.reservationId);
+      return reservation;
     },
     releaseStock(request) {
       const id = requireId("reservation_id", request.reservationId);
       const reservation = reservations.get(id);
       if (!reservation) throw new ServiceError(Code.NOT_FOUND, `reservation ${id} not found`);
-      if (reservation.released) return { reservationId: id, released: false };
-      reservation.released = true;
+      if (reservations.label(id) === RELEASED) return { reservationId: id, released: false };
+      reservations.set(id, reservation, RELEASED);
       for (const line of reservation.lines) {
         const item = products.get(line.productId);
         if (item) item.stock = Math.min(2_147_483_647, item.stock + line.quantity);

@@ -38,6 +38,7 @@ export {
 } from "./pipeline.ts";
 export { type RunningService, runServiceMain, type ServiceSetup, startService } from "./runtime.ts";
 export { BoundedMap } from "./bounded_map.ts";
+export { bytesToLatin1, latin1ToBytes, PackedMessages } from "./packed_messages.ts";
 export {
   DEAD_LETTER_SUBJECT_PREFIX,
   ensureRequestEventsStream,

@@ -15,12 +15,12 @@ import {
 import type { PaymentService } from "@tailwatch/proto/payments/v1";
 import {
   bindService,
-  BoundedMap,
   type CallContext,
   Code,
   decodePageToken,
   encodePageToken,
   type Logger,
+  PackedMessages,
   pageSize,
   requireId,
   requireRange,
@@ -46,7 +46,7 @@ export interface OrdersDependencies {
 const MAX_LINES = 50;
 
 export function createOrders(options: OrdersOptions, deps: OrdersDependencies): ServiceBinding {
-  const orders = new BoundedMap<string, Order>(options.maxOrders);
+  const orders = new PackedMessages(OrderSchema, options.maxOrders);
   const upstream = (context: CallContext) => ({
     timeoutMs: options.upstreamTimeoutMs,
     deadlineMs: context.deadlineMs,
@@ -126,7 +126,7 @@ export function createOrders(options: OrdersOptions, deps: OrdersDependencies): 
         paymentId,
         createTimeMs: BigInt(Date.now()),
       });
-      orders.set(orderId, order);
+      orders.set(orderId, order, customerId);
       return { order };
     },
     getOrder(request) {
@@ -139,12 +139,12 @@ export function createOrders(options: OrdersOptions, deps: OrdersDependencies): 
       const page: Order[] = [];
       let skipping = after !== undefined;
       let more = false;
-      for (const [id, order] of orders.newestFirst()) {
+      const customer = request.customerId === "" ? undefined : request.customerId;
+      for (const [id, order] of orders.newestFirst(customer)) {
         if (skipping) {
           if (id === after) skipping = false;
           continue;
         }
-        if (request.customerId !== "" && order.customerId !== request.customerId) continue;
         if (page.length === size) {
           more = true;
           break;
@@ -159,6 +159,7 @@ export function createOrders(options: OrdersOptions, deps: OrdersDependencies): 
       await deps.payments.refund({ paymentId: order.paymentId }, upstream(context));
       await deps.catalog.releaseStock({ reservationId: order.reservationId }, upstream(context));
       order.status = OrderStatus.CANCELLED;
+      orders.set(order.orderId, order, order.customerId);
       return { order };
     },
   });

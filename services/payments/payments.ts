@@ -1,10 +1,11 @@
 /** The payments handlers and in-memory state (bounded). Card numbers are checked and never kept. */
 import { create } from "@bufbuild/protobuf";
-import { type Payment, PaymentSchema, PaymentService, PaymentStatus } from "@tailwatch/proto/payments/v1";
+import { PaymentSchema, PaymentService, PaymentStatus } from "@tailwatch/proto/payments/v1";
 import {
   bindService,
   BoundedMap,
   Code,
+  PackedMessages,
   requireCurrency,
   requireId,
   requireRange,
@@ -44,7 +45,7 @@ function checkCard(cardNumber: string): string {
 }
 
 export function createPayments(options: PaymentsOptions): ServiceBinding {
-  const payments = new BoundedMap<string, Payment>(options.maxPayments);
+  const payments = new PackedMessages(PaymentSchema, options.maxPayments);
   const paymentByOrder = new BoundedMap<string, string>(options.maxPayments);
   const find = (paymentId: string) => {
     const payment = payments.get(requireId("payment_id", paymentId));
@@ -84,6 +85,7 @@ export function createPayments(options: PaymentsOptions): ServiceBinding {
     refund(request) {
       const payment = find(request.paymentId);
       payment.status = PaymentStatus.REFUNDED;
+      payments.set(payment.paymentId, payment);
       return { payment };
     },
     getPayment(request) {
