@@ -3,7 +3,7 @@
  * request bytes untouched, so that decoding happens inside it (a malformed message is then an
  * INVALID_ARGUMENT with an event).
  */
-import { create, type DescMethod, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { create, type DescMethod, fromBinary, isMessage, toBinary } from "@bufbuild/protobuf";
 import { Code, ServiceError } from "./errors.ts";
 import type { GrpcCallInfo, GrpcServer, UnaryResponder } from "./grpc_server.ts";
 import {
@@ -54,8 +54,12 @@ function unaryHandler(pipeline: Pipeline, binding: ServiceBinding, method: DescM
           running.finish(endedEarlyOutcome(call.deadlineMs));
           return;
         }
-        // deno-lint-ignore no-explicit-any -- the handler's return type is checked by ServiceHandlers
-        const bytes = toBinary(method.output, create(method.output, init as any));
+        // A handler may answer with the message itself; anything else is an init shape to build it from.
+        const message = isMessage(init, method.output)
+          ? init
+          // deno-lint-ignore no-explicit-any -- the handler's return type is checked by ServiceHandlers
+          : create(method.output, init as any);
+        const bytes = toBinary(method.output, message);
         respond.message(bytes);
         running.finish({ code: Code.OK, httpStatus: 200, responseBytes: bytes.byteLength, errorMessage: "" });
       },

@@ -1,29 +1,35 @@
 /** Identifiers: time-ordered event ids (UUIDv7) and W3C trace context. */
 
-const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, "0"));
-
-function hex(bytes: Uint8Array): string {
-  let out = "";
-  for (const byte of bytes) out += HEX[byte];
-  return out;
-}
-
 /**
  * Random bytes from crypto.getRandomValues, drawn 4 KiB at a time: every request takes 16 to 32 random
- * bytes for its ids, and one call into the runtime per id cost more than the id itself.
+ * bytes for its ids, and one call into the runtime per id cost more than the id itself. Each byte of the pool
+ * is handed out once.
  */
 const randomPool = new Uint8Array(4096);
 let randomPoolUsed = randomPool.length;
 
-function randomBytes(target: Uint8Array, offset: number, count: number): void {
+function takeRandom(count: number): number {
   if (randomPoolUsed + count > randomPool.length) {
     crypto.getRandomValues(randomPool);
     randomPoolUsed = 0;
   }
-  target.set(randomPool.subarray(randomPoolUsed, randomPoolUsed + count), offset);
-  // Used bytes are zeroed so that no byte is ever handed out twice, even by mistake.
-  randomPool.fill(0, randomPoolUsed, randomPoolUsed + count);
+  const at = randomPoolUsed;
   randomPoolUsed += count;
+  return at;
+}
+
+/** Hex digits' char codes, and a scratch line of chars that ids are written into and read out of at once. */
+const HEX_DIGITS = Array.from("0123456789abcdef", (c) => c.charCodeAt(0));
+const chars = new Uint16Array(36);
+const DASH = 0x2d;
+
+function writeHex(byte: number, at: number): void {
+  chars[at] = HEX_DIGITS[byte >> 4];
+  chars[at + 1] = HEX_DIGITS[byte & 15];
+}
+
+function charsToString(length: number): string {
+  return String.fromCharCode.apply(null, chars.subarray(0, length) as unknown as number[]);
 }
 
 let lastMs = 0;
@@ -42,24 +48,39 @@ export function uuidv7(nowMs: number = Date.now()): string {
     lastMs++;
     sequence = 0;
   }
-  const bytes = new Uint8Array(16);
-  randomBytes(bytes, 8, 8);
-  let ms = lastMs;
-  for (let i = 5; i >= 0; i--) {
-    bytes[i] = ms % 256;
-    ms = Math.floor(ms / 256);
-  }
-  bytes[6] = 0x70 | (sequence >> 8);
-  bytes[7] = sequence & 0xff;
-  bytes[8] = 0x80 | (bytes[8] & 0x3f);
-  const h = hex(bytes);
-  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+  // 48 bits of ms: the high 16 and the low 32, each exact in a double's integer range.
+  const high = Math.floor(lastMs / 0x1_0000_0000);
+  const low = lastMs % 0x1_0000_0000;
+  writeHex((high >>> 8) & 0xff, 0);
+  writeHex(high & 0xff, 2);
+  writeHex((low >>> 24) & 0xff, 4);
+  writeHex((low >>> 16) & 0xff, 6);
+  chars[8] = DASH;
+  writeHex((low >>> 8) & 0xff, 9);
+  writeHex(low & 0xff, 11);
+  chars[13] = DASH;
+  writeHex(0x70 | (sequence >> 8), 14);
+  writeHex(sequence & 0xff, 16);
+  chars[18] = DASH;
+  const r = takeRandom(8);
+  writeHex(0x80 | (randomPool[r] & 0x3f), 19);
+  writeHex(randomPool[r + 1], 21);
+  chars[23] = DASH;
+  for (let i = 2; i < 8; i++) writeHex(randomPool[r + i], 24 + 2 * (i - 2));
+  return charsToString(36);
 }
 
+/** `byteCount` random bytes as hex, never all zero (W3C trace context forbids all-zero ids). */
 function randomHex(byteCount: number): string {
-  const bytes = new Uint8Array(byteCount);
-  do randomBytes(bytes, 0, byteCount); while (bytes.every((b) => b === 0));
-  return hex(bytes);
+  for (;;) {
+    const r = takeRandom(byteCount);
+    let any = 0;
+    for (let i = 0; i < byteCount; i++) {
+      any |= randomPool[r + i];
+      writeHex(randomPool[r + i], 2 * i);
+    }
+    if (any !== 0) return charsToString(2 * byteCount);
+  }
 }
 
 export const newTraceId = (): string => randomHex(16);
@@ -73,24 +94,37 @@ export interface SpanContext {
   sampled: boolean;
 }
 
-const TRACEPARENT = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$/;
+/** Whether text[start, end) is lower-case hex, and not all zeros when `nonZero`. */
+function isHex(text: string, start: number, end: number, nonZero: boolean): boolean {
+  let sawNonZero = false;
+  for (let i = start; i < end; i++) {
+    const c = text.charCodeAt(i);
+    if (!((c >= 48 && c <= 57) || (c >= 97 && c <= 102))) return false;
+    if (c !== 48) sawNonZero = true;
+  }
+  return sawNonZero || !nonZero;
+}
 
 /**
  * Starts the server span for an incoming request: a child of a valid `traceparent` header, else a new root.
- * An invalid header is ignored, as the W3C spec asks.
+ * An invalid header is ignored, as the W3C spec asks: version 2 hex digits (not ff), trace id 32 and parent
+ * id 16 hex digits (not all zero), flags 2 hex digits, and for version 00 nothing after them.
  */
 export function spanFromTraceparent(header: string | null | undefined): SpanContext {
-  const match = header ? TRACEPARENT.exec(header.trim().toLowerCase()) : null;
-  if (
-    match && match[1] !== "ff" && !/^0+$/.test(match[2]) && !/^0+$/.test(match[3]) &&
-    (match[1] !== "00" || match[5] === undefined)
-  ) {
-    return {
-      traceId: match[2],
-      spanId: newSpanId(),
-      parentSpanId: match[3],
-      sampled: (parseInt(match[4], 16) & 1) === 1,
-    };
+  if (header) {
+    const value = header.trim().toLowerCase();
+    const valid = value.length >= 55 && value.charCodeAt(2) === DASH && value.charCodeAt(35) === DASH &&
+      value.charCodeAt(52) === DASH && isHex(value, 0, 2, false) && !value.startsWith("ff") &&
+      isHex(value, 3, 35, true) && isHex(value, 36, 52, true) && isHex(value, 53, 55, false) &&
+      (value.length === 55 || (!value.startsWith("00") && value.charCodeAt(55) === DASH));
+    if (valid) {
+      return {
+        traceId: value.slice(3, 35),
+        spanId: newSpanId(),
+        parentSpanId: value.slice(36, 52),
+        sampled: (parseInt(value.slice(53, 55), 16) & 1) === 1,
+      };
+    }
   }
   return { traceId: newTraceId(), spanId: newSpanId(), parentSpanId: "", sampled: true };
 }

@@ -118,6 +118,51 @@ Deno.test("traceparent: a valid header makes a child span, an invalid one starts
   }
 });
 
+Deno.test("UUIDv7 ids carry their millisecond, version 7 and the RFC 9562 variant", () => {
+  // Increasing, and later than any id made before in this process: each id holds exactly its millisecond.
+  for (const ms of [1_800_000_000_000, 2 ** 40 * 3 + 12345, 2 ** 47 + 1, 2 ** 48 - 1]) {
+    const id = uuidv7(ms);
+    assert(/^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/.test(id), id);
+    assertEquals(parseInt(id.slice(0, 8) + id.slice(9, 13), 16), ms, id);
+  }
+});
+
+Deno.test("traceparent parsing agrees with the W3C rules on mutated headers", () => {
+  // The rules as a regular expression: the reference the hand-written parser must agree with.
+  const rule = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$/;
+  const reference = (header: string) => {
+    const match = rule.exec(header.trim().toLowerCase());
+    return match !== null && match[1] !== "ff" && !/^0+$/.test(match[2]) && !/^0+$/.test(match[3]) &&
+        (match[1] !== "00" || match[5] === undefined)
+      ? match[2] + "/" + match[3]
+      : "";
+  };
+  const random = seededRandom(5);
+  const alphabet = "0123456789abcdefABCDEFxz- ";
+  const valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+  let accepted = 0;
+  for (let i = 0; i < 20_000; i++) {
+    let header = random() < 0.5 ? valid : "01" + valid.slice(2) + (random() < 0.5 ? "-extra" : "");
+    const edits = Math.floor(random() * 3);
+    for (let e = 0; e < edits; e++) {
+      const at = Math.floor(random() * (header.length + 1));
+      const c = alphabet[Math.floor(random() * alphabet.length)];
+      const kind = random();
+      header = kind < 0.5
+        ? header.slice(0, at) + c + header.slice(at + 1)
+        : kind < 0.75
+        ? header.slice(0, at) + c + header.slice(at)
+        : header.slice(0, at) + header.slice(at + 1);
+    }
+    if (random() < 0.05) header = header.replace(/[1-9a-f]/g, "0");
+    const span = spanFromTraceparent(header);
+    const got = span.parentSpanId === "" ? "" : span.traceId + "/" + span.parentSpanId;
+    assertEquals(got, reference(header), JSON.stringify(header));
+    if (got !== "") accepted++;
+  }
+  assert(accepted > 1000 && accepted < 19_000, `both outcomes are exercised (${accepted} accepted)`);
+});
+
 Deno.test("REST routes come from the google.api.http options, literal paths before variables", () => {
   const noop = () => ({});
   const binding = bindService(CatalogService, {

@@ -23,6 +23,8 @@ function keyOf(names: readonly string[], labels: Labels): string[] {
 export interface Counter {
   inc(labels?: Labels, by?: number): void;
   get(labels?: Labels): number;
+  /** The series of `labels`, looked up once: for hot paths that count the same series again and again. */
+  with(labels: Labels): { inc(by?: number): void };
 }
 
 export interface Gauge {
@@ -34,6 +36,8 @@ export interface Gauge {
 
 export interface Histogram {
   observe(value: number, labels?: Labels): void;
+  /** The series of `labels`, looked up once (see Counter.with). */
+  with(labels: Labels): { observe(value: number): void };
 }
 
 export interface Registry {
@@ -98,6 +102,15 @@ export function createRegistry(): Registry {
           cell(labels).value += by;
         },
         get: (labels) => cell(labels).value,
+        with(labels) {
+          const entry = cell(labels);
+          return {
+            inc(by = 1) {
+              if (by < 0) throw new Error(`counter ${name} cannot decrease`);
+              entry.value += by;
+            },
+          };
+        },
       };
     },
     gauge(name, help, labelNames = []) {
@@ -133,16 +146,28 @@ export function createRegistry(): Registry {
           return lines.join("\n");
         },
       });
+      const seriesOf = (labels: Labels) => {
+        const key = keyOf(labelNames, labels);
+        const id = key.join("\u0000");
+        let entry = series.get(id);
+        if (!entry) series.set(id, entry = { labels: key, counts: bounds.map(() => 0), sum: 0, count: 0 });
+        return entry;
+      };
+      const record = (entry: { counts: number[]; sum: number; count: number }, value: number) => {
+        for (let i = 0; i < bounds.length; i++) {
+          if (value <= bounds[i]) {
+            entry.counts[i]++;
+            break;
+          }
+        }
+        entry.sum += value;
+        entry.count++;
+      };
       return {
-        observe(value, labels = {}) {
-          const key = keyOf(labelNames, labels);
-          const id = key.join("\u0000");
-          let entry = series.get(id);
-          if (!entry) series.set(id, entry = { labels: key, counts: bounds.map(() => 0), sum: 0, count: 0 });
-          const index = bounds.findIndex((bound) => value <= bound);
-          if (index >= 0) entry.counts[index]++;
-          entry.sum += value;
-          entry.count++;
+        observe: (value, labels = {}) => record(seriesOf(labels), value),
+        with(labels) {
+          const entry = seriesOf(labels);
+          return { observe: (value) => record(entry, value) };
         },
       };
     },

@@ -180,6 +180,21 @@ export function createPipeline(options: PipelineOptions): Pipeline {
     () => options.maxInFlight,
   );
 
+  /** Each (method, protocol)'s duration series and per-code request counters, looked up once. */
+  const seriesByMethod = new Map<
+    string,
+    { duration: { observe(value: number): void }; byCode: Array<{ inc(): void } | undefined> }
+  >();
+  const seriesOf = (method: string, protocol: "grpc" | "http") => {
+    const key = protocol === "grpc" ? method : `${method}\u0000http`;
+    let series = seriesByMethod.get(key);
+    if (!series) {
+      series = { duration: duration.with({ method, protocol }), byCode: [] };
+      seriesByMethod.set(key, series);
+    }
+    return series;
+  };
+
   const emit = (
     method: string,
     call: IncomingCall,
@@ -189,9 +204,14 @@ export function createPipeline(options: PipelineOptions): Pipeline {
   ) => {
     const startMs = call.arrivedMs;
     const elapsed = performance.now() - call.arrivedMono;
-    const protocolLabel = call.protocol;
-    requests.inc({ method, protocol: protocolLabel, code: codeName(outcome.code) });
-    duration.observe(elapsed / 1000, { method, protocol: protocolLabel });
+    const series = seriesOf(method, call.protocol);
+    const counter = series.byCode[outcome.code] ??= requests.with({
+      method,
+      protocol: call.protocol,
+      code: codeName(outcome.code),
+    });
+    counter.inc();
+    series.duration.observe(elapsed / 1000);
     events.emit({
       eventId: uuidv7(startMs),
       startTimeMs: BigInt(startMs),
