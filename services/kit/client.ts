@@ -141,6 +141,7 @@ function createConnectionPool(address: string, logger: Logger) {
   let lastFailure = "";
   let closed = false;
   const waiting: Array<() => void> = [];
+  const checking = new Set<Http2Connection>();
 
   const handler: Http2Handler = {
     onHeaders: (stream, fields, endStream) => (stream.context as StreamOwner).onHeaders(fields, endStream),
@@ -198,6 +199,21 @@ function createConnectionPool(address: string, logger: Logger) {
       }
       return connect();
     },
+    /**
+     * After a call timed out on `suspect`: a PING, and without an answer within a second the connection is
+     * dropped, so that later calls connect again instead of waiting on a peer that is gone.
+     */
+    checkAlive(suspect: Http2Connection) {
+      if (checking.has(suspect)) return;
+      checking.add(suspect);
+      void suspect.ping(1000).then((alive) => {
+        checking.delete(suspect);
+        if (alive) return;
+        logger.warn("no answer to a PING: dropping the connection", { address });
+        suspect.destroy("no answer to a PING");
+        if (connection === suspect) connection = undefined;
+      });
+    },
     close() {
       closed = true;
       void connection?.close();
@@ -234,10 +250,11 @@ class UnaryCall implements StreamOwner {
   ) {}
 
   start(pool: Pool, deadlineMs: number): void {
-    this.deadline = this.deadlines.add(
-      deadlineMs,
-      () => this.abandon(new ServiceError(Code.DEADLINE_EXCEEDED, `${this.path}: deadline exceeded`)),
-    );
+    this.deadline = this.deadlines.add(deadlineMs, () => {
+      this.abandon(new ServiceError(Code.DEADLINE_EXCEEDED, `${this.path}: deadline exceeded`));
+      // A call that ran out of time on a connection: check that the server still answers there at all.
+      if (this.connection) pool.checkAlive(this.connection);
+    });
     if (this.signal) {
       this.onAbort = () =>
         this.abandon(new ServiceError(Code.CANCELLED, `${this.path} cancelled by the caller`));
@@ -269,11 +286,13 @@ class UnaryCall implements StreamOwner {
     const stream = connection.request(this.requestFields, false);
     stream.context = this;
     this.stream = stream;
+    this.connection = connection;
     this.pool = pool;
     stream.sendData(this.body, true);
   }
 
   pool: Pool | undefined = undefined;
+  connection: Http2Connection | undefined = undefined;
 
   settle(error: ServiceError | undefined, response?: MessageShape<DescMessage>): void {
     if (this.settled) return;

@@ -299,3 +299,59 @@ Deno.test("an HTTP/1.1 request on the gRPC port is told what the port speaks", o
   assertEquals(response.status, 505);
   assert(/HTTP\/2/.test(await response.text()));
 });
+
+Deno.test(
+  "after a call times out on a connection whose peer no longer answers, the client drops it and reconnects",
+  options,
+  async () => {
+    // A black hole: it accepts, sends its SETTINGS as a server must, and then never reads or answers again.
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const accepted: Deno.Conn[] = [];
+    const closedByClient: number[] = [];
+    const settings = new Uint8Array([0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    const serving = (async () => {
+      for await (const conn of listener) {
+        const index = accepted.push(conn) - 1;
+        await conn.write(settings);
+        // Reads nothing until the client gives up: then the read sees the close.
+        void (async () => {
+          await new Promise((resolve) => setTimeout(resolve, 100));
+          const sink = new Uint8Array(1 << 16);
+          try {
+            while ((await conn.read(sink)) !== null) {
+              // discarded: the peer is "gone"
+            }
+          } catch {
+            // reset
+          }
+          closedByClient.push(index);
+        })();
+      }
+    })();
+    const client = createClient(CatalogService, `127.0.0.1:${(listener.addr as Deno.NetAddr).port}`, {
+      defaultTimeoutMs: 300,
+    });
+    try {
+      await assertRejects(
+        () => client.getProduct({ productId: "p" }),
+        (error) => error instanceof ServiceError && error.code === Code.DEADLINE_EXCEEDED,
+      );
+      const until = Date.now() + 5000;
+      while (closedByClient.length === 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+      assertEquals(closedByClient, [0], "the unanswered connection was dropped");
+      await assertRejects(() => client.getProduct({ productId: "p" }), () => true);
+      assertEquals(accepted.length, 2, "the next call connected again");
+    } finally {
+      client.close();
+      listener.close();
+      for (const conn of accepted) {
+        try {
+          conn.close();
+        } catch {
+          // closed already
+        }
+      }
+      await serving.catch(() => {});
+    }
+  },
+);

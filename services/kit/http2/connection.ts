@@ -109,6 +109,11 @@ export interface Http2Connection {
   destroy(reason: string): void;
   /** Resolves when the socket is closed, for whatever reason. */
   readonly closed: Promise<void>;
+  /**
+   * Whether the peer still answers: a PING, and true if its ACK (or any frame) arrives within `timeoutMs`.
+   * A connection whose peer vanished without closing it (host gone, network cut) only learns so this way.
+   */
+  ping(timeoutMs: number): Promise<boolean>;
 }
 
 /** A protocol violation of the whole connection: GOAWAY with `code`, then close. */
@@ -929,9 +934,13 @@ export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOp
     pump(stream);
   }
 
+  /** Bumped by every frame received: what `ping` waits to see move. */
+  let framesReceived = 0;
+
   /** Parses every whole frame in buf[pos, end); returns where the first incomplete one starts. */
   function parse(buf: Uint8Array, pos: number, end: number): number {
     while (end - pos >= FRAME_HEADER_BYTES && !isClosed) {
+      framesReceived++;
       const length = (buf[pos] << 16) | (buf[pos + 1] << 8) | buf[pos + 2];
       if (length > DEFAULT_MAX_FRAME_SIZE) {
         throw new ConnectionError(ErrorCode.FRAME_SIZE_ERROR, `a frame of ${length} bytes is over 16384`);
@@ -1101,6 +1110,18 @@ export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOp
         if (streams.size === 0) finishClose();
       }
       return closed;
+    },
+    async ping(timeoutMs) {
+      if (isClosed) return false;
+      const before = framesReceived;
+      frameHeader(8, FrameType.PING, 0, 0);
+      out.fill(0, outLen, outLen + 8);
+      outLen += 8;
+      const deadline = Date.now() + timeoutMs;
+      while (framesReceived === before && !isClosed && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, Math.min(20, timeoutMs)));
+      }
+      return framesReceived !== before && !isClosed;
     },
     destroy(reason) {
       if (isClosed) return;
