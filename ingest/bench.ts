@@ -147,6 +147,12 @@ export interface IngestBenchResult {
   freshness_visible_p50_ms: number;
   freshness_visible_p99_ms: number;
   freshness_visible_max_ms: number;
+  /**
+   * p50 / p99 / max (ms) of each leg of start → visible: start → stored in JetStream (the services and their
+   * publisher; from the message's stream timestamp), stored → received by the worker (the pull path), received
+   * → INSERT sent (batching, decoding, waiting for the batch before), INSERT sent → returned.
+   */
+  freshness_legs_ms: Record<"stored" | "received" | "batched" | "insert", [number, number, number]>;
   total_seconds: number;
 }
 
@@ -329,12 +335,17 @@ export async function runIngestBench(options: { quick?: boolean } = {}): Promise
     await applyMigrations({ clickhouse: ch, database: latencyDb });
     /** INSERT send time (= the rows' ingested_at_ms) → the time it returned. */
     const insertDoneAt = new Map<number, number>();
+    /** Stream sequence → [when JetStream stored it, when the worker received it] (epoch ms). */
+    const receivedAt = new Map<number, [number, number]>();
     const follower = createIngestWorker({
       config: loadConfig({ ...baseEnv, CLICKHOUSE_DATABASE: latencyDb, INGEST_DURABLE: "bench-latency" }),
       logger: createLogger("warn"),
       deliverFromStart: false,
       onInserted: (sentAt, doneAt) =>
         insertDoneAt.set(sentAt, Math.max(doneAt, insertDoneAt.get(sentAt) ?? 0)),
+      onReceived: (delivery, at) => {
+        if (!receivedAt.has(delivery.seq)) receivedAt.set(delivery.seq, [delivery.storedAtMs(), at]);
+      },
     });
     const following = follower.run();
     const load = await (async () => {
@@ -368,18 +379,31 @@ export async function runIngestBench(options: { quick?: boolean } = {}): Promise
     const insertMaxMs = Math.ceil(follower.stats().insertMsMax);
     const rows = await rowsOf();
     // Per row: start → INSERT sent (ingested_at_ms - ts_ms), start → visible (its INSERT returned - ts_ms).
-    const loadRows = await ch.query<{ ts_ms: string; ingested_at_ms: string }>(
-      sql`SELECT ts_ms, ingested_at_ms FROM ${ident(latencyDb, "request_events")}`,
+    const loadRows = await ch.query<{ ts_ms: string; ingested_at_ms: string; stream_seq: string }>(
+      sql`SELECT ts_ms, ingested_at_ms, stream_seq FROM ${ident(latencyDb, "request_events")}`,
       { timeoutMs: 120_000 },
     );
     const sent: number[] = [];
     const visible: number[] = [];
+    /** The legs of start → visible: start → stored in JetStream → received by the worker → INSERT sent → returned. */
+    const legs = {
+      stored: [] as number[],
+      received: [] as number[],
+      batched: [] as number[],
+      insert: [] as number[],
+    };
     for (const row of loadRows) {
       const ingestedAt = Number(row.ingested_at_ms);
       const doneAt = insertDoneAt.get(ingestedAt);
       if (doneAt === undefined) throw new Error(`ingest bench: no INSERT was sent at ${ingestedAt}`);
-      sent.push(ingestedAt - Number(row.ts_ms));
-      visible.push(doneAt - Number(row.ts_ms));
+      const ts = Number(row.ts_ms);
+      sent.push(ingestedAt - ts);
+      visible.push(doneAt - ts);
+      const [storedAt, gotAt] = receivedAt.get(Number(row.stream_seq)) ?? [NaN, NaN];
+      legs.stored.push(storedAt - ts);
+      legs.received.push(gotAt - storedAt);
+      legs.batched.push(ingestedAt - gotAt);
+      legs.insert.push(doneAt - ingestedAt);
     }
     const quantile = (values: number[], q: number) => {
       const sorted = values.toSorted((a, b) => a - b);
@@ -418,6 +442,12 @@ export async function runIngestBench(options: { quick?: boolean } = {}): Promise
       freshness_visible_p50_ms: quantile(visible, 0.5),
       freshness_visible_p99_ms: quantile(visible, 0.99),
       freshness_visible_max_ms: quantile(visible, 1),
+      freshness_legs_ms: {
+        stored: [quantile(legs.stored, 0.5), quantile(legs.stored, 0.99), quantile(legs.stored, 1)],
+        received: [quantile(legs.received, 0.5), quantile(legs.received, 0.99), quantile(legs.received, 1)],
+        batched: [quantile(legs.batched, 0.5), quantile(legs.batched, 0.99), quantile(legs.batched, 1)],
+        insert: [quantile(legs.insert, 0.5), quantile(legs.insert, 0.99), quantile(legs.insert, 1)],
+      },
       total_seconds: Math.round((performance.now() - benchStart) / 100) / 10,
     };
     console.error(summary(result));
@@ -456,6 +486,11 @@ function summary(r: IngestBenchResult): string {
     `  event start -> visible      p50 ${r.freshness_visible_p50_ms} ms, p99 ${r.freshness_visible_p99_ms} ms, ` +
     `max ${r.freshness_visible_max_ms} ms (slowest INSERT ${r.insert_max_ms} ms; target p99 < 1000: ` +
     `${verdict(r.freshness_visible_p99_ms < 1000)})`,
+    `  legs p50/p99/max ms: start -> stored ${r.freshness_legs_ms.stored.join("/")}, stored -> received ` +
+    `${r.freshness_legs_ms.received.join("/")}, received -> INSERT sent ${
+      r.freshness_legs_ms.batched.join("/")
+    }, ` +
+    `INSERT ${r.freshness_legs_ms.insert.join("/")}`,
   ].join("\n");
 }
 

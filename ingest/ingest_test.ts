@@ -91,9 +91,10 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
   await step("migrations create the schema and applying them twice changes nothing", async () => {
     const clickhouse = createClickHouse({ url: server.url, ...CLICKHOUSE_ADMIN });
     const database = uniqueDatabase("migr");
+    const all = [1, 2, 3, 4, 5, 6, 7];
     try {
       const first = await applyMigrations({ clickhouse, database });
-      assertEquals(first, [1, 2, 3, 4, 5, 6], "first run applies every migration");
+      assertEquals(first, all, "first run applies every migration");
       const schema = () =>
         clickhouse.query(
           sql`SELECT name, engine, create_table_query FROM system.tables WHERE database = ${database} ORDER BY name`,
@@ -101,34 +102,101 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
       const before = await schema();
       assertEquals(await applyMigrations({ clickhouse, database }), [], "second run applies nothing");
       assertEquals(await schema(), before, "schema unchanged");
-      assertEquals(await appliedVersions(clickhouse, database), [1, 2, 3, 4, 5, 6]);
+      assertEquals(await appliedVersions(clickhouse, database), all);
       const [recorded] = await clickhouse.query<{ n: string }>(
         sql`SELECT count() AS n FROM ${ident(database, "schema_migrations")}`,
       );
-      assertEquals(Number(recorded.n), 6, "each migration recorded once");
-      // As if every run had been interrupted before its record: all applied again, 0004's ADD COLUMN included.
+      assertEquals(Number(recorded.n), all.length, "each migration recorded once");
+      // As if every run had been interrupted before its record: all applied again, 0004's ADD COLUMN and
+      // 0007's RENAME included.
       await clickhouse.exec(sql`DROP TABLE ${ident(database, "schema_migrations")}`);
-      assertEquals(
-        await applyMigrations({ clickhouse, database }),
-        [1, 2, 3, 4, 5, 6],
-        "a re-run without records",
-      );
+      assertEquals(await applyMigrations({ clickhouse, database }), all, "a re-run without records");
       assertEquals(await schema(), before, "schema unchanged by the re-run");
+      const engines = Object.fromEntries(
+        (before as { name: string; engine: string }[]).map((row) => [row.name, row.engine]),
+      );
       for (
-        const table of [
-          "request_events",
-          "request_stats_1s",
-          "latency_profile_1s",
-          "latency_percentiles",
+        const [table, engine] of [
+          ["request_events", "MergeTree"],
+          ["request_stats_1s", "AggregatingMergeTree"],
+          ["latency_profile_1s", "SummingMergeTree"],
+          ["latency_percentiles", "Buffer"],
+          ["latency_percentiles_storage", "MergeTree"],
         ]
       ) {
-        assert(before.some((row) => row.name === table), `table ${table} exists`);
+        assertEquals(engines[table], engine, `table ${table}`);
       }
       assert(!before.some((row) => row.name === "latency_histogram_1s"), "0006 dropped latency_histogram_1s");
     } finally {
       await clickhouse.exec(sql`DROP DATABASE IF EXISTS ${ident(database)}`);
     }
   });
+
+  await step(
+    "0007 puts a Buffer in front of existing percentile rows, and runs again after an interruption",
+    async () => {
+      const clickhouse = createClickHouse({ url: server.url, ...CLICKHOUSE_ADMIN });
+      const database = uniqueDatabase("buf");
+      const percentiles = ident(database, "latency_percentiles");
+      const storage = ident(database, "latency_percentiles_storage");
+      const migrations = ident(database, "schema_migrations");
+      const insert = (table: typeof percentiles, method: string) =>
+        clickhouse.exec(
+          sql`INSERT INTO ${table} (ts, window_s, service, method, count, p99_us) VALUES (${new Date()}, 10, 's', ${method}, 5, 700)`,
+        );
+      const methods = async (table: typeof percentiles) =>
+        (await clickhouse.query<{ method: string }>(sql`SELECT method FROM ${table} ORDER BY method`))
+          .map((row) => row.method);
+      const engine = async (table: string) =>
+        (await clickhouse.query<{ engine: string }>(
+          sql`SELECT engine FROM system.tables WHERE database = ${database} AND name = ${table}`,
+        ))[0]?.engine;
+      try {
+        assertEquals(await applyMigrations({ clickhouse, database }, { through: 6 }), [1, 2, 3, 4, 5, 6]);
+        assertEquals(await engine("latency_percentiles"), "MergeTree", "before 0007");
+        await insert(percentiles, "a");
+        await insert(percentiles, "b");
+        assertEquals(await applyMigrations({ clickhouse, database }), [7], "0007 on top of existing data");
+        assertEquals(await engine("latency_percentiles"), "Buffer");
+        assertEquals(await engine("latency_percentiles_storage"), "MergeTree");
+        assertEquals(await methods(storage), ["a", "b"], "the rows are in the storage table");
+        assertEquals(await methods(percentiles), ["a", "b"], "and read through the Buffer");
+        await insert(percentiles, "c");
+        assertEquals(await methods(percentiles), ["a", "b", "c"], "a buffered row is read at once");
+        assertEquals(await methods(storage), ["a", "b"], "and not stored yet");
+        const [row] = await clickhouse.query<Record<string, unknown>>(
+          sql`SELECT count, p99_us, rps FROM ${percentiles} WHERE method = 'c'`,
+        );
+        assertEquals(
+          row,
+          { count: "5", p99_us: "700", rps: 0 },
+          "columns as inserted, defaults for the rest",
+        );
+        await clickhouse.exec(sql`OPTIMIZE TABLE ${percentiles}`); // flushes the Buffer
+        assertEquals(await methods(storage), ["a", "b", "c"], "flushed into the storage table");
+        assertEquals(await methods(percentiles), ["a", "b", "c"], "read once, not twice, after the flush");
+        // Interrupted after the RENAME, before the Buffer was created (and before the record): the run again
+        // skips the RENAME and creates the Buffer.
+        await clickhouse.exec(sql`DROP TABLE ${percentiles}`);
+        await clickhouse.exec(sql`CREATE TABLE ${ident(database, "kept")} AS ${migrations}`);
+        await clickhouse.exec(
+          sql`INSERT INTO ${ident(database, "kept")} SELECT * FROM ${migrations} WHERE version < 7`,
+        );
+        await clickhouse.exec(sql`DROP TABLE ${migrations}`);
+        await clickhouse.exec(sql`RENAME TABLE ${ident(database, "kept")} TO ${migrations}`);
+        assertEquals(
+          await applyMigrations({ clickhouse, database }),
+          [7],
+          "0007 again after the interruption",
+        );
+        assertEquals(await engine("latency_percentiles"), "Buffer");
+        assertEquals(await methods(percentiles), ["a", "b", "c"], "nothing lost, nothing doubled");
+        assertEquals(await applyMigrations({ clickhouse, database }), [], "then up to date");
+      } finally {
+        await clickhouse.exec(sql`DROP DATABASE IF EXISTS ${ident(database)}`);
+      }
+    },
+  );
 
   await step("published events become rows exactly once, with their fields, and metrics", async () => {
     await withFixture(server, async ({ nats, nc, clickhouse, database }) => {
@@ -564,6 +632,19 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
       const config = testConfig(nats.url, server.url, CLICKHOUSE_ADMIN.password, database);
       await createIngestWorker({ config, logger: quietLogger, mode: "drain" }).run();
       assertEquals((await projectionCounts(clickhouse, database)).rows, 1500);
+      // Percentile rows of the same ages, written through the Buffer and flushed into its storage table.
+      const percentiles = ident(database, "latency_percentiles");
+      for (const age of ages) {
+        await clickhouse.exec(
+          sql`INSERT INTO ${percentiles} (ts, window_s, service, method, count) VALUES (${new Date(
+            now.getTime() - age * day,
+          )}, 10, 's', '', ${age})`,
+        );
+      }
+      await clickhouse.exec(sql`OPTIMIZE TABLE ${percentiles}`);
+      const percentileAges = async () =>
+        (await clickhouse.query<{ count: string }>(sql`SELECT count FROM ${percentiles} ORDER BY count`))
+          .map((row) => Number(row.count));
       const dropped = await applyRetention(clickhouse, database, { rawDays: 30, rollupDays: 60, now });
       assertEquals(dropped.map((d) => d.table), ["request_events"], "only the raw table loses a partition");
       const after = await projectionCounts(clickhouse, database);
@@ -576,11 +657,14 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
         sql`SELECT max(dateDiff('day', ts, ${now})) AS age FROM ${ident(database, "request_events")}`,
       );
       assert(Number(oldest.age) <= 11, `no raw event older than 30 days remains (oldest ${oldest.age} days)`);
+      assertEquals(await percentileAges(), [0, 10, 40], "percentiles kept for 60 days");
       const rollupsDropped = await applyRetention(clickhouse, database, { rawDays: 30, rollupDays: 20, now });
       assertEquals(rollupsDropped.map((d) => d.table).sort(), [
+        "latency_percentiles_storage",
         "latency_profile_1s",
         "request_stats_1s",
       ]);
+      assertEquals(await percentileAges(), [0, 10], "the 40-day-old percentile row is gone");
       const final = await projectionCounts(clickhouse, database);
       assertEquals([final.rows, final.statsRequests, final.profileRequests], [
         1000,
@@ -607,7 +691,15 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
       );
       const [row] = await reader.query<{ n: string }>(sql`SELECT count() AS n FROM ${events}`);
       assertEquals(row.n, "1", "readonly can SELECT");
+      const percentiles = ident(database, "latency_percentiles");
+      await admin.exec(
+        sql`INSERT INTO ${percentiles} (ts, window_s, service, method) VALUES (${new Date()}, 10, 'x', '')`,
+      );
+      const [buffered] = await reader.query<{ n: string }>(sql`SELECT count() AS n FROM ${percentiles}`);
+      assertEquals(buffered.n, "1", "readonly reads latency_percentiles (a Buffer), buffered rows included");
       const refused = [
+        sql`INSERT INTO ${percentiles} (ts, window_s, service, method) VALUES (${new Date()}, 10, 'y', '')`,
+        sql`OPTIMIZE TABLE ${percentiles}`,
         sql`INSERT INTO ${events} (event_id, ts, service) VALUES (${crypto.randomUUID()}, ${new Date()}, 'y')`,
         sql`ALTER TABLE ${events} DROP PARTITION ${20200101}`,
         sql`ALTER TABLE ${events} ADD COLUMN evil String`,

@@ -73,16 +73,32 @@ export async function appliedVersions(clickhouse: ClickHouse, database: string):
   return rows.map((row) => Number(row.version));
 }
 
-/** Applies every migration not yet recorded; returns the versions it applied (empty when up to date). */
+/** `RENAME TABLE <db>.<a> TO <db>.<b>` (one table): captures b. */
+const RENAME_TABLE = /^RENAME TABLE\s+\S+\s+TO\s+\S+?\.`?([A-Za-z_][A-Za-z0-9_]*)`?\s*$/i;
+
+async function tableExists(clickhouse: ClickHouse, database: string, table: string): Promise<boolean> {
+  const [row] = await clickhouse.query<{ n: string | number }>(
+    sql`SELECT count() AS n FROM system.tables WHERE database = ${database} AND name = ${table}`,
+  );
+  return Number(row?.n ?? 0) > 0;
+}
+
+/**
+ * Applies every migration not yet recorded; returns the versions it applied (empty when up to date).
+ * `through` stops after that version (for tests that need the schema as it was before a migration).
+ */
 export async function applyMigrations(
   target: MigrationTarget | {
     clickhouse: ClickHouse;
     database: string;
   },
+  options: { through?: number } = {},
 ): Promise<number[]> {
   const clickhouse = "clickhouse" in target ? target.clickhouse : createClickHouse(target);
   const db = target.database;
-  const migrations = await loadMigrations(db);
+  const migrations = (await loadMigrations(db)).filter((m) =>
+    options.through === undefined || m.version <= options.through
+  );
   await clickhouse.exec(sql`CREATE DATABASE IF NOT EXISTS ${ident(db)}`);
   await clickhouse.exec(
     sql`CREATE TABLE IF NOT EXISTS ${
@@ -96,7 +112,10 @@ export async function applyMigrations(
     // Every statement is IF NOT EXISTS, so a migration interrupted half-way is safe to run again; it is
     // recorded only after all its statements succeeded. ClickHouse 18.16 has no ADD COLUMN IF NOT EXISTS:
     // an ALTER ... ADD COLUMN whose column is there already (an earlier, interrupted run) counts as done.
+    // Nor RENAME TABLE IF EXISTS: a RENAME TABLE whose target exists already is skipped (done before).
     for (const statement of migration.statements) {
+      const rename = RENAME_TABLE.exec(statement.text);
+      if (rename && await tableExists(clickhouse, db, rename[1])) continue;
       try {
         await clickhouse.exec(statement);
       } catch (error) {

@@ -104,6 +104,13 @@ export class Delivery {
     return this.buf.subarray(this.replyStart, this.replyEnd);
   }
 
+  /** When JetStream stored the message (epoch ms, from the reply subject's timestamp); NaN if not there. */
+  storedAtMs(): number {
+    const tokens = decoder.decode(this.replyBytes()).split(".");
+    const nanos = tokens[tokens.length === 9 ? 7 : 9] ?? "";
+    return /^\d{7,}$/.test(nanos) ? Number(nanos.slice(0, -6)) : NaN;
+  }
+
   /** A header's first value, or undefined (header names compared case-insensitively). */
   header(name: string): string | undefined {
     const block = decoder.decode(this.buf.subarray(this.headerStart, this.dataStart));

@@ -13,7 +13,10 @@ import { applyMigrations } from "./migrations.ts";
 import { ident, sql } from "./sql.ts";
 import { createIngestWorker, type IngestStats } from "./worker.ts";
 
-/** The projections a rebuild recomputes (latency_percentiles is the profiler's output, not a projection). */
+/**
+ * The projections a rebuild recomputes (latency_percentiles, the Buffer in front of
+ * latency_percentiles_storage, is the profiler's output, not a projection: left alone).
+ */
 export const PROJECTION_TABLES = [
   "request_events",
   "request_stats_1s",

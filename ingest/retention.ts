@@ -2,6 +2,9 @@
  * Retention by whole partitions: every table is partitioned by toYYYYMMDD(ts), so keeping N days means
  * `ALTER TABLE ... DROP PARTITION` for every day older than the cutoff. Raw events keep `rawDays`, the
  * rollups and percentiles (derived, small) keep `rollupDays`. Cheap and idempotent: safe to run any time.
+ * The percentiles' partitions are those of `latency_percentiles_storage`, the MergeTree behind the Buffer
+ * `latency_percentiles` (migration 0007; a Buffer has no partitions): rows still in the Buffer reach it
+ * within about 30 s, and the next run drops them if they are old.
  */
 import type { ClickHouse } from "./clickhouse.ts";
 import { ident, sql } from "./sql.ts";
@@ -10,7 +13,7 @@ export const RAW_TABLES = ["request_events"] as const;
 export const ROLLUP_TABLES = [
   "request_stats_1s",
   "latency_profile_1s",
-  "latency_percentiles",
+  "latency_percentiles_storage",
 ] as const;
 
 export interface RetentionOptions {

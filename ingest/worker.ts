@@ -42,6 +42,8 @@ export interface IngestWorkerOptions {
    * it returned (its rows are visible from then on) and its row count. For measurements (bench.ts).
    */
   onInserted?: (sentAtMs: number, doneAtMs: number, rows: number) => void;
+  /** Called for each message as it arrives from the pull receiver, with the time (epoch ms). For bench.ts. */
+  onReceived?: (delivery: Delivery, atMs: number) => void;
 }
 
 export interface IngestStats {
@@ -469,7 +471,12 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
         durable: config.durable,
         batch: Math.min(config.batchMax, config.maxAckPending),
         logger,
-        onMessage: (msg) => queue.push(msg),
+        onMessage: options.onReceived
+          ? (msg) => {
+            options.onReceived?.(msg, Date.now());
+            queue.push(msg);
+          }
+          : (msg) => queue.push(msg),
         onBroken: () => queue.wake(),
       });
       pull = receiver;

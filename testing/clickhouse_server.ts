@@ -15,6 +15,8 @@ export interface ClickHouseServer extends AsyncDisposable {
   readonly httpPort: number;
   readonly tcpPort: number;
   readonly dir: string;
+  /** The running server's pid (undefined while stopped): benchmarks read its CPU time from /proc. */
+  readonly pid: number | undefined;
   /** Stops the server (SIGTERM, or SIGKILL for a crash) keeping its data and ports. */
   stop(signal?: Deno.Signal): Promise<void>;
   /** Starts it again on the same ports with the same data. */
@@ -170,6 +172,9 @@ export async function startClickHouseServer(
     httpPort,
     tcpPort,
     dir,
+    get pid() {
+      return process?.pid;
+    },
     stop,
     start,
     query,

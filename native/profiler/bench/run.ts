@@ -1,6 +1,6 @@
 /**
  * The profiler's benchmarks, measured in one run (called by `./dev bench` through load/bench.ts, or alone:
- * `deno run -A native/profiler/bench/run.ts [--quick]`):
+ * `deno run -A native/profiler/bench/run.ts [--quick] [--migrations-through=N]`):
  *
  *  1. In memory (google-benchmark, `profiler_bench`): values recorded per second into one histogram, merges
  *     per second (dense 58 KiB histogram; one sparse second at 1000 rps added and removed), one steady-state
@@ -8,16 +8,29 @@
  *  2. Against a real, private clickhouse-server filled with 310 s (and the minutes ahead) of events at
  *     1000 rps over 6 methods of 3 services, log-normal durations, rollups filled by the materialized views:
  *     - steady-state ticks of the daemon with `--windows 10` and then with `--windows 300`, each daemon alone,
- *       at one tick per second: each tick's wall time (read + compute) as the daemon logs it with
- *       `--log-timing`, and the process's CPU per tick (from /proc/<pid>/schedstat), after its first (cold)
- *       ticks. Ratio 300 s / 10 s, target <= 1.5. The 300 s daemon's ticks are also broken down (the
- *       SELECT's round trip, parsing, compute; rows and bytes read).
- *     - a profiler tick vs ClickHouse computing quantilesExact(0.5, 0.9, 0.95, 0.99, 0.999) over the same
- *       300 s of raw rows grouped by service and method, wall times: the 300 s daemon's median steady tick
- *       with its INSERT (and without, as reported before 2026-11-30), and the cold tick (`--once --windows
- *       300`: read_ms + compute_ms), against the median of several exact queries. Target: tick >= 10x
- *       cheaper. Next to it, CPU: ClickHouse's for the exact query and for the tick's SELECT and INSERT
- *       (system.query_log), plus the profiler process's per tick.
+ *       at one tick per second, its statements logged (system.query_log): each tick's wall time (read +
+ *       compute, and its INSERT) as the daemon logs it with `--log-timing`, and the process's CPU per tick
+ *       (from /proc/<pid>/schedstat), after its first (cold) ticks. Ratio 300 s / 10 s, target <= 1.5. The
+ *       300 s daemon's ticks are broken down: the SELECT's round trip, parsing, compute, rows and bytes read,
+ *       ClickHouse's CPU for the SELECT and for the INSERT.
+ *     - the 300 s daemon again as in production (no query log, no timing log): the whole clickhouse-server
+ *       process's CPU per tick (all its threads: the SELECT, the INSERT, the Buffer's flushes into
+ *       latency_percentiles_storage, merges), minus what the idle server takes in as long (the lower of two
+ *       idle measurements, before and after), and the profiler's CPU per tick.
+ *     - one Buffer flush of a flush period's rows (a tick's rows copied into latency_percentiles once per tick
+ *       of the period, then OPTIMIZE, which flushes it in the query's own thread), ClickHouse's CPU:
+ *       amortized over the ticks of one flush period next to the SELECT and the INSERT.
+ *     - a profiler tick vs ClickHouse computing exact quantiles over the same 300 s of raw rows, two ways:
+ *       "per method" (quantilesExact(0.5, 0.9, 0.95, 0.99, 0.999) and count() GROUP BY service, method: what
+ *       this bench measured until 2026-12-02) and "like for like" (the tick's outputs: count, errors, max and
+ *       the five quantiles per (service, method) AND per whole service, GROUP BY service, method WITH
+ *       ROLLUP, which also computes the all-services row). Wall times (medians) next to the 300 s daemon's
+ *       steady tick (with and without its INSERT) and the cold tick (`--once --windows 300`); CPU:
+ *       ClickHouse's per exact query (query log; and the server process, measured as for the ticks) against
+ *       the tick's. Target: tick >= 10x cheaper.
+ *
+ * `--migrations-through=6` applies the schema without migration 0007 (latency_percentiles a MergeTree, no
+ * Buffer), to measure the write side as it was.
  */
 import {
   CLICKHOUSE_ADMIN,
@@ -141,7 +154,38 @@ function schedstatNs(pid: number): number {
   return Number(Deno.readTextFileSync(`/proc/${pid}/schedstat`).split(" ")[0]);
 }
 
-export async function runProfilerBench(options: { quick: boolean }): Promise<Record<string, unknown>> {
+/** CPU (user + system, ms) of a whole process, every thread and every thread that ended included. */
+function processCpuMs(pid: number): number {
+  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  // Fields 14 and 15 of /proc/<pid>/stat (utime, stime) in clock ticks of 1/100 s (CLK_TCK on Linux).
+  return (Number(fields[11]) + Number(fields[12])) * 10;
+}
+
+/** The per-method exact query the bench ran until 2026-12-02: count and quantiles per (service, method). */
+function exactPerMethodSql(database: string, from: number, to: number): string {
+  return `SELECT service, method, count(), quantilesExact(0.5, 0.9, 0.95, 0.99, 0.999)(duration_us)
+    FROM ${database}.request_events WHERE ts >= toDateTime(${from}) AND ts < toDateTime(${to})
+    GROUP BY service, method FORMAT TSV`;
+}
+
+/**
+ * The tick's outputs computed exactly: count, errors, max and the five quantiles per (service, method) and
+ * per whole service. WITH ROLLUP is the cheapest way 18.16 has to get both from one scan (measured on this
+ * machine: 51 ms of ClickHouse CPU, against 55 ms for per-method states merged per service through an ARRAY
+ * JOIN, 84 ms for a UNION ALL of two GROUP BYs, 108 ms for rows doubled with ARRAY JOIN); it also computes
+ * the all-services row (service ''), which the tick does not.
+ */
+function exactLikeForLikeSql(database: string, from: number, to: number): string {
+  return `SELECT service, method, count(), countIf(grpc_code != 0), max(duration_us),
+      quantilesExact(0.5, 0.9, 0.95, 0.99, 0.999)(duration_us)
+    FROM ${database}.request_events WHERE ts >= toDateTime(${from}) AND ts < toDateTime(${to})
+    GROUP BY service, method WITH ROLLUP FORMAT TSV`;
+}
+
+export async function runProfilerBench(
+  options: { quick: boolean; migrationsThrough?: number },
+): Promise<Record<string, unknown>> {
   const { quick } = options;
   const started = performance.now();
   const { profiler, bench } = await profilerBinaries();
@@ -151,13 +195,27 @@ export async function runProfilerBench(options: { quick: boolean }): Promise<Rec
   await using _logs = { [Symbol.asyncDispose]: () => Deno.remove(logDir, { recursive: true }) };
   await using clickhouse = await startClickHouseServer();
   const database = `tw_bench_${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
-  await applyMigrations({ url: clickhouse.url, ...CLICKHOUSE_ADMIN, database });
+  await applyMigrations({ url: clickhouse.url, ...CLICKHOUSE_ADMIN, database }, {
+    through: options.migrationsThrough,
+  });
+  const serverPid = clickhouse.pid;
+  if (serverPid === undefined) throw new Error("clickhouse-server has no pid");
   const connection = connectionFlags(
     clickhouse.url,
     CLICKHOUSE_ADMIN.username,
     CLICKHOUSE_ADMIN.password,
     database,
   );
+  // latency_percentiles is a Buffer in front of latency_percentiles_storage since migration 0007.
+  const createQuery = (await clickhouse.query(
+    `SELECT create_table_query FROM system.tables
+     WHERE database = '${database}' AND name = 'latency_percentiles' FORMAT TSVRaw`,
+  )).trim();
+  const bufferArgs = /ENGINE = Buffer\(([^)]*)\)/.exec(createQuery)?.[1].split(",").map((a) => a.trim());
+  const buffered = bufferArgs !== undefined;
+  const storageTable = buffered ? bufferArgs[1] : "latency_percentiles";
+  /** Ticks per Buffer flush: the oldest row is flushed once more than max_time whole seconds old. */
+  const ticksPerFlush = buffered ? Number(bufferArgs[4]) + 1 : 1;
   // The daemons' statements are logged (system.query_log, with ClickHouse's CPU time per query) under a
   // query id of their own: each daemon runs one statement at a time, so the id is never in use twice.
   const daemonConnection = (window: number) =>
@@ -168,8 +226,8 @@ export async function runProfilerBench(options: { quick: boolean }): Promise<Rec
       database,
     );
   /**
-   * ClickHouse's CPU (user + system, ms) of each finished statement of `kind` (SELECT or INSERT) logged under
-   * `queryId`, since `since`.
+   * ClickHouse's CPU (user + system, ms) of each finished statement of `kind` (SELECT, INSERT, OPTIMIZE)
+   * logged under `queryId`, since `since`.
    */
   const clickhouseCpuMs = async (queryId: string, since: number, kind = "SELECT"): Promise<number[]> => {
     await clickhouse.query("SYSTEM FLUSH LOGS");
@@ -182,12 +240,28 @@ export async function runProfilerBench(options: { quick: boolean }): Promise<Rec
     );
     return text.split("\n").filter(Boolean).map(Number);
   };
+  const post = async (sql: string, params = "", data?: Uint8Array<ArrayBuffer>) => {
+    const response = await fetch(`${clickhouse.url}/${params}`, {
+      method: "POST",
+      body: data === undefined ? sql : new Blob([sql, "\n", data]),
+      headers: {
+        "X-ClickHouse-User": CLICKHOUSE_ADMIN.username,
+        "X-ClickHouse-Key": CLICKHOUSE_ADMIN.password,
+      },
+    });
+    const bytes = new Uint8Array(await response.arrayBuffer());
+    if (!response.ok) throw new Error(`ClickHouse ${response.status}: ${new TextDecoder().decode(bytes)}`);
+    return bytes;
+  };
 
   const steadyTicks = quick ? 8 : 30;
+  /** The uninstrumented 300 s daemon runs longer: its count of Buffer flushes varies by one either way. */
+  const productionTicks = quick ? 12 : 62;
+  const idleSeconds = quick ? 4 : 10;
   const repeats = quick ? 3 : 7;
   // Seconds ahead of the clock the daemons will tick through (data already there: every tick reads full
   // seconds at 1000 rps); generous, the fill and the cold ticks take a while.
-  const aheadS = 2 * steadyTicks + 60;
+  const aheadS = 3 * steadyTicks + productionTicks + 2 * idleSeconds + 90;
   const t0 = Math.floor(Date.now() / 1000);
   const fillStarted = performance.now();
   await fill(clickhouse, database, t0 - FILL_BACK_S, t0 + aheadS);
@@ -270,8 +344,110 @@ export async function runProfilerBench(options: { quick: boolean }): Promise<Rec
     );
     if (daemonResults[`${window}s`].tickMs.length === 0) throw new Error(`daemon ${window}s logged no ticks`);
   }
+  // A tick's ClickHouse CPU from the query log: its SELECT and its INSERT of the percentile rows (medians;
+  // the INSERT's mean too: an INSERT that finds the Buffer's oldest row due flushes it in its own thread).
+  const tickSelectCpu = await clickhouseCpuMs(`${database}_tick_300`, daemonResults["300s"].steadySince);
+  const tickInsertCpu = await clickhouseCpuMs(
+    `${database}_tick_300`,
+    daemonResults["300s"].steadySince,
+    "INSERT",
+  );
+  const tick10SelectCpu = await clickhouseCpuMs(`${database}_tick_10`, daemonResults["10s"].steadySince);
 
-  // 2. A profiler tick vs ClickHouse's exact quantiles over the same 300 s of raw rows.
+  // 2. The 300 s daemon as in production: no query log, no timing log. The whole server's CPU per tick
+  //    (SELECT, INSERT, Buffer flushes, merges; everything) minus the idle server's over as long.
+  const settle = async () => {
+    await clickhouse.query("SYSTEM FLUSH LOGS");
+    if (buffered) await clickhouse.query(`OPTIMIZE TABLE ${database}.latency_percentiles`);
+    await sleep(1000);
+  };
+  const idleCpuMsPerSecond = async () => {
+    const cpu = processCpuMs(serverPid);
+    const since = performance.now();
+    await sleep(idleSeconds * 1000);
+    return (processCpuMs(serverPid) - cpu) / ((performance.now() - since) / 1000);
+  };
+  await settle();
+  const idleBefore = await idleCpuMsPerSecond();
+  const production = await spawnLogged(
+    profiler,
+    [...connection, "--windows", "300", "--tick", "1s", "--late-margin", "5s"],
+    `${logDir}/daemon-production.log`,
+  );
+  let productionResult;
+  try {
+    const written = () => ticksWritten(300);
+    const start = await written();
+    await waitUntil("production daemon: first ticks", async () => (await written()) >= start + 2, 30_000);
+    await between();
+    const since = performance.now();
+    const sinceUnix = Math.floor(Date.now() / 1000);
+    const before = {
+      server: processCpuMs(serverPid),
+      profiler: schedstatNs(production.pid),
+      ticks: await written(),
+    };
+    await sleep(productionTicks * 1000);
+    await between();
+    const ticks = (await written()) - before.ticks;
+    const serverMs = processCpuMs(serverPid) - before.server;
+    const profilerMs = (schedstatNs(production.pid) - before.profiler) / 1e6;
+    const seconds = (performance.now() - since) / 1000;
+    const flushes = Number(
+      (await clickhouse.query(
+        `SELECT count() FROM system.parts WHERE database = '${database}' AND table = '${storageTable}'
+           AND level = 0 AND modification_time >= toDateTime(${sinceUnix})`,
+      )).trim(),
+    );
+    productionResult = { ticks, seconds, serverMs, profilerMs, partsWritten: flushes };
+  } finally {
+    await production.stop("SIGTERM");
+  }
+  const lastTick = Number(
+    (await clickhouse.query(`SELECT toUInt32(max(ts)) FROM ${database}.latency_percentiles`)).trim(),
+  );
+  if (lastTick >= t0 + aheadS) throw new Error(`the daemons ticked past the filled data (${lastTick})`);
+  await settle();
+  const idleAfter = await idleCpuMsPerSecond();
+  // The lower of the two: an idle measurement can only be raised by merges still running, and what it
+  // leaves out is counted against the tick.
+  const idleMsPerSecond = Math.min(idleBefore, idleAfter);
+  const serverCpuMsPerTick = (productionResult.serverMs - idleMsPerSecond * productionResult.seconds) /
+    Math.max(productionResult.ticks, 1);
+  const productionProfilerMsPerTick = productionResult.profilerMs / Math.max(productionResult.ticks, 1);
+
+  // 3. One Buffer flush of a flush period's rows: a steady tick's rows (from the storage, where the
+  //    daemons' rows are now) inserted ticksPerFlush times, then OPTIMIZE, which flushes in its own thread.
+  const flushCpu: number[] = [];
+  let rowsPerTick = 0;
+  if (buffered) {
+    const tickTs = Number(
+      (await clickhouse.query(
+        `SELECT toUInt32(max(ts)) FROM ${database}.latency_percentiles WHERE window_s = 300`,
+      )).trim(),
+    );
+    rowsPerTick = Number(
+      (await clickhouse.query(
+        `SELECT count() FROM ${database}.latency_percentiles WHERE ts = toDateTime(${tickTs})`,
+      )).trim(),
+    );
+    // The tick's rows as the profiler sends them (RowBinary), inserted as data: an INSERT ... SELECT from the
+    // storage into its own Buffer once ran for minutes at full CPU on 18.16 here.
+    const tickRows = await post(
+      `SELECT * FROM ${database}.latency_percentiles WHERE ts = toDateTime(${tickTs}) FORMAT RowBinary`,
+    );
+    const flushSince = Date.now() / 1000 - 1;
+    const flushId = `${database}_flush`;
+    for (let round = 0; round < (quick ? 3 : 5); round++) {
+      for (let i = 0; i < ticksPerFlush; i++) {
+        await post(`INSERT INTO ${database}.latency_percentiles FORMAT RowBinary`, "", tickRows);
+      }
+      await post(`OPTIMIZE TABLE ${database}.latency_percentiles`, `?log_queries=1&query_id=${flushId}`);
+    }
+    flushCpu.push(...await clickhouseCpuMs(flushId, flushSince, "OPTIMIZE"));
+  }
+
+  // 4. A profiler tick vs ClickHouse's exact quantiles over the same 300 s of raw rows.
   const once = async (windows: string): Promise<Snapshot> => {
     const output = await new Deno.Command(profiler, {
       args: [...connection, "--windows", windows, "--once", "--json", "--now", String(t0)],
@@ -281,49 +457,49 @@ export async function runProfilerBench(options: { quick: boolean }): Promise<Rec
     if (!output.success) throw new Error(`profiler --once: ${new TextDecoder().decode(output.stderr)}`);
     return JSON.parse(new TextDecoder().decode(output.stdout)) as Snapshot;
   };
-  const exactSql = `SELECT service, method, count(), quantilesExact(0.5, 0.9, 0.95, 0.99, 0.999)(duration_us)
-    FROM ${database}.request_events WHERE ts >= toDateTime(${t0 - 300}) AND ts < toDateTime(${t0})
-    GROUP BY service, method FORMAT TSV`;
-  const exactMs: number[] = [];
+  const exact = {
+    perMethod: { sql: exactPerMethodSql(database, t0 - 300, t0), rows: METHODS.length },
+    likeForLike: { sql: exactLikeForLikeSql(database, t0 - 300, t0), rows: METHODS.length + 3 + 1 },
+  };
+  type ExactKind = keyof typeof exact;
+  const kinds = Object.keys(exact) as ExactKind[];
+  const exactMs: Record<ExactKind, number[]> = { perMethod: [], likeForLike: [] };
   const coldMs: number[] = [];
   let coldHistogramRows = 0;
   await once("300"); // warm-up: page cache, connections
+  for (const kind of kinds) await clickhouse.query(exact[kind].sql);
   for (let i = 0; i < repeats; i++) {
     const cold = await once("300");
     coldMs.push(cold.timing.read_ms + cold.timing.compute_ms);
     coldHistogramRows = cold.timing.histogram_rows;
+    for (const kind of kinds) {
+      const start = performance.now();
+      const text = await clickhouse.query(exact[kind].sql);
+      exactMs[kind].push(performance.now() - start);
+      const lines = text.trim().split("\n").length;
+      if (lines !== exact[kind].rows) throw new Error(`exact ${kind}: ${lines} rows: ${text}`);
+    }
+  }
+  // CPU: the same exact queries again (not timed), logged with ClickHouse's CPU time per run; and run back to
+  // back unlogged, the server process's CPU per query minus the idle server's.
+  const exactCpu = {} as Record<ExactKind, { queryLog: number; process: number }>;
+  for (const kind of kinds) {
+    const since = Date.now() / 1000 - 1;
+    const queryId = `${database}_exact_${kind}`;
+    for (let i = 0; i < repeats; i++) await post(exact[kind].sql, `?log_queries=1&query_id=${queryId}`);
+    const queryLog = median(await clickhouseCpuMs(queryId, since));
+    await sleep(500);
+    const cpu = processCpuMs(serverPid);
     const start = performance.now();
-    const text = await clickhouse.query(exactSql);
-    exactMs.push(performance.now() - start);
-    if (text.trim().split("\n").length !== METHODS.length) throw new Error(`quantilesExact: ${text}`);
+    const runs = 2 * repeats;
+    for (let i = 0; i < runs; i++) await post(exact[kind].sql);
+    const seconds = (performance.now() - start) / 1000;
+    exactCpu[kind] = {
+      queryLog,
+      process: (processCpuMs(serverPid) - cpu - idleMsPerSecond * seconds) / runs,
+    };
   }
-  // CPU: the same exact query again (not timed), logged with ClickHouse's CPU time per run.
-  const exactCpuSince = Date.now() / 1000 - 1;
-  const exactQueryId = `${database}_exact`;
-  for (let i = 0; i < repeats; i++) {
-    const response = await fetch(`${clickhouse.url}/?log_queries=1&query_id=${exactQueryId}`, {
-      method: "POST",
-      body: exactSql,
-      headers: {
-        "X-ClickHouse-User": CLICKHOUSE_ADMIN.username,
-        "X-ClickHouse-Key": CLICKHOUSE_ADMIN.password,
-      },
-    });
-    const text = await response.text();
-    if (!response.ok) throw new Error(`quantilesExact (logged): ${text}`);
-  }
-  const exactCpuMs = median(await clickhouseCpuMs(exactQueryId, exactCpuSince));
-  // A tick's ClickHouse CPU: its SELECT and its INSERT of the percentile rows (both logged under its id).
-  const tickSelectCpuMs = median(
-    await clickhouseCpuMs(`${database}_tick_300`, daemonResults["300s"].steadySince),
-  );
-  const tickInsertCpuMs = median(
-    await clickhouseCpuMs(`${database}_tick_300`, daemonResults["300s"].steadySince, "INSERT"),
-  );
-  const tickClickhouseCpuMs = tickSelectCpuMs + tickInsertCpuMs;
-  const tick10ClickhouseCpuMs = median(
-    await clickhouseCpuMs(`${database}_tick_10`, daemonResults["10s"].steadySince),
-  );
+
   const steady = daemonResults["300s"].timings;
   const breakdown = {
     httpMs: round(median(steady.map((t) => t.http_ms))),
@@ -336,13 +512,42 @@ export async function runProfilerBench(options: { quick: boolean }): Promise<Rec
     secondsRead: median(steady.map((t) => t.to - t.from)),
   };
 
-  const exactMedianMs = median(exactMs);
   const steadyTickMs = median(daemonResults["300s"].tickMs);
   const steadyFullTickMs = median(daemonResults["300s"].fullTickMs);
   const steadyTick10Ms = median(daemonResults["10s"].tickMs);
   const coldMedianMs = median(coldMs);
   const cpu10 = daemonResults["10s"].cpuMsPerTick;
   const cpu300 = daemonResults["300s"].cpuMsPerTick;
+  const selectCpuMs = median(tickSelectCpu);
+  const insertCpuMs = median(tickInsertCpu);
+  const insertCpuMeanMs = tickInsertCpu.reduce((a, b) => a + b, 0) / Math.max(tickInsertCpu.length, 1);
+  const flushCpuMs = flushCpu.length > 0 ? median(flushCpu) : 0;
+  const flushPerTickMs = flushCpuMs / ticksPerFlush;
+  /** The tick's CPU as the query log splits it: SELECT + INSERT + its share of a flush + the profiler. */
+  const tickCpuQueryLog = selectCpuMs + insertCpuMs + flushPerTickMs + cpu300;
+  /** The tick's CPU as the processes count it (production flags): the whole server + the profiler. */
+  const tickCpuProcess = serverCpuMsPerTick + productionProfilerMsPerTick;
+  /** Without the INSERT (the accounting of this bench until 2026-11-30): SELECT + the profiler. */
+  const tickCpuWithoutInsert = selectCpuMs + cpu300;
+  const versus = (kind: ExactKind) => {
+    const wall = median(exactMs[kind]);
+    return {
+      exactMs: { median: round(wall), runs: exactMs[kind].map((v) => round(v)) },
+      exactCpuMs: { queryLog: round(exactCpu[kind].queryLog), process: round(exactCpu[kind].process) },
+      /** Wall: the whole steady tick (read + compute + INSERT, as the daemon logged it). */
+      overSteadyTick: round(wall / steadyFullTickMs),
+      /** Wall without the INSERT (read + compute). */
+      overSteadyTickReadCompute: round(wall / steadyTickMs),
+      overColdTick: round(wall / coldMedianMs),
+      /** CPU, query-log accounting: exact query / (SELECT + INSERT + flush share + profiler). */
+      cpuOverTickQueryLog: round(exactCpu[kind].queryLog / tickCpuQueryLog),
+      /** CPU, process accounting: server CPU per exact query / (server CPU per tick + profiler). */
+      cpuOverTickProcess: round(exactCpu[kind].process / tickCpuProcess),
+      /** CPU without the INSERT: exact query / (SELECT + profiler). */
+      cpuOverTickWithoutInsert: round(exactCpu[kind].queryLog / tickCpuWithoutInsert),
+    };
+  };
+  const vs = { perMethod: versus("perMethod"), likeForLike: versus("likeForLike") };
 
   const result = {
     quick,
@@ -353,6 +558,7 @@ export async function runProfilerBench(options: { quick: boolean }): Promise<Rec
       filledSeconds: FILL_BACK_S + aheadS,
       fillSeconds: round(fillSeconds),
       rawRowsIn300s: rawRows,
+      latencyPercentiles: buffered ? `Buffer(${bufferArgs.join(", ")})` : "MergeTree",
     },
     steadyTick1000rps: {
       daemonCpuMsPerTick: { window10s: cpu10, window300s: cpu300 },
@@ -362,11 +568,11 @@ export async function runProfilerBench(options: { quick: boolean }): Promise<Rec
       /** Wall: median of the daemon's own per-tick read + compute time (--log-timing). */
       steadyTickMs: { window10s: round(steadyTick10Ms), window300s: round(steadyTickMs) },
       window300sOver10sWall: round(steadyTickMs / steadyTick10Ms),
+      clickhouseSelectCpuMs: { window10s: round(median(tick10SelectCpu)), window300s: round(selectCpuMs) },
       target: 1.5,
     },
     tickVsQuantilesExact300s: {
       repeats,
-      quantilesExactMs: { median: round(exactMedianMs), runs: exactMs.map((v) => round(v)) },
       /** The 300 s daemon's steady ticks, as it logged them: read + compute (without its INSERT). */
       steadyTickMs: { median: round(steadyTickMs), ticks: daemonResults["300s"].tickMs.length },
       /** The same ticks with their INSERT of the percentile rows: the whole tick. */
@@ -381,33 +587,45 @@ export async function runProfilerBench(options: { quick: boolean }): Promise<Rec
        * the INSERT's round trip.
        */
       steadyTickBreakdown: breakdown,
-      /** Target >= 10: the whole tick, its INSERT included. */
-      exactOverSteadyTick: round(exactMedianMs / steadyFullTickMs),
-      /** Without the INSERT (read + compute: how this was reported until 2026-11-30). */
-      exactOverSteadyTickReadCompute: round(exactMedianMs / steadyTickMs),
-      /**
-       * CPU, reported next to the wall times: ClickHouse's (system.query_log, user + system) for one exact
-       * query, and for one tick: ClickHouse's for the tick's SELECT and for its INSERT (medians), plus the
-       * profiler process's CPU per tick (schedstat; building and sending the INSERT included).
-       */
-      cpuMs: {
-        quantilesExactClickhouse: round(exactCpuMs),
-        steadyTickClickhouse: round(tickClickhouseCpuMs),
-        steadyTickClickhouseSelect: round(tickSelectCpuMs),
-        steadyTickClickhouseInsert: round(tickInsertCpuMs),
-        steadyTick10sClickhouse: round(tick10ClickhouseCpuMs),
-        steadyTickProfiler: cpu300,
-        steadyTickTotal: round(tickClickhouseCpuMs + cpu300),
-        exactOverSteadyTick: round(exactCpuMs / (tickClickhouseCpuMs + cpu300)),
+      /** A steady tick's CPU (ms), two accountings. */
+      tickCpuMs: {
+        /** system.query_log (log_queries on), medians; the INSERT's mean includes flushes in its thread. */
+        clickhouseSelect: round(selectCpuMs),
+        clickhouseInsert: round(insertCpuMs),
+        clickhouseInsertMean: round(insertCpuMeanMs),
+        /** One OPTIMIZE (Buffer flush) of ticksPerFlush ticks' rows, and its share per tick. */
+        bufferFlush: round(flushCpuMs),
+        bufferFlushPerTick: round(flushPerTickMs),
+        ticksPerFlush: buffered ? ticksPerFlush : 0,
+        rowsPerTick,
+        profiler: cpu300,
+        totalQueryLog: round(tickCpuQueryLog),
+        /** The production-flag daemon: the whole server per tick minus idle, the profiler per tick. */
+        process: {
+          server: round(serverCpuMsPerTick),
+          profiler: round(productionProfilerMsPerTick),
+          total: round(tickCpuProcess),
+          ticks: productionResult.ticks,
+          storagePartsWritten: productionResult.partsWritten,
+          serverIdleMsPerSecond: { before: round(idleBefore), after: round(idleAfter) },
+        },
+        withoutInsert: round(tickCpuWithoutInsert),
       },
-      exactOverColdTick: round(exactMedianMs / coldMedianMs),
+      /** "likeForLike" computes what the tick writes (per method and per service); "perMethod" less. */
+      exact: vs,
       target: 10,
     },
     seconds: round((performance.now() - started) / 1000),
   };
+  const line = (name: string, v: ReturnType<typeof versus>) =>
+    `  exact ${name}: ${v.exactMs.median} ms wall, CPU ${v.exactCpuMs.queryLog} ms (query log) / ` +
+    `${v.exactCpuMs.process} ms (process); tick cheaper by: wall ${v.overSteadyTick}x with its INSERT, ` +
+    `${v.overSteadyTickReadCompute}x without; CPU ${v.cpuOverTickQueryLog}x (query log), ` +
+    `${v.cpuOverTickProcess}x (process), ${v.cpuOverTickWithoutInsert}x without the INSERT; cold tick ` +
+    `${v.overColdTick}x`;
   console.log(
     [
-      `profiler bench${quick ? " (quick)" : ""}:`,
+      `profiler bench${quick ? " (quick)" : ""}: latency_percentiles ${result.clickhouse.latencyPercentiles}`,
       `  record ${
         (memory.recordValuesPerSecond / 1e6).toFixed(0)
       } M values/s into one histogram; merges/s: ` +
@@ -419,24 +637,21 @@ export async function runProfilerBench(options: { quick: boolean }): Promise<Rec
       } vs ` +
       `${round(steadyTick10Ms)} ms = ${result.steadyTick1000rps.window300sOver10sWall}x; in memory ` +
       `${memory.tick300sUs} vs ${memory.tick10sUs} us = ${memory.tick300sOver10s}x (target <= 1.5)`,
-      `  300 s of raw rows (${rawRows}): quantilesExact ${round(exactMedianMs)} ms vs steady tick ` +
-      `${
-        round(steadyFullTickMs)
-      } ms with its INSERT = ${result.tickVsQuantilesExact300s.exactOverSteadyTick}x ` +
-      `(read + compute ${round(steadyTickMs)} ms = ` +
-      `${result.tickVsQuantilesExact300s.exactOverSteadyTickReadCompute}x), vs cold tick ` +
-      `${round(coldMedianMs)} ms = ${result.tickVsQuantilesExact300s.exactOverColdTick}x (target >= 10)`,
-      `  steady tick breakdown (300 s daemon, medians): SELECT round trip ${breakdown.httpMs} ms ` +
-      `(${breakdown.rows} rows, ${breakdown.histogramEntries} bucket entries, ${breakdown.responseBytes} B, ` +
-      `${breakdown.secondsRead} s read), parse ${breakdown.parseMs} ms, compute ${breakdown.computeMs} ms, ` +
-      `INSERT round trip ${breakdown.insertMs} ms`,
-      `  CPU: quantilesExact ${round(exactCpuMs)} ms (ClickHouse) vs steady tick ${
-        round(tickClickhouseCpuMs + cpu300)
-      } ms ` +
-      `(ClickHouse ${round(tickSelectCpuMs)} SELECT + ${
-        round(tickInsertCpuMs)
-      } INSERT + profiler ${cpu300}) = ` +
-      `${result.tickVsQuantilesExact300s.cpuMs.exactOverSteadyTick}x`,
+      `  steady tick (300 s window): wall ${round(steadyFullTickMs)} ms with its INSERT, ${
+        round(steadyTickMs)
+      } ms without; cold tick ${round(coldMedianMs)} ms`,
+      `  breakdown (medians): SELECT round trip ${breakdown.httpMs} ms (${breakdown.rows} rows, ` +
+      `${breakdown.histogramEntries} bucket entries, ${breakdown.responseBytes} B, ${breakdown.secondsRead} s ` +
+      `read), parse ${breakdown.parseMs} ms, compute ${breakdown.computeMs} ms, INSERT round trip ` +
+      `${breakdown.insertMs} ms`,
+      `  tick CPU, query log: ClickHouse SELECT ${round(selectCpuMs)} + INSERT ${round(insertCpuMs)} (mean ` +
+      `${round(insertCpuMeanMs)}) + flush ${round(flushCpuMs)}/${buffered ? ticksPerFlush : 0} = ` +
+      `${round(flushPerTickMs)} + profiler ${cpu300} = ${round(tickCpuQueryLog)} ms; process (production ` +
+      `flags, ${productionResult.ticks} ticks, ${productionResult.partsWritten} storage parts): server ${
+        round(serverCpuMsPerTick)
+      } + profiler ${round(productionProfilerMsPerTick)} = ${round(tickCpuProcess)} ms`,
+      line("per method (as before)", vs.perMethod),
+      line("like for like (per method and per service)", vs.likeForLike),
       `  ${result.seconds} s`,
     ].join("\n"),
   );
@@ -444,6 +659,10 @@ export async function runProfilerBench(options: { quick: boolean }): Promise<Rec
 }
 
 if (import.meta.main) {
-  const result = await runProfilerBench({ quick: Deno.args.includes("--quick") });
+  const through = Deno.args.find((a) => a.startsWith("--migrations-through="));
+  const result = await runProfilerBench({
+    quick: Deno.args.includes("--quick"),
+    migrationsThrough: through ? Number(through.split("=")[1]) : undefined,
+  });
   console.log(JSON.stringify(result, null, 2));
 }

@@ -31,9 +31,6 @@ struct CurlDeleter {
 struct SlistDeleter {
   void operator()(curl_slist* list) const noexcept { curl_slist_free_all(list); }
 };
-struct CurlStringDeleter {
-  void operator()(char* text) const noexcept { curl_free(text); }
-};
 
 std::string trimmed(std::string text, std::size_t limit = 2000) {
   while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
@@ -46,6 +43,7 @@ std::string trimmed(std::string text, std::size_t limit = 2000) {
 struct ClickHouseClient::Impl {
   std::unique_ptr<CURL, CurlDeleter> curl;
   std::unique_ptr<curl_slist, SlistDeleter> headers;
+  std::string discarded;  // execute()'s response, its buffer reused
   char error[CURL_ERROR_SIZE] = {0};
 };
 
@@ -66,6 +64,7 @@ ClickHouseClient::ClickHouseClient(ClickHouseOptions options) : options_(std::mo
   }
   impl_->headers.reset(list);
   CURL* curl = impl_->curl.get();
+  curl_easy_setopt(curl, CURLOPT_URL, options_.url.c_str());  // libcurl keeps a copy
   curl_easy_setopt(curl, CURLOPT_HTTPHEADER, impl_->headers.get());
   curl_easy_setopt(curl, CURLOPT_POST, 1L);
   curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, append_body);
@@ -75,16 +74,17 @@ ClickHouseClient::ClickHouseClient(ClickHouseOptions options) : options_(std::mo
   curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(curl, CURLOPT_TCP_NODELAY, 1L);
   curl_easy_setopt(curl, CURLOPT_TCP_KEEPALIVE, 1L);
+  // A tick's answer (tens of KB) in a few reads instead of one per 16 KB (libcurl's default).
+  curl_easy_setopt(curl, CURLOPT_BUFFERSIZE, 256L * 1024L);
 }
 
 ClickHouseClient::~ClickHouseClient() = default;
 
-std::string ClickHouseClient::post(const std::string& url, const std::string& body) {
+void ClickHouseClient::post(std::string_view body, std::string& response) {
   CURL* curl = impl_->curl.get();
-  std::string response;
+  response.clear();
   impl_->error[0] = 0;
   // The handle keeps every other option from the constructor (and its connection) between requests.
-  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
   curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.data());
   curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
   curl_easy_setopt(curl, CURLOPT_WRITEDATA, &response);
@@ -98,21 +98,23 @@ std::string ClickHouseClient::post(const std::string& url, const std::string& bo
   if (status != 200) {
     throw ClickHouseError("ClickHouse answered HTTP " + std::to_string(status) + ": " + trimmed(response));
   }
+}
+
+std::string ClickHouseClient::query(const std::string& sql) {
+  std::string response;
+  post(sql, response);
   return response;
 }
 
-std::string ClickHouseClient::query(const std::string& sql) { return post(options_.url, sql); }
+void ClickHouseClient::query(std::string_view sql, std::string& response) { post(sql, response); }
+
+void ClickHouseClient::execute(std::string_view body) { post(body, impl_->discarded); }
 
 void ClickHouseClient::insert(const std::string& statement, const std::string& data) {
-  if (insert_url_.empty() || statement != insert_statement_) {
-    std::unique_ptr<char, CurlStringDeleter> escaped(
-        curl_easy_escape(impl_->curl.get(), statement.c_str(), static_cast<int>(statement.size())));
-    if (!escaped) throw ClickHouseError("curl_easy_escape failed");
-    const char separator = options_.url.find('?') == std::string::npos ? '?' : '&';
-    insert_url_ = options_.url + separator + "query=" + escaped.get();
-    insert_statement_ = statement;
-  }
-  post(insert_url_, data);
+  std::string body;
+  body.reserve(statement.size() + 1 + data.size());
+  body.append(statement).append(1, '\n').append(data);
+  execute(body);
 }
 
 bool is_identifier(const std::string& name) {
@@ -151,23 +153,33 @@ ClickHouseSource::ClickHouseSource(ClickHouseClient& client, std::string databas
 
 SecondsBatch ClickHouseSource::fetch(std::int64_t from, std::int64_t to) {
   SecondsBatch batch;
+  fetch_into(from, to, batch);
+  return batch;
+}
+
+void ClickHouseSource::fetch_into(std::int64_t from, std::int64_t to, SecondsBatch& batch) {
   batch.from = from;
   batch.to = to;
+  batch.histogram.clear();
+  batch.maxima.clear();
   last_ = FetchStats{};
-  if (from >= to) return batch;
+  if (from >= to) {
+    batch.profile.clear();
+    return;
+  }
   using Clock = std::chrono::steady_clock;
   auto start = Clock::now();
-  const std::string body = client_.query(tick_query(database_, from, to));
+  client_.query(tick_query(database_, from, to), answer_);
   last_.http_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-  last_.bytes = body.size();
+  last_.bytes = answer_.size();
   start = Clock::now();
   try {
-    batch.profile = parse_profile_rowbinary(body);
+    parse_profile_rowbinary(answer_, batch.profile);
   } catch (const std::exception& error) {
+    batch.profile.clear();
     throw ClickHouseError(std::string("bad answer from ClickHouse: ") + error.what());
   }
   last_.parse_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-  return batch;
 }
 
 nlohmann::json percentile_row(std::int64_t now, const WindowStats& row) {

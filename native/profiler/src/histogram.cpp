@@ -8,6 +8,11 @@
 namespace tailwatch {
 
 void normalize(SparseHistogram& sparse) {
+  SparseHistogram scratch;
+  normalize(sparse, scratch);
+}
+
+void normalize(SparseHistogram& sparse, SparseHistogram& scratch) {
   for (const auto& entry : sparse) {
     if (entry.bucket >= kBucketCount) {
       throw std::out_of_range("bucket index " + std::to_string(entry.bucket) + " out of range");
@@ -27,10 +32,15 @@ void normalize(SparseHistogram& sparse) {
   }
   if (runs > kMaxRuns) {
     std::sort(sparse.begin(), sparse.end(), by_bucket);
-  } else {
+  } else if (runs > 1) {
+    // Each run is merged into the sorted prefix before it, through `scratch` (std::inplace_merge would
+    // allocate a buffer of its own every time).
+    if (scratch.size() < sparse.size()) scratch.resize(sparse.size());
+    const auto at = [&](std::size_t i) { return sparse.begin() + static_cast<std::ptrdiff_t>(i); };
     for (std::size_t r = 1; r < runs; ++r) {
-      std::inplace_merge(sparse.begin(), sparse.begin() + static_cast<std::ptrdiff_t>(run_ends[r - 1]),
-                         sparse.begin() + static_cast<std::ptrdiff_t>(run_ends[r]), by_bucket);
+      const auto end = std::merge(at(0), at(run_ends[r - 1]), at(run_ends[r - 1]), at(run_ends[r]),
+                                  scratch.begin(), by_bucket);
+      std::copy(scratch.begin(), end, sparse.begin());
     }
   }
   std::size_t out = 0;

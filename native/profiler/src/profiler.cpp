@@ -4,6 +4,7 @@
 
 #include <csignal>
 #include <chrono>
+#include <cstdio>
 #include <ctime>
 #include <limits>
 #include <algorithm>
@@ -26,6 +27,20 @@ nlohmann::json timing_object(const TickTiming& timing) {
           {"insert_ms", timing.insert_ms},     {"response_bytes", timing.response_bytes},
           {"rows", timing.rows},               {"histogram_rows", timing.histogram_rows},
           {"from", timing.from},               {"to", timing.to}};
+}
+
+/// The --log-timing line, `{"now":...,"timing":{...}}`, the members of timing_object in its order (a tick's
+/// worth of formatting without building a JSON document).
+std::string timing_line(std::int64_t now, const TickTiming& timing) {
+  char line[512];
+  const int n = std::snprintf(
+      line, sizeof line,
+      "{\"now\":%lld,\"timing\":{\"compute_ms\":%.17g,\"from\":%lld,\"histogram_rows\":%zu,\"http_ms\":%.17g,"
+      "\"insert_ms\":%.17g,\"parse_ms\":%.17g,\"read_ms\":%.17g,\"response_bytes\":%zu,\"rows\":%zu,\"to\":%lld}}",
+      static_cast<long long>(now), timing.compute_ms, static_cast<long long>(timing.from), timing.histogram_rows,
+      timing.http_ms, timing.insert_ms, timing.parse_ms, timing.read_ms, timing.response_bytes, timing.rows,
+      static_cast<long long>(timing.to));
+  return std::string(line, static_cast<std::size_t>(std::clamp(n, 0, static_cast<int>(sizeof line) - 1)));
 }
 
 volatile std::sig_atomic_t g_stop = 0;
@@ -70,14 +85,15 @@ double unix_now() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-/// Reads, advances and snapshots. Throws (engine unchanged) if reading fails.
+/// Reads (into `batch`, whose buffers are reused), advances and snapshots. Throws (engine unchanged) if
+/// reading fails.
 std::vector<WindowStats> one_tick(RollingEngine& engine, ClickHouseSource& source, std::int64_t now,
-                                  TickTiming& timing) {
+                                  SecondsBatch& batch, TickTiming& timing) {
   const auto [from, to] = engine.range_for(now);
   timing.from = from;
   timing.to = to;
   auto start = Clock::now();
-  const SecondsBatch batch = source.fetch(from, to);
+  source.fetch_into(from, to, batch);
   timing.read_ms = ms_since(start);
   timing.http_ms = source.last_fetch().http_ms;
   timing.parse_ms = source.last_fetch().parse_ms;
@@ -113,7 +129,8 @@ int run_once(const Config& config, std::ostream& out, std::ostream& err) {
     ClickHouseSource source(client, config.database);
     const std::int64_t now = config.now ? *config.now : static_cast<std::int64_t>(std::time(nullptr));
     TickTiming timing;
-    const auto rows = one_tick(engine, source, now, timing);
+    SecondsBatch batch;
+    const auto rows = one_tick(engine, source, now, batch, timing);
     if (config.insert && !rows.empty()) {
       const auto start = Clock::now();
       client.insert(percentile_insert_statement(config.database), percentile_rows_rowbinary(now, rows));
@@ -136,9 +153,12 @@ int run_daemon(const Config& config, std::ostream& err) {
       << config.tick_s << "s" << std::endl;
 
   constexpr std::size_t kMaxPendingRows = 200000;  // unsent rows kept across a ClickHouse outage
-  std::deque<std::string> pending;                 // one RowBinary row each
-  std::string body;                                // the INSERT body, its buffer reused
-  const std::string statement = percentile_insert_statement(config.database);
+  // The INSERT's body, built in place: the statement, a newline, then the RowBinary rows not sent yet (one
+  // tick's, or every tick's since ClickHouse became unreachable); their sizes, to drop the oldest.
+  const std::string statement = percentile_insert_statement(config.database) + "\n";
+  std::string pending = statement;
+  std::deque<std::size_t> pending_sizes;
+  SecondsBatch batch;  // the tick's rows, their buffers reused from tick to tick
   std::size_t dropped = 0;
   double backoff_s = 0.5;
   bool failing = false;
@@ -153,28 +173,34 @@ int run_daemon(const Config& config, std::ostream& err) {
     std::string failure;
     try {
       TickTiming timing;
-      const auto rows = one_tick(engine, source, now, timing);
-      for (const auto& row : rows) append_percentile_row(pending.emplace_back(), now, row);
-      while (pending.size() > kMaxPendingRows) {
-        pending.pop_front();
-        ++dropped;
+      const auto rows = one_tick(engine, source, now, batch, timing);
+      for (const auto& row : rows) {
+        const std::size_t before = pending.size();
+        append_percentile_row(pending, now, row);
+        pending_sizes.push_back(pending.size() - before);
       }
-      if (!pending.empty()) {
-        body.clear();
-        for (const auto& row : pending) body += row;
+      if (pending_sizes.size() > kMaxPendingRows) {
+        std::size_t bytes = 0;
+        while (pending_sizes.size() > kMaxPendingRows) {
+          bytes += pending_sizes.front();
+          pending_sizes.pop_front();
+          ++dropped;
+        }
+        pending.erase(statement.size(), bytes);
+      }
+      if (!pending_sizes.empty()) {
         const auto start = Clock::now();
-        client.insert(statement, body);
+        client.execute(pending);
         timing.insert_ms = ms_since(start);
-        pending.clear();
+        pending.resize(statement.size());
+        pending_sizes.clear();
       }
-      if (config.log_timing) {
-        err << nlohmann::json{{"now", now}, {"timing", timing_object(timing)}}.dump() << std::endl;
-      }
+      if (config.log_timing) err << timing_line(now, timing) << std::endl;
     } catch (const std::exception& error) {
       failure = error.what();
     }
     if (!failure.empty()) {
-      err << "tailwatch-profiler: " << failure << "; " << pending.size() << " rows pending";
+      err << "tailwatch-profiler: " << failure << "; " << pending_sizes.size() << " rows pending";
       if (dropped > 0) err << ", " << dropped << " oldest rows dropped";
       err << "; retrying in " << backoff_s << "s" << std::endl;
       failing = true;
@@ -190,7 +216,7 @@ int run_daemon(const Config& config, std::ostream& err) {
     sleep_until_unix(static_cast<double>((now / tick + 1) * tick));
   }
   err << "tailwatch-profiler: stopping";
-  if (!pending.empty()) err << " (" << pending.size() << " rows not written)";
+  if (!pending_sizes.empty()) err << " (" << pending_sizes.size() << " rows not written)";
   err << std::endl;
   return 0;
 }

@@ -44,14 +44,6 @@ struct KeyLess {
 template <typename V>
 using KeyMap = std::map<Key, V, KeyLess>;
 
-template <typename V>
-V& lookup(KeyMap<V>& map, std::string_view service, std::string_view method, std::size_t span) {
-  const KeyView view{service, method};
-  auto it = map.find(view);
-  if (it == map.end()) it = map.emplace(Key{std::string(service), std::string(method)}, V(span)).first;
-  return it->second;
-}
-
 struct Window {
   Histogram hist;
   std::uint64_t errors = 0;
@@ -90,15 +82,33 @@ struct RollingEngine::KeyState {
     const std::size_t slot = slot_of(t, size);
     return ring_ts[slot] == t ? ring[slot] : kEmptySecond;
   }
-  void store(std::int64_t t, std::uint32_t size, SecondData data) {
+  /// Stores second t, swapping `data` with what its slot held (a second every window has dropped, or
+  /// empty): `data` keeps that second's buffers for reuse and must not be read as second t again.
+  void store(std::int64_t t, std::uint32_t size, SecondData& data) {
     const std::size_t slot = slot_of(t, size);
     ring_ts[slot] = t;
     ring_max[slot] = data.max_us;
-    ring[slot] = std::move(data);
+    std::swap(ring[slot], data);
   }
 };
 
-RollingEngine::RollingEngine(RollingConfig config) : config_(std::move(config)), end_(kNoTime) {
+namespace {
+/// What one tick read for one key: a second's data per second of [from, to), and its exact maxima.
+struct FreshKey {
+  std::vector<SecondData> seconds;
+  std::vector<std::uint64_t> max;
+  bool used = false;  ///< read in this tick (entries of other keys are dropped at the end of the tick)
+};
+}  // namespace
+
+/// Buffers advance() reuses from tick to tick, so a steady tick does not allocate for them.
+struct RollingEngine::Scratch {
+  KeyMap<FreshKey> fresh;
+  SparseHistogram merge;  ///< normalize()'s
+};
+
+RollingEngine::RollingEngine(RollingConfig config)
+    : config_(std::move(config)), end_(kNoTime), scratch_(std::make_unique<Scratch>()) {
   if (config_.windows_s.empty()) throw std::invalid_argument("at least one window is required");
   std::set<std::uint32_t> seen;
   for (const auto w : config_.windows_s) {
@@ -142,26 +152,43 @@ void RollingEngine::advance(std::int64_t now, const SecondsBatch& batch) {
     }
   }
   const auto span = static_cast<std::size_t>(to - from);
+  if (!scratch_) scratch_ = std::make_unique<Scratch>();  // a moved-from engine
 
-  // Fresh per-second data per key; each row also counts for its service as a whole (method "").
-  KeyMap<std::vector<SecondData>> fresh;
-  KeyMap<std::vector<std::uint64_t>> stats_max;
+  // Fresh per-second data per key; each row also counts for its service as a whole (method ""). The entries
+  // (and their seconds' buffers) of the keys seen last tick are reused.
+  auto& fresh = scratch_->fresh;
+  for (auto& entry : fresh) entry.second.used = false;
+  const auto key_entry = [&](std::string_view service, std::string_view method) -> FreshKey& {
+    auto it = fresh.find(KeyView{service, method});
+    if (it == fresh.end()) it = fresh.emplace(Key{std::string(service), std::string(method)}, FreshKey{}).first;
+    FreshKey& entry = it->second;
+    if (!entry.used) {
+      entry.used = true;
+      entry.seconds.resize(span);
+      for (auto& second : entry.seconds) {
+        second.buckets.clear();
+        second.errors = 0;
+        second.max_us = 0;
+      }
+      entry.max.assign(span, 0);
+    }
+    return entry;
+  };
   {
     const HistogramRow* last = nullptr;  // rows usually come grouped by key: skip the lookups then
-    std::vector<SecondData>* last_method = nullptr;
-    std::vector<SecondData>* last_service = nullptr;
+    FreshKey* targets[2] = {nullptr, nullptr};
     for (const auto& row : batch.histogram) {
       if (row.ts < from || row.ts >= to || row.count == 0) continue;
       if (last == nullptr || last->service != row.service || last->method != row.method) {
         last = &row;
-        last_method = &lookup(fresh, row.service, row.method, span);
-        last_service = row.method.empty() ? nullptr : &lookup(fresh, row.service, "", span);
+        targets[0] = &key_entry(row.service, row.method);
+        targets[1] = row.method.empty() ? nullptr : &key_entry(row.service, "");
       }
       const auto i = static_cast<std::size_t>(row.ts - from);
-      for (auto* target : {last_method, last_service}) {
+      for (auto* target : targets) {
         if (target == nullptr) continue;
-        (*target)[i].buckets.push_back({row.bucket, row.count});
-        (*target)[i].errors += row.errors;
+        target->seconds[i].buckets.push_back({row.bucket, row.count});
+        target->seconds[i].errors += row.errors;
       }
     }
     for (const auto& row : batch.maxima) {
@@ -169,47 +196,47 @@ void RollingEngine::advance(std::int64_t now, const SecondsBatch& batch) {
       const auto i = static_cast<std::size_t>(row.ts - from);
       for (const bool whole_service : {false, true}) {
         if (whole_service && row.method.empty()) continue;
-        auto& maxima = lookup(stats_max, row.service, whole_service ? std::string_view() : row.method, span);
-        maxima[i] = std::max(maxima[i], row.max_us);
+        auto& max = key_entry(row.service, whole_service ? std::string_view() : row.method).max[i];
+        max = std::max(max, row.max_us);
       }
     }
     const ProfileRow* last_row = nullptr;  // rows come ordered by (ts, service, method): keys repeat
-    std::vector<SecondData>* targets[2] = {nullptr, nullptr};
-    std::vector<std::uint64_t>* max_targets[2] = {nullptr, nullptr};
     for (const auto& row : batch.profile) {
       if (row.ts < from || row.ts >= to) continue;
       if (last_row == nullptr || last_row->service != row.service || last_row->method != row.method) {
         last_row = &row;
-        targets[0] = &lookup(fresh, row.service, row.method, span);
-        max_targets[0] = &lookup(stats_max, row.service, row.method, span);
-        targets[1] = row.method.empty() ? nullptr : &lookup(fresh, row.service, "", span);
-        max_targets[1] = row.method.empty() ? nullptr : &lookup(stats_max, row.service, "", span);
+        targets[0] = &key_entry(row.service, row.method);
+        targets[1] = row.method.empty() ? nullptr : &key_entry(row.service, "");
       }
       const auto i = static_cast<std::size_t>(row.ts - from);
-      for (int k = 0; k < 2; ++k) {
-        if (targets[k] == nullptr) continue;
-        auto& second = (*targets[k])[i];
+      for (auto* target : targets) {
+        if (target == nullptr) continue;
+        auto& second = target->seconds[i];
         second.buckets.insert(second.buckets.end(), row.buckets.begin(), row.buckets.end());
         second.errors += row.errors;
-        auto& max = (*max_targets[k])[i];
-        max = std::max(max, row.max_us);
+        target->max[i] = std::max(target->max[i], row.max_us);
       }
     }
   }
-  for (auto& [key, seconds] : fresh) {
-    const auto stats = stats_max.find(key);
+  for (auto it = fresh.begin(); it != fresh.end();) {
+    if (!it->second.used) {
+      it = fresh.erase(it);  // a key not read this tick: its buffers go
+      continue;
+    }
+    FreshKey& entry = it->second;
     for (std::size_t i = 0; i < span; ++i) {
-      auto& second = seconds[i];
+      auto& second = entry.seconds[i];
       if (second.buckets.empty()) continue;
-      normalize(second.buckets);
+      normalize(second.buckets, scratch_->merge);
       if (second.buckets.empty()) continue;
       // Exact max (latency_profile_1s rows carry it; per-bucket rows take it from request_stats_1s) when it
       // agrees with the histogram's highest bucket; otherwise (two rollups read at slightly different moments)
       // the nearest value inside that bucket.
       const std::uint32_t top = second.buckets.back().bucket;
-      const std::uint64_t exact = stats == stats_max.end() ? 0 : stats->second[i];
+      const std::uint64_t exact = entry.max[i];
       second.max_us = exact == 0 ? bucket_last(top) : std::clamp(exact, bucket_lower(top), bucket_last(top));
     }
+    ++it;
   }
 
   for (const auto& entry : fresh) {
@@ -219,15 +246,22 @@ void RollingEngine::advance(std::int64_t now, const SecondsBatch& batch) {
   }
 
   const bool restart = end_ == kNoTime || now - end_ >= static_cast<std::int64_t>(max_window_);
+  SecondData none;  // what is stored for a second without data (then holds the slot's old buffers)
   for (auto& [key, state] : keys_) {
     const auto found = fresh.find(key);
-    std::vector<SecondData>* seconds = found == fresh.end() ? nullptr : &found->second;
+    std::vector<SecondData>* seconds = found == fresh.end() ? nullptr : &found->second.seconds;
     auto fresh_at = [&](std::int64_t t) -> const SecondData& {
       return seconds == nullptr ? kEmptySecond : (*seconds)[static_cast<std::size_t>(t - from)];
     };
-    // A second's fresh data is kept (moved into the ring) once no later step of this key reads it.
-    auto take_fresh = [&](std::int64_t t) -> SecondData {
-      return seconds == nullptr ? SecondData{} : std::move((*seconds)[static_cast<std::size_t>(t - from)]);
+    // A second's fresh data goes into the ring once no later step of this key reads it (its entry then holds
+    // the slot's old buffers, for the next tick).
+    auto store_fresh = [&](std::int64_t t) {
+      if (seconds == nullptr) {
+        none = SecondData{};
+        state->store(t, max_window_, none);
+      } else {
+        state->store(t, max_window_, (*seconds)[static_cast<std::size_t>(t - from)]);
+      }
     };
 
     // A: reconcile the re-read seconds that were already seen.
@@ -241,7 +275,7 @@ void RollingEngine::advance(std::int64_t now, const SecondsBatch& batch) {
           state->windows[w].remove(old_data);
           state->windows[w].add(new_data);
         }
-        state->store(t, max_window_, take_fresh(t));  // step B reads only seconds >= end_
+        store_fresh(t);  // step B reads only seconds >= end_
       }
     }
     // B: slide every window from end_ to now.
@@ -257,7 +291,7 @@ void RollingEngine::advance(std::int64_t now, const SecondsBatch& batch) {
       }
     }
     // C: keep the new seconds (their slots held seconds every window has dropped by now).
-    for (std::int64_t t = restart ? from : end_; t < now; ++t) state->store(t, max_window_, take_fresh(t));
+    for (std::int64_t t = restart ? from : end_; t < now; ++t) store_fresh(t);
   }
   end_ = now;
 
@@ -294,9 +328,10 @@ std::vector<WindowStats> RollingEngine::snapshot() const {
       row.rps = static_cast<double>(row.count) / static_cast<double>(len);
       if (row.count > 0) {
         row.error_rate = static_cast<double>(row.errors) / static_cast<double>(row.count);
+        std::size_t slot = slot_of(end_ - len, max_window_);
         for (std::int64_t t = end_ - len; t < end_; ++t) {
-          const std::size_t slot = slot_of(t, max_window_);
           if (state->ring_ts[slot] == t) row.max_us = std::max(row.max_us, state->ring_max[slot]);
+          if (++slot == max_window_) slot = 0;
         }
         auto value = [&](double q) {
           return std::min(bucket_midpoint(window.hist.quantile_bucket(q)), row.max_us);

@@ -76,28 +76,51 @@ std::size_t RowBinaryReader::array_size(std::size_t element_size, const char* wh
   return static_cast<std::size_t>(n);
 }
 
+const char* RowBinaryReader::bytes(std::size_t n, std::size_t element_size, const char* what) {
+  if (n > (body_.size() - pos_) / element_size) {
+    throw std::runtime_error(std::string("RowBinary: ") + what + " of " + std::to_string(n) +
+                             " elements runs past the answer");
+  }
+  return take(n * element_size, what);
+}
+
 std::vector<ProfileRow> parse_profile_rowbinary(std::string_view body) {
   std::vector<ProfileRow> rows;
+  parse_profile_rowbinary(body, rows);
+  return rows;
+}
+
+void parse_profile_rowbinary(std::string_view body, std::vector<ProfileRow>& rows) {
   RowBinaryReader in(body);
+  std::size_t count = 0;
+  // Rows past `count` are kept until the end (their buffers are reused the next time), then dropped.
+  struct Trim {
+    std::vector<ProfileRow>& rows;
+    std::size_t& count;
+    ~Trim() { rows.resize(count); }
+  } trim{rows, count};
   while (!in.done()) {
-    ProfileRow& row = rows.emplace_back();
+    if (count == rows.size()) rows.emplace_back();
+    ProfileRow& row = rows[count++];
     row.ts = in.u32("ts");
-    row.service = in.string("service");
-    row.method = in.string("method");
+    row.service.assign(in.string("service"));
+    row.method.assign(in.string("method"));
     row.errors = in.u64("errors");
     row.max_us = in.u64("max");
     const std::size_t n = in.array_size(2, "buckets");
     row.buckets.resize(n);
-    for (auto& entry : row.buckets) {
-      entry.bucket = in.u16("bucket");
-      if (entry.bucket >= kBucketCount) {
-        throw std::runtime_error("RowBinary: bucket " + std::to_string(entry.bucket) + " out of range");
+    const char* buckets = in.bytes(n, 2, "buckets");
+    for (std::size_t i = 0; i < n; ++i) {
+      const auto bucket = get_raw<std::uint16_t>(buckets + 2 * i);
+      if (bucket >= kBucketCount) {
+        throw std::runtime_error("RowBinary: bucket " + std::to_string(bucket) + " out of range");
       }
+      row.buckets[i].bucket = bucket;
     }
     if (in.array_size(8, "counts") != n) throw std::runtime_error("RowBinary: bucket and count arrays differ in length");
-    for (auto& entry : row.buckets) entry.count = in.u64("count");
+    const char* counts = in.bytes(n, 8, "counts");
+    for (std::size_t i = 0; i < n; ++i) row.buckets[i].count = get_raw<std::uint64_t>(counts + 8 * i);
   }
-  return rows;
 }
 
 void append_percentile_row(std::string& out, std::int64_t now, const WindowStats& row) {

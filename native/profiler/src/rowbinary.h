@@ -39,6 +39,8 @@ class RowBinaryReader {
   std::string_view string(const char* what);
   /// An array length, checked against the bytes left (`element_size` bytes each).
   std::size_t array_size(std::size_t element_size, const char* what);
+  /// The next `n * element_size` bytes (checked), for reading an array's elements in one pass.
+  const char* bytes(std::size_t n, std::size_t element_size, const char* what);
 
  private:
   const char* take(std::size_t n, const char* what);
@@ -50,6 +52,9 @@ class RowBinaryReader {
 /// errors UInt64, max UInt64, buckets Array(UInt16), counts Array(UInt64) (the two arrays of equal length,
 /// buckets < kBucketCount). Throws std::runtime_error for anything else (truncated, trailing bytes).
 std::vector<ProfileRow> parse_profile_rowbinary(std::string_view body);
+/// The same into `rows` (replaced): its elements, their strings and arrays are reused, so a steady stream
+/// of answers of one shape parses without allocating. On an exception `rows` holds what was read so far.
+void parse_profile_rowbinary(std::string_view body, std::vector<ProfileRow>& rows);
 
 /// Appends one latency_percentiles row in the column order of kPercentileColumns (clickhouse.h), ts = now.
 void append_percentile_row(std::string& out, std::int64_t now, const WindowStats& row);

@@ -3,7 +3,8 @@
  * - the materialized view's SQL bucket expression (latency_profile_1s) equals the
  *   C++ bucket_index over a sweep of values;
  * - `tailwatch-profiler --once --json` agrees with quantileExact over the same raw rows within 1/256;
- * - rows are inserted into latency_percentiles; the daemon survives a ClickHouse restart and exits 0 on
+ * - rows are inserted into latency_percentiles (a Buffer since migration 0007: read at once, and the same rows
+ *   in latency_percentiles_storage once flushed); the daemon survives a ClickHouse restart and exits 0 on
  *   SIGTERM.
  * Binaries: $TAILWATCH_PROFILER_BIN / $TAILWATCH_BUCKETS_BIN (set by ctest), else native/profiler/build,
  * built with scripts/build when missing. A missing binary fails the test.
@@ -257,20 +258,22 @@ Deno.test("profiler against a real ClickHouse", async (t) => {
     assertEquals(result.code, 0, `profiler failed: ${result.stderr}`);
     const snapshot = JSON.parse(result.stdout) as Snapshot;
     assertEquals(snapshot.inserted, true, "--insert inserts");
-    const rows = (await clickhouse.query(
-      `SELECT toUInt32(ts) AS ts, window_s, service, method, count, rps, error_rate, p50_us, p90_us, p95_us,
-              p99_us, p999_us, max_us
-       FROM ${database}.latency_percentiles
-       WHERE ts = toDateTime(${now + 1}) ORDER BY service, method, window_s
-       FORMAT JSONEachRow`,
-    )).split("\n").filter(Boolean).map((line) =>
-      // UInt64 columns come quoted; every other column but the names is a number too.
-      Object.fromEntries(
-        Object.entries(JSON.parse(line)).map((
-          [k, v],
-        ) => [k, k === "service" || k === "method" ? v : Number(v)]),
-      )
-    );
+    const inserted = async (table: string) =>
+      (await clickhouse.query(
+        `SELECT toUInt32(ts) AS ts, window_s, service, method, count, rps, error_rate, p50_us, p90_us, p95_us,
+                p99_us, p999_us, max_us
+         FROM ${database}.${table}
+         WHERE ts = toDateTime(${now + 1}) ORDER BY service, method, window_s
+         FORMAT JSONEachRow`,
+      )).split("\n").filter(Boolean).map((line) =>
+        // UInt64 columns come quoted; every other column but the names is a number too.
+        Object.fromEntries(
+          Object.entries(JSON.parse(line)).map((
+            [k, v],
+          ) => [k, k === "service" || k === "method" ? v : Number(v)]),
+        )
+      );
+    const rows = await inserted("latency_percentiles");
     assertEquals(rows.length, 21, "rows inserted");
     assertEquals(rows[0].service, "catalog", "first service");
     assertEquals(rows[0].method, "", "whole service first");
@@ -279,6 +282,11 @@ Deno.test("profiler against a real ClickHouse", async (t) => {
       Object.fromEntries(Object.entries(row).sort(([a], [b]) => a < b ? -1 : 1));
     const expected = snapshot.rows.map(({ errors: _errors, ...row }) => sorted(row));
     assertEquals(rows.map(sorted), expected, "inserted rows = snapshot rows");
+    // latency_percentiles is a Buffer (migration 0007): once flushed, the same rows are in its storage table,
+    // and reading latency_percentiles still gives them once.
+    await clickhouse.query(`OPTIMIZE TABLE ${database}.latency_percentiles`);
+    assertEquals((await inserted("latency_percentiles_storage")).map(sorted), expected, "flushed rows");
+    assertEquals((await inserted("latency_percentiles")).map(sorted), expected, "read once after the flush");
   });
 
   await t.step("a wrong password is a clear error and exit 1", async () => {
@@ -303,7 +311,7 @@ Deno.test("profiler against a real ClickHouse", async (t) => {
       };
       await insertNow();
       const child = new Deno.Command(profiler, {
-        args: [...connection(clickhouse, live), "--windows", "10", "--late-margin", "2s"],
+        args: [...connection(clickhouse, live), "--windows", "10", "--late-margin", "2s", "--log-timing"],
         stdin: "null",
         stdout: "piped",
         stderr: "piped",
@@ -311,8 +319,18 @@ Deno.test("profiler against a real ClickHouse", async (t) => {
       const output = child.output();
       const ticks = async () =>
         Number((await clickhouse.query(`SELECT uniqExact(ts) FROM ${live}.latency_percentiles`)).trim());
+      const tickSeconds = async () =>
+        (await clickhouse.query(
+          `SELECT toUInt32(ts) FROM ${live}.latency_percentiles GROUP BY ts ORDER BY ts FORMAT TSV`,
+        )).split("\n").filter(Boolean).map(Number);
+      let written: number[] = [];
       try {
         await waitUntil("two ticks written", async () => (await ticks()) >= 2, 20_000);
+        // The Buffer's rows are flushed first, as before any planned stop: 18.16 flushes at the end of its
+        // shutdown, after waiting for open connections (the daemon's keeps it busy), and stop() ends a
+        // shutdown that takes over 30 s with SIGKILL, which loses what is still buffered.
+        written = await tickSeconds();
+        await clickhouse.query(`OPTIMIZE TABLE ${live}.latency_percentiles`);
         await clickhouse.stop();
         await new Promise((resolve) => setTimeout(resolve, 2500));
         await clickhouse.start();
@@ -331,11 +349,39 @@ Deno.test("profiler against a real ClickHouse", async (t) => {
       const log = new TextDecoder().decode(stderr);
       assertEquals(code, 0, `exit status after SIGTERM (log: ${log})`);
       assert(/retrying/.test(log), `the outage is logged: ${log}`);
+      // --log-timing: one JSON line per tick written, with every timing member.
+      const timings = log.split("\n").filter((line) => line.startsWith('{"now"')).map((line) =>
+        JSON.parse(line) as { now: number; timing: Record<string, number> }
+      );
+      assert(timings.length >= 3, `timing lines: ${log}`);
+      for (const { now, timing } of timings) {
+        assertEquals(
+          Object.keys(timing).sort(),
+          [
+            "compute_ms",
+            "from",
+            "histogram_rows",
+            "http_ms",
+            "insert_ms",
+            "parse_ms",
+            "read_ms",
+            "response_bytes",
+            "rows",
+            "to",
+          ],
+          "timing members",
+        );
+        assertEquals(timing.to, now, "a tick reads up to its time");
+        assert(
+          Object.values(timing).every((v) => Number.isFinite(v) && v >= 0),
+          `timing values: ${JSON.stringify(timing)}`,
+        );
+      }
       // The engine kept its state through the outage and went on ticking.
-      const seconds = (await clickhouse.query(
-        `SELECT toUInt32(ts) FROM ${live}.latency_percentiles GROUP BY ts ORDER BY ts FORMAT TSV`,
-      )).split("\n").filter(Boolean).map(Number);
+      const seconds = await tickSeconds();
       assert(seconds.length >= 3, `ticks written: ${seconds}`);
+      for (const second of written) assert(seconds.includes(second), `tick ${second} kept: ${seconds}`);
+      assert(seconds.length > written.length, `ticks after the restart: ${seconds} (before: ${written})`);
     },
   );
 });

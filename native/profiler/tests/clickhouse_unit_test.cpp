@@ -97,6 +97,35 @@ TEST(RowBinary, ParsesProfileRows) {
       std::runtime_error);
 }
 
+TEST(RowBinary, ParsingIntoReusedRowsGivesWhatAFreshParseGives) {
+  // Answers of changing shape parsed one after the other into one vector (as the daemon does, to reuse the
+  // rows' buffers): more rows, fewer rows, longer and shorter names and arrays, none, a bad one.
+  const std::vector<std::string> answers = {
+      profile_row(10, "orders", "/orders.v1.OrderService/CreateOrder", 1, 900, {5, 796, 900}, {2, 1, 7}) +
+          profile_row(10, "s", "", 0, 0, {}, {}),
+      profile_row(11, "a-much-longer-service-name-than-before", "m", 0, 3, {3}, {1}) +
+          profile_row(11, "s", "/m", 4, 40, {40, 41}, {1, 1}) + profile_row(12, "t", "/n", 0, 9, {9}, {3}),
+      profile_row(13, "x", "", 2, 2, {2, 2, 2, 2}, {1, 1, 1, 1}),
+      "",
+      profile_row(14, "y", "/z", 0, 1, {1}, {1}),
+  };
+  std::vector<ProfileRow> reused;
+  for (const auto& answer : answers) {
+    parse_profile_rowbinary(answer, reused);
+    const auto fresh = parse_profile_rowbinary(answer);
+    ASSERT_EQ(reused.size(), fresh.size());
+    for (std::size_t i = 0; i < fresh.size(); ++i) {
+      EXPECT_EQ(reused[i].ts, fresh[i].ts);
+      EXPECT_EQ(reused[i].service, fresh[i].service);
+      EXPECT_EQ(reused[i].method, fresh[i].method);
+      EXPECT_EQ(reused[i].errors, fresh[i].errors);
+      EXPECT_EQ(reused[i].max_us, fresh[i].max_us);
+      EXPECT_EQ(reused[i].buckets, fresh[i].buckets);
+    }
+  }
+  EXPECT_THROW(parse_profile_rowbinary(profile_row(1, "s", "m", 0, 1, {1, 2}, {1}), reused), std::runtime_error);
+}
+
 TEST(ClickHouseSql, PercentileRowsAreRowBinaryInColumnOrder) {
   WindowStats row;
   row.key = {"svc\"quote", std::string("/m\n\xff", 4)};

@@ -7,6 +7,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "tailwatch/rolling.h"
@@ -27,9 +28,10 @@ struct ClickHouseOptions {
   long timeout_ms = 15000;
 };
 
-/// One keep-alive connection on one libcurl handle whose options are set once (only the URL and body change
-/// per request). Not thread-safe. Auth goes in X-ClickHouse-User / X-ClickHouse-Key headers; no
-/// "Expect: 100-continue" (a body is sent at once, without waiting for a round trip first).
+/// One keep-alive connection on one libcurl handle whose options, URL included, are set once (only the body
+/// changes per request: every statement goes in the POST body, an INSERT's data after it). Not thread-safe.
+/// Auth goes in X-ClickHouse-User / X-ClickHouse-Key headers; no "Expect: 100-continue" (a body is sent at
+/// once, without waiting for a round trip first).
 class ClickHouseClient {
  public:
   explicit ClickHouseClient(ClickHouseOptions options);
@@ -39,15 +41,20 @@ class ClickHouseClient {
 
   /// Runs one statement (sent as the POST body) and returns the response body. Throws ClickHouseError.
   std::string query(const std::string& sql);
+  /// The same, the response written into `response` (cleared first, its capacity reused).
+  void query(std::string_view sql, std::string& response);
 
-  /// Runs `statement` (e.g. "INSERT INTO db.t FORMAT RowBinary", sent in the URL) with `data` as the POST
-  /// body. Throws ClickHouseError.
+  /// Sends `body` as it is: a statement, and for an INSERT a newline and the data (ClickHouse reads the data
+  /// from after the first newline that follows the FORMAT clause). The response is discarded. Throws
+  /// ClickHouseError.
+  void execute(std::string_view body);
+
+  /// Runs `statement` (e.g. "INSERT INTO db.t FORMAT RowBinary") with `data`: execute(statement + "\n" +
+  /// data). Throws ClickHouseError.
   void insert(const std::string& statement, const std::string& data);
 
  private:
-  std::string post(const std::string& url, const std::string& body);
-  std::string insert_statement_;  // the last insert's statement and URL, reused while it does not change
-  std::string insert_url_;
+  void post(std::string_view body, std::string& response);
   struct Impl;
   ClickHouseOptions options_;
   std::unique_ptr<Impl> impl_;
@@ -78,18 +85,23 @@ class ClickHouseSource : public DataSource {
  public:
   ClickHouseSource(ClickHouseClient& client, std::string database);
   SecondsBatch fetch(std::int64_t from, std::int64_t to) override;
+  /// The same into `batch`, whose rows (and their strings and arrays) are reused: no allocation in the
+  /// steady state. The answer's buffer is kept between calls too.
+  void fetch_into(std::int64_t from, std::int64_t to, SecondsBatch& batch);
   const FetchStats& last_fetch() const noexcept { return last_; }
 
  private:
   ClickHouseClient& client_;
   std::string database_;
+  std::string answer_;
   FetchStats last_;
 };
 
 /// The latency_percentiles columns the profiler writes, in the order of its RowBinary rows.
 extern const char* const kPercentileColumns;
 
-/// "INSERT INTO <database>.latency_percentiles (<kPercentileColumns>) FORMAT RowBinary". Throws
+/// "INSERT INTO <database>.latency_percentiles (<kPercentileColumns>) FORMAT RowBinary" (latency_percentiles
+/// is a Buffer in front of latency_percentiles_storage since ingest/migrations/0007). Throws
 /// std::invalid_argument for a database name that is not an identifier.
 std::string percentile_insert_statement(const std::string& database);
 

@@ -29,6 +29,8 @@ using SparseHistogram = std::vector<BucketCount>;
 /// Sorts by bucket, sums duplicates, drops zero counts. Throws std::out_of_range for a bucket >=
 /// kBucketCount.
 void normalize(SparseHistogram& sparse);
+/// The same, merging sorted runs through `scratch` (overwritten; keep it between calls to save allocations).
+void normalize(SparseHistogram& sparse, SparseHistogram& scratch);
 
 /// Sum of the counts of a sparse histogram.
 std::uint64_t total_count(const SparseHistogram& sparse) noexcept;

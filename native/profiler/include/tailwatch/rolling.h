@@ -135,10 +135,12 @@ class RollingEngine {
 
  private:
   struct KeyState;
+  struct Scratch;
   RollingConfig config_;
   std::uint32_t max_window_ = 0;
   std::int64_t end_;
   std::map<Key, std::unique_ptr<KeyState>> keys_;
+  std::unique_ptr<Scratch> scratch_;  ///< advance()'s buffers, reused from tick to tick
 };
 
 }  // namespace tailwatch
