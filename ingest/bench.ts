@@ -28,7 +28,7 @@ import {
   requestEventSubject,
 } from "@tailwatch/kit";
 import { CREATE_ORDER_BODY, runGhz } from "@tailwatch/load";
-import { startStackProcesses } from "@tailwatch/load";
+import { cpuSeconds, startStackProcesses } from "@tailwatch/load";
 import { createClickHouse } from "./clickhouse.ts";
 import { loadConfig } from "./config.ts";
 import { REQUEST_EVENT_COLUMNS, ROW_FORMAT } from "./event_row.ts";
@@ -40,12 +40,8 @@ import { createIngestWorker } from "./worker.ts";
 
 const round = (n: number) => Math.round(n);
 
-/** CPU time (user + system, all threads, in µs) a process has used so far, from /proc/<pid>/stat. */
-function cpuMicros(pid: number): number {
-  const fields = Deno.readTextFileSync(`/proc/${pid}/stat`).split(") ")[1].split(" ");
-  // utime and stime are fields 14 and 15 of stat (clock ticks of 10 ms), i.e. 11 and 12 after the name.
-  return (Number(fields[11]) + Number(fields[12])) * 10_000;
-}
+/** CPU time (user + system, all threads, in µs) a process has used so far. */
+const cpuMicros = (pid: number) => cpuSeconds(pid) * 1e6;
 
 /** The pid of the one process whose command line contains `needle` (the private servers of this run). */
 function pidWithCommandLine(needle: string): number {

@@ -41,6 +41,7 @@ import {
   waitUntil,
 } from "@tailwatch/testing";
 import { applyMigrations } from "@tailwatch/ingest";
+import { cpuSeconds } from "@tailwatch/load";
 import { connectionFlags, profilerBinaries } from "../tests/binaries.ts";
 
 const RPS = 1000;
@@ -154,14 +155,6 @@ function schedstatNs(pid: number): number {
   return Number(Deno.readTextFileSync(`/proc/${pid}/schedstat`).split(" ")[0]);
 }
 
-/** CPU (user + system, ms) of a whole process, every thread and every thread that ended included. */
-function processCpuMs(pid: number): number {
-  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  // Fields 14 and 15 of /proc/<pid>/stat (utime, stime) in clock ticks of 1/100 s (CLK_TCK on Linux).
-  return (Number(fields[11]) + Number(fields[12])) * 10;
-}
-
 /** The per-method exact query the bench ran until 2026-12-02: count and quantiles per (service, method). */
 function exactPerMethodSql(database: string, from: number, to: number): string {
   return `SELECT service, method, count(), quantilesExact(0.5, 0.9, 0.95, 0.99, 0.999)(duration_us)
@@ -200,6 +193,8 @@ export async function runProfilerBench(
   });
   const serverPid = clickhouse.pid;
   if (serverPid === undefined) throw new Error("clickhouse-server has no pid");
+  /** clickhouse-server's CPU (user + system, ms), every thread, those that ended included. */
+  const serverCpuMs = () => cpuSeconds(serverPid) * 1000;
   const connection = connectionFlags(
     clickhouse.url,
     CLICKHOUSE_ADMIN.username,
@@ -362,10 +357,10 @@ export async function runProfilerBench(
     await sleep(1000);
   };
   const idleCpuMsPerSecond = async () => {
-    const cpu = processCpuMs(serverPid);
+    const cpu = serverCpuMs();
     const since = performance.now();
     await sleep(idleSeconds * 1000);
-    return (processCpuMs(serverPid) - cpu) / ((performance.now() - since) / 1000);
+    return (serverCpuMs() - cpu) / ((performance.now() - since) / 1000);
   };
   await settle();
   const idleBefore = await idleCpuMsPerSecond();
@@ -383,14 +378,14 @@ export async function runProfilerBench(
     const since = performance.now();
     const sinceUnix = Math.floor(Date.now() / 1000);
     const before = {
-      server: processCpuMs(serverPid),
+      server: serverCpuMs(),
       profiler: schedstatNs(production.pid),
       ticks: await written(),
     };
     await sleep(productionTicks * 1000);
     await between();
     const ticks = (await written()) - before.ticks;
-    const serverMs = processCpuMs(serverPid) - before.server;
+    const serverMs = serverCpuMs() - before.server;
     const profilerMs = (schedstatNs(production.pid) - before.profiler) / 1e6;
     const seconds = (performance.now() - since) / 1000;
     const flushes = Number(
@@ -489,14 +484,14 @@ export async function runProfilerBench(
     for (let i = 0; i < repeats; i++) await post(exact[kind].sql, `?log_queries=1&query_id=${queryId}`);
     const queryLog = median(await clickhouseCpuMs(queryId, since));
     await sleep(500);
-    const cpu = processCpuMs(serverPid);
+    const cpu = serverCpuMs();
     const start = performance.now();
     const runs = 2 * repeats;
     for (let i = 0; i < runs; i++) await post(exact[kind].sql);
     const seconds = (performance.now() - start) / 1000;
     exactCpu[kind] = {
       queryLog,
-      process: (processCpuMs(serverPid) - cpu - idleMsPerSecond * seconds) / runs,
+      process: (serverCpuMs() - cpu - idleMsPerSecond * seconds) / runs,
     };
   }
 

@@ -4,7 +4,6 @@
 
 #include <csignal>
 #include <chrono>
-#include <cstdio>
 #include <ctime>
 #include <limits>
 #include <algorithm>
@@ -27,20 +26,6 @@ nlohmann::json timing_object(const TickTiming& timing) {
           {"insert_ms", timing.insert_ms},     {"response_bytes", timing.response_bytes},
           {"rows", timing.rows},               {"histogram_rows", timing.histogram_rows},
           {"from", timing.from},               {"to", timing.to}};
-}
-
-/// The --log-timing line, `{"now":...,"timing":{...}}`, the members of timing_object in its order (a tick's
-/// worth of formatting without building a JSON document).
-std::string timing_line(std::int64_t now, const TickTiming& timing) {
-  char line[512];
-  const int n = std::snprintf(
-      line, sizeof line,
-      "{\"now\":%lld,\"timing\":{\"compute_ms\":%.17g,\"from\":%lld,\"histogram_rows\":%zu,\"http_ms\":%.17g,"
-      "\"insert_ms\":%.17g,\"parse_ms\":%.17g,\"read_ms\":%.17g,\"response_bytes\":%zu,\"rows\":%zu,\"to\":%lld}}",
-      static_cast<long long>(now), timing.compute_ms, static_cast<long long>(timing.from), timing.histogram_rows,
-      timing.http_ms, timing.insert_ms, timing.parse_ms, timing.read_ms, timing.response_bytes, timing.rows,
-      static_cast<long long>(timing.to));
-  return std::string(line, static_cast<std::size_t>(std::clamp(n, 0, static_cast<int>(sizeof line) - 1)));
 }
 
 volatile std::sig_atomic_t g_stop = 0;
@@ -195,7 +180,9 @@ int run_daemon(const Config& config, std::ostream& err) {
         pending.resize(statement.size());
         pending_sizes.clear();
       }
-      if (config.log_timing) err << timing_line(now, timing) << std::endl;
+      if (config.log_timing) {
+        err << nlohmann::json{{"now", now}, {"timing", timing_object(timing)}}.dump() << std::endl;
+      }
     } catch (const std::exception& error) {
       failure = error.what();
     }
