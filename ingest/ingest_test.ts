@@ -23,6 +23,8 @@ import {
   DEAD_LETTER_SUBJECT_PREFIX,
   ensureRequestEventsStream,
   REQUEST_EVENTS_STREAM,
+  REQUEST_EVENTS_SUBJECTS,
+  requestEventSubject,
 } from "@tailwatch/kit";
 import { type ClickHouse, createClickHouse } from "./clickhouse.ts";
 import { serveMetrics } from "./metrics.ts";
@@ -542,6 +544,53 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
         assertEquals(info.config.ack_policy, AckPolicy.All);
         assertEquals([info.num_pending, info.num_ack_pending], [0, 0], "everything acked");
         assertEquals(info.ack_floor.stream_seq, 1000);
+      });
+    },
+  );
+
+  await step(
+    "a filter that is the stream's only subject leaves the consumer unfiltered; a narrower one is kept",
+    async () => {
+      await withFixture(server, async ({ nats, nc, clickhouse, database }) => {
+        const jsm = await jetstreamManager(nc);
+        const whole = testConfig(nats.url, server.url, CLICKHOUSE_ADMIN.password, database);
+        // What an earlier version left: the durable filtered on the stream's own subject, nothing pending.
+        await jsm.consumers.add(REQUEST_EVENTS_STREAM, {
+          durable_name: whole.durable,
+          ack_policy: AckPolicy.All,
+          filter_subject: REQUEST_EVENTS_SUBJECTS,
+        });
+        await publishEvents(nc, Array.from({ length: 300 }, (_, i) => makeEvent(i)));
+        const stats = await createIngestWorker({ config: whole, logger: quietLogger, mode: "drain" }).run();
+        assertEquals(stats.rowsInserted, 300);
+        assertEquals(await counts(clickhouse, database), { rows: 300, distinct: 300 });
+        const unfiltered = await jsm.consumers.info(REQUEST_EVENTS_STREAM, whole.durable);
+        assertEquals(unfiltered.config.filter_subject ?? "", "", "recreated without a filter");
+        assertEquals(unfiltered.ack_floor.stream_seq, 300);
+
+        const ordersDatabase = uniqueDatabase("ingest_orders");
+        try {
+          await applyMigrations({ clickhouse, database: ordersDatabase });
+          const ordersOnly = testConfig(nats.url, server.url, CLICKHOUSE_ADMIN.password, ordersDatabase, {
+            INGEST_DURABLE: "orders-only",
+            INGEST_FILTER_SUBJECT: requestEventSubject("orders"),
+          });
+          const ordersStats = await createIngestWorker({
+            config: ordersOnly,
+            logger: quietLogger,
+            mode: "drain",
+          })
+            .run();
+          assertEquals(ordersStats.rowsInserted, 100, "every third event is an orders event");
+          const [row] = await clickhouse.query<{ services: string[] }>(
+            sql`SELECT groupUniqArray(service) AS services FROM ${ident(ordersDatabase, "request_events")}`,
+          );
+          assertEquals(row.services, ["orders"]);
+          const filtered = await jsm.consumers.info(REQUEST_EVENTS_STREAM, "orders-only");
+          assertEquals(filtered.config.filter_subject, requestEventSubject("orders"));
+        } finally {
+          await clickhouse.exec(sql`DROP DATABASE IF EXISTS ${ident(ordersDatabase)}`).catch(() => {});
+        }
       });
     },
   );
