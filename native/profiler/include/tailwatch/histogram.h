@@ -29,7 +29,8 @@ using SparseHistogram = std::vector<BucketCount>;
 /// Sorts by bucket, sums duplicates, drops zero counts. Throws std::out_of_range for a bucket >=
 /// kBucketCount.
 void normalize(SparseHistogram& sparse);
-/// The same, merging sorted runs through `scratch` (overwritten; keep it between calls to save allocations).
+/// The same in O(n) (sorted runs merged, anything more scattered radix-sorted) through `scratch` (overwritten;
+/// keep it between calls to save allocations).
 void normalize(SparseHistogram& sparse, SparseHistogram& scratch);
 
 /// Sum of the counts of a sparse histogram.
