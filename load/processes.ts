@@ -1,5 +1,6 @@
 /** Service processes on free loopback ports, for benchmarks (the same `main.ts` that ./dev up runs). */
 import { freePort, type ManagedProcess, spawnLogged, waitUntil } from "@tailwatch/testing";
+import { SERVICE_DENO_FLAGS } from "@tailwatch/kit";
 
 export interface ServiceProcess extends AsyncDisposable {
   name: string;
@@ -20,7 +21,7 @@ export async function startServiceProcess(
   const httpPort = freePort();
   const process = await spawnLogged(
     Deno.execPath(),
-    ["run", "-A", `${ROOT}services/${name}/main.ts`],
+    ["run", "-A", ...SERVICE_DENO_FLAGS, `${ROOT}services/${name}/main.ts`],
     `${logDir}/${name}-${grpcPort}.log`,
     {
       env: {

@@ -5,6 +5,7 @@
  */
 import { clickhouseConfigXml, clickhouseUsersXml, waitUntil } from "@tailwatch/testing";
 import { LOCAL } from "./local.ts";
+import { SERVICE_DENO_FLAGS } from "@tailwatch/kit";
 
 const ROOT = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
 const DATA = `${ROOT}/.data`;
@@ -87,7 +88,7 @@ const components: Component[] = [
     return {
       name: service,
       available: () => true,
-      command: [deno, "run", "-A", `${ROOT}/services/${service}/main.ts`],
+      command: [deno, "run", "-A", ...SERVICE_DENO_FLAGS, `${ROOT}/services/${service}/main.ts`],
       env: serviceEnv(),
       healthy: () => ok(`http://127.0.0.1:${httpPort}/readyz`),
     };

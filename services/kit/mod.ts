@@ -36,7 +36,13 @@ export {
   type ServiceBinding,
   type ServiceHandlers,
 } from "./pipeline.ts";
-export { type RunningService, runServiceMain, type ServiceSetup, startService } from "./runtime.ts";
+export {
+  type RunningService,
+  runServiceMain,
+  SERVICE_DENO_FLAGS,
+  type ServiceSetup,
+  startService,
+} from "./runtime.ts";
 export { BoundedMap } from "./bounded_map.ts";
 export { bytesToLatin1, latin1ToBytes, PackedMessages } from "./packed_messages.ts";
 export {
