@@ -51,6 +51,17 @@ std::vector<Distribution> distributions() {
   };
 }
 
+/// What normalize() must give, computed the obvious way: per-bucket sums in bucket order, zeros dropped.
+SparseHistogram sorted_sums(const SparseHistogram& input) {
+  std::map<std::uint32_t, std::uint64_t> sums;
+  for (const auto& e : input) sums[e.bucket] += e.count;
+  SparseHistogram expected;
+  for (const auto& [bucket, count] : sums) {
+    if (count > 0) expected.push_back({bucket, count});
+  }
+  return expected;
+}
+
 }  // namespace
 
 TEST(Histogram, EmptyHistogram) {
@@ -204,12 +215,7 @@ TEST(Histogram, NormalizeOfSortedRunsWithAReusedScratchEqualsSortAndSum) {
       std::sort(buckets.begin(), buckets.end());
       for (const auto b : buckets) input.push_back({b, random() % 4});
     }
-    std::map<std::uint32_t, std::uint64_t> sums;
-    for (const auto& e : input) sums[e.bucket] += e.count;
-    SparseHistogram expected;
-    for (const auto& [bucket, count] : sums) {
-      if (count > 0) expected.push_back({bucket, count});
-    }
+    const SparseHistogram expected = sorted_sums(input);
     normalize(input, scratch);
     ASSERT_EQ(input, expected) << "round " << round;
   }
@@ -228,12 +234,7 @@ TEST(Histogram, NormalizeOfEntriesInArrivalOrderEqualsSortAndSum) {
       entry.bucket = pick == 0 ? 0 : pick == 1 ? kBucketCount - 1 : anywhere;
       entry.count = round % 2 == 0 ? 1 : random() % 3;
     }
-    std::map<std::uint32_t, std::uint64_t> sums;
-    for (const auto& e : input) sums[e.bucket] += e.count;
-    SparseHistogram expected;
-    for (const auto& [bucket, count] : sums) {
-      if (count > 0) expected.push_back({bucket, count});
-    }
+    const SparseHistogram expected = sorted_sums(input);
     normalize(input, scratch);
     ASSERT_EQ(input, expected) << "round " << round;
   }
