@@ -22,10 +22,10 @@ import { compileRoutes } from "./routes.ts";
  * Deno flags a service process runs with (`deno run -A <flags> services/<name>/main.ts`; ./dev up and the
  * benchmarks use them).
  *
- * Why `--no-allocation-site-pretenuring`: V8 learns to allocate some per-request objects straight into the
- * old generation, where they point at young objects and so are scanned by every young-generation scavenge.
- * At 1000 orders/s on two cores that made orders' scavenges pause it for 8-12 ms (median) every ~630 ms;
- * without it 4-5 ms, over four paired runs each (load/README.md, "What the tail is made of").
+ * Why `--no-allocation-site-pretenuring`: measured, at 1000 orders/s on two cores, orders' young-generation
+ * scavenges paused it for 8-12 ms (median) every ~630 ms with V8's pretenuring and 4-5 ms without, over four
+ * paired runs (load/README.md, "What the tail is made of"). The likely reason: pretenured per-request objects
+ * live in the old generation and point at young ones, which every scavenge must then trace.
  */
 export const SERVICE_DENO_FLAGS: readonly string[] = ["--v8-flags=--no-allocation-site-pretenuring"];
 
