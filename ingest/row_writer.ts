@@ -17,6 +17,20 @@ const STRING_FIELDS = [1, 4, 5, 7, 12, 13, 14, 15, 16] as const;
 const SLOT_OF_FIELD: number[] = [];
 STRING_FIELDS.forEach((field, slot) => SLOT_OF_FIELD[field] = slot);
 const [EVENT_ID, SERVICE, METHOD, ROUTE, TRACE_ID, ERROR_MESSAGE] = [0, 1, 2, 3, 4, 8];
+const DASH = 0x2d;
+/** Each byte's value as a hex digit (0-9, a-f, A-F), -1 for any other byte. */
+const HEX_VALUE = new Int8Array(256).fill(-1);
+for (let c = 0; c < 256; c++) {
+  if (c >= 0x30 && c <= 0x39) HEX_VALUE[c] = c - 0x30;
+  else if ((c >= 0x61 && c <= 0x66) || (c >= 0x41 && c <= 0x46)) HEX_VALUE[c] = (c | 0x20) - 0x57;
+}
+/** Where the k-th pair of hex digits of an 8-4-4-4-12 UUID starts. */
+const UUID_PAIR_AT = Uint8Array.of(0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34);
+/**
+ * Where the k-th pair's byte goes among ClickHouse's 16: the first 16 digits are a little-endian UInt64, then
+ * the last 16 likewise.
+ */
+const UUID_BYTE_OF_PAIR = Uint8Array.from({ length: 16 }, (_, k) => k < 8 ? 7 - k : 23 - k);
 
 /** Reads one payload at a time into reused fields; `scan` is true when the fast path accepts it. */
 export class EventScanner {
@@ -34,6 +48,8 @@ export class EventScanner {
   faultInjected = 0;
   /** Unix seconds of the start time (the row's ts). */
   ts = 0;
+  /** event_id as the 16 bytes of a ClickHouse UUID (see writeUuid), once `scan` accepted the payload. */
+  readonly uuidBytes = new Uint8Array(16);
 
   scan(buf: Uint8Array): boolean {
     this.payload = buf;
@@ -101,7 +117,9 @@ export class EventScanner {
         const slot = SLOT_OF_FIELD[field];
         const stop = pos + value;
         if (slot === undefined || stop > end) return false;
-        for (let i = pos; i < stop; i++) if (buf[i] > 0x7f) return false; // non-ASCII: decodeEvent's
+        let bits = 0;
+        for (let i = pos; i < stop; i++) bits |= buf[i];
+        if (bits > 0x7f) return false; // non-ASCII: decodeEvent's
         this.starts[slot] = pos;
         this.ends[slot] = stop;
         pos = stop;
@@ -119,18 +137,27 @@ export class EventScanner {
     return true;
   }
 
-  /** event_id is 8-4-4-4-12 hex digits. */
+  /**
+   * event_id is 8-4-4-4-12 hex digits; checks them and keeps the 16 bytes ClickHouse's UUID column holds
+   * (`uuidBytes`), in one pass over the text.
+   */
   private uuid(): boolean {
     const start = this.starts[EVENT_ID];
     if (this.ends[EVENT_ID] - start !== 36) return false;
     const buf = this.payload;
-    for (let i = 0; i < 36; i++) {
-      const c = buf[start + i];
-      if (i === 8 || i === 13 || i === 18 || i === 23) {
-        if (c !== 0x2d) return false;
-      } else if (!((c >= 0x30 && c <= 0x39) || (c >= 0x61 && c <= 0x66) || (c >= 0x41 && c <= 0x46))) {
-        return false;
-      }
+    if (
+      buf[start + 8] !== DASH || buf[start + 13] !== DASH || buf[start + 18] !== DASH ||
+      buf[start + 23] !== DASH
+    ) {
+      return false;
+    }
+    const out = this.uuidBytes;
+    for (let k = 0; k < 16; k++) {
+      const at = start + UUID_PAIR_AT[k];
+      const high = HEX_VALUE[buf[at]];
+      const low = HEX_VALUE[buf[at + 1]];
+      if ((high | low) < 0) return false;
+      out[UUID_BYTE_OF_PAIR[k]] = (high << 4) | low;
     }
     return true;
   }
@@ -159,11 +186,6 @@ const encoder = new TextEncoder();
 /** Bytes of a value of a UInt64 column that is not known until the INSERT is sent (`ingested_at_ms`). */
 const STAMP_BYTES = 8;
 const TWO_TO_32 = 2 ** 32;
-
-/** The value of a hex digit (0-9, a-f, A-F; the scanner checked it is one). */
-function hexValue(c: number): number {
-  return c <= 0x39 ? c - 0x30 : (c | 0x20) - 0x57;
-}
 
 /**
  * The rows of one INSERT in ClickHouse's RowBinary format, in a growable buffer: the columns of
@@ -207,8 +229,8 @@ export class RowWriter {
     this.rowStarts.push(this.length);
     this.seqs.push(seq);
     const out = this.bytes;
-    let at = writeUuid(out, this.length, buf, scanner.starts[EVENT_ID]);
-    at = writeUInt32(out, at, scanner.ts);
+    out.set(scanner.uuidBytes, this.length);
+    let at = writeUInt32(out, this.length + 16, scanner.ts);
     at = writeUInt64(out, at, scanner.startTimeMs);
     at = writeAscii(out, at, buf, scanner.starts[SERVICE], scanner.ends[SERVICE]);
     at = writeAscii(out, at, buf, scanner.starts[METHOD], scanner.ends[METHOD]);
@@ -321,12 +343,9 @@ function writeProtocol(out: Uint8Array, at: number, value: Uint8Array): number {
  * RowBinary on 18.16 and on current releases alike).
  */
 function writeUuid(out: Uint8Array, at: number, text: Uint8Array, start: number): number {
-  let pos = start;
   for (let k = 0; k < 16; k++) {
-    const offset = pos - start;
-    if (offset === 8 || offset === 13 || offset === 18 || offset === 23) pos++; // a dash
-    out[k < 8 ? at + 7 - k : at + 23 - k] = (hexValue(text[pos]) << 4) | hexValue(text[pos + 1]);
-    pos += 2;
+    const pair = start + UUID_PAIR_AT[k];
+    out[at + UUID_BYTE_OF_PAIR[k]] = (HEX_VALUE[text[pair]] << 4) | HEX_VALUE[text[pair + 1]];
   }
   return at + 16;
 }
