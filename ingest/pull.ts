@@ -41,9 +41,15 @@ export interface AckInfo {
 /**
  * Reads `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>` (9 tokens) or
  * the newer form with `<domain>.<account hash>.` before the stream (11 tokens, 12 with a random token at the
- * end) from `buf[start, end)`. Returns undefined for anything else.
+ * end) from `buf[start, end)` into `into` (a new object by default; the receiver reuses one per message).
+ * Returns undefined for anything else.
  */
-export function parseAckReply(buf: Uint8Array, start: number, end: number): AckInfo | undefined {
+export function parseAckReply(
+  buf: Uint8Array,
+  start: number,
+  end: number,
+  into: AckInfo = { seq: 0, deliveries: 0, consumerSeq: 0 },
+): AckInfo | undefined {
   if (end - start < ACK_PREFIX.length) return undefined;
   for (let i = 0; i < ACK_PREFIX.length; i++) if (buf[start + i] !== ACK_PREFIX[i]) return undefined;
   let dots = 0;
@@ -55,7 +61,8 @@ export function parseAckReply(buf: Uint8Array, start: number, end: number): AckI
     while (buf[i] !== DOT) i++;
     i++;
   }
-  const numbers = [0, 0, 0];
+  let deliveries = 0;
+  let seq = 0;
   for (let n = 0; n < 3; n++) {
     const first = i;
     let value = 0;
@@ -63,10 +70,16 @@ export function parseAckReply(buf: Uint8Array, start: number, end: number): AckI
     if (i === first || i - first > 16 || value > Number.MAX_SAFE_INTEGER || i >= end || buf[i] !== DOT) {
       return undefined;
     }
-    numbers[n] = value;
+    if (n === 0) deliveries = value;
+    else if (n === 1) seq = value;
+    else {
+      into.seq = seq;
+      into.deliveries = deliveries;
+      into.consumerSeq = value;
+    }
     i++;
   }
-  return { seq: numbers[1], deliveries: numbers[0], consumerSeq: numbers[2] };
+  return into;
 }
 
 /** One delivered message: views into the chunk it was read into. */
@@ -252,6 +265,9 @@ export function createPullReceiver(options: PullReceiverOptions): PullReceiver {
     pull();
   };
 
+  /** What parseAckReply read from the latest delivery (copied into its Delivery at once). */
+  const ackScratch: AckInfo = { seq: 0, deliveries: 0, consumerSeq: 0 };
+
   function onMessage(message: WireMessage): void {
     lastActivity = Date.now();
     // Only HMSGs matter: deliveries and status messages. An old inbox's message, or one after a break, is
@@ -259,7 +275,7 @@ export function createPullReceiver(options: PullReceiverOptions): PullReceiver {
     if (message.headerEnd === message.payloadStart || message.sid !== sid || broken) return;
     const { buf } = message;
     if (message.replyStart >= 0) {
-      const info = parseAckReply(buf, message.replyStart, message.replyEnd);
+      const info = parseAckReply(buf, message.replyStart, message.replyEnd, ackScratch);
       if (info !== undefined) {
         outstanding--;
         if (info.consumerSeq !== lastConsumerSeq + 1) {

@@ -34,7 +34,9 @@ const UUID_BYTE_OF_PAIR = Uint8Array.from({ length: 16 }, (_, k) => k < 8 ? 7 - 
 
 /** Reads one payload at a time into reused fields; `scan` is true when the fast path accepts it. */
 export class EventScanner {
+  /** The buffer the payload was read from, and the payload's length in bytes. */
   payload: Uint8Array = new Uint8Array(0);
+  payloadLength = 0;
   /** Start and end offsets of each string field in `payload` (slots in STRING_FIELDS order). */
   readonly starts = new Int32Array(STRING_FIELDS.length);
   readonly ends = new Int32Array(STRING_FIELDS.length);
@@ -51,8 +53,13 @@ export class EventScanner {
   /** event_id as the 16 bytes of a ClickHouse UUID (see writeUuid), once `scan` accepted the payload. */
   readonly uuidBytes = new Uint8Array(16);
 
-  scan(buf: Uint8Array): boolean {
+  /**
+   * Reads the payload at `buf[start, end)` (the whole of `buf` by default: a payload can be read where it
+   * was received, without a view of its own). Offsets kept in `starts`/`ends` are into `buf`.
+   */
+  scan(buf: Uint8Array, start = 0, end = buf.length): boolean {
     this.payload = buf;
+    this.payloadLength = end - start;
     this.starts.fill(0);
     this.ends.fill(0);
     this.startTimeMs =
@@ -62,8 +69,7 @@ export class EventScanner {
       this.httpStatus =
         0;
     this.requestBytes = this.responseBytes = this.faultInjected = 0;
-    const end = buf.length;
-    let pos = 0;
+    let pos = start;
     while (pos < end) {
       let tag = buf[pos++];
       if (tag > 0x7f) {
@@ -225,7 +231,7 @@ export class RowWriter {
   appendScanned(scanner: EventScanner, seq: number): void {
     const buf = scanner.payload;
     // At most: every payload byte as string bytes plus a 5-byte length per string, the fixed-size columns.
-    this.reserve(buf.length + 9 * 5 + FIXED_BYTES + STAMP_BYTES);
+    this.reserve(scanner.payloadLength + 9 * 5 + FIXED_BYTES + STAMP_BYTES);
     this.rowStarts.push(this.length);
     this.seqs.push(seq);
     const out = this.bytes;
@@ -389,21 +395,26 @@ function writeBytes(out: Uint8Array, at: number, bytes: Uint8Array): number {
 }
 
 /**
- * Appends a payload to the writer `pick(ts)` returns (the worker's writer for the row's partition): the fast
- * path for what the scanner accepts, `decodeEvent` for the rest. Returns decodeEvent's refusal for a poison
- * payload, else undefined; `service` gets the row's service.
+ * Appends the payload at `payload[start, end)` (all of it by default) to the writer `pick(ts)` returns (the
+ * worker's writer for the row's partition): the fast path for what the scanner accepts, `decodeEvent` for the
+ * rest. Returns decodeEvent's refusal for a poison payload, else undefined; `service` gets the row's service.
  */
 export function appendEvent(
   scanner: EventScanner,
   payload: Uint8Array,
   seq: number,
   pick: (ts: number, service: string) => RowWriter,
+  start = 0,
+  end = payload.length,
 ): Extract<DecodeResult, { ok: false }> | undefined {
-  if (scanner.scan(payload)) {
+  if (scanner.scan(payload, start, end)) {
     pick(scanner.ts, scanner.service()).appendScanned(scanner, seq);
     return undefined;
   }
-  const decoded = decodeEvent(payload, seq);
+  const decoded = decodeEvent(
+    start === 0 && end === payload.length ? payload : payload.subarray(start, end),
+    seq,
+  );
   if (!decoded.ok) return decoded;
   pick(decoded.row.ts, decoded.row.service).appendRow(decoded.row);
   return undefined;

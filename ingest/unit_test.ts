@@ -125,31 +125,47 @@ Deno.test("the fast path writes the rows of protobuf-es, for random events and m
     if (probe.scan(payload)) fastPath++;
     const context = `seed ${seed}: ${what} ${[...payload].join(",")}`;
     const expected = decodeEvent(payload, compared);
-    const writer = new RowWriter(16);
-    let picked: [number, string] | undefined;
-    const refused = appendEvent(scanner, payload, compared, (ts, service) => {
-      picked = [ts, service];
-      return writer;
-    });
+    // The payload alone, and the same bytes read where they lie in a larger buffer (as the worker reads
+    // them in the chunk they arrived in) between random bytes: both must give the same result.
+    const before = Math.floor(random() * 8);
+    const framed = new Uint8Array(before + payload.length + Math.floor(random() * 8));
+    for (let i = 0; i < framed.length; i++) framed[i] = Math.floor(random() * 256);
+    framed.set(payload, before);
+    const run = (start?: number, end?: number) => {
+      const writer = new RowWriter(16);
+      let picked: [number, string] | undefined;
+      const pick = (ts: number, service: string) => {
+        picked = [ts, service];
+        return writer;
+      };
+      const refused = start === undefined
+        ? appendEvent(scanner, payload, compared, pick)
+        : appendEvent(scanner, framed, compared, pick, start, end);
+      writer.stamp(1_234_567_890_123);
+      return { refused, picked, rows: writer.rows, body: [...writer.body()] };
+    };
+    const embedded = run(before, before + payload.length);
+    const alone = run();
+    assertEquals(embedded, alone, `${context} (read inside a larger buffer)`);
+    const { refused, picked } = alone;
     if (!expected.ok) {
       assertEquals<unknown>(refused, expected, context);
-      assertEquals(writer.rows, 0, context);
+      assertEquals(alone.rows, 0, context);
       return;
     }
     assertEquals(refused, undefined, context);
     assertEquals(picked, [expected.row.ts, expected.row.service], context);
-    writer.stamp(1_234_567_890_123);
     // The body read back (by a reader of its own) holds decodeEvent's row, and both write paths give the
     // same bytes for it.
     assertEquals(
-      readRowBinary(writer.body()),
+      readRowBinary(Uint8Array.from(alone.body)),
       [{ row: expected.row, ingested_at_ms: 1_234_567_890_123 }],
       context,
     );
     const reference = new RowWriter(16);
     reference.appendRow(expected.row);
     reference.stamp(1_234_567_890_123);
-    assertEquals([...writer.body()], [...reference.body()], context);
+    assertEquals(alone.body, [...reference.body()], context);
   };
   for (let i = 0; i < 4000; i++) {
     const payload = toBinary(RequestEventSchema, randomEvent(random, i));

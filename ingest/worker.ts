@@ -696,7 +696,7 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
         if (seen.has(seq)) continue;
         seen.add(seq);
       }
-      const refused = appendEvent(scanner, msg.data, seq, pick);
+      const refused = appendEvent(scanner, msg.chunk, seq, pick, msg.dataStart, msg.dataEnd);
       if (refused) poison.push({ msg, reason: refused.reason, detail: refused.detail });
     }
     return { batch, last: top, groups: [...groups.values()], poison, checkFirst };
