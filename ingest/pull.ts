@@ -63,6 +63,7 @@ export function parseAckReply(
   }
   let deliveries = 0;
   let seq = 0;
+  let consumerSeq = 0;
   for (let n = 0; n < 3; n++) {
     const first = i;
     let value = 0;
@@ -72,13 +73,12 @@ export function parseAckReply(
     }
     if (n === 0) deliveries = value;
     else if (n === 1) seq = value;
-    else {
-      into.seq = seq;
-      into.deliveries = deliveries;
-      into.consumerSeq = value;
-    }
+    else consumerSeq = value;
     i++;
   }
+  into.seq = seq;
+  into.deliveries = deliveries;
+  into.consumerSeq = consumerSeq;
   return into;
 }
 

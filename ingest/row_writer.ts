@@ -143,29 +143,11 @@ export class EventScanner {
     return true;
   }
 
-  /**
-   * event_id is 8-4-4-4-12 hex digits; checks them and keeps the 16 bytes ClickHouse's UUID column holds
-   * (`uuidBytes`), in one pass over the text.
-   */
+  /** event_id is 8-4-4-4-12 hex digits; keeps its 16 bytes in `uuidBytes`. */
   private uuid(): boolean {
     const start = this.starts[EVENT_ID];
     if (this.ends[EVENT_ID] - start !== 36) return false;
-    const buf = this.payload;
-    if (
-      buf[start + 8] !== DASH || buf[start + 13] !== DASH || buf[start + 18] !== DASH ||
-      buf[start + 23] !== DASH
-    ) {
-      return false;
-    }
-    const out = this.uuidBytes;
-    for (let k = 0; k < 16; k++) {
-      const at = start + UUID_PAIR_AT[k];
-      const high = HEX_VALUE[buf[at]];
-      const low = HEX_VALUE[buf[at + 1]];
-      if ((high | low) < 0) return false;
-      out[UUID_BYTE_OF_PAIR[k]] = (high << 4) | low;
-    }
-    return true;
+    return writeUuid(this.uuidBytes, 0, this.payload, start);
   }
 
   /** The service name (cached: a few distinct names in practice). */
@@ -274,9 +256,11 @@ export class RowWriter {
     this.rowStarts.push(this.length);
     this.seqs.push(row.stream_seq);
     const out = this.bytes;
-    const id = encoder.encode(row.event_id); // decodeEvent checked: 36 ASCII characters, a UUID
-    let at = writeUuid(out, this.length, id, 0);
-    at = writeUInt32(out, at, row.ts);
+    // decodeEvent checked it: 36 ASCII characters, a UUID.
+    if (!writeUuid(out, this.length, encoder.encode(row.event_id), 0)) {
+      throw new Error(`event_id ${JSON.stringify(row.event_id)} is not a UUID`);
+    }
+    let at = writeUInt32(out, this.length + 16, row.ts);
     at = writeUInt64(out, at, row.ts_ms);
     const [service, method, protocol, route, traceId, spanId, parentSpanId, instance, errorMessage] = texts;
     at = writeBytes(out, at, service);
@@ -344,16 +328,26 @@ function writeProtocol(out: Uint8Array, at: number, value: Uint8Array): number {
 }
 
 /**
- * A UUID's 36 characters (8-4-4-4-12 hex digits, checked) at `start` of `text` as ClickHouse's 16 bytes: the
- * first 16 hex digits as a little-endian UInt64, then the last 16 likewise (what a UUID column holds in
- * RowBinary on 18.16 and on current releases alike).
+ * Checks that `text` holds 8-4-4-4-12 hex digits at `start` and writes them at `out[at]` as ClickHouse's 16
+ * bytes: the first 16 hex digits as a little-endian UInt64, then the last 16 likewise (what a UUID column holds
+ * in RowBinary on 18.16 and on current releases alike), in one pass. False (and `out` partly written) when they
+ * are not a UUID.
  */
-function writeUuid(out: Uint8Array, at: number, text: Uint8Array, start: number): number {
+function writeUuid(out: Uint8Array, at: number, text: Uint8Array, start: number): boolean {
+  if (
+    text[start + 8] !== DASH || text[start + 13] !== DASH || text[start + 18] !== DASH ||
+    text[start + 23] !== DASH
+  ) {
+    return false;
+  }
   for (let k = 0; k < 16; k++) {
     const pair = start + UUID_PAIR_AT[k];
-    out[at + UUID_BYTE_OF_PAIR[k]] = (HEX_VALUE[text[pair]] << 4) | HEX_VALUE[text[pair + 1]];
+    const high = HEX_VALUE[text[pair]];
+    const low = HEX_VALUE[text[pair + 1]];
+    if ((high | low) < 0) return false;
+    out[at + UUID_BYTE_OF_PAIR[k]] = (high << 4) | low;
   }
-  return at + 16;
+  return true;
 }
 
 function writeUInt32(out: Uint8Array, at: number, value: number): number {
