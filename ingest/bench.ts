@@ -27,7 +27,7 @@ import {
   REQUEST_EVENTS_STREAM,
   requestEventSubject,
 } from "@tailwatch/kit";
-import { CREATE_ORDER_BODY, runGhz } from "@tailwatch/load";
+import { CREATE_ORDER_BODY, machineCpu, runGhz } from "@tailwatch/load";
 import { cpuSeconds, startStackProcesses } from "@tailwatch/load";
 import { createClickHouse } from "./clickhouse.ts";
 import { loadConfig } from "./config.ts";
@@ -59,29 +59,27 @@ function pidWithCommandLine(needle: string): number {
 
 /**
  * CPU µs per event of this process (Deno), nats-server and clickhouse-server over one phase, and of every
- * other process on the machine (`others`, from /proc/stat): the machine is shared, and a phase during which
- * others took CPU is not a quiet measurement.
+ * other process on the machine (`others`, from /proc/stat), and the share of the machine's CPU time the
+ * hypervisor gave to other tenants (`steal_share`, 0..1): the machine is shared, and a phase during which
+ * others took CPU, or the host took it away, is not a quiet measurement.
  */
 interface CpuPerEvent {
   deno: number;
   nats: number;
   clickhouse: number;
   others: number;
+  steal_share: number;
 }
 
-/** CPU time (in µs) the whole machine has spent busy so far: every CPU's time outside idle and iowait. */
-function machineBusyMicros(): number {
-  const [user, nice, system, _idle, _iowait, irq, softirq, steal] = Deno.readTextFileSync("/proc/stat")
-    .split("\n")[0].trim().split(/\s+/).slice(1).map(Number);
-  return (user + nice + system + irq + softirq + steal) * 10_000; // clock ticks of 10 ms
-}
+const micros = (seconds: number) => seconds * 1e6;
+const share = (part: number, whole: number) => whole > 0 ? Math.round(part / whole * 1000) / 1000 : 0;
 
 function cpuMeter(pids: { nats: number; clickhouse: number }): (events: number) => CpuPerEvent {
   const read = () => ({
     deno: cpuMicros(Deno.pid),
     nats: cpuMicros(pids.nats),
     clickhouse: cpuMicros(pids.clickhouse),
-    machine: machineBusyMicros(),
+    ...machineCpu(),
   });
   const before = read();
   return (events) => {
@@ -92,7 +90,8 @@ function cpuMeter(pids: { nats: number; clickhouse: number }): (events: number) 
       deno: per(delta("deno")),
       nats: per(delta("nats")),
       clickhouse: per(delta("clickhouse")),
-      others: per(Math.max(0, delta("machine") - delta("deno") - delta("nats") - delta("clickhouse"))),
+      others: per(Math.max(0, micros(delta("busy")) - delta("deno") - delta("nats") - delta("clickhouse"))),
+      steal_share: share(delta("steal"), delta("total")),
     };
   };
 }
@@ -267,6 +266,8 @@ export async function runIngestBench(options: { quick?: boolean } = {}): Promise
     let insertDeno = 0;
     let insertClickHouse = 0;
     let insertMachine = 0;
+    let insertSteal = 0;
+    let insertTotal = 0;
     const scanner = new EventScanner();
     for (let i = 0; i < total; i += batchMax) {
       const writer = new RowWriter();
@@ -274,11 +275,7 @@ export async function runIngestBench(options: { quick?: boolean } = {}): Promise
         appendEvent(scanner, payloads[j], j + 1, () => writer);
       }
       writer.stamp(Date.now());
-      const [deno0, clickhouse0, machine0] = [
-        cpuMicros(Deno.pid),
-        cpuMicros(pids.clickhouse),
-        machineBusyMicros(),
-      ];
+      const [deno0, clickhouse0, machine0] = [cpuMicros(Deno.pid), cpuMicros(pids.clickhouse), machineCpu()];
       const t0 = performance.now();
       await ch.insertBody(
         { database: "bench_raw", table: "request_events" },
@@ -289,7 +286,10 @@ export async function runIngestBench(options: { quick?: boolean } = {}): Promise
       insertSeconds += (performance.now() - t0) / 1000;
       insertDeno += cpuMicros(Deno.pid) - deno0;
       insertClickHouse += cpuMicros(pids.clickhouse) - clickhouse0;
-      insertMachine += machineBusyMicros() - machine0;
+      const machine1 = machineCpu();
+      insertMachine += micros(machine1.busy - machine0.busy);
+      insertSteal += machine1.steal - machine0.steal;
+      insertTotal += machine1.total - machine0.total;
     }
     payloads.length = 0;
     await setAside(ch, "bench_raw");
@@ -299,6 +299,7 @@ export async function runIngestBench(options: { quick?: boolean } = {}): Promise
       nats: 0, // idle: not read in this phase
       clickhouse: perEvent(insertClickHouse),
       others: perEvent(Math.max(0, insertMachine - insertDeno - insertClickHouse)),
+      steal_share: share(insertSteal, insertTotal),
     };
 
     // 4. The worker (its defaults unless the environment sets a batching variable), drain mode.
@@ -460,7 +461,7 @@ function summary(r: IngestBenchResult): string {
   const verdict = (ok: boolean) => ok ? "ok" : "MISSED";
   const cpu = (c: CpuPerEvent) =>
     `${c.deno} + ${c.nats} + ${c.clickhouse} = ${Math.round((c.deno + c.nats + c.clickhouse) * 10) / 10}` +
-    ` (others ${c.others})`;
+    ` (others ${c.others}, steal ${(c.steal_share * 100).toFixed(1)} %)`;
   const ingestOk = r.ingest_events_per_s >= 100_000 && r.ingest_vs_slower_raw >= 0.5;
   return [
     `ingest bench${r.quick ? " (quick)" : ""}: ${r.events} events, ${r.total_seconds} s in all`,

@@ -9,7 +9,7 @@
  */
 import { startNatsServer } from "@tailwatch/testing";
 import { CREATE_ORDER_BODY, type GhzSummary, runGhz } from "./ghz.ts";
-import { cpuSeconds, startServiceProcess, startStackProcesses } from "./processes.ts";
+import { cpuSeconds, startServiceProcess, startStackProcesses, stealMeter } from "./processes.ts";
 
 const quick = Deno.args.includes("--quick");
 const ROOT = new URL("../", import.meta.url).pathname;
@@ -20,6 +20,19 @@ const results: Record<string, unknown> = {
 };
 const report: string[] = [`# Tailwatch benchmarks, ${results.date}${quick ? " (quick)" : ""}`, ""];
 const logDir = await Deno.makeTempDir({ prefix: "tailwatch-bench-" });
+const wholeRunSteal = stealMeter();
+
+/** Above this share of stolen CPU a section's numbers say more about the host's other tenants than the code. */
+const STEAL_WARNING = 0.05;
+
+/** The report's line on hypervisor steal during a section. */
+function stealLine(share: number): string {
+  const percent = (share * 100).toFixed(1);
+  return share > STEAL_WARNING
+    ? `- **hypervisor steal ${percent} %** of the machine's CPU during this section: other tenants of the host ` +
+      "took it, so these numbers understate the code; measure again on a quiet host"
+    : `- hypervisor steal ${percent} % of the machine's CPU during this section`;
+}
 
 /** The pid of the private nats-server whose monitoring port is `monitorPort`. */
 function pidOfPort(monitorPort: number): number | undefined {
@@ -57,6 +70,7 @@ async function benchEvents() {
   // ratio is reported three ways: of the best rounds, of the median rounds, and the median of each round's
   // on/off pair (on and off run back to back, so a pair shares the machine's state).
   const roundCount = quick ? 3 : 5;
+  const steal = stealMeter();
   const rounds: Array<{ events: boolean; rps: number; serviceCpuPer1k: number; natsCpuPer1k: number }> = [];
   for (let round = 0; round < roundCount; round++) {
     for (const [events, service] of [[true, on], [false, off]] as const) {
@@ -93,6 +107,7 @@ async function benchEvents() {
     // here, is in the measured rps ratios above and not in this one).
     serviceCapacityRatio: cpu(false, "serviceCpuPer1k") / cpu(true, "serviceCpuPer1k"),
     natsCpuSecondsPer1kEventsOn: cpu(true, "natsCpuPer1k"),
+    stealShare: steal(),
     rounds,
   };
   results.events = result;
@@ -121,6 +136,8 @@ async function benchEvents() {
     "The rps rows measure the whole 2-core machine (ghz, the service and nats-server share it), so they include",
     "nats-server's own CPU for storing the events; the capacity row is the service's alone.",
     "",
+    stealLine(result.stealShare),
+    "",
   );
 }
 
@@ -146,6 +163,7 @@ async function benchOrders() {
     ["nats-server", natsPid],
   ];
   const cpuBefore = processes.map(([, pid]) => pid ? cpuSeconds(pid) : NaN);
+  const steal = stealMeter();
   const summary: GhzSummary = await runGhz({
     call: "orders.v1.OrderService/CreateOrder",
     target,
@@ -161,8 +179,9 @@ async function benchOrders() {
       i,
     ) => [name, pid ? (cpuSeconds(pid) - cpuBefore[i]) / summary.count * 1000 : NaN]),
   );
+  const stealShare = steal();
   cpuPer1k.ghz = summary.ghzCpuSeconds / summary.count * 1000;
-  results.orders = { seconds, ...summary, cpuSecondsPer1kRequests: cpuPer1k };
+  results.orders = { seconds, ...summary, cpuSecondsPer1kRequests: cpuPer1k, stealShare };
   report.push(
     `## 2. orders.CreateOrder at 1000 rps for ${seconds} s (fans out to catalog and payments; events on)`,
     "",
@@ -176,6 +195,7 @@ async function benchOrders() {
     `- CPU s per 1000 requests: ${
       Object.entries(cpuPer1k).map(([name, value]) => `${name} ${value.toFixed(3)}`).join(", ")
     } (2 cores = 2 s of CPU per second)`,
+    stealLine(stealShare),
     "",
   );
 }
@@ -187,9 +207,20 @@ async function benchOptional(name: string, modulePath: string, exportName: strin
     return;
   }
   const module = await import(`${ROOT}${modulePath}`);
+  const steal = stealMeter();
   const result = await module[exportName]({ quick });
-  results[name] = result;
-  report.push(`## ${name}`, "", "```json", JSON.stringify(result, null, 2), "```", "");
+  const stealShare = steal();
+  results[name] = { stealShare, ...result }; // a benchmark that measures its own steal reports that
+  report.push(
+    `## ${name}`,
+    "",
+    stealLine(stealShare),
+    "",
+    "```json",
+    JSON.stringify(result, null, 2),
+    "```",
+    "",
+  );
 }
 
 const sections: Array<[string, () => Promise<void>]> = [
@@ -210,6 +241,8 @@ for (const [name, run] of sections) {
   }
 }
 
+results.stealShare = wholeRunSteal();
+report.splice(2, 0, stealLine(results.stealShare as number).replace("this section", "the whole run"), "");
 const dir = `${ROOT}bench/results`;
 await Deno.mkdir(dir, { recursive: true });
 const stamp = String(results.date).replaceAll(":", "-").replace(/\..*/, "");

@@ -56,6 +56,53 @@ export function cpuSeconds(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
+/** The machine's CPU time so far (seconds, summed over cores), from the first line of /proc/stat. */
+export interface MachineCpu {
+  /** Time the kernel ran anything here: user, nice, system, irq and softirq (guest time is inside user). */
+  busy: number;
+  /** Time a virtual CPU was ready to run but the hypervisor ran something else (another tenant). */
+  steal: number;
+  /** Every state: busy, idle, iowait and steal. */
+  total: number;
+}
+
+const CLOCK_TICKS_PER_SECOND = 100;
+
+/** Parses /proc/stat's aggregate `cpu` line; throws if it is not there (not Linux). */
+export function parseMachineCpu(procStat: string): MachineCpu {
+  const line = procStat.split("\n").find((l) => l.startsWith("cpu "));
+  if (line === undefined) throw new Error("no aggregate cpu line in /proc/stat");
+  const [user, nice, system, idle, iowait, irq, softirq, steal = 0] = line.trim().split(/\s+/).slice(1, 9)
+    .map(
+      Number,
+    );
+  const busy = user + nice + system + irq + softirq;
+  return {
+    busy: busy / CLOCK_TICKS_PER_SECOND,
+    steal: steal / CLOCK_TICKS_PER_SECOND,
+    total: (busy + idle + iowait + steal) / CLOCK_TICKS_PER_SECOND,
+  };
+}
+
+export function machineCpu(): MachineCpu {
+  return parseMachineCpu(Deno.readTextFileSync("/proc/stat"));
+}
+
+/**
+ * Starts measuring steal; the function returned gives the share of the machine's CPU time (0..1) that the
+ * hypervisor gave to someone else since. Why: on a shared host a benchmark run can lose a third of its CPU
+ * to other tenants (seen here: 15-45 % for minutes, 2026-12-02), and its numbers then describe the host's
+ * load, not the code; every bench section reports it next to its results.
+ */
+export function stealMeter(): () => number {
+  const before = machineCpu();
+  return () => {
+    const after = machineCpu();
+    const total = after.total - before.total;
+    return total > 0 ? (after.steal - before.steal) / total : 0;
+  };
+}
+
 /** catalog, payments and orders as processes, orders wired to the other two; disposed in reverse order. */
 export interface StackProcesses extends AsyncDisposable {
   catalog: ServiceProcess;

@@ -41,7 +41,7 @@ import {
   waitUntil,
 } from "@tailwatch/testing";
 import { applyMigrations } from "@tailwatch/ingest";
-import { cpuSeconds } from "@tailwatch/load";
+import { cpuSeconds, stealMeter } from "@tailwatch/load";
 import { connectionFlags, profilerBinaries } from "../tests/binaries.ts";
 
 const RPS = 1000;
@@ -181,6 +181,7 @@ export async function runProfilerBench(
 ): Promise<Record<string, unknown>> {
   const { quick } = options;
   const started = performance.now();
+  const steal = stealMeter();
   const { profiler, bench } = await profilerBinaries();
   const memory = await googleBenchmark(bench, quick);
 
@@ -611,6 +612,8 @@ export async function runProfilerBench(
       target: 10,
     },
     seconds: round((performance.now() - started) / 1000),
+    /** Share of the machine's CPU time the hypervisor gave to other tenants during the run (0..1). */
+    stealShare: round(steal()),
   };
   const line = (name: string, v: ReturnType<typeof versus>) =>
     `  exact ${name}: ${v.exactMs.median} ms wall, CPU ${v.exactCpuMs.queryLog} ms (query log) / ` +
@@ -647,7 +650,9 @@ export async function runProfilerBench(
       } + profiler ${round(productionProfilerMsPerTick)} = ${round(tickCpuProcess)} ms`,
       line("per method (as before)", vs.perMethod),
       line("like for like (per method and per service)", vs.likeForLike),
-      `  ${result.seconds} s`,
+      `  ${result.seconds} s, hypervisor steal ${
+        (result.stealShare * 100).toFixed(1)
+      } % of the machine's CPU`,
     ].join("\n"),
   );
   return result;
