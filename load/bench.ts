@@ -104,8 +104,10 @@ async function benchEvents() {
   const median = (values: number[]) => values.sort((a, b) => a - b)[Math.floor(values.length / 2)];
   const cpu = (events: boolean, key: "serviceCpuPer1k" | "natsCpuPer1k") =>
     median(rounds.filter((r) => r.events === events).map((r) => r[key]));
-  const rpsOf = (events: boolean) => rounds.filter((r) => r.events === events).map((r) => r.rps);
-  const pairRatios = rpsOf(true).map((rps, i) => rps / rpsOf(false)[i]);
+  const rpsOf = (events: boolean, of = rounds) => of.filter((r) => r.events === events).map((r) => r.rps);
+  /** on/off of each back-to-back pair, in the order they ran. */
+  const onOffOfPairs = (of: Round[]) => rpsOf(true, of).map((rps, i) => rps / rpsOf(false, of)[i]);
+  const pairRatios = onOffOfPairs(rounds);
   const result = {
     rpsEventsOn: best(true),
     rpsEventsOff: best(false),
@@ -157,11 +159,7 @@ async function benchEvents() {
     ...(setAside.length === 0 ? [] : [
       `- ${setAside.length / 2} pair(s) set aside and run again, the host having taken more than ${
         STEAL_WARNING * 100
-      } % of the machine during them (on/off ${
-        setAside.filter((r) => r.events).map((r, i) => (r.rps / setAside[2 * i + 1].rps).toFixed(3)).join(
-          ", ",
-        )
-      })`,
+      } % of the machine during them (on/off ${onOffOfPairs(setAside).map((r) => r.toFixed(3)).join(", ")})`,
     ]),
     stealLine(result.stealShare),
     "",
