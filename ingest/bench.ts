@@ -8,7 +8,8 @@
  *   3. clickhouse_insert_rows_per_s: raw INSERT rate of prepared RowBinary bodies (the worker's bytes) in
  *      batches of the worker's size into the same schema (materialized views included), insert time only,
  *   4. ingest_events_per_s: the worker with its defaults (or INGEST_BATCH_MAX, INGEST_BATCH_WAIT_MS,
- *      INGEST_MAX_ACK_PENDING from the environment), in drain mode, from ready to fully drained,
+ *      INGEST_MAX_ACK_PENDING from the environment), in drain mode, from ready to fully drained, in a
+ *      process of its own as in production (bench_worker.ts; so are 5's),
  *   5. freshness at 1000 rps through the services: catalog, payments and orders as processes, ghz drives
  *      orders.CreateOrder at 1000 rps for 30 s (10 s quick) with the worker following; then, over every row
  *      of that phase, the p50, p99 and max of ingested_at_ms - ts_ms (event start → INSERT sent; see
@@ -21,12 +22,7 @@ import { AckPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect, createInbox, headers } from "@nats-io/transport-node";
 import { RequestEventSchema } from "@tailwatch/proto/events/v1";
 import { CLICKHOUSE_ADMIN, startClickHouseServer, startNatsServer, waitUntil } from "@tailwatch/testing";
-import {
-  createLogger,
-  ensureRequestEventsStream,
-  REQUEST_EVENTS_STREAM,
-  requestEventSubject,
-} from "@tailwatch/kit";
+import { ensureRequestEventsStream, REQUEST_EVENTS_STREAM, requestEventSubject } from "@tailwatch/kit";
 import { CREATE_ORDER_BODY, machineCpu, runGhz } from "@tailwatch/load";
 import { cpuSeconds, startStackProcesses } from "@tailwatch/load";
 import { createClickHouse } from "./clickhouse.ts";
@@ -36,7 +32,8 @@ import { appendEvent, EventScanner, RowWriter } from "./row_writer.ts";
 import { applyMigrations } from "./migrations.ts";
 import { ident, sql } from "./sql.ts";
 import { makeEvent } from "./test_helpers.ts";
-import { createIngestWorker } from "./worker.ts";
+import type { BenchWorkerResult } from "./bench_worker.ts";
+import type { IngestStats } from "./worker.ts";
 
 const round = (n: number) => Math.round(n);
 
@@ -58,15 +55,19 @@ function pidWithCommandLine(needle: string): number {
 }
 
 /**
- * CPU µs per event of this process (Deno), nats-server and clickhouse-server over one phase, and of every
- * other process on the machine (`others`, from /proc/stat), and the share of the machine's CPU time the
+ * CPU µs per event of the Deno process doing the work (this one, or the worker's), nats-server and
+ * clickhouse-server over one phase, and of every other process on the machine (`others`, from /proc/stat;
+ * this one apart as `bench` when the worker is another), and the share of the machine's CPU time the
  * hypervisor gave to other tenants (`steal_share`, 0..1): the machine is shared, and a phase during which
  * others took CPU, or the host took it away, is not a quiet measurement.
  */
 interface CpuPerEvent {
+  /** The Deno process doing the phase's work: the bench's own, or the worker's (bench_worker.ts). */
   deno: number;
   nats: number;
   clickhouse: number;
+  /** The bench's own process while the worker runs in another (it waits, and collects its garbage). */
+  bench?: number;
   others: number;
   steal_share: number;
 }
@@ -74,11 +75,16 @@ interface CpuPerEvent {
 const micros = (seconds: number) => seconds * 1e6;
 const share = (part: number, whole: number) => whole > 0 ? Math.round(part / whole * 1000) / 1000 : 0;
 
-function cpuMeter(pids: { nats: number; clickhouse: number }): (events: number) => CpuPerEvent {
+function cpuMeter(
+  pids: { nats: number; clickhouse: number; deno?: number },
+): (events: number) => CpuPerEvent {
+  const denoPid = pids.deno ?? Deno.pid;
+  const benchApart = denoPid !== Deno.pid;
   const read = () => ({
-    deno: cpuMicros(Deno.pid),
+    deno: cpuMicros(denoPid),
     nats: cpuMicros(pids.nats),
     clickhouse: cpuMicros(pids.clickhouse),
+    bench: benchApart ? cpuMicros(Deno.pid) : 0,
     ...machineCpu(),
   });
   const before = read();
@@ -90,11 +96,97 @@ function cpuMeter(pids: { nats: number; clickhouse: number }): (events: number) 
       deno: per(delta("deno")),
       nats: per(delta("nats")),
       clickhouse: per(delta("clickhouse")),
-      others: per(Math.max(0, micros(delta("busy")) - delta("deno") - delta("nats") - delta("clickhouse"))),
+      ...(benchApart ? { bench: per(delta("bench")) } : {}),
+      others: per(
+        Math.max(
+          0,
+          micros(delta("busy")) - delta("deno") - delta("nats") - delta("clickhouse") - delta("bench"),
+        ),
+      ),
       steal_share: share(delta("steal"), delta("total")),
     };
   };
 }
+/** The worker in a process of its own (bench_worker.ts), and the messages it prints. */
+interface BenchWorkerProcess {
+  readonly pid: number;
+  /** The next message with key `kind`; rejects when the process ends first or after `timeoutMs`. */
+  next(kind: "ready" | "done" | "result", timeoutMs?: number): Promise<Record<string, unknown>>;
+  /** SIGTERM: a following worker inserts what it holds, reports and exits. */
+  stop(): void;
+  /** Closes its stdin (a drained worker exits then) and waits for a clean exit. */
+  release(): Promise<void>;
+}
+
+const BENCH_WORKER = new URL("./bench_worker.ts", import.meta.url).pathname;
+
+function spawnBenchWorker(mode: "drain" | "follow", env: Record<string, string>): BenchWorkerProcess {
+  const inherited = Object.fromEntries(
+    ["PATH", "HOME", "DENO_DIR", "TMPDIR"].flatMap((name) => {
+      const value = Deno.env.get(name);
+      return value === undefined ? [] : [[name, value]];
+    }),
+  );
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", BENCH_WORKER, mode],
+    env: { ...inherited, ...env },
+    clearEnv: true,
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const messages: Record<string, unknown>[] = [];
+  const waiters = new Set<() => void>();
+  let ended: Error | undefined;
+  let stderr = "";
+  const wakeAll = () => {
+    for (const wake of waiters) wake();
+  };
+  void (async () => {
+    for await (const text of child.stderr.pipeThrough(new TextDecoderStream())) {
+      stderr = (stderr + text).slice(-4000);
+    }
+  })();
+  const exited = (async () => {
+    let pending = "";
+    for await (const text of child.stdout.pipeThrough(new TextDecoderStream())) {
+      pending += text;
+      for (let newline = pending.indexOf("\n"); newline >= 0; newline = pending.indexOf("\n")) {
+        const line = pending.slice(0, newline).trim();
+        pending = pending.slice(newline + 1);
+        if (line.startsWith("{")) messages.push(JSON.parse(line));
+      }
+      wakeAll();
+    }
+    const status = await child.status;
+    ended = new Error(`bench worker (${mode}) exited with code ${status.code}: ${stderr.trim()}`);
+    wakeAll();
+    return status;
+  })();
+  return {
+    pid: child.pid,
+    async next(kind, timeoutMs = 600_000) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const at = messages.findIndex((message) => kind in message);
+        if (at >= 0) return messages.splice(at, 1)[0];
+        if (ended) throw ended;
+        if (Date.now() > deadline) throw new Error(`bench worker (${mode}): no "${kind}" in ${timeoutMs} ms`);
+        await new Promise<void>((resolve) => {
+          waiters.add(resolve);
+          setTimeout(resolve, 1_000);
+        }).finally(() => waiters.clear());
+      }
+    },
+    stop: () => child.kill("SIGTERM"),
+    async release() {
+      await child.stdin.close();
+      const status = await exited;
+      if (!status.success) throw ended;
+    },
+  };
+}
+
 const INSERT_COLUMNS = [...REQUEST_EVENT_COLUMNS, "ingested_at_ms"];
 /** Worker settings the bench takes from its own environment when set (default: the worker's defaults). */
 const BATCHING_VARIABLES = ["INGEST_BATCH_MAX", "INGEST_BATCH_WAIT_MS", "INGEST_MAX_ACK_PENDING"] as const;
@@ -303,23 +395,16 @@ export async function runIngestBench(options: { quick?: boolean } = {}): Promise
     };
 
     // 4. The worker (its defaults unless the environment sets a batching variable), drain mode.
+    //    In a process of its own, as in production (bench_worker.ts says why).
     await applyMigrations({ clickhouse: ch, database: "bench_ingest" });
-    const worker = createIngestWorker({
-      config: loadConfig({ ...baseEnv, CLICKHOUSE_DATABASE: "bench_ingest" }),
-      logger: createLogger("warn"),
-      mode: "drain",
-    });
-    let readyAt = 0;
-    const poll = setInterval(() => {
-      if (!readyAt && worker.ready()) readyAt = performance.now();
-    }, 5);
-    const ingestCpu = cpuMeter(pids);
-    const runStart = performance.now();
-    const stats = await worker.run();
-    const runEnd = performance.now();
+    const drainer = spawnBenchWorker("drain", { ...baseEnv, CLICKHOUSE_DATABASE: "bench_ingest" });
+    const readyAt = Number((await drainer.next("ready", 60_000)).ready);
+    const ingestCpu = cpuMeter({ ...pids, deno: drainer.pid });
+    const drained = await drainer.next("done");
     const cpuIngest = ingestCpu(total);
-    clearInterval(poll);
-    const ingestSeconds = (runEnd - (readyAt || runStart)) / 1000;
+    await drainer.release();
+    const stats = drained.stats as IngestStats;
+    const ingestSeconds = (Number(drained.done) - readyAt) / 1000;
     const [count] = await ch.query<{ n: string }>(
       sql`SELECT count() AS n FROM ${ident("bench_ingest", "request_events")}`,
     );
@@ -330,26 +415,16 @@ export async function runIngestBench(options: { quick?: boolean } = {}): Promise
     await jsm.streams.purge(REQUEST_EVENTS_STREAM);
     const latencyDb = "bench_latency";
     await applyMigrations({ clickhouse: ch, database: latencyDb });
-    /** INSERT send time (= the rows' ingested_at_ms) → the time it returned. */
-    const insertDoneAt = new Map<number, number>();
-    /** Stream sequence → [when JetStream stored it, when the worker received it] (epoch ms). */
-    const receivedAt = new Map<number, [number, number]>();
-    const follower = createIngestWorker({
-      config: loadConfig({ ...baseEnv, CLICKHOUSE_DATABASE: latencyDb, INGEST_DURABLE: "bench-latency" }),
-      logger: createLogger("warn"),
-      deliverFromStart: false,
-      onInserted: (sentAt, doneAt) =>
-        insertDoneAt.set(sentAt, Math.max(doneAt, insertDoneAt.get(sentAt) ?? 0)),
-      onReceived: (delivery, at) => {
-        if (!receivedAt.has(delivery.seq)) receivedAt.set(delivery.seq, [delivery.storedAtMs(), at]);
-      },
+    const follower = spawnBenchWorker("follow", {
+      ...baseEnv,
+      CLICKHOUSE_DATABASE: latencyDb,
+      INGEST_DURABLE: "bench-latency",
     });
-    const following = follower.run();
     const load = await (async () => {
       const serviceEnv = { NATS_URL: nats.url };
       await using stack = await startStackProcesses(serviceEnv, logDir);
       const { orders } = stack;
-      await waitUntil("the worker consuming", () => follower.ready(), 30_000);
+      await follower.next("ready", 30_000);
       return await runGhz({
         call: "orders.v1.OrderService/CreateOrder",
         target: `127.0.0.1:${orders.grpcPort}`,
@@ -372,8 +447,14 @@ export async function runIngestBench(options: { quick?: boolean } = {}): Promise
       120_000,
     );
     follower.stop();
-    await following;
-    const insertMaxMs = Math.ceil(follower.stats().insertMsMax);
+    const followed = await follower.next("done", 60_000);
+    const seen = (await follower.next("result", 60_000)).result as BenchWorkerResult;
+    await follower.release();
+    const insertMaxMs = Math.ceil((followed.stats as IngestStats).insertMsMax);
+    /** INSERT send time (= the rows' ingested_at_ms) → the time it returned. */
+    const insertDoneAt = new Map(seen.inserted);
+    /** Stream sequence → [when JetStream stored it, when the worker received it] (epoch ms). */
+    const receivedAt = new Map(seen.received.map(([seq, storedAt, at]) => [seq, [storedAt, at] as const]));
     const rows = await rowsOf();
     // Per row: start → INSERT sent (ingested_at_ms - ts_ms), start → visible (its INSERT returned - ts_ms).
     const loadRows = await ch.query<{ ts_ms: string; ingested_at_ms: string; stream_seq: string }>(
@@ -461,7 +542,9 @@ function summary(r: IngestBenchResult): string {
   const verdict = (ok: boolean) => ok ? "ok" : "MISSED";
   const cpu = (c: CpuPerEvent) =>
     `${c.deno} + ${c.nats} + ${c.clickhouse} = ${Math.round((c.deno + c.nats + c.clickhouse) * 10) / 10}` +
-    ` (others ${c.others}, steal ${(c.steal_share * 100).toFixed(1)} %)`;
+    ` (${c.bench === undefined ? "" : `bench ${c.bench}, `}others ${c.others}, steal ${
+      (c.steal_share * 100).toFixed(1)
+    } %)`;
   const ingestOk = r.ingest_events_per_s >= 100_000 && r.ingest_vs_slower_raw >= 0.5;
   return [
     `ingest bench${r.quick ? " (quick)" : ""}: ${r.events} events, ${r.total_seconds} s in all`,
