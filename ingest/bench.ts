@@ -21,7 +21,14 @@ import { toBinary } from "@bufbuild/protobuf";
 import { AckPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect, createInbox, headers } from "@nats-io/transport-node";
 import { RequestEventSchema } from "@tailwatch/proto/events/v1";
-import { CLICKHOUSE_ADMIN, startClickHouseServer, startNatsServer, waitUntil } from "@tailwatch/testing";
+import {
+  CLICKHOUSE_ADMIN,
+  type ManagedProcess,
+  spawnLogged,
+  startClickHouseServer,
+  startNatsServer,
+  waitUntil,
+} from "@tailwatch/testing";
 import { ensureRequestEventsStream, REQUEST_EVENTS_STREAM, requestEventSubject } from "@tailwatch/kit";
 import { CREATE_ORDER_BODY, machineCpu, runGhz } from "@tailwatch/load";
 import { cpuSeconds, startStackProcesses } from "@tailwatch/load";
@@ -107,84 +114,59 @@ function cpuMeter(
     };
   };
 }
-/** The worker in a process of its own (bench_worker.ts), and the messages it prints. */
-interface BenchWorkerProcess {
-  readonly pid: number;
-  /** The next message with key `kind`; rejects when the process ends first or after `timeoutMs`. */
-  next(kind: "ready" | "done" | "result", timeoutMs?: number): Promise<Record<string, unknown>>;
-  /** SIGTERM: a following worker inserts what it holds, reports and exits. */
-  stop(): void;
-  /** Closes its stdin (a drained worker exits then) and waits for a clean exit. */
-  release(): Promise<void>;
-}
-
 const BENCH_WORKER = new URL("./bench_worker.ts", import.meta.url).pathname;
 
-function spawnBenchWorker(mode: "drain" | "follow", env: Record<string, string>): BenchWorkerProcess {
-  const inherited = Object.fromEntries(
-    ["PATH", "HOME", "DENO_DIR", "TMPDIR"].flatMap((name) => {
-      const value = Deno.env.get(name);
-      return value === undefined ? [] : [[name, value]];
-    }),
+/** Starts bench_worker.ts with exactly the worker variables in `env` (not this process's environment). */
+async function startBenchWorker(
+  mode: "drain" | "follow",
+  env: Record<string, string>,
+  logDir: string,
+): Promise<ManagedProcess> {
+  return await spawnLogged(
+    Deno.execPath(),
+    ["run", "-A", BENCH_WORKER, mode],
+    `${logDir}/worker-${mode}.log`,
+    {
+      env: { BENCH_WORKER_ENV: JSON.stringify(env) },
+    },
   );
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", BENCH_WORKER, mode],
-    env: { ...inherited, ...env },
-    clearEnv: true,
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const messages: Record<string, unknown>[] = [];
-  const waiters = new Set<() => void>();
-  let ended: Error | undefined;
-  let stderr = "";
-  const wakeAll = () => {
-    for (const wake of waiters) wake();
+}
+
+/** The first line `{"<kind>": ...}` the bench worker printed; fails when it exits without one, or on timeout. */
+async function workerReport(
+  worker: ManagedProcess,
+  kind: "ready" | "done" | "result",
+  timeoutMs = 600_000,
+): Promise<Record<string, unknown>> {
+  const find = async () => {
+    const line = (await worker.log()).split("\n").find((l) => l.startsWith(`{"${kind}":`));
+    return line === undefined ? undefined : JSON.parse(line) as Record<string, unknown>;
   };
-  void (async () => {
-    for await (const text of child.stderr.pipeThrough(new TextDecoderStream())) {
-      stderr = (stderr + text).slice(-4000);
+  let report: Record<string, unknown> | undefined;
+  const exitedFirst = worker.status.then(async (status) => {
+    report ??= await find();
+    if (report === undefined) {
+      throw new Error(
+        `bench worker exited (code ${status.code}) before reporting "${kind}": ${
+          (await worker.log()).slice(-2000)
+        }`,
+      );
     }
-  })();
-  const exited = (async () => {
-    let pending = "";
-    for await (const text of child.stdout.pipeThrough(new TextDecoderStream())) {
-      pending += text;
-      for (let newline = pending.indexOf("\n"); newline >= 0; newline = pending.indexOf("\n")) {
-        const line = pending.slice(0, newline).trim();
-        pending = pending.slice(newline + 1);
-        if (line.startsWith("{")) messages.push(JSON.parse(line));
-      }
-      wakeAll();
-    }
-    const status = await child.status;
-    ended = new Error(`bench worker (${mode}) exited with code ${status.code}: ${stderr.trim()}`);
-    wakeAll();
-    return status;
-  })();
-  return {
-    pid: child.pid,
-    async next(kind, timeoutMs = 600_000) {
-      const deadline = Date.now() + timeoutMs;
-      for (;;) {
-        const at = messages.findIndex((message) => kind in message);
-        if (at >= 0) return messages.splice(at, 1)[0];
-        if (ended) throw ended;
-        if (Date.now() > deadline) throw new Error(`bench worker (${mode}): no "${kind}" in ${timeoutMs} ms`);
-        await new Promise<void>((resolve) => {
-          waiters.add(resolve);
-          setTimeout(resolve, 1_000);
-        }).finally(() => waiters.clear());
-      }
-    },
-    stop: () => child.kill("SIGTERM"),
-    async release() {
-      await child.stdin.close();
-      const status = await exited;
-      if (!status.success) throw ended;
-    },
-  };
+  });
+  await Promise.race([
+    // Every 10 ms: the CPU meters start when "ready" is seen.
+    waitUntil(`bench worker: "${kind}"`, async () => (report ??= await find()) !== undefined, timeoutMs, 10),
+    exitedFirst,
+  ]);
+  return report!;
+}
+
+/** SIGTERM (the worker has reported: it exits) and a clean exit. */
+async function stopBenchWorker(worker: ManagedProcess): Promise<void> {
+  const code = await worker.stop("SIGTERM", 60_000);
+  if (code !== 0) {
+    throw new Error(`bench worker exited with code ${code}: ${(await worker.log()).slice(-2000)}`);
+  }
 }
 
 const INSERT_COLUMNS = [...REQUEST_EVENT_COLUMNS, "ingested_at_ms"];
@@ -397,12 +379,16 @@ export async function runIngestBench(options: { quick?: boolean } = {}): Promise
     // 4. The worker (its defaults unless the environment sets a batching variable), drain mode.
     //    In a process of its own, as in production (bench_worker.ts says why).
     await applyMigrations({ clickhouse: ch, database: "bench_ingest" });
-    const drainer = spawnBenchWorker("drain", { ...baseEnv, CLICKHOUSE_DATABASE: "bench_ingest" });
-    const readyAt = Number((await drainer.next("ready", 60_000)).ready);
+    const drainer = await startBenchWorker(
+      "drain",
+      { ...baseEnv, CLICKHOUSE_DATABASE: "bench_ingest" },
+      logDir,
+    );
+    const readyAt = Number((await workerReport(drainer, "ready", 60_000)).ready);
     const ingestCpu = cpuMeter({ ...pids, deno: drainer.pid });
-    const drained = await drainer.next("done");
+    const drained = await workerReport(drainer, "done");
     const cpuIngest = ingestCpu(total);
-    await drainer.release();
+    await stopBenchWorker(drainer);
     const stats = drained.stats as IngestStats;
     const ingestSeconds = (Number(drained.done) - readyAt) / 1000;
     const [count] = await ch.query<{ n: string }>(
@@ -415,16 +401,16 @@ export async function runIngestBench(options: { quick?: boolean } = {}): Promise
     await jsm.streams.purge(REQUEST_EVENTS_STREAM);
     const latencyDb = "bench_latency";
     await applyMigrations({ clickhouse: ch, database: latencyDb });
-    const follower = spawnBenchWorker("follow", {
+    const follower = await startBenchWorker("follow", {
       ...baseEnv,
       CLICKHOUSE_DATABASE: latencyDb,
       INGEST_DURABLE: "bench-latency",
-    });
+    }, logDir);
     const load = await (async () => {
       const serviceEnv = { NATS_URL: nats.url };
       await using stack = await startStackProcesses(serviceEnv, logDir);
       const { orders } = stack;
-      await follower.next("ready", 30_000);
+      await workerReport(follower, "ready", 30_000);
       return await runGhz({
         call: "orders.v1.OrderService/CreateOrder",
         target: `127.0.0.1:${orders.grpcPort}`,
@@ -446,10 +432,9 @@ export async function runIngestBench(options: { quick?: boolean } = {}): Promise
       async () => (await rowsOf()).rows >= loadEvents,
       120_000,
     );
-    follower.stop();
-    const followed = await follower.next("done", 60_000);
-    const seen = (await follower.next("result", 60_000)).result as BenchWorkerResult;
-    await follower.release();
+    await stopBenchWorker(follower);
+    const followed = await workerReport(follower, "done");
+    const seen = (await workerReport(follower, "result")).result as BenchWorkerResult;
     const insertMaxMs = Math.ceil((followed.stats as IngestStats).insertMsMax);
     /** INSERT send time (= the rows' ingested_at_ms) → the time it returned. */
     const insertDoneAt = new Map(seen.inserted);

@@ -1,6 +1,7 @@
 /**
  * The ingest worker as bench.ts measures it, in a process of its own: `deno run -A ingest/bench_worker.ts
- * drain|follow`, configured by the worker's environment (config.ts).
+ * drain|follow`, configured by the environment variables in `BENCH_WORKER_ENV` (a JSON object of the
+ * worker's variables, config.ts): exactly those the bench chose, none of its own environment.
  *
  * Why a process of its own: in production the worker runs alone (`ingest/main.ts`); inside the bench's
  * process it shared a heap with the benchmark's million prepared events and their bookkeeping, whose
@@ -8,13 +9,13 @@
  * dropped them), and a pause of 1.7-2.4 s landed in the freshness phase of two runs, read as events waiting
  * to be received and as a slow INSERT.
  *
- * It speaks to the bench on stdout, one JSON object per line:
+ * It reports on stdout, one JSON object per line (the bench reads them from the process's log):
  *   {"ready": <epoch ms>}        the consumer is bound (the bench starts its meters now)
  *   {"done": <epoch ms>, "stats": IngestStats}
  *                                drain: nothing left to deliver; follow: stopped after SIGTERM
  *   {"result": BenchWorkerResult} follow: what the hooks recorded (after "done")
- * and exits 0 once stdin closes (drain: the bench reads the process's CPU time before that) or after the
- * result (follow). A failure exits 1 with the error on stderr.
+ * and exits 0 on SIGTERM once it has reported (drain: the bench reads the process's CPU time before it sends
+ * it). A failure exits 1 with the error on stderr.
  */
 import { createLogger } from "@tailwatch/kit";
 import { loadConfig } from "./config.ts";
@@ -36,10 +37,11 @@ if (mode !== "drain" && mode !== "follow") {
 }
 
 const say = (message: unknown) => console.log(JSON.stringify(message));
+const terminated = Promise.withResolvers<void>();
 const received = new Map<number, [number, number]>();
 const inserted = new Map<number, number>();
 const worker = createIngestWorker({
-  config: loadConfig(Deno.env.toObject()),
+  config: loadConfig(JSON.parse(Deno.env.get("BENCH_WORKER_ENV") ?? "{}")),
   logger: createLogger("warn"),
   mode,
   deliverFromStart: mode === "drain",
@@ -53,7 +55,10 @@ const worker = createIngestWorker({
     }
     : {}),
 });
-Deno.addSignalListener("SIGTERM", () => worker.stop());
+Deno.addSignalListener("SIGTERM", () => {
+  worker.stop();
+  terminated.resolve();
+});
 const readyPoll = setInterval(() => {
   if (!worker.ready()) return;
   clearInterval(readyPoll);
@@ -70,12 +75,8 @@ try {
         inserted: [...inserted],
       } satisfies BenchWorkerResult,
     });
-  } else {
-    // The bench reads this process's CPU time before it lets it go.
-    for await (const _ of Deno.stdin.readable) {
-      // nothing is sent; end of input is the signal
-    }
   }
+  await terminated.promise;
 } catch (error) {
   console.error(error);
   Deno.exit(1);
