@@ -32,7 +32,7 @@ function incomingCall(call: GrpcCallInfo, requestBytes: number): IncomingCall {
     traceparent: call.header("traceparent"),
     deadlineMs: call.deadlineMs,
     signal: call.signal,
-    header: call.header,
+    header: (name) => call.header(name),
   };
 }
 

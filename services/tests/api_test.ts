@@ -172,6 +172,18 @@ Deno.test(
       hasCode(Code.FAILED_PRECONDITION),
     );
     assertEquals((await catalog.getProduct({ productId: "treats-tuna-60g" })).product!.stock, tunaBefore);
+
+    // admin, with the token in gRPC metadata
+    const admin = stack.clients.admin(stack.catalog);
+    await assertRejects(() => admin.getFaults({}), hasCode(Code.UNAUTHENTICATED));
+    await assertRejects(
+      () => admin.getFaults({}, { headers: { authorization: "Bearer wrong" } }),
+      hasCode(Code.PERMISSION_DENIED),
+    );
+    const adminAuth = { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } };
+    const set = await admin.setFaults({ faults: { errorRate: 0 } }, adminAuth);
+    assertEquals(set.faults?.errorRate, 0);
+    assertEquals((await admin.getFaults({}, adminAuth)).faults?.errorRate, 0);
   },
 );
 
