@@ -181,9 +181,16 @@ Deno.test(
       hasCode(Code.PERMISSION_DENIED),
     );
     const adminAuth = { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } };
-    const set = await admin.setFaults({ faults: { errorRate: 0 } }, adminAuth);
-    assertEquals(set.faults?.errorRate, 0);
-    assertEquals((await admin.getFaults({}, adminAuth)).faults?.errorRate, 0);
+    const set = await admin.setFaults(
+      { faults: { latency: { case: "fixed", value: { delayMs: 1 } } } },
+      adminAuth,
+    );
+    const fixedDelayMs = (faults: typeof set.faults) =>
+      faults?.latency.case === "fixed" ? faults.latency.value.delayMs : undefined;
+    assertEquals(fixedDelayMs(set.faults), 1);
+    assertEquals(fixedDelayMs((await admin.getFaults({}, adminAuth)).faults), 1);
+    await admin.setFaults({ faults: {} }, adminAuth);
+    assertEquals((await admin.getFaults({}, adminAuth)).faults?.latency.case, undefined);
   },
 );
 
