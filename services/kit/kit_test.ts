@@ -80,15 +80,18 @@ Deno.test("configuration is validated once, reporting every bad variable by name
       NATS_URL: "http://x",
       EVENTS_ENABLED: "maybe",
       FAULT_LATENCY: "fixed:-3",
+      V8_WORKER_NICE: "20",
     });
     throw new Error("accepted");
   } catch (error) {
     assert(error instanceof ConfigError, String(error));
     const text = error.message;
-    for (const name of ["GRPC_PORT", "MAX_IN_FLIGHT", "NATS_URL", "EVENTS_ENABLED", "FAULT_"]) {
+    for (
+      const name of ["GRPC_PORT", "MAX_IN_FLIGHT", "NATS_URL", "EVENTS_ENABLED", "FAULT_", "V8_WORKER_NICE"]
+    ) {
       assert(text.includes(name), `${name} is named in: ${text}`);
     }
-    assertEquals(error.problems.length, 5);
+    assertEquals(error.problems.length, 6);
   }
 });
 

@@ -17,6 +17,7 @@ import { createPipeline, type Pipeline, type ServiceBinding } from "./pipeline.t
 import { addReflection } from "./reflection.ts";
 import { createRestHandler } from "./rest.ts";
 import { compileRoutes } from "./routes.ts";
+import { lowerV8WorkerPriority } from "./thread_priority.ts";
 
 /**
  * Deno flags a service process runs with (`deno run -A <flags> services/<name>/main.ts`; ./dev up and the
@@ -121,6 +122,7 @@ export async function startService(setup: ServiceSetup): Promise<RunningService>
   }, restHandler);
   const httpPort = await httpPortReady;
   logger.info("serving", { grpcPort, httpPort, eventsEnabled: config.eventsEnabled });
+  if (config.v8WorkerNice > 0) lowerV8WorkersOnce(config.v8WorkerNice, logger);
 
   let draining: Promise<void> | undefined;
   const drain = () =>
@@ -158,6 +160,25 @@ export async function startService(setup: ServiceSetup): Promise<RunningService>
     drain,
     [Symbol.asyncDispose]: drain,
   };
+}
+
+let v8WorkersLowered = false;
+
+/**
+ * V8's worker threads belong to the process, not to one service: the first service started in a process
+ * sets them (tests start several in one process) and a failure is logged, never fatal, since it only
+ * costs tail latency.
+ */
+function lowerV8WorkersOnce(nice: number, logger: Logger): void {
+  if (v8WorkersLowered) return;
+  v8WorkersLowered = true;
+  try {
+    const result = lowerV8WorkerPriority(nice);
+    if (result.skipped) logger.warn("V8 worker threads keep their priority", { reason: result.skipped });
+    else logger.info("V8 worker threads lowered in priority", { nice, threads: result.threads.length });
+  } catch (error) {
+    logger.warn("could not lower V8 worker threads' priority", { nice, error });
+  }
 }
 
 /** The main of a service process: config errors exit 2; SIGTERM and SIGINT drain and exit 0. */
