@@ -1,4 +1,5 @@
 /** Runs ghz (https://ghz.sh) against a local gRPC server through reflection and reads its JSON report. */
+import { procStatFields } from "@tailwatch/kit";
 
 export interface GhzRun {
   /** Full method, e.g. "orders.v1.OrderService/CreateOrder". */
@@ -48,9 +49,9 @@ const NS_PER_MS = 1e6;
 
 /** CPU seconds used by this process's finished (waited-for) children: cutime + cstime from /proc. */
 function childrenCpuSeconds(): number {
-  const fields = Deno.readTextFileSync("/proc/self/stat").split(") ")[1].split(" ");
-  // cutime and cstime are fields 16 and 17 of stat, i.e. 13 and 14 after the command name.
-  return (Number(fields[13]) + Number(fields[14])) / 100;
+  const fields = procStatFields(Deno.readTextFileSync("/proc/self/stat"));
+  // cutime and cstime are fields 16 and 17 of stat.
+  return (Number(fields[16 - 3]) + Number(fields[17 - 3])) / 100;
 }
 
 export async function runGhz(run: GhzRun): Promise<GhzSummary> {

@@ -1,6 +1,6 @@
 /** Service processes on free loopback ports, for benchmarks (the same `main.ts` that ./dev up runs). */
 import { freePort, type ManagedProcess, spawnLogged, waitUntil } from "@tailwatch/testing";
-import { SERVICE_DENO_FLAGS } from "@tailwatch/kit";
+import { procStatFields, SERVICE_DENO_FLAGS } from "@tailwatch/kit";
 
 export interface ServiceProcess extends AsyncDisposable {
   name: string;
@@ -51,9 +51,9 @@ export async function startServiceProcess(
 
 /** CPU time (user + system, in seconds) a process has used so far, from /proc. */
 export function cpuSeconds(pid: number): number {
-  const fields = Deno.readTextFileSync(`/proc/${pid}/stat`).split(") ")[1].split(" ");
-  // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the command name.
-  return (Number(fields[11]) + Number(fields[12])) / 100;
+  const fields = procStatFields(Deno.readTextFileSync(`/proc/${pid}/stat`));
+  // utime and stime are fields 14 and 15 of stat.
+  return (Number(fields[14 - 3]) + Number(fields[15 - 3])) / 100;
 }
 
 /** The machine's CPU time so far (seconds, summed over cores), from the first line of /proc/stat. */

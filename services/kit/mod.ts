@@ -44,6 +44,7 @@ export {
   startService,
 } from "./runtime.ts";
 export { BoundedMap } from "./bounded_map.ts";
+export { listProcessThreads, type ProcessThread, procStatFields } from "./thread_priority.ts";
 export { bytesToLatin1, latin1ToBytes, PackedMessages } from "./packed_messages.ts";
 export {
   DEAD_LETTER_SUBJECT_PREFIX,

@@ -4,8 +4,8 @@
  *
  * Why: at 1000 orders/s on two cores, `perf sched` showed the slowest requests clustered in moments when
  * both cores were busy and a service's two "V8 DefaultWorker" threads ran 10 to 40 times their average
- * rate: TurboFan compiling (10-100 ms per function, still about 100 compiles per 30 s per service well
- * after warm-up) and concurrent GC marking. Linux shares a core by weight, so at nice 0 a compile takes
+ * rate: TurboFan compiling (10-190 ms per function; about 100 compiles per service in the 30 s after the
+ * benchmark's short warm-up, still about 15 per 30 s after 90 s) and concurrent GC marking. Linux shares a core by weight, so at nice 0 a compile takes
  * half a core from the request thread for its whole length. At nice 19 its weight is 15 against 1024: it
  * still runs, on whatever time the request threads leave. Measured in load/README.md ("V8's background
  * threads").
@@ -24,30 +24,39 @@ export interface ThreadPriorityResult {
   readonly skipped?: string;
 }
 
-/** A thread of this process: its id, its name (`/proc/self/task/<tid>/comm`) and its nice value (-20 to 19). */
+/** A thread: its id, its name (`/proc/<pid>/task/<tid>/comm`) and its nice value (-20 to 19). */
 export interface ProcessThread {
   readonly tid: number;
   readonly name: string;
   readonly nice: number;
 }
 
-/** The nice value in a /proc/<pid>/task/<tid>/stat line: field 19, counted after the name in parentheses. */
-function niceFromStat(stat: string): number {
-  // The name may hold spaces and parentheses ("V8 DefaultWorke"), so fields are counted from the last ")".
-  const fieldsAfterName = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return Number(fieldsAfterName[16]);
+/**
+ * The fields of a /proc/<pid>/stat (or task/<tid>/stat) line after the name in parentheses: index 0 is field
+ * 3 (state), so field n of proc(5) is at index n - 3. The name may hold spaces and parentheses ("V8
+ * DefaultWorke"), so the fields are counted from the last ")".
+ */
+export function procStatFields(stat: string): string[] {
+  return stat.slice(stat.lastIndexOf(")") + 2).trimEnd().split(" ");
 }
 
-/** The threads of this process now. Empty when /proc is not there (not Linux) or cannot be read. */
-export function listProcessThreads(): ProcessThread[] {
+const NICE_FIELD_INDEX = 19 - 3;
+
+/**
+ * The threads of a process now (this one by default). Empty when /proc is not there (not Linux), cannot be
+ * read, or the process is gone.
+ */
+export function listProcessThreads(pid: number | "self" = "self"): ProcessThread[] {
   const threads: ProcessThread[] = [];
   try {
-    for (const entry of Deno.readDirSync("/proc/self/task")) {
+    for (const entry of Deno.readDirSync(`/proc/${pid}/task`)) {
       const tid = Number(entry.name);
       if (!Number.isInteger(tid)) continue;
       try {
-        const name = Deno.readTextFileSync(`/proc/self/task/${tid}/comm`).trimEnd();
-        const nice = niceFromStat(Deno.readTextFileSync(`/proc/self/task/${tid}/stat`));
+        const name = Deno.readTextFileSync(`/proc/${pid}/task/${tid}/comm`).trimEnd();
+        const nice = Number(
+          procStatFields(Deno.readTextFileSync(`/proc/${pid}/task/${tid}/stat`))[NICE_FIELD_INDEX],
+        );
         threads.push({ tid, name, nice });
       } catch {
         // the thread ended between listing and reading: nothing to do for it
