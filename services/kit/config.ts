@@ -131,9 +131,9 @@ export interface ServiceConfig {
   /** LOG_LEVEL: debug, info, warn or error. Default info. */
   logLevel: LogLevel;
   /**
-   * V8_WORKER_NICE: nice value (0-19) given at start to V8's background threads (JIT compiler, GC helpers),
-   * so that request handling runs first when the CPUs are busy (thread_priority.ts says why, with the
-   * measurement). 0 leaves them as they are. Default 19.
+   * V8_WORKER_NICE: nice value (0-19) a service process gives at start to V8's background threads (JIT
+   * compiler, GC helpers), so that request handling runs first when the CPUs are busy (thread_priority.ts
+   * says why, with the measurement). 0 leaves them as they are. Default 19.
    */
   v8WorkerNice: number;
 }

@@ -122,7 +122,6 @@ export async function startService(setup: ServiceSetup): Promise<RunningService>
   }, restHandler);
   const httpPort = await httpPortReady;
   logger.info("serving", { grpcPort, httpPort, eventsEnabled: config.eventsEnabled });
-  if (config.v8WorkerNice > 0) lowerV8WorkersOnce(config.v8WorkerNice, logger);
 
   let draining: Promise<void> | undefined;
   const drain = () =>
@@ -162,16 +161,13 @@ export async function startService(setup: ServiceSetup): Promise<RunningService>
   };
 }
 
-let v8WorkersLowered = false;
-
 /**
- * V8's worker threads belong to the process, not to one service: the first service started in a process
- * sets them (tests start several in one process) and a failure is logged, never fatal, since it only
+ * V8's worker threads belong to the process, not to one service, so the process's main sets them (tests that
+ * start services inside the test runner leave its threads alone). A failure is logged, never fatal: it only
  * costs tail latency.
  */
-function lowerV8WorkersOnce(nice: number, logger: Logger): void {
-  if (v8WorkersLowered) return;
-  v8WorkersLowered = true;
+function lowerV8Workers(nice: number, logger: Logger): void {
+  if (nice === 0) return;
   try {
     const result = lowerV8WorkerPriority(nice);
     if (result.skipped) logger.warn("V8 worker threads keep their priority", { reason: result.skipped });
@@ -181,7 +177,10 @@ function lowerV8WorkersOnce(nice: number, logger: Logger): void {
   }
 }
 
-/** The main of a service process: config errors exit 2; SIGTERM and SIGINT drain and exit 0. */
+/**
+ * The main of a service process: config errors exit 2; V8's worker threads get `V8_WORKER_NICE`; SIGTERM and
+ * SIGINT drain and exit 0.
+ */
 export async function runServiceMain(load: () => ServiceSetup): Promise<void> {
   let setup: ServiceSetup;
   try {
@@ -191,6 +190,7 @@ export async function runServiceMain(load: () => ServiceSetup): Promise<void> {
     Deno.exit(2);
   }
   const service = await startService(setup);
+  lowerV8Workers(service.config.v8WorkerNice, service.logger);
   const stop = async () => {
     await service.drain();
     Deno.exit(0);

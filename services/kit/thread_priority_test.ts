@@ -3,7 +3,7 @@
  * and every thread is read back from /proc as the kernel sees it.
  */
 import { assert, assertEquals } from "@tailwatch/testing";
-import { lowerV8WorkerPriority, type ProcessThread } from "./thread_priority.ts";
+import { listProcessThreads, lowerV8WorkerPriority, type ProcessThread } from "./thread_priority.ts";
 
 async function threadsAfterLowering(
   nice: number,
@@ -49,6 +49,8 @@ Deno.test({
 });
 
 Deno.test("a nice value outside 0-19 is refused before any thread is touched", () => {
+  const niceOf = () => listProcessThreads().map((thread) => [thread.tid, thread.nice]);
+  const before = niceOf();
   for (const nice of [-1, 20, 1.5, Number.NaN]) {
     let message = "";
     try {
@@ -58,4 +60,5 @@ Deno.test("a nice value outside 0-19 is refused before any thread is touched", (
     }
     assert(message.includes("0 to 19"), `nice ${nice}: ${message}`);
   }
+  assertEquals(niceOf(), before);
 });
