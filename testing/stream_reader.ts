@@ -1,10 +1,11 @@
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 
-/** One stored message: its payload and its Nats-Msg-Id header (undefined when it has none). */
+/** One stored message: its payload, its Nats-Msg-Id and Tailwatch-Events headers (undefined when absent). */
 export interface StoredMessage {
   data: Uint8Array;
   msgId: string | undefined;
+  eventCount: string | undefined;
 }
 
 /**
@@ -31,7 +32,12 @@ export async function readStreamMessages(natsUrl: string, stream: string): Promi
       });
       let got = 0;
       for await (const message of batch) {
-        messages.push({ data: message.data, msgId: message.headers?.get("Nats-Msg-Id") });
+        messages.push({
+          data: message.data,
+          msgId: message.headers?.get("Nats-Msg-Id"),
+          // nats.js answers "" for a header that is not there.
+          eventCount: message.headers?.get("Tailwatch-Events") || undefined,
+        });
         got++;
       }
       if (got === 0) break;

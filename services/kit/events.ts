@@ -1,8 +1,10 @@
 /**
  * Request events: a bounded in-process buffer drained by a background publisher with pipelined JetStream
  * publishes. `emit` never blocks and never throws; when the buffer is full the event is dropped and counted.
- * Publishes that fail (NATS down, timeouts) are retried with the same Nats-Msg-Id, so the stream's
- * duplicate window turns a retry of an event that did arrive into a no-op.
+ * Events emitted close together share one JetStream message (an `events.v1.RequestEventBatch`, see stream.ts),
+ * whose events are fixed when it is sealed: publishes that fail (NATS down, timeouts) are retried as the same
+ * message with the same Nats-Msg-Id, so the stream's duplicate window turns a retry of a message that did
+ * arrive into a no-op.
  */
 import { connect } from "@nats-io/transport-node";
 import type { RequestEvent } from "@tailwatch/proto/events/v1";
@@ -10,26 +12,30 @@ import { encodeRequestEventView, type RequestEventFields } from "./event_codec.t
 import type { Logger } from "./log.ts";
 import type { Registry } from "./metrics.ts";
 import { createNatsWire, type NatsWire, parseDecimal, parseNatsUrl, type WireMessage } from "./nats_wire.ts";
-import { ensureRequestEventsStream, requestEventSubject } from "./stream.ts";
+import { ensureRequestEventsStream, EVENT_COUNT_HEADER, requestEventSubject } from "./stream.ts";
 
 export type { RequestEvent };
 export type RequestEventInit = RequestEventFields;
 
 /**
- * An event as it waits for JetStream: its whole HPUB frame without a reply subject (subject, Nats-Msg-Id
- * header, protobuf body), built once when it is emitted into a shared page and sent from there, again on a
- * retry. Why pages: a buffer of its own per event (over V8's 64-byte limit for on-heap arrays) is a malloc, a
- * free and GC bookkeeping each, which cost more than building the frame.
+ * A sealed message as it waits for JetStream: its whole HPUB frame without a reply subject (subject, headers,
+ * protobuf body), built in a shared page as its events are emitted and sent from there, again on a retry.
+ * Why pages: a buffer of its own per event (over V8's 64-byte limit for on-heap arrays) is a malloc, a free and
+ * GC bookkeeping each, which cost more than building the frame.
  */
-interface QueuedEvent {
+interface QueuedMessage {
   page: Uint8Array;
   start: number;
   end: number;
+  /** Events in the message. */
+  count: number;
 }
 
-/** Events written together; the last one carries the reply subject `<inbox>.<token>` that acks them all. */
+/** Messages written together; the last one carries the reply subject `<inbox>.<token>` that acks them all. */
 interface Batch {
-  events: QueuedEvent[];
+  messages: QueuedMessage[];
+  /** Events in `messages`. */
+  count: number;
   sentAt: number;
 }
 
@@ -59,6 +65,9 @@ class Ring<T> {
     this.#size++;
     return true;
   }
+  peekFront(): T | undefined {
+    return this.#size === 0 ? undefined : this.#items[this.#head];
+  }
   popFront(): T | undefined {
     if (this.#size === 0) return undefined;
     const item = this.#items[this.#head];
@@ -72,7 +81,7 @@ class Ring<T> {
 export interface EventSink {
   /** Queues an event; never blocks, never throws. Returns false when it was dropped. */
   emit(event: RequestEventInit): boolean;
-  /** Events accepted but not yet acknowledged by JetStream (queued plus in flight). */
+  /** Events accepted but not yet acknowledged by JetStream (being batched, queued, in flight). */
   pending(): number;
   /** Waits until every accepted event is acknowledged, or the timeout; true when nothing is left. */
   flush(timeoutMs: number): Promise<boolean>;
@@ -85,8 +94,15 @@ export interface EventSinkOptions {
   natsUrl: string;
   /** Events held at most (queued plus in flight). */
   capacity: number;
-  /** Publishes awaiting their ack at once. */
+  /** Events awaiting their ack at once (a message larger than this still goes when nothing else is awaited). */
   concurrency: number;
+  /**
+   * Events one JetStream message holds at most. Default 256; 1 publishes each event as a message of its own (a
+   * plain RequestEvent with Nats-Msg-Id = its event id). Why batch: storing a message cost nats-server about
+   * 5 us of CPU whatever its size (file or memory storage alike), as much as a third of serving a cheap
+   * request; a message of many events costs it little more than a message of one.
+   */
+  eventsPerMessage?: number;
   /** How long one publish waits for its ack before it is retried. Default 5000 ms. */
   publishTimeoutMs?: number;
   /**
@@ -136,14 +152,17 @@ export function createEventSink(options: EventSinkOptions): EventSink {
   const servers = options.natsUrl.split(",").map(parseNatsUrl);
   const timeoutMs = options.publishTimeoutMs ?? 5000;
   const publishIntervalMs = options.publishIntervalMs ?? 0;
+  const eventsPerMessage = Math.max(1, options.eventsPerMessage ?? 256);
   let batchTimer: ReturnType<typeof setTimeout> | undefined;
-  const queue = new Ring<QueuedEvent>(options.capacity);
+  /** Sealed messages, oldest first; `queuedEvents` events in all. */
+  const queue = new Ring<QueuedMessage>(options.capacity);
+  let queuedEvents = 0;
   /** Batches written and awaiting their ack, by token, in the order sent. */
   const awaiting = new Map<number, Batch>();
   /** Events in `awaiting`. */
   let awaitingEvents = 0;
   let nextToken = 0;
-  /** True when the last pump left events queued because `concurrency` events awaited their acks. */
+  /** True when events wait because `concurrency` events awaited their acks (an ack then pumps at once). */
   let heldBack = false;
   let retryAt = 0;
   let retryTimer: ReturnType<typeof setTimeout> | undefined;
@@ -166,7 +185,7 @@ export function createEventSink(options: EventSinkOptions): EventSink {
   metrics.gaugeFn(
     "events_buffer_depth",
     "Events accepted and not yet acknowledged.",
-    () => queue.size + awaitingEvents,
+    () => pendingEvents(),
   );
   metrics.gaugeFn("events_buffer_capacity", "Events the buffer holds at most.", () => options.capacity);
   const connectedGauge = metrics.gauge("events_nats_connected", "1 while connected to NATS.");
@@ -183,44 +202,92 @@ export function createEventSink(options: EventSinkOptions): EventSink {
   const ackSubjectTokenStart = inbox.length + 1;
 
   const PAGE_BYTES = 256 * 1024;
+  /** Bytes of events one message holds at most (nats-server refuses payloads over 1 MiB by default). */
+  const MAX_MESSAGE_BYTES = 256 * 1024;
   let page = new Uint8Array(PAGE_BYTES);
   let pageUsed = 0;
 
   /**
-   * Appends `HPUB <subject> <header bytes> <total bytes>\r\n<headers>\r\n\r\n<event>\r\n` to the current page,
-   * byte by byte (a template string and TextEncoder cost twice the protobuf encoding).
+   * The message being filled: its events are written into the page as they come, each as field 1 of a
+   * RequestEventBatch (tag, length, event), after room left for the frame's start (`HPUB` line and headers),
+   * which `seal` writes once the events are known, right before them.
    */
-  function appendFrame(eventId: string, event: Uint8Array): QueuedEvent {
-    const headerBytes = MSG_ID_HEADER.length + eventId.length + 4;
-    const totalBytes = headerBytes + event.length;
-    const size = subjectPrefix.length + decimalDigits(headerBytes) + 1 + decimalDigits(totalBytes) + 2 +
-      totalBytes + 2;
-    if (pageUsed + size > page.length) {
-      // The old page lives on while events in it wait for their acks.
-      page = new Uint8Array(Math.max(PAGE_BYTES, size));
-      pageUsed = 0;
+  let openCount = 0;
+  let openFirstId = "";
+  /** Where the message's room starts, where its first event's tag is, and where that event's bytes are. */
+  let openRoomStart = 0;
+  let openPayloadStart = 0;
+  let openFirstEventStart = 0;
+
+  const pendingEvents = () => openCount + queuedEvents + awaitingEvents;
+
+  /** Room for `HPUB <subject> <header bytes> <total bytes>\r\n` and the headers, for a first event id. */
+  const roomFor = (eventId: string) =>
+    subjectPrefix.length + 24 + MSG_ID_HEADER.length + 3 * eventId.length + EVENT_COUNT_LINE.length + 16;
+
+  /** Adds an event to the open message, sealing it first when the event does not fit. */
+  function appendEvent(eventId: string, event: Uint8Array): void {
+    const need = 6 + event.length + 2;
+    if (
+      openCount > 0 &&
+      (pageUsed + need > page.length || pageUsed - openPayloadStart + need > MAX_MESSAGE_BYTES)
+    ) {
+      seal();
     }
-    const start = pageUsed;
-    page.set(subjectPrefix, start);
-    let at = writeDecimal(page, start + subjectPrefix.length, headerBytes);
-    page[at++] = SPACE;
-    at = writeDecimal(page, at, totalBytes);
-    page[at++] = CR;
-    page[at++] = LF;
-    page.set(MSG_ID_HEADER, at);
-    at += MSG_ID_HEADER.length;
-    // Event ids are UUIDs: ASCII, one byte per character.
-    for (let i = 0; i < eventId.length; i++) page[at++] = eventId.charCodeAt(i) & 0x7f;
-    page[at++] = CR;
-    page[at++] = LF;
-    page[at++] = CR;
-    page[at++] = LF;
+    if (openCount === 0) {
+      const room = roomFor(eventId);
+      if (pageUsed + room + need > page.length) {
+        // The old page lives on while messages in it wait for their acks.
+        page = new Uint8Array(Math.max(PAGE_BYTES, room + need));
+        pageUsed = 0;
+      }
+      openRoomStart = pageUsed;
+      openPayloadStart = pageUsed + room;
+      openFirstId = eventId;
+      pageUsed = openPayloadStart;
+    }
+    let at = pageUsed;
+    page[at++] = BATCH_EVENT_TAG;
+    for (let length = event.length;; length >>>= 7) {
+      if (length < 0x80) {
+        page[at++] = length;
+        break;
+      }
+      page[at++] = (length & 0x7f) | 0x80;
+    }
+    if (openCount === 0) openFirstEventStart = at;
     page.set(event, at);
-    at += event.length;
-    page[at++] = CR;
-    page[at++] = LF;
-    pageUsed = at;
-    return { page, start, end: at };
+    pageUsed = at + event.length;
+    openCount++;
+    if (openCount >= eventsPerMessage) seal();
+  }
+
+  /**
+   * Writes the open message's frame start before its events and queues it. A message of one event is a plain
+   * RequestEvent (its bytes without the batch's tag and length) with Nats-Msg-Id = its id; a message of several
+   * is a RequestEventBatch with the Tailwatch-Events header and the first event's id as Nats-Msg-Id.
+   */
+  function seal(): void {
+    if (openCount === 0) return;
+    const payloadStart = openCount === 1 ? openFirstEventStart : openPayloadStart;
+    const headers = textEncoder.encode(
+      `${MSG_ID_HEADER_TEXT}${openFirstId}\r\n${
+        openCount > 1 ? `${EVENT_COUNT_LINE}${openCount}\r\n` : ""
+      }\r\n`,
+    );
+    const totalBytes = headers.length + pageUsed - payloadStart;
+    const line = textEncoder.encode(`${headers.length} ${totalBytes}\r\n`);
+    const start = payloadStart - headers.length - line.length - subjectPrefix.length;
+    if (start < openRoomStart) throw new Error("events: the room for a message's headers was too small");
+    page.set(subjectPrefix, start);
+    page.set(line, start + subjectPrefix.length);
+    page.set(headers, start + subjectPrefix.length + line.length);
+    page[pageUsed++] = CR;
+    page[pageUsed++] = LF;
+    queue.pushBack({ page, start, end: pageUsed, count: openCount });
+    queuedEvents += openCount;
+    openCount = 0;
+    openFirstId = "";
   }
 
   const wire: NatsWire = createNatsWire({
@@ -273,17 +340,23 @@ export function createEventSink(options: EventSinkOptions): EventSink {
   }
 
   const notifyIfIdle = () => {
-    if (queue.size === 0 && awaitingEvents === 0) {
+    if (pendingEvents() === 0) {
       for (const wake of idleWaiters) wake();
     }
   };
 
   let lastWarning = 0;
-  /** Puts events back at the front of the queue, in order, and backs off before the next write. */
-  const retry = (events: QueuedEvent[], reason: string) => {
-    retries.inc(undefined, events.length);
-    // The ring has room: the events held their places while they were awaited.
-    for (let i = events.length - 1; i >= 0; i--) queue.pushFront(events[i]);
+  /** Puts messages back at the front of the queue, in order, and backs off before the next write. */
+  const requeue = (messages: QueuedMessage[]) => {
+    // The ring has room: the messages held their places while they were awaited.
+    for (let i = messages.length - 1; i >= 0; i--) {
+      queue.pushFront(messages[i]);
+      queuedEvents += messages[i].count;
+    }
+  };
+  const retry = (batch: Batch, reason: string) => {
+    retries.inc(undefined, batch.count);
+    requeue(batch.messages);
     const now = Date.now();
     // A failed round (many batches failing together) raises the backoff once.
     if (now >= retryAt) {
@@ -294,7 +367,7 @@ export function createEventSink(options: EventSinkOptions): EventSink {
       lastWarning = now;
       logger.warn("events: publish not acknowledged, retrying", {
         reason,
-        pending: queue.size + awaitingEvents,
+        pending: pendingEvents(),
       });
     }
     schedulePump();
@@ -304,7 +377,7 @@ export function createEventSink(options: EventSinkOptions): EventSink {
     const batch = awaiting.get(token);
     if (batch === undefined) return undefined;
     awaiting.delete(token);
-    awaitingEvents -= batch.events.length;
+    awaitingEvents -= batch.count;
     return batch;
   };
 
@@ -325,7 +398,7 @@ export function createEventSink(options: EventSinkOptions): EventSink {
       !contains(buf, message.headerEnd, message.end, ERROR_KEY)
     ) {
       backoffMs = 0;
-      published.inc(undefined, batch.events.length);
+      published.inc(undefined, batch.count);
       if (isTrue(buf, message.headerEnd, message.end, DUPLICATE_KEY)) duplicates.inc();
       // Only events held back by the concurrency limit go now; the others wait for their batch's timer, or
       // acks arriving one by one would send the queue a few events per write.
@@ -333,7 +406,7 @@ export function createEventSink(options: EventSinkOptions): EventSink {
       notifyIfIdle();
     } else {
       const reason = textDecoder.decode(buf.subarray(message.payloadStart, message.end)).trim();
-      retry(batch.events, reason || "empty answer");
+      retry(batch, reason || "empty answer");
       // The stream may be gone (deleted, or a server that restarted without its store): check it, create
       // it again if needed, before the next write.
       streamReady = false;
@@ -343,11 +416,11 @@ export function createEventSink(options: EventSinkOptions): EventSink {
 
   /** Puts every batch awaiting its ack back at the front of the queue, in order. */
   function requeueUnacknowledged() {
-    const events = [...awaiting.values()].flatMap((batch) => batch.events);
+    const batches = [...awaiting.values()];
     awaiting.clear();
     awaitingEvents = 0;
-    retries.inc(undefined, events.length);
-    for (let i = events.length - 1; i >= 0; i--) queue.pushFront(events[i]);
+    retries.inc(undefined, batches.reduce((sum, batch) => sum + batch.count, 0));
+    requeue(batches.flatMap((batch) => batch.messages));
     backoffMs = 0;
     retryAt = 0;
   }
@@ -358,7 +431,7 @@ export function createEventSink(options: EventSinkOptions): EventSink {
       // Map order is publish order: stop at the first batch still within its timeout.
       if (batch.sentAt > cutoff) break;
       takeAwaited(token);
-      retry(batch.events, "ack timeout");
+      retry(batch, "ack timeout");
     }
   }
   const sweeper = setInterval(sweep, Math.min(1000, timeoutMs / 2));
@@ -371,52 +444,68 @@ export function createEventSink(options: EventSinkOptions): EventSink {
     }, Math.max(0, retryAt - Date.now()));
   };
 
-  /** Sends queued events, up to `concurrency` awaiting their acks, as one batch. */
+  /**
+   * Seals the open message and sends queued messages, up to `concurrency` events awaiting their acks (at least
+   * one message when none is awaited), in one write acknowledged by one ack.
+   */
   function pump() {
-    if (!streamReady || !wire.connected || closed && queue.size === 0) return;
+    if (!streamReady || !wire.connected || closed && pendingEvents() - awaitingEvents === 0) return;
     const now = Date.now();
     if (now < retryAt) {
       schedulePump();
       return;
     }
-    const count = Math.min(queue.size, options.concurrency - awaitingEvents);
-    heldBack = count < queue.size;
-    if (count <= 0) return;
-    const events = new Array<QueuedEvent>(count);
-    for (let i = 0; i < count; i++) events[i] = queue.popFront()!;
+    seal();
+    const messages: QueuedMessage[] = [];
+    let count = 0;
+    let room = options.concurrency - awaitingEvents;
+    while (queue.size > 0) {
+      const next = queue.peekFront()!;
+      if (next.count > room && (messages.length > 0 || awaitingEvents > 0)) break;
+      queue.popFront();
+      queuedEvents -= next.count;
+      messages.push(next);
+      count += next.count;
+      room -= next.count;
+    }
+    heldBack = queue.size > 0;
+    if (messages.length === 0) return;
     // Connected at the start of this synchronous call, so still connected: the writes are queued. Were the
     // connection to drop before they leave, the reconnect requeues every batch awaiting an ack.
-    let runPage = events[0].page;
-    let runStart = events[0].start;
+    let runPage = messages[0].page;
+    let runStart = messages[0].start;
     let runEnd = runStart;
-    for (let i = 0; i < count - 1; i++) {
-      const event = events[i];
-      if (event.page !== runPage || event.start !== runEnd) {
+    for (let i = 0; i < messages.length - 1; i++) {
+      const message = messages[i];
+      if (message.page !== runPage || message.start !== runEnd) {
         if (runEnd > runStart) wire.write(runPage.subarray(runStart, runEnd));
-        runPage = event.page;
-        runStart = event.start;
+        runPage = message.page;
+        runStart = message.start;
       }
-      runEnd = event.end;
+      runEnd = message.end;
     }
     if (runEnd > runStart) wire.write(runPage.subarray(runStart, runEnd));
     // The last frame again with a reply subject: `HPUB <subject> <inbox>.<token> ` and the rest of its frame.
-    const last = events[count - 1];
+    const last = messages[messages.length - 1];
     const token = nextToken++;
     wire.writeText(`${replyLineStart}${token} `);
     wire.write(last.page.subarray(last.start + subjectPrefix.length, last.end));
-    awaiting.set(token, { events, sentAt: now });
+    awaiting.set(token, { messages, count, sentAt: now });
     awaitingEvents += count;
   }
 
   return {
     emit(init) {
-      if (queue.size + awaitingEvents >= options.capacity || closed) {
+      if (pendingEvents() >= options.capacity || closed) {
         dropped.inc();
         return false;
       }
-      queue.pushBack(appendFrame(init.eventId, encodeRequestEventView(init)));
-      if (publishIntervalMs === 0) {
-        if (awaitingEvents < options.concurrency) pump();
+      appendEvent(init.eventId, encodeRequestEventView(init));
+      if (awaitingEvents >= options.concurrency) {
+        // The next ack pumps: with no timer pending, nothing else would.
+        heldBack = true;
+      } else if (publishIntervalMs === 0) {
+        pump();
       } else if (batchTimer === undefined) {
         batchTimer = setTimeout(() => {
           batchTimer = undefined;
@@ -425,9 +514,9 @@ export function createEventSink(options: EventSinkOptions): EventSink {
       }
       return true;
     },
-    pending: () => queue.size + awaitingEvents,
+    pending: () => pendingEvents(),
     async flush(timeoutMs) {
-      if (queue.size === 0 && awaitingEvents === 0) return true;
+      if (pendingEvents() === 0) return true;
       let wake!: () => void;
       const idle = new Promise<void>((resolve) => wake = resolve);
       idleWaiters.add(wake);
@@ -435,13 +524,13 @@ export function createEventSink(options: EventSinkOptions): EventSink {
       await idle;
       clearTimeout(timer);
       idleWaiters.delete(wake);
-      return queue.size === 0 && awaitingEvents === 0;
+      return pendingEvents() === 0;
     },
     async close(timeoutMs) {
       const flushed = await this.flush(timeoutMs);
       if (!flushed) {
         logger.error("events: shutting down with unpublished events", {
-          pending: queue.size + awaitingEvents,
+          pending: pendingEvents(),
         });
       }
       closed = true;
@@ -458,27 +547,15 @@ const LF = 0x0a;
 const SPACE = 0x20;
 const COLON = 0x3a;
 const textEncoder = new TextEncoder();
-const MSG_ID_HEADER = textEncoder.encode("NATS/1.0\r\nNats-Msg-Id: ");
+const MSG_ID_HEADER_TEXT = "NATS/1.0\r\nNats-Msg-Id: ";
+const MSG_ID_HEADER = textEncoder.encode(MSG_ID_HEADER_TEXT);
+const EVENT_COUNT_LINE = `${EVENT_COUNT_HEADER}: `;
+/** Field 1 (events) of RequestEventBatch, length-delimited. */
+const BATCH_EVENT_TAG = (1 << 3) | 2;
 const textDecoder = new TextDecoder();
 const SEQ_KEY = textEncoder.encode(`"seq"`);
 const ERROR_KEY = textEncoder.encode(`"error"`);
 const DUPLICATE_KEY = textEncoder.encode(`"duplicate"`);
-
-function decimalDigits(value: number): number {
-  let digits = 1;
-  for (let rest = value; rest >= 10; rest = Math.floor(rest / 10)) digits++;
-  return digits;
-}
-
-/** Writes a non-negative integer in decimal at `at`; returns the offset after it. */
-function writeDecimal(buf: Uint8Array, at: number, value: number): number {
-  const digits = decimalDigits(value);
-  for (let i = at + digits - 1; i >= at; i--) {
-    buf[i] = 0x30 + (value % 10);
-    value = Math.floor(value / 10);
-  }
-  return at + digits;
-}
 
 /** Whether the JSON in buf[start, end) has `key` set to true (nats-server writes `"duplicate": true`). */
 function isTrue(buf: Uint8Array, start: number, end: number, key: Uint8Array): boolean {

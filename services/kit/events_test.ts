@@ -19,7 +19,7 @@ import { uuidv7 } from "./ids.ts";
 import { createLogger } from "./log.ts";
 import { createRegistry } from "./metrics.ts";
 import { createNatsWire, parseNatsUrl } from "./nats_wire.ts";
-import { REQUEST_EVENTS_STREAM } from "./stream.ts";
+import { eventsOfMessage, REQUEST_EVENTS_STREAM } from "./stream.ts";
 
 const options = { sanitizeOps: false, sanitizeResources: false };
 
@@ -45,16 +45,28 @@ function event(index: number): RequestEventInit {
   };
 }
 
-/** Stored events, in stream order: the Nats-Msg-Id header and the decoded event's id and duration. */
+/**
+ * Stored events, in stream order: the Nats-Msg-Id header and the event count of the message each came in, its
+ * place in that message, and the decoded event's id and duration.
+ */
 async function storedEvents(natsUrl: string) {
   const messages = await readStreamMessages(natsUrl, REQUEST_EVENTS_STREAM);
-  return messages.map((message) => {
-    const decoded = fromBinary(RequestEventSchema, message.data);
-    return { msgId: message.msgId, eventId: decoded.eventId, durationUs: decoded.durationUs };
-  });
+  return messages.flatMap((message) =>
+    eventsOfMessage(message.data, message.eventCount).map((decoded, index, all) => ({
+      msgId: message.msgId,
+      countHeader: message.eventCount,
+      messageEvents: all.length,
+      index,
+      eventId: decoded.eventId,
+      durationUs: decoded.durationUs,
+    }))
+  );
 }
 
-function sinkFor(natsUrl: string, overrides: { capacity?: number; publishTimeoutMs?: number } = {}) {
+function sinkFor(
+  natsUrl: string,
+  overrides: { capacity?: number; publishTimeoutMs?: number; eventsPerMessage?: number } = {},
+) {
   const metrics = createRegistry();
   const sink = createEventSink({
     service: "catalog",
@@ -63,6 +75,7 @@ function sinkFor(natsUrl: string, overrides: { capacity?: number; publishTimeout
     concurrency: 64,
     publishIntervalMs: 5,
     publishTimeoutMs: overrides.publishTimeoutMs,
+    eventsPerMessage: overrides.eventsPerMessage,
     logger: createLogger("error"),
     metrics,
   });
@@ -73,25 +86,54 @@ function sinkFor(natsUrl: string, overrides: { capacity?: number; publishTimeout
   return { sink, counter };
 }
 
-Deno.test("every emitted event is stored once, under its id, with its fields", options, async () => {
+Deno.test(
+  "every emitted event is stored once, with its fields, in messages of at most eventsPerMessage",
+  options,
+  async () => {
+    await using nats = await startNatsServer();
+    const { sink, counter } = sinkFor(nats.url, { eventsPerMessage: 40 });
+    const emitted = Array.from({ length: 3000 }, (_, i) => event(i));
+    // In bursts across turns, as requests come: frames of one burst share a page and a socket write.
+    for (let i = 0; i < emitted.length; i += 250) {
+      for (const e of emitted.slice(i, i + 250)) assert(sink.emit(e), "accepted");
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
+    assert(await sink.flush(20_000), "flushed");
+    assertEquals(sink.pending(), 0);
+    assertEquals(counter("events_published_total"), emitted.length);
+    assertEquals(counter("events_dropped_total"), 0);
+    const stored = await storedEvents(nats.url);
+    assertEquals(stored.length, emitted.length);
+    assertEquals(stored.map((s) => s.eventId).sort(), emitted.map((e) => e.eventId).sort());
+    assert(stored.every((s) => s.messageEvents <= 40), "no message holds more than eventsPerMessage");
+    assert(stored.some((s) => s.messageEvents === 40), "bursts fill whole messages");
+    const firsts = stored.filter((s) => s.index === 0);
+    assert(firsts.every((s) => s.msgId === s.eventId), "a message's Nats-Msg-Id is its first event's id");
+    assert(
+      stored.every((s) => s.countHeader === (s.messageEvents > 1 ? String(s.messageEvents) : undefined)),
+      "Tailwatch-Events gives the count of a message of several events, and only of those",
+    );
+    // Emission order is kept: across messages (stream order) and within them.
+    assertEquals(stored.map((s) => s.eventId), emitted.map((e) => e.eventId));
+    const byId = new Map(emitted.map((e) => [e.eventId, e]));
+    assert(stored.every((s) => byId.get(s.eventId)?.durationUs === s.durationUs), "fields round-trip");
+    await sink.close(5000);
+  },
+);
+
+Deno.test("with eventsPerMessage 1 every event is a message of its own under its id", options, async () => {
   await using nats = await startNatsServer();
-  const { sink, counter } = sinkFor(nats.url);
-  const emitted = Array.from({ length: 3000 }, (_, i) => event(i));
-  // In bursts across turns, as requests come: frames of one burst share a page and a socket write.
-  for (let i = 0; i < emitted.length; i += 250) {
-    for (const e of emitted.slice(i, i + 250)) assert(sink.emit(e), "accepted");
-    await new Promise((resolve) => setTimeout(resolve, 1));
-  }
+  const { sink, counter } = sinkFor(nats.url, { eventsPerMessage: 1 });
+  const emitted = Array.from({ length: 300 }, (_, i) => event(i));
+  for (const e of emitted) assert(sink.emit(e), "accepted");
   assert(await sink.flush(20_000), "flushed");
-  assertEquals(sink.pending(), 0);
   assertEquals(counter("events_published_total"), emitted.length);
-  assertEquals(counter("events_dropped_total"), 0);
-  const stored = await storedEvents(nats.url);
-  assertEquals(stored.length, emitted.length);
-  assertEquals(stored.map((s) => s.eventId).sort(), emitted.map((e) => e.eventId).sort());
-  assert(stored.every((s) => s.msgId === s.eventId), "Nats-Msg-Id is the event id");
-  const byId = new Map(emitted.map((e) => [e.eventId, e]));
-  assert(stored.every((s) => byId.get(s.eventId)?.durationUs === s.durationUs), "fields round-trip");
+  const messages = await readStreamMessages(nats.url, REQUEST_EVENTS_STREAM);
+  assertEquals(messages.length, emitted.length);
+  assert(messages.every((m) => m.eventCount === undefined), "no Tailwatch-Events header");
+  const decoded = messages.map((m) => fromBinary(RequestEventSchema, m.data));
+  assertEquals(decoded.map((e) => e.eventId), emitted.map((e) => e.eventId));
+  assert(messages.every((m, i) => m.msgId === decoded[i].eventId), "Nats-Msg-Id is the event id");
   await sink.close(5000);
 });
 

@@ -49,6 +49,8 @@ export { bytesToLatin1, latin1ToBytes, PackedMessages } from "./packed_messages.
 export {
   DEAD_LETTER_SUBJECT_PREFIX,
   ensureRequestEventsStream,
+  EVENT_COUNT_HEADER,
+  eventsOfMessage,
   REQUEST_EVENTS_STREAM,
   REQUEST_EVENTS_SUBJECTS,
   requestEventSubject,

@@ -63,6 +63,7 @@ export async function startService(setup: ServiceSetup): Promise<RunningService>
       capacity: config.eventBufferCapacity,
       concurrency: config.eventPublishConcurrency,
       publishIntervalMs: config.eventPublishIntervalMs,
+      eventsPerMessage: config.eventsPerMessage,
       logger,
       metrics,
     })

@@ -4,11 +4,35 @@
  */
 import { DiscardPolicy, jetstreamManager, RetentionPolicy, StorageType } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
+import { fromBinary } from "@bufbuild/protobuf";
+import { type RequestEvent, RequestEventBatchSchema, RequestEventSchema } from "@tailwatch/proto/events/v1";
 
 export const REQUEST_EVENTS_STREAM = "REQUEST_EVENTS";
 export const REQUEST_EVENTS_SUBJECTS = "events.requests.*";
 /** Where ingest puts events it cannot decode (outside the stream's subjects, so never re-ingested). */
 export const DEAD_LETTER_SUBJECT_PREFIX = "events.deadletter";
+
+/**
+ * The header of a message that holds several events (an `events.v1.RequestEventBatch`): their number, at least
+ * 2. A message without it holds one `RequestEvent`, with Nats-Msg-Id = its event id.
+ */
+export const EVENT_COUNT_HEADER = "Tailwatch-Events";
+
+/**
+ * The events of one stream message, given its payload and its Tailwatch-Events header (undefined when absent).
+ * Throws when the payload is not what the header says (undecodable, or another number of events).
+ */
+export function eventsOfMessage(data: Uint8Array, eventCountHeader: string | undefined): RequestEvent[] {
+  if (eventCountHeader === undefined) return [fromBinary(RequestEventSchema, data)];
+  const expected = Number(eventCountHeader);
+  const { events } = fromBinary(RequestEventBatchSchema, data);
+  if (!Number.isSafeInteger(expected) || events.length !== expected) {
+    throw new Error(
+      `${EVENT_COUNT_HEADER}: ${eventCountHeader}, but the message holds ${events.length} events`,
+    );
+  }
+  return events;
+}
 
 /** The subject a service's events are published on. */
 export function requestEventSubject(service: string): string {

@@ -2,16 +2,16 @@
  * Test helpers: the three services in this process (ports picked by the OS) against a given NATS, and a
  * reader for the events they published. Everything is disposable with `await using`.
  */
-import { fromBinary } from "@bufbuild/protobuf";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
-import { type RequestEvent, RequestEventSchema } from "@tailwatch/proto/events/v1";
+import type { RequestEvent } from "@tailwatch/proto/events/v1";
 import { CatalogService } from "@tailwatch/proto/catalog/v1";
 import { OrderService } from "@tailwatch/proto/orders/v1";
 import { PaymentService } from "@tailwatch/proto/payments/v1";
 import { AdminService } from "@tailwatch/proto/admin/v1";
 import {
   createClient,
+  eventsOfMessage,
   REQUEST_EVENTS_STREAM,
   type RunningService,
   type ServiceClient,
@@ -87,18 +87,5 @@ export async function startStack(natsUrl: string, env: Record<string, string> = 
 /** Every event in the stream, in stream order. */
 export async function readAllEvents(natsUrl: string): Promise<RequestEvent[]> {
   const messages = await readStreamMessages(natsUrl, REQUEST_EVENTS_STREAM);
-  return messages.map((message) => fromBinary(RequestEventSchema, message.data));
-}
-
-/** The number of messages in the stream (0 when it does not exist yet). */
-export async function streamMessageCount(natsUrl: string): Promise<number> {
-  const nc = await connect({ servers: natsUrl });
-  try {
-    const jsm = await jetstreamManager(nc);
-    return (await jsm.streams.info(REQUEST_EVENTS_STREAM)).state.messages;
-  } catch {
-    return 0;
-  } finally {
-    await nc.close();
-  }
+  return messages.flatMap((message) => eventsOfMessage(message.data, message.eventCount));
 }

@@ -10,11 +10,12 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file events/v1/events.proto.
  */
 export const file_events_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("ChZldmVudHMvdjEvZXZlbnRzLnByb3RvEglldmVudHMudjEihgMKDFJlcXVlc3RFdmVudBIQCghldmVudF9pZBgBIAEoCRIZCg1zdGFydF90aW1lX21zGAIgASgDQgIwAhIXCgtkdXJhdGlvbl91cxgDIAEoA0ICMAISDwoHc2VydmljZRgEIAEoCRIOCgZtZXRob2QYBSABKAkSJQoIcHJvdG9jb2wYBiABKA4yEy5ldmVudHMudjEuUHJvdG9jb2wSDQoFcm91dGUYByABKAkSEQoJZ3JwY19jb2RlGAggASgNEhMKC2h0dHBfc3RhdHVzGAkgASgNEhkKDXJlcXVlc3RfYnl0ZXMYCiABKANCAjACEhoKDnJlc3BvbnNlX2J5dGVzGAsgASgDQgIwAhIQCgh0cmFjZV9pZBgMIAEoCRIPCgdzcGFuX2lkGA0gASgJEhYKDnBhcmVudF9zcGFuX2lkGA4gASgJEhAKCGluc3RhbmNlGA8gASgJEhUKDWVycm9yX21lc3NhZ2UYECABKAkSFgoOZmF1bHRfaW5qZWN0ZWQYESABKAgqSgoIUHJvdG9jb2wSGAoUUFJPVE9DT0xfVU5TUEVDSUZJRUQQABIRCg1QUk9UT0NPTF9HUlBDEAESEQoNUFJPVE9DT0xfSFRUUBACYgZwcm90bzM");
+  fileDesc("ChZldmVudHMvdjEvZXZlbnRzLnByb3RvEglldmVudHMudjEihgMKDFJlcXVlc3RFdmVudBIQCghldmVudF9pZBgBIAEoCRIZCg1zdGFydF90aW1lX21zGAIgASgDQgIwAhIXCgtkdXJhdGlvbl91cxgDIAEoA0ICMAISDwoHc2VydmljZRgEIAEoCRIOCgZtZXRob2QYBSABKAkSJQoIcHJvdG9jb2wYBiABKA4yEy5ldmVudHMudjEuUHJvdG9jb2wSDQoFcm91dGUYByABKAkSEQoJZ3JwY19jb2RlGAggASgNEhMKC2h0dHBfc3RhdHVzGAkgASgNEhkKDXJlcXVlc3RfYnl0ZXMYCiABKANCAjACEhoKDnJlc3BvbnNlX2J5dGVzGAsgASgDQgIwAhIQCgh0cmFjZV9pZBgMIAEoCRIPCgdzcGFuX2lkGA0gASgJEhYKDnBhcmVudF9zcGFuX2lkGA4gASgJEhAKCGluc3RhbmNlGA8gASgJEhUKDWVycm9yX21lc3NhZ2UYECABKAkSFgoOZmF1bHRfaW5qZWN0ZWQYESABKAgiPAoRUmVxdWVzdEV2ZW50QmF0Y2gSJwoGZXZlbnRzGAEgAygLMhcuZXZlbnRzLnYxLlJlcXVlc3RFdmVudCpKCghQcm90b2NvbBIYChRQUk9UT0NPTF9VTlNQRUNJRklFRBAAEhEKDVBST1RPQ09MX0dSUEMQARIRCg1QUk9UT0NPTF9IVFRQEAJiBnByb3RvMw");
 
 /**
- * One request served by a service, over gRPC or REST, successful or not, published after the response.
- * Published on subject events.requests.<service> of stream REQUEST_EVENTS with Nats-Msg-Id = event_id.
+ * One request served by a service, over gRPC or REST, successful or not, published after the response on
+ * subject events.requests.<service> of stream REQUEST_EVENTS, in a RequestEventBatch (below) or, in a message
+ * without the header Tailwatch-Events, alone with Nats-Msg-Id = event_id.
  *
  * @generated from message events.v1.RequestEvent
  */
@@ -137,6 +138,28 @@ export type RequestEvent = Message<"events.v1.RequestEvent"> & {
  */
 export const RequestEventSchema: GenMessage<RequestEvent> = /*@__PURE__*/
   messageDesc(file_events_v1_events, 0);
+
+/**
+ * The events of one JetStream message: a service's events emitted within a few milliseconds, in emission order.
+ * Such a message carries the header Tailwatch-Events (the number of events, at least 2) and Nats-Msg-Id = the
+ * first event's event_id; each event belongs to exactly one message, and a message published again (a retry)
+ * holds the same events, so the stream's duplicate window still stores every event once.
+ *
+ * @generated from message events.v1.RequestEventBatch
+ */
+export type RequestEventBatch = Message<"events.v1.RequestEventBatch"> & {
+  /**
+   * @generated from field: repeated events.v1.RequestEvent events = 1;
+   */
+  events: RequestEvent[];
+};
+
+/**
+ * Describes the message events.v1.RequestEventBatch.
+ * Use `create(RequestEventBatchSchema)` to create a new message.
+ */
+export const RequestEventBatchSchema: GenMessage<RequestEventBatch> = /*@__PURE__*/
+  messageDesc(file_events_v1_events, 1);
 
 /**
  * @generated from enum events.v1.Protocol
