@@ -24,12 +24,18 @@ import { RequestEventSchema } from "@tailwatch/proto/events/v1";
 import {
   CLICKHOUSE_ADMIN,
   type ManagedProcess,
+  readStreamMessages,
   spawnLogged,
   startClickHouseServer,
   startNatsServer,
   waitUntil,
 } from "@tailwatch/testing";
-import { ensureRequestEventsStream, REQUEST_EVENTS_STREAM, requestEventSubject } from "@tailwatch/kit";
+import {
+  ensureRequestEventsStream,
+  eventsOfMessage,
+  REQUEST_EVENTS_STREAM,
+  requestEventSubject,
+} from "@tailwatch/kit";
 import { CREATE_ORDER_BODY, machineCpu, runGhz } from "@tailwatch/load";
 import { cpuSeconds, startStackProcesses } from "@tailwatch/load";
 import { createClickHouse } from "./clickhouse.ts";
@@ -420,7 +426,9 @@ export async function runIngestBench(options: { quick?: boolean } = {}): Promise
         concurrency: 50,
       });
     })(); // the services are stopped (SIGTERM: their buffers flushed) here
-    const loadEvents = (await jsm.streams.info(REQUEST_EVENTS_STREAM)).state.messages;
+    // Counted in the stream's messages, each one event or a RequestEventBatch of several.
+    const loadEvents = (await readStreamMessages(nats.url, REQUEST_EVENTS_STREAM))
+      .reduce((sum, message) => sum + eventsOfMessage(message.data, message.eventCount).length, 0);
     const rowsOf = async () => {
       const [row] = await ch.query<{ n: string; d: string }>(
         sql`SELECT count() AS n, uniqExact(event_id) AS d FROM ${ident(latencyDb, "request_events")}`,

@@ -4,7 +4,7 @@
  * INGEST_TEST_ONLY=<regex> runs only the matching steps (for development).
  */
 import { AckPolicy, jetstream, jetstreamManager, type JsMsg } from "@nats-io/jetstream";
-import { connect, type Msg, type NatsConnection } from "@nats-io/transport-node";
+import { connect, headers, type Msg, type NatsConnection } from "@nats-io/transport-node";
 import {
   assert,
   assertEquals,
@@ -22,6 +22,7 @@ import {
   createLogger,
   DEAD_LETTER_SUBJECT_PREFIX,
   ensureRequestEventsStream,
+  EVENT_COUNT_HEADER,
   REQUEST_EVENTS_STREAM,
   REQUEST_EVENTS_SUBJECTS,
   requestEventSubject,
@@ -35,6 +36,7 @@ import { ident, sql, sqlJoin } from "./sql.ts";
 import {
   eventually,
   makeEvent,
+  publishEventBatches,
   publishEvents,
   randomEvent,
   testConfig,
@@ -44,8 +46,13 @@ import {
 import { createIngestWorker } from "./worker.ts";
 import { decodeEvent, REQUEST_EVENT_COLUMNS, ROW_FORMAT } from "./event_row.ts";
 import { appendEvent, EventScanner, RowWriter } from "./row_writer.ts";
-import { Protocol, RequestEventSchema } from "@tailwatch/proto/events/v1";
-import { toBinary } from "@bufbuild/protobuf";
+import {
+  Protocol,
+  type RequestEvent,
+  RequestEventBatchSchema,
+  RequestEventSchema,
+} from "@tailwatch/proto/events/v1";
+import { create, toBinary } from "@bufbuild/protobuf";
 
 const only = Deno.env.get("INGEST_TEST_ONLY");
 const quietLogger = createLogger("warn", { test: true });
@@ -364,83 +371,163 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
     },
   );
 
-  await step("kill -9 of the worker, several times while publishing: every event exactly once", async () => {
-    await withFixture(server, async ({ nats, nc, clickhouse, database }) => {
-      const env = testEnv(nats.url, server.url, CLICKHOUSE_ADMIN.password, database, {
-        INGEST_BATCH_MAX: "500",
-        INGEST_BATCH_WAIT_MS: "50",
-        INGEST_ACK_WAIT_MS: "3000",
-        INGEST_INSERT_TIMEOUT_MS: "1500",
-      });
-      const logDir = await Deno.makeTempDir({ prefix: "tailwatch-ingest-kill-" });
-      const cwd = new URL("..", import.meta.url).pathname;
-      let generation = 0;
-      const startWorker = () =>
-        spawnLogged(
-          Deno.execPath(),
-          ["run", "-A", "ingest/main.ts"],
-          `${logDir}/worker-${generation++}.log`,
-          {
-            env,
-            cwd,
-          },
-        );
-      const total = 24_000;
-      const events = Array.from({ length: total }, (_, i) => makeEvent(i));
-      let published = 0;
-      const publishing = (async () => {
-        for (let i = 0; i < total; i += 400) {
-          await publishEvents(nc, events.slice(i, i + 400));
-          published = i + 400;
-          await new Promise((resolve) => setTimeout(resolve, 60));
-        }
-      })();
-      let worker = await startWorker();
-      try {
-        for (let kill = 0; kill < 4; kill++) {
-          const before = (await counts(clickhouse, database)).rows;
-          // Kill while it is busy: once it has inserted something since it (re)started.
-          await eventually(
-            "progress before the kill",
-            async () => (await counts(clickhouse, database)).rows > before,
-          );
-          await new Promise((resolve) => setTimeout(resolve, Math.random() * 300));
-          await worker.stop("SIGKILL");
-          worker = await startWorker();
-        }
-        await publishing;
-        assertEquals(published, total);
-        await eventually("all rows", async () => (await counts(clickhouse, database)).rows >= total, 120_000);
-        // Redeliveries of the last kill come after the ack wait: give them time to (not) duplicate.
-        await new Promise((resolve) => setTimeout(resolve, 3500));
-        await eventually("nothing pending", async () => {
-          const info = await (await jetstreamManager(nc)).consumers.info(
-            REQUEST_EVENTS_STREAM,
-            "tailwatch-ingest",
-          );
-          return info.num_pending === 0 && info.num_ack_pending === 0;
+  await step(
+    "a batch message's events become rows under its sequence; a poison event in it is dead-lettered alone",
+    async () => {
+      await withFixture(server, async ({ nats, nc, clickhouse, database }) => {
+        const deadLetters: Msg[] = [];
+        const sub = nc.subscribe(`${DEAD_LETTER_SUBJECT_PREFIX}.>`, {
+          callback: (_error, msg) => void deadLetters.push(msg),
         });
-        assertEquals(await worker.stop("SIGTERM"), 0, "graceful stop exits 0");
-      } finally {
-        await worker.stop("SIGKILL");
-        await publishing.catch(() => {});
-      }
-      assertEquals(await counts(clickhouse, database), { rows: total, distinct: total });
-      const logs = await Promise.all(
-        Array.from(
-          { length: generation },
-          (_, g) => Deno.readTextFile(`${logDir}/worker-${g}.log`).catch(() => ""),
-        ),
-      );
-      const skipped = logs.join("\n").split("\n").filter((line) =>
-        line.includes("skipped rows already in the table")
-      );
-      console.log(
-        `kill -9 test: ${generation} worker processes, ${skipped.length} batches with rows found already inserted`,
-      );
-      await Deno.remove(logDir, { recursive: true });
-    });
-  });
+        await nc.flush();
+        const js = jetstream(nc);
+        const publishBatch = (events: RequestEvent[], msgID: string, count = String(events.length)) => {
+          const h = headers();
+          h.set(EVENT_COUNT_HEADER, count);
+          const data = toBinary(RequestEventBatchSchema, create(RequestEventBatchSchema, { events }));
+          return js.publish("events.requests.catalog", data, { msgID, headers: h });
+        };
+        const first = Array.from({ length: 300 }, (_, i) => makeEvent(i));
+        const second = Array.from({ length: 200 }, (_, i) => makeEvent(i));
+        second[17].eventId = "not-a-uuid";
+        const miscounted = Array.from({ length: 5 }, (_, i) => makeEvent(i));
+        await publishEvents(nc, [makeEvent(1)]);
+        await publishBatch(first, first[0].eventId);
+        await publishBatch(second, second[0].eventId);
+        // The header says 6, the message holds 5: the whole message is undecodable.
+        await publishBatch(miscounted, miscounted[0].eventId, "6");
+        await publishEvents(nc, [makeEvent(2)]);
+        const config = testConfig(nats.url, server.url, CLICKHOUSE_ADMIN.password, database);
+        const stats = await createIngestWorker({ config, logger: quietLogger, mode: "drain" }).run();
+        await eventually("two dead letters", () => deadLetters.length >= 2, 10_000);
+        sub.unsubscribe();
+        assertEquals(await counts(clickhouse, database), { rows: 1 + 300 + 199 + 1, distinct: 501 });
+        const perSeq = await clickhouse.query<{ stream_seq: string; n: string }>(
+          sql`SELECT stream_seq, count() AS n FROM ${ident(database, "request_events")}
+            GROUP BY stream_seq ORDER BY stream_seq`,
+        );
+        assertEquals(
+          perSeq.map((row) => [Number(row.stream_seq), Number(row.n)]),
+          [[1, 1], [2, 300], [3, 199], [5, 1]],
+          "a message's events share its stream sequence",
+        );
+        const badEvent = deadLetters.find((msg) => msg.subject.endsWith("invalid_event_id"));
+        assertEquals(badEvent?.headers?.get("Tailwatch-Event-Index"), "17");
+        assertEquals(badEvent?.headers?.get("Tailwatch-Stream-Seq"), "3");
+        assertEquals(
+          [...(badEvent?.data ?? [])],
+          [...toBinary(RequestEventSchema, second[17])],
+          "the dead letter carries the event's own bytes",
+        );
+        const badBatch = deadLetters.find((msg) => msg.subject.endsWith("undecodable"));
+        assertEquals(badBatch?.headers?.get("Tailwatch-Stream-Seq"), "4");
+        assertEquals(badBatch?.headers?.get("Tailwatch-Event-Index"), "", "the whole message");
+        assert(
+          badBatch?.headers?.get("Tailwatch-Dead-Letter-Detail").includes(
+            "5 events, but the Tailwatch-Events",
+          ),
+          badBatch?.headers?.get("Tailwatch-Dead-Letter-Detail"),
+        );
+        assertEquals(stats.deadLettered, 2);
+        // Delivered again (a crash before the ack): nothing doubles.
+        const jsm = await jetstreamManager(nc);
+        await jsm.consumers.delete(REQUEST_EVENTS_STREAM, config.durable);
+        await createIngestWorker({ config, logger: quietLogger, mode: "drain" }).run();
+        assertEquals(
+          await counts(clickhouse, database),
+          { rows: 501, distinct: 501 },
+          "replayed: no row twice",
+        );
+      });
+    },
+  );
+
+  await step(
+    "kill -9 of the worker, several times while publishing events and batches: every event exactly once",
+    async () => {
+      await withFixture(server, async ({ nats, nc, clickhouse, database }) => {
+        const env = testEnv(nats.url, server.url, CLICKHOUSE_ADMIN.password, database, {
+          INGEST_BATCH_MAX: "500",
+          INGEST_BATCH_WAIT_MS: "50",
+          INGEST_ACK_WAIT_MS: "3000",
+          INGEST_INSERT_TIMEOUT_MS: "1500",
+        });
+        const logDir = await Deno.makeTempDir({ prefix: "tailwatch-ingest-kill-" });
+        const cwd = new URL("..", import.meta.url).pathname;
+        let generation = 0;
+        const startWorker = () =>
+          spawnLogged(
+            Deno.execPath(),
+            ["run", "-A", "ingest/main.ts"],
+            `${logDir}/worker-${generation++}.log`,
+            {
+              env,
+              cwd,
+            },
+          );
+        const total = 24_000;
+        const events = Array.from({ length: total }, (_, i) => makeEvent(i));
+        let published = 0;
+        const publishing = (async () => {
+          // Every other chunk as the services publish by default: 40 events a message under one sequence.
+          for (let i = 0; i < total; i += 400) {
+            const chunk = events.slice(i, i + 400);
+            await (i % 800 === 0 ? publishEvents(nc, chunk) : publishEventBatches(nc, chunk, 40));
+            published = i + 400;
+            await new Promise((resolve) => setTimeout(resolve, 60));
+          }
+        })();
+        let worker = await startWorker();
+        try {
+          for (let kill = 0; kill < 4; kill++) {
+            const before = (await counts(clickhouse, database)).rows;
+            // Kill while it is busy: once it has inserted something since it (re)started.
+            await eventually(
+              "progress before the kill",
+              async () => (await counts(clickhouse, database)).rows > before,
+            );
+            await new Promise((resolve) => setTimeout(resolve, Math.random() * 300));
+            await worker.stop("SIGKILL");
+            worker = await startWorker();
+          }
+          await publishing;
+          assertEquals(published, total);
+          await eventually(
+            "all rows",
+            async () => (await counts(clickhouse, database)).rows >= total,
+            120_000,
+          );
+          // Redeliveries of the last kill come after the ack wait: give them time to (not) duplicate.
+          await new Promise((resolve) => setTimeout(resolve, 3500));
+          await eventually("nothing pending", async () => {
+            const info = await (await jetstreamManager(nc)).consumers.info(
+              REQUEST_EVENTS_STREAM,
+              "tailwatch-ingest",
+            );
+            return info.num_pending === 0 && info.num_ack_pending === 0;
+          });
+          assertEquals(await worker.stop("SIGTERM"), 0, "graceful stop exits 0");
+        } finally {
+          await worker.stop("SIGKILL");
+          await publishing.catch(() => {});
+        }
+        assertEquals(await counts(clickhouse, database), { rows: total, distinct: total });
+        const logs = await Promise.all(
+          Array.from(
+            { length: generation },
+            (_, g) => Deno.readTextFile(`${logDir}/worker-${g}.log`).catch(() => ""),
+          ),
+        );
+        const skipped = logs.join("\n").split("\n").filter((line) =>
+          line.includes("skipped rows already in the table")
+        );
+        console.log(
+          `kill -9 test: ${generation} worker processes, ${skipped.length} batches with rows found already inserted`,
+        );
+        await Deno.remove(logDir, { recursive: true });
+      });
+    },
+  );
 
   await step(
     "a delivery the worker never saw (another client pulled it) is not acked past: exactly once",

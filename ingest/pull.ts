@@ -19,7 +19,14 @@
  * and everything after) and reports `broken`: the worker finishes the batches in hand, recreates the consumer
  * at its ack floor + 1 and calls `restart` (see ingest/README.md, "Exactly once").
  */
-import { createNatsWire, type Logger, type NatsWire, parseNatsUrl, type WireMessage } from "@tailwatch/kit";
+import {
+  createNatsWire,
+  EVENT_COUNT_HEADER,
+  type Logger,
+  type NatsWire,
+  parseNatsUrl,
+  type WireMessage,
+} from "@tailwatch/kit";
 
 const CR = 0x0d;
 const LF = 0x0a;
@@ -82,6 +89,9 @@ export function parseAckReply(
   return into;
 }
 
+/** `tailwatch-events:` in lower case (see EVENT_COUNT_HEADER in services/kit/stream.ts). */
+const EVENT_COUNT_NAME = new TextEncoder().encode(`${EVENT_COUNT_HEADER.toLowerCase()}:`);
+
 /** One delivered message: views into the chunk it was read into. */
 export class Delivery {
   constructor(
@@ -122,6 +132,33 @@ export class Delivery {
     const tokens = decoder.decode(this.replyBytes()).split(".");
     const nanos = tokens[tokens.length === 9 ? 7 : 9] ?? "";
     return /^\d{7,}$/.test(nanos) ? Number(nanos.slice(0, -6)) : NaN;
+  }
+
+  /**
+   * The message's Tailwatch-Events header (the events of a RequestEventBatch) as a number: 0 when the message
+   * has no such header (it holds one RequestEvent), NaN when the value is not a decimal integer. Read from the
+   * header bytes, since every message is asked.
+   */
+  eventCount(): number {
+    const { buf } = this;
+    const end = this.dataStart;
+    const name = EVENT_COUNT_NAME;
+    outer: for (let i = this.headerStart; i + name.length < end; i++) {
+      if (buf[i] !== LF) continue;
+      for (let j = 0; j < name.length; j++) {
+        // ASCII letters compared without case (bit 0x20); the name's other bytes have that bit set already.
+        if ((buf[i + 1 + j] | 0x20) !== name[j]) continue outer;
+      }
+      let at = i + 1 + name.length;
+      while (at < end && buf[at] === 0x20) at++;
+      let value = 0;
+      let digits = 0;
+      for (; at < end && buf[at] >= 0x30 && buf[at] <= 0x39 && digits < 10; at++, digits++) {
+        value = value * 10 + buf[at] - 0x30;
+      }
+      return digits > 0 && (buf[at] === 0x0d || at === end) ? value : NaN;
+    }
+    return 0;
   }
 
   /** A header's first value, or undefined (header names compared case-insensitively). */

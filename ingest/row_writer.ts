@@ -7,6 +7,7 @@
  * `appendRow(decodeEvent(...).row)`, and the same values as decodeEvent's row when the body is read back) or
  * the same reason either way; unit_test.ts fuzzes that, ingest_test.ts checks it against the server.
  */
+import { EVENT_COUNT_HEADER } from "@tailwatch/kit";
 import { decodeEvent, type DecodeResult, type RequestEventRow } from "./event_row.ts";
 
 /** Bounds of `decodeEvent`: start time in [1971, 2100), see event_row.ts. */
@@ -413,3 +414,60 @@ export function appendEvent(
   pick(decoded.row.ts, decoded.row.service).appendRow(decoded.row);
   return undefined;
 }
+
+/** Where each event of a RequestEventBatch lies in the chunk it was received in; reused across messages. */
+export class BatchRanges {
+  starts = new Int32Array(256);
+  ends = new Int32Array(256);
+  count = 0;
+}
+
+/**
+ * Splits the RequestEventBatch at `buf[start, end)`, which its Tailwatch-Events header says holds `expected`
+ * events, into `into` (the events' byte ranges, in order). Returns undefined when it does, else why not (the
+ * whole message is then undecodable): a field other than `events` (1, length-delimited), a length past the
+ * end, another number of events than the header's.
+ */
+export function splitBatch(
+  buf: Uint8Array,
+  start: number,
+  end: number,
+  expected: number,
+  into: BatchRanges,
+): string | undefined {
+  if (!Number.isSafeInteger(expected) || expected < 1) {
+    return `the ${EVENT_COUNT_HEADER} header is not a positive count`;
+  }
+  if (into.starts.length < expected) {
+    into.starts = new Int32Array(expected);
+    into.ends = new Int32Array(expected);
+  }
+  let count = 0;
+  let pos = start;
+  while (pos < end) {
+    if (buf[pos++] !== BATCH_EVENT_TAG) {
+      return `a field other than events (tag byte ${buf[pos - 1]}) at byte ${pos - 1 - start}`;
+    }
+    let length = 0;
+    let multiplier = 1;
+    let byte = 0x80;
+    for (let n = 0; byte > 0x7f; n++) {
+      if (pos >= end || n === 5) return `a truncated or overlong event length at byte ${pos - start}`;
+      byte = buf[pos++];
+      length += (byte & 0x7f) * multiplier;
+      multiplier *= 128;
+    }
+    if (pos + length > end) return `event ${count} runs ${pos + length - end} bytes past the message's end`;
+    if (count === expected) return `more events than the ${EVENT_COUNT_HEADER} header's ${expected}`;
+    into.starts[count] = pos;
+    into.ends[count] = pos + length;
+    count++;
+    pos += length;
+  }
+  if (count !== expected) return `${count} events, but the ${EVENT_COUNT_HEADER} header says ${expected}`;
+  into.count = count;
+  return undefined;
+}
+
+/** Field 1 (events) of RequestEventBatch, length-delimited. */
+const BATCH_EVENT_TAG = (1 << 3) | 2;

@@ -4,10 +4,15 @@
  */
 import { create, toBinary } from "@bufbuild/protobuf";
 import { jetstream } from "@nats-io/jetstream";
-import type { NatsConnection } from "@nats-io/transport-node";
-import { Protocol, type RequestEvent, RequestEventSchema } from "@tailwatch/proto/events/v1";
+import { headers, type NatsConnection } from "@nats-io/transport-node";
+import {
+  Protocol,
+  type RequestEvent,
+  RequestEventBatchSchema,
+  RequestEventSchema,
+} from "@tailwatch/proto/events/v1";
 import type { RequestEventRow } from "./event_row.ts";
-import { requestEventSubject } from "@tailwatch/kit";
+import { EVENT_COUNT_HEADER, requestEventSubject } from "@tailwatch/kit";
 import { AssertionError } from "@tailwatch/testing";
 import { type IngestConfig, loadConfig } from "./config.ts";
 
@@ -45,6 +50,35 @@ export async function publishEvents(nc: NatsConnection, events: RequestEvent[], 
   for (const event of events) {
     const p = js.publish(requestEventSubject(event.service), toBinary(RequestEventSchema, event), {
       msgID: event.eventId,
+      timeout: 30_000,
+    });
+    const tracked = p.finally(() => inFlight.delete(tracked));
+    inFlight.add(tracked);
+    if (inFlight.size >= window) await Promise.race(inFlight);
+  }
+  await Promise.all(inFlight);
+}
+
+/**
+ * Publishes events as the services do by default: RequestEventBatch messages of `perMessage` events with the
+ * Tailwatch-Events header and Nats-Msg-Id = the first event's id, `window` publishes in flight at a time.
+ */
+export async function publishEventBatches(
+  nc: NatsConnection,
+  events: RequestEvent[],
+  perMessage: number,
+  window = 64,
+): Promise<void> {
+  const js = jetstream(nc);
+  const inFlight = new Set<Promise<unknown>>();
+  for (let i = 0; i < events.length; i += perMessage) {
+    const batch = events.slice(i, i + perMessage);
+    const h = headers();
+    h.set(EVENT_COUNT_HEADER, String(batch.length));
+    const data = toBinary(RequestEventBatchSchema, create(RequestEventBatchSchema, { events: batch }));
+    const p = js.publish(requestEventSubject(batch[0].service), data, {
+      msgID: batch[0].eventId,
+      headers: h,
       timeout: 30_000,
     });
     const tracked = p.finally(() => inFlight.delete(tracked));

@@ -1,13 +1,13 @@
 /** Unit tests without servers: the SQL binder's literals, configuration validation, event decoding. */
 import { create, toBinary } from "@bufbuild/protobuf";
-import { RequestEventSchema } from "@tailwatch/proto/events/v1";
+import { RequestEventBatchSchema, RequestEventSchema } from "@tailwatch/proto/events/v1";
 import { ConfigError, loadConfig } from "./config.ts";
 import { decodeEvent } from "./event_row.ts";
-import { appendEvent, EventScanner, RowWriter } from "./row_writer.ts";
+import { appendEvent, BatchRanges, EventScanner, RowWriter, splitBatch } from "./row_writer.ts";
 import { ident, literal, sql, SqlBindError, sqlJoin } from "./sql.ts";
 import { assert, assertEquals, seededRandom } from "@tailwatch/testing";
 import { makeEvent, randomEvent, readRowBinary } from "./test_helpers.ts";
-import { parseAckReply } from "./pull.ts";
+import { Delivery, parseAckReply } from "./pull.ts";
 
 function assertThrows(fn: () => unknown, type: new (...args: never[]) => Error, message: string): void {
   try {
@@ -281,4 +281,45 @@ Deno.test("parseAckReply reads stream sequence, delivery count and consumer sequ
   assertEquals(parse("$JS.ACK.S.c.1.2.3.4"), undefined);
   assertEquals(parse("$JS.ACK.S.c.1.9007199254740993.3.1.0"), undefined, "above 2^53 - 1");
   assertEquals(parse("$JS.ACK.S.c.1.12345678901234567.3.1.0"), undefined, "17 digits");
+});
+
+Deno.test("splitBatch gives each event's bytes of a RequestEventBatch, in order, and refuses a malformed one", () => {
+  const events = Array.from({ length: 300 }, (_, i) => makeEvent(i));
+  // An error message long enough for a two-byte length.
+  events[5].errorMessage = "x".repeat(400);
+  const batch = toBinary(RequestEventBatchSchema, create(RequestEventBatchSchema, { events }));
+  // Inside a larger chunk, as the worker receives it.
+  const chunk = new Uint8Array(batch.length + 20);
+  chunk.set(batch, 7);
+  const ranges = new BatchRanges();
+  assertEquals(splitBatch(chunk, 7, 7 + batch.length, events.length, ranges), undefined);
+  assertEquals(ranges.count, events.length);
+  for (let i = 0; i < events.length; i++) {
+    assertEquals(
+      [...chunk.subarray(ranges.starts[i], ranges.ends[i])],
+      [...toBinary(RequestEventSchema, events[i])],
+      `event ${i}`,
+    );
+  }
+  const refusal = (bytes: Uint8Array, expected: number) =>
+    splitBatch(bytes, 0, bytes.length, expected, ranges);
+  assert(refusal(batch, 299)?.includes("more events than"), "more events than the header says");
+  assert(refusal(batch, 301)?.includes("300 events, but"), "fewer events than the header says");
+  assert(refusal(batch, Number.NaN)?.includes("not a positive count"), "a header that is not a count");
+  assert(refusal(batch.subarray(0, batch.length - 3), 300)?.includes("past the message's end"), "truncated");
+  assert(refusal(Uint8Array.of(0x10, 0x01), 1)?.includes("a field other than events"), "another field");
+  assert(refusal(Uint8Array.of(0x0a, 0x80), 1)?.includes("truncated or overlong"), "a cut length");
+});
+
+Deno.test("a delivery's Tailwatch-Events header is read as its event count, 0 when absent", () => {
+  const delivery = (headerBlock: string) => {
+    const bytes = new TextEncoder().encode(`${headerBlock}payload`);
+    const dataStart = headerBlock.length;
+    return new Delivery(bytes, 0, 0, 0, 0, 0, dataStart, bytes.length, 1, 1);
+  };
+  assertEquals(delivery("NATS/1.0\r\nNats-Msg-Id: a\r\n\r\n").eventCount(), 0);
+  assertEquals(delivery("NATS/1.0\r\nNats-Msg-Id: a\r\nTailwatch-Events: 256\r\n\r\n").eventCount(), 256);
+  assertEquals(delivery("NATS/1.0\r\ntailwatch-events:7\r\nNats-Msg-Id: a\r\n\r\n").eventCount(), 7);
+  assert(Number.isNaN(delivery("NATS/1.0\r\nTailwatch-Events: 7x\r\n\r\n").eventCount()), "not a number");
+  assert(Number.isNaN(delivery("NATS/1.0\r\nTailwatch-Events: \r\n\r\n").eventCount()), "empty");
 });

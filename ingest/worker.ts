@@ -22,7 +22,7 @@ import {
 import { type ClickHouse, createClickHouse } from "./clickhouse.ts";
 import type { IngestConfig } from "./config.ts";
 import { type PoisonReason, REQUEST_EVENT_COLUMNS, ROW_FORMAT } from "./event_row.ts";
-import { appendEvent, EventScanner, RowWriter } from "./row_writer.ts";
+import { appendEvent, BatchRanges, EventScanner, RowWriter, splitBatch } from "./row_writer.ts";
 import { applyMigrations } from "./migrations.ts";
 import { createPullReceiver, type Delivery, type PullReceiver } from "./pull.ts";
 import { applyRetention } from "./retention.ts";
@@ -79,13 +79,24 @@ interface RowGroup {
   maxSeq: number;
 }
 
+/**
+ * A message that cannot be ingested, or (`event` set) one event of a RequestEventBatch message that cannot: it
+ * is dead-lettered alone, with its place in the message, and the message's other events are ingested.
+ */
+interface Poison {
+  msg: Delivery;
+  reason: PoisonReason;
+  detail: string;
+  event?: { index: number; start: number; end: number };
+}
+
 /** A batch decoded and ready to insert. */
 interface PreparedBatch {
   batch: Delivery[];
   /** The highest stream sequence of the batch's messages, and its message: the one acked (AckPolicy.All). */
   last: Delivery;
   groups: RowGroup[];
-  poison: { msg: Delivery; reason: PoisonReason; detail: string }[];
+  poison: Poison[];
   /** Some message may have been inserted before: ask the table before inserting. */
   checkFirst: boolean;
 }
@@ -626,6 +637,7 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
   }
 
   const scanner = new EventScanner();
+  const batchRanges = new BatchRanges();
 
   /** Decodes a batch into per-partition RowBinary bodies and poison messages (synchronous, CPU only). */
   function prepareBatch(
@@ -696,8 +708,27 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
         if (seen.has(seq)) continue;
         seen.add(seq);
       }
-      const refused = appendEvent(scanner, msg.chunk, seq, pick, msg.dataStart, msg.dataEnd);
-      if (refused) poison.push({ msg, reason: refused.reason, detail: refused.detail });
+      const eventCount = msg.eventCount();
+      if (eventCount === 0) {
+        const refused = appendEvent(scanner, msg.chunk, seq, pick, msg.dataStart, msg.dataEnd);
+        if (refused) poison.push({ msg, reason: refused.reason, detail: refused.detail });
+        continue;
+      }
+      // A RequestEventBatch: split (and so checked) whole before any of its rows is written, and then its
+      // events, all under the message's stream sequence, go to their partitions' writers.
+      const unsplit = splitBatch(msg.chunk, msg.dataStart, msg.dataEnd, eventCount, batchRanges);
+      if (unsplit !== undefined) {
+        poison.push({ msg, reason: "undecodable", detail: unsplit });
+        continue;
+      }
+      for (let index = 0; index < batchRanges.count; index++) {
+        const start = batchRanges.starts[index];
+        const end = batchRanges.ends[index];
+        const refused = appendEvent(scanner, msg.chunk, seq, pick, start, end);
+        if (refused) {
+          poison.push({ msg, reason: refused.reason, detail: refused.detail, event: { index, start, end } });
+        }
+      }
     }
     return { batch, last: top, groups: [...groups.values()], poison, checkFirst };
   }
@@ -719,7 +750,7 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
     if (before !== undefined) {
       throw before instanceof AbandonBatch ? new AbandonBatch(`an earlier batch: ${before.message}`) : before;
     }
-    for (const { msg, reason, detail } of poison) {
+    for (const { msg, reason, detail, event } of poison) {
       const h = headers();
       h.set("Tailwatch-Dead-Letter-Reason", reason);
       h.set("Tailwatch-Dead-Letter-Detail", detail.replace(/[\r\n]+/g, " ").slice(0, 500));
@@ -727,10 +758,18 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       h.set("Tailwatch-Subject", msg.subject);
       const msgId = msg.header("Nats-Msg-Id");
       if (msgId) h.set("Tailwatch-Msg-Id", msgId);
-      nc.publish(`${DEAD_LETTER_SUBJECT_PREFIX}.${reason}`, msg.data, { headers: h });
+      if (event) h.set("Tailwatch-Event-Index", String(event.index));
+      const data = event ? msg.chunk.subarray(event.start, event.end) : msg.data;
+      nc.publish(`${DEAD_LETTER_SUBJECT_PREFIX}.${reason}`, data, { headers: h });
       stats.deadLettered++;
       metrics.deadLettered.inc({ reason });
-      logger.warn("dead-lettered a message", { seq: msg.seq, subject: msg.subject, reason, detail });
+      logger.warn(event ? "dead-lettered an event of a message" : "dead-lettered a message", {
+        seq: msg.seq,
+        subject: msg.subject,
+        reason,
+        detail,
+        ...(event ? { eventIndex: event.index } : {}),
+      });
     }
     if (poison.length > 0) await nc.flush().catch(() => {});
     // AckPolicy.All: acking the batch's highest message acks it and every message before it. Batches are
