@@ -56,7 +56,7 @@ async function benchEvents() {
     { NATS_URL: nats.url, EVENTS_ENABLED: "false" },
     logDir,
   );
-  const total = quick ? 5000 : 40_000;
+  const total = quick ? 5000 : 150_000;
   const run = (port: number, n: number) =>
     runGhz({
       call: "catalog.v1.CatalogService/GetProduct",

@@ -107,7 +107,7 @@ export interface ServiceConfig {
   eventsEnabled: boolean;
   /** EVENT_BUFFER_CAPACITY: events held in memory while NATS is slow or down; past it they are dropped. Default 100000. */
   eventBufferCapacity: number;
-  /** EVENT_PUBLISH_CONCURRENCY: events published and awaiting JetStream's ack at once. Default 512. */
+  /** EVENT_PUBLISH_CONCURRENCY: events published and awaiting JetStream's ack at once. Default 4096. */
   eventPublishConcurrency: number;
   /**
    * EVENTS_PER_MESSAGE: events one JetStream message holds at most (1 to 4096). Default 256; 1 publishes every
@@ -182,7 +182,7 @@ export function loadServiceConfig<T extends object = Record<never, never>>(
     natsUrl: read.url("NATS_URL", "nats://127.0.0.1:4222", ["nats:", "tls:"]),
     eventsEnabled: read.boolean("EVENTS_ENABLED", true),
     eventBufferCapacity: read.integer("EVENT_BUFFER_CAPACITY", 100_000, 1, 10_000_000),
-    eventPublishConcurrency: read.integer("EVENT_PUBLISH_CONCURRENCY", 512, 1, 65_536),
+    eventPublishConcurrency: read.integer("EVENT_PUBLISH_CONCURRENCY", 4096, 1, 65_536),
     eventPublishIntervalMs: read.integer("EVENT_PUBLISH_INTERVAL_MS", 20, 0, 1000),
     eventsPerMessage: read.integer("EVENTS_PER_MESSAGE", 256, 1, 4096),
     maxInFlight: read.integer("MAX_IN_FLIGHT", 512, 1, 1_000_000),

@@ -400,9 +400,9 @@ export function createEventSink(options: EventSinkOptions): EventSink {
       backoffMs = 0;
       published.inc(undefined, batch.count);
       if (isTrue(buf, message.headerEnd, message.end, DUPLICATE_KEY)) duplicates.inc();
-      // Only events held back by the concurrency limit go now; the others wait for their batch's timer, or
-      // acks arriving one by one would send the queue a few events per write.
-      if (heldBack) pump();
+      // Only messages held back by the concurrency limit go now; the open message waits for its timer, or acks
+      // arriving one by one would seal and send it a few events per message. (Without a timer, at once.)
+      if (heldBack) pump(publishIntervalMs === 0);
       notifyIfIdle();
     } else {
       const reason = textDecoder.decode(buf.subarray(message.payloadStart, message.end)).trim();
@@ -445,17 +445,17 @@ export function createEventSink(options: EventSinkOptions): EventSink {
   };
 
   /**
-   * Seals the open message and sends queued messages, up to `concurrency` events awaiting their acks (at least
+   * Seals the open message (unless told not to) and sends queued messages, up to `concurrency` events awaiting their acks (at least
    * one message when none is awaited), in one write acknowledged by one ack.
    */
-  function pump() {
+  function pump(sealOpen = true) {
     if (!streamReady || !wire.connected || closed && pendingEvents() - awaitingEvents === 0) return;
     const now = Date.now();
     if (now < retryAt) {
       schedulePump();
       return;
     }
-    seal();
+    if (sealOpen) seal();
     const messages: QueuedMessage[] = [];
     let count = 0;
     let room = options.concurrency - awaitingEvents;
