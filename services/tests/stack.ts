@@ -2,8 +2,6 @@
  * Test helpers: the three services in this process (ports picked by the OS) against a given NATS, and a
  * reader for the events they published. Everything is disposable with `await using`.
  */
-import { jetstreamManager } from "@nats-io/jetstream";
-import { connect } from "@nats-io/transport-node";
 import type { RequestEvent } from "@tailwatch/proto/events/v1";
 import { CatalogService } from "@tailwatch/proto/catalog/v1";
 import { OrderService } from "@tailwatch/proto/orders/v1";
