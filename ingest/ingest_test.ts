@@ -4,7 +4,7 @@
  * INGEST_TEST_ONLY=<regex> runs only the matching steps (for development).
  */
 import { AckPolicy, jetstream, jetstreamManager, type JsMsg } from "@nats-io/jetstream";
-import { connect, headers, type Msg, type NatsConnection } from "@nats-io/transport-node";
+import { connect, type Msg, type NatsConnection } from "@nats-io/transport-node";
 import {
   assert,
   assertEquals,
@@ -22,7 +22,6 @@ import {
   createLogger,
   DEAD_LETTER_SUBJECT_PREFIX,
   ensureRequestEventsStream,
-  EVENT_COUNT_HEADER,
   REQUEST_EVENTS_STREAM,
   REQUEST_EVENTS_SUBJECTS,
   requestEventSubject,
@@ -36,6 +35,7 @@ import { ident, sql, sqlJoin } from "./sql.ts";
 import {
   eventually,
   makeEvent,
+  publishEventBatch,
   publishEventBatches,
   publishEvents,
   randomEvent,
@@ -46,13 +46,8 @@ import {
 import { createIngestWorker } from "./worker.ts";
 import { decodeEvent, REQUEST_EVENT_COLUMNS, ROW_FORMAT } from "./event_row.ts";
 import { appendEvent, EventScanner, RowWriter } from "./row_writer.ts";
-import {
-  Protocol,
-  type RequestEvent,
-  RequestEventBatchSchema,
-  RequestEventSchema,
-} from "@tailwatch/proto/events/v1";
-import { create, toBinary } from "@bufbuild/protobuf";
+import { Protocol, RequestEventSchema } from "@tailwatch/proto/events/v1";
+import { toBinary } from "@bufbuild/protobuf";
 
 const only = Deno.env.get("INGEST_TEST_ONLY");
 const quietLogger = createLogger("warn", { test: true });
@@ -69,6 +64,16 @@ async function counts(clickhouse: ClickHouse, database: string): Promise<Counts>
     }`,
   );
   return { rows: Number(row.rows), distinct: Number(row.distinct_ids) };
+}
+
+/** Collects every dead letter the worker publishes, from now on (the subscription is live when it resolves). */
+async function subscribeDeadLetters(nc: NatsConnection) {
+  const deadLetters: Msg[] = [];
+  const sub = nc.subscribe(`${DEAD_LETTER_SUBJECT_PREFIX}.>`, {
+    callback: (_error, msg) => void deadLetters.push(msg),
+  });
+  await nc.flush();
+  return { deadLetters, sub };
 }
 
 /** Runs `body` with a fresh nats-server (with the stream) and a database that is dropped afterwards. */
@@ -329,11 +334,7 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
     "a poison message is dead-lettered with its reason and everything else is ingested",
     async () => {
       await withFixture(server, async ({ nats, nc, clickhouse, database }) => {
-        const deadLetters: Msg[] = [];
-        const sub = nc.subscribe(`${DEAD_LETTER_SUBJECT_PREFIX}.>`, {
-          callback: (_error, msg) => void deadLetters.push(msg),
-        });
-        await nc.flush();
+        const { deadLetters, sub } = await subscribeDeadLetters(nc);
         const js = jetstream(nc);
         const good = Array.from({ length: 1000 }, (_, i) => makeEvent(i));
         await publishEvents(nc, good.slice(0, 500));
@@ -375,27 +376,16 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
     "a batch message's events become rows under its sequence; a poison event in it is dead-lettered alone",
     async () => {
       await withFixture(server, async ({ nats, nc, clickhouse, database }) => {
-        const deadLetters: Msg[] = [];
-        const sub = nc.subscribe(`${DEAD_LETTER_SUBJECT_PREFIX}.>`, {
-          callback: (_error, msg) => void deadLetters.push(msg),
-        });
-        await nc.flush();
-        const js = jetstream(nc);
-        const publishBatch = (events: RequestEvent[], msgID: string, count = String(events.length)) => {
-          const h = headers();
-          h.set(EVENT_COUNT_HEADER, count);
-          const data = toBinary(RequestEventBatchSchema, create(RequestEventBatchSchema, { events }));
-          return js.publish("events.requests.catalog", data, { msgID, headers: h });
-        };
+        const { deadLetters, sub } = await subscribeDeadLetters(nc);
         const first = Array.from({ length: 300 }, (_, i) => makeEvent(i));
         const second = Array.from({ length: 200 }, (_, i) => makeEvent(i));
         second[17].eventId = "not-a-uuid";
         const miscounted = Array.from({ length: 5 }, (_, i) => makeEvent(i));
         await publishEvents(nc, [makeEvent(1)]);
-        await publishBatch(first, first[0].eventId);
-        await publishBatch(second, second[0].eventId);
+        await publishEventBatch(nc, first);
+        await publishEventBatch(nc, second);
         // The header says 6, the message holds 5: the whole message is undecodable.
-        await publishBatch(miscounted, miscounted[0].eventId, "6");
+        await publishEventBatch(nc, miscounted, "6");
         await publishEvents(nc, [makeEvent(2)]);
         const config = testConfig(nats.url, server.url, CLICKHOUSE_ADMIN.password, database);
         const stats = await createIngestWorker({ config, logger: quietLogger, mode: "drain" }).run();

@@ -7,7 +7,7 @@
  * `appendRow(decodeEvent(...).row)`, and the same values as decodeEvent's row when the body is read back) or
  * the same reason either way; unit_test.ts fuzzes that, ingest_test.ts checks it against the server.
  */
-import { EVENT_COUNT_HEADER } from "@tailwatch/kit";
+import { BATCH_EVENT_TAG, EVENT_COUNT_HEADER } from "@tailwatch/kit";
 import { decodeEvent, type DecodeResult, type RequestEventRow } from "./event_row.ts";
 
 /** Bounds of `decodeEvent`: start time in [1971, 2100), see event_row.ts. */
@@ -468,6 +468,3 @@ export function splitBatch(
   into.count = count;
   return undefined;
 }
-
-/** Field 1 (events) of RequestEventBatch, length-delimited. */
-const BATCH_EVENT_TAG = (1 << 3) | 2;

@@ -60,27 +60,34 @@ export async function publishEvents(nc: NatsConnection, events: RequestEvent[], 
 }
 
 /**
- * Publishes events as the services do by default: RequestEventBatch messages of `perMessage` events with the
- * Tailwatch-Events header and Nats-Msg-Id = the first event's id, `window` publishes in flight at a time.
+ * Publishes `events` as one RequestEventBatch message, as the services do: the Tailwatch-Events header
+ * (`countHeader`, the number of events unless a test wants it wrong) and Nats-Msg-Id = the first event's id.
  */
+export function publishEventBatch(
+  nc: NatsConnection,
+  events: RequestEvent[],
+  countHeader = String(events.length),
+): Promise<unknown> {
+  const h = headers();
+  h.set(EVENT_COUNT_HEADER, countHeader);
+  const data = toBinary(RequestEventBatchSchema, create(RequestEventBatchSchema, { events }));
+  return jetstream(nc).publish(requestEventSubject(events[0].service), data, {
+    msgID: events[0].eventId,
+    headers: h,
+    timeout: 30_000,
+  });
+}
+
+/** Publishes events in batch messages of `perMessage` (publishEventBatch), `window` in flight at a time. */
 export async function publishEventBatches(
   nc: NatsConnection,
   events: RequestEvent[],
   perMessage: number,
   window = 64,
 ): Promise<void> {
-  const js = jetstream(nc);
   const inFlight = new Set<Promise<unknown>>();
   for (let i = 0; i < events.length; i += perMessage) {
-    const batch = events.slice(i, i + perMessage);
-    const h = headers();
-    h.set(EVENT_COUNT_HEADER, String(batch.length));
-    const data = toBinary(RequestEventBatchSchema, create(RequestEventBatchSchema, { events: batch }));
-    const p = js.publish(requestEventSubject(batch[0].service), data, {
-      msgID: batch[0].eventId,
-      headers: h,
-      timeout: 30_000,
-    });
+    const p = publishEventBatch(nc, events.slice(i, i + perMessage));
     const tracked = p.finally(() => inFlight.delete(tracked));
     inFlight.add(tracked);
     if (inFlight.size >= window) await Promise.race(inFlight);

@@ -12,7 +12,12 @@ import { encodeRequestEventView, type RequestEventFields } from "./event_codec.t
 import type { Logger } from "./log.ts";
 import type { Registry } from "./metrics.ts";
 import { createNatsWire, type NatsWire, parseDecimal, parseNatsUrl, type WireMessage } from "./nats_wire.ts";
-import { ensureRequestEventsStream, EVENT_COUNT_HEADER, requestEventSubject } from "./stream.ts";
+import {
+  BATCH_EVENT_TAG,
+  ensureRequestEventsStream,
+  EVENT_COUNT_HEADER,
+  requestEventSubject,
+} from "./stream.ts";
 
 export type { RequestEvent };
 export type RequestEventInit = RequestEventFields;
@@ -221,9 +226,15 @@ export function createEventSink(options: EventSinkOptions): EventSink {
 
   const pendingEvents = () => openCount + queuedEvents + awaitingEvents;
 
-  /** Room for `HPUB <subject> <header bytes> <total bytes>\r\n` and the headers, for a first event id. */
+  /**
+   * The most a message's frame start can take, given its first event id (`seal` checks it was enough):
+   * `HPUB <subject> ` + two decimals of at most 10 digits, a space and CRLF; then the headers: the Msg-Id line
+   * (the id at most 3 UTF-8 bytes a character) and CRLF, the count line (at most 10 digits) and CRLF, and the
+   * blank line.
+   */
   const roomFor = (eventId: string) =>
-    subjectPrefix.length + 24 + MSG_ID_HEADER.length + 3 * eventId.length + EVENT_COUNT_LINE.length + 16;
+    subjectPrefix.length + (10 + 1 + 10 + 2) +
+    MSG_ID_HEADER.length + 3 * eventId.length + 2 + EVENT_COUNT_LINE.length + 10 + 2 + 2;
 
   /** Adds an event to the open message, sealing it first when the event does not fit. */
   function appendEvent(eventId: string, event: Uint8Array): void {
@@ -445,8 +456,8 @@ export function createEventSink(options: EventSinkOptions): EventSink {
   };
 
   /**
-   * Seals the open message (unless told not to) and sends queued messages, up to `concurrency` events awaiting their acks (at least
-   * one message when none is awaited), in one write acknowledged by one ack.
+   * Seals the open message (unless `sealOpen` is false) and sends queued messages, up to `concurrency` events
+   * awaiting their acks (at least one message when none is awaited), in one write acknowledged by one ack.
    */
   function pump(sealOpen = true) {
     if (!streamReady || !wire.connected || closed && pendingEvents() - awaitingEvents === 0) return;
@@ -550,8 +561,6 @@ const textEncoder = new TextEncoder();
 const MSG_ID_HEADER_TEXT = "NATS/1.0\r\nNats-Msg-Id: ";
 const MSG_ID_HEADER = textEncoder.encode(MSG_ID_HEADER_TEXT);
 const EVENT_COUNT_LINE = `${EVENT_COUNT_HEADER}: `;
-/** Field 1 (events) of RequestEventBatch, length-delimited. */
-const BATCH_EVENT_TAG = (1 << 3) | 2;
 const textDecoder = new TextDecoder();
 const SEQ_KEY = textEncoder.encode(`"seq"`);
 const ERROR_KEY = textEncoder.encode(`"error"`);

@@ -47,6 +47,7 @@ export { BoundedMap } from "./bounded_map.ts";
 export { listProcessThreads, type ProcessThread, procStatFields } from "./thread_priority.ts";
 export { bytesToLatin1, latin1ToBytes, PackedMessages } from "./packed_messages.ts";
 export {
+  BATCH_EVENT_TAG,
   DEAD_LETTER_SUBJECT_PREFIX,
   ensureRequestEventsStream,
   EVENT_COUNT_HEADER,

@@ -18,6 +18,9 @@ export const DEAD_LETTER_SUBJECT_PREFIX = "events.deadletter";
  */
 export const EVENT_COUNT_HEADER = "Tailwatch-Events";
 
+/** The first byte of each event in a RequestEventBatch: field 1 (`events`), length-delimited. */
+export const BATCH_EVENT_TAG = (1 << 3) | 2;
+
 /**
  * The events of one stream message, given its payload and its Tailwatch-Events header (undefined when absent).
  * Throws when the payload is not what the header says (undecodable, or another number of events).
