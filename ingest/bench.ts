@@ -40,7 +40,7 @@ import { CREATE_ORDER_BODY, machineCpu, runGhz } from "@tailwatch/load";
 import { cpuSeconds, startStackProcesses } from "@tailwatch/load";
 import { createClickHouse } from "./clickhouse.ts";
 import { loadConfig } from "./config.ts";
-import { REQUEST_EVENT_COLUMNS, ROW_FORMAT } from "./event_row.ts";
+import { INSERT_COLUMNS, ROW_FORMAT } from "./event_row.ts";
 import { appendEvent, EventScanner, RowWriter } from "./row_writer.ts";
 import { applyMigrations } from "./migrations.ts";
 import { ident, sql } from "./sql.ts";
@@ -175,7 +175,6 @@ async function stopBenchWorker(worker: ManagedProcess): Promise<void> {
   }
 }
 
-const INSERT_COLUMNS = [...REQUEST_EVENT_COLUMNS, "ingested_at_ms"];
 /** Worker settings the bench takes from its own environment when set (default: the worker's defaults). */
 const BATCHING_VARIABLES = ["INGEST_BATCH_MAX", "INGEST_BATCH_WAIT_MS", "INGEST_MAX_ACK_PENDING"] as const;
 
@@ -354,7 +353,7 @@ export async function runIngestBench(options: { quick?: boolean } = {}): Promise
       for (let j = i; j < Math.min(total, i + batchMax); j++) {
         appendEvent(scanner, payloads[j], j + 1, () => writer);
       }
-      writer.stamp(Date.now());
+      writer.stamp({ ingestedAtMs: Date.now(), batchSeq: Math.min(total, i + batchMax), floorSeq: i });
       const [deno0, clickhouse0, machine0] = [cpuMicros(Deno.pid), cpuMicros(pids.clickhouse), machineCpu()];
       const t0 = performance.now();
       await ch.insertBody(

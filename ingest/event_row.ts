@@ -159,6 +159,17 @@ function toRow(event: RequestEvent, streamSeq: number): DecodeResult {
 
 /**
  * The format of the worker's INSERT bodies (row_writer.ts): RowBinary, the columns of REQUEST_EVENT_COLUMNS
- * and then `ingested_at_ms`.
+ * and then STAMPED_COLUMNS.
  */
 export const ROW_FORMAT = "RowBinary";
+
+/**
+ * The UInt64 columns the worker writes into every row when it sends the INSERT (RowWriter.stamp), after
+ * REQUEST_EVENT_COLUMNS: `ingested_at_ms` (its clock then, 0004), `ingest_batch_seq` (the stream sequence
+ * the row's batch is acked with, the same on every retry) and `ingest_floor_seq` (every message at or
+ * below it was committed before this INSERT was sent): 0009 and ingest/README.md.
+ */
+export const STAMPED_COLUMNS = ["ingested_at_ms", "ingest_batch_seq", "ingest_floor_seq"] as const;
+
+/** Every column of the worker's INSERT bodies, in order. */
+export const INSERT_COLUMNS = [...REQUEST_EVENT_COLUMNS, ...STAMPED_COLUMNS] as const;

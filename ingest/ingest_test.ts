@@ -29,9 +29,10 @@ import {
 import { type ClickHouse, createClickHouse } from "./clickhouse.ts";
 import { serveMetrics } from "./metrics.ts";
 import { appliedVersions, applyMigrations } from "./migrations.ts";
-import { projectionCounts, rebuild } from "./rebuild.ts";
+import { projectionCounts, rebuild, RebuildRefused } from "./rebuild.ts";
 import { applyRetention } from "./retention.ts";
-import { ident, sql, sqlJoin } from "./sql.ts";
+import { ident, sql, sqlJoin, trustedSqlText } from "./sql.ts";
+import { reconcileRollups } from "./rollups.ts";
 import {
   eventually,
   makeEvent,
@@ -39,12 +40,13 @@ import {
   publishEventBatches,
   publishEvents,
   randomEvent,
+  rollupDifferences,
   testConfig,
   testEnv,
   uniqueDatabase,
 } from "./test_helpers.ts";
 import { createIngestWorker } from "./worker.ts";
-import { decodeEvent, REQUEST_EVENT_COLUMNS, ROW_FORMAT } from "./event_row.ts";
+import { decodeEvent, INSERT_COLUMNS, ROW_FORMAT } from "./event_row.ts";
 import { appendEvent, EventScanner, RowWriter } from "./row_writer.ts";
 import { Protocol, RequestEventSchema } from "@tailwatch/proto/events/v1";
 import { toBinary } from "@bufbuild/protobuf";
@@ -64,6 +66,13 @@ async function counts(clickhouse: ClickHouse, database: string): Promise<Counts>
     }`,
   );
   return { rows: Number(row.rows), distinct: Number(row.distinct_ids) };
+}
+
+/** The sum of a metric's samples (every label set) in a Prometheus text page. */
+function metricSum(page: string, name: string): number {
+  return page.split("\n")
+    .filter((line) => line.startsWith(`${name} `) || line.startsWith(`${name}{`))
+    .reduce((sum, line) => sum + Number(line.slice(line.lastIndexOf(" ") + 1)), 0);
 }
 
 /** Collects every dead letter the worker publishes, from now on (the subscription is live when it resolves). */
@@ -105,7 +114,7 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
   await step("migrations create the schema and applying them twice changes nothing", async () => {
     const clickhouse = createClickHouse({ url: server.url, ...CLICKHOUSE_ADMIN });
     const database = uniqueDatabase("migr");
-    const all = [1, 2, 3, 4, 5, 6, 7];
+    const all = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
     try {
       const first = await applyMigrations({ clickhouse, database });
       assertEquals(first, all, "first run applies every migration");
@@ -132,10 +141,10 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
       for (
         const [table, engine] of [
           ["request_events", "MergeTree"],
-          ["request_stats_1s", "AggregatingMergeTree"],
+          ["request_stats_1s", "SummingMergeTree"],
           ["latency_profile_1s", "SummingMergeTree"],
           ["latency_percentiles", "Buffer"],
-          ["latency_percentiles_storage", "MergeTree"],
+          ["latency_percentiles_storage", "ReplacingMergeTree"],
         ]
       ) {
         assertEquals(engines[table], engine, `table ${table}`);
@@ -170,7 +179,11 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
         assertEquals(await engine("latency_percentiles"), "MergeTree", "before 0007");
         await insert(percentiles, "a");
         await insert(percentiles, "b");
-        assertEquals(await applyMigrations({ clickhouse, database }), [7], "0007 on top of existing data");
+        assertEquals(
+          await applyMigrations({ clickhouse, database }, { through: 7 }),
+          [7],
+          "0007 on top of existing data",
+        );
         assertEquals(await engine("latency_percentiles"), "Buffer");
         assertEquals(await engine("latency_percentiles_storage"), "MergeTree");
         assertEquals(await methods(storage), ["a", "b"], "the rows are in the storage table");
@@ -199,16 +212,111 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
         await clickhouse.exec(sql`DROP TABLE ${migrations}`);
         await clickhouse.exec(sql`RENAME TABLE ${ident(database, "kept")} TO ${migrations}`);
         assertEquals(
-          await applyMigrations({ clickhouse, database }),
+          await applyMigrations({ clickhouse, database }, { through: 7 }),
           [7],
           "0007 again after the interruption",
         );
         assertEquals(await engine("latency_percentiles"), "Buffer");
         assertEquals(await methods(percentiles), ["a", "b", "c"], "nothing lost, nothing doubled");
-        assertEquals(await applyMigrations({ clickhouse, database }), [], "then up to date");
+        assertEquals(await applyMigrations({ clickhouse, database }, { through: 7 }), [], "then up to date");
       } finally {
         await clickhouse.exec(sql`DROP DATABASE IF EXISTS ${ident(database)}`);
       }
+    },
+  );
+
+  await step(
+    "0008 and 0009 rebuild the rollups of an existing database from its raw rows; merges keep the sums",
+    async () => {
+      const clickhouse = createClickHouse({ url: server.url, ...CLICKHOUSE_ADMIN });
+      const database = uniqueDatabase("sums");
+      const stats = ident(database, "request_stats_1s");
+      const insertRaw = (firstSeq: number) =>
+        clickhouse.exec(
+          sql`INSERT INTO ${ident(database, "request_events")}
+            (event_id, ts, ts_ms, service, method, grpc_code, duration_us, stream_seq)
+            SELECT generateUUIDv4(), toDateTime(1765000000 + intDiv(number, 50)),
+              (1765000000 + intDiv(number, 50)) * 1000 + number % 1000, 'svc', if(number % 2 = 0, 'a', 'b'),
+              if(number % 7 = 0, 14, 0), 100 + number * 37 % 3000000, ${firstSeq} + number
+            FROM system.numbers LIMIT 1000`,
+        );
+      const statsRequests = async () =>
+        Number((await clickhouse.query<{ n: string }>(sql`SELECT sum(requests) AS n FROM ${stats}`))[0].n);
+      try {
+        await applyMigrations({ clickhouse, database }, { through: 7 });
+        // The table as 0002 first created it (before it was corrected): plain sum columns in an
+        // AggregatingMergeTree, which a merge reduces to one row's values.
+        await clickhouse.exec(sql`DROP TABLE ${ident(database, "request_stats_1s_mv")}`);
+        await clickhouse.exec(sql`DROP TABLE ${stats}`);
+        await clickhouse.exec(
+          sql`CREATE TABLE ${stats} (ts DateTime, service String, method String, protocol String,
+            grpc_code UInt8, http_status UInt16, requests UInt64, errors UInt64, duration_sum_us UInt64,
+            duration_max_us AggregateFunction(max, UInt64)) ENGINE = AggregatingMergeTree
+            PARTITION BY toYYYYMMDD(ts) ORDER BY (ts, service, method, protocol, grpc_code, http_status)`,
+        );
+        await clickhouse.exec(
+          sql`CREATE MATERIALIZED VIEW ${ident(database, "request_stats_1s_mv")} TO ${stats} AS SELECT ts,
+            service, method, protocol, grpc_code, http_status, count() AS requests,
+            countIf(grpc_code != 0) AS errors, sum(duration_us) AS duration_sum_us,
+            maxState(duration_us) AS duration_max_us FROM ${ident(database, "request_events")}
+            GROUP BY ts, service, method, protocol, grpc_code, http_status`,
+        );
+        for (let part = 0; part < 4; part++) await insertRaw(part * 1000);
+        await clickhouse.exec(sql`OPTIMIZE TABLE ${stats} FINAL`);
+        assert((await statsRequests()) < 4000, "the old table loses counts in a merge (what 0008 repairs)");
+
+        assertEquals(await applyMigrations({ clickhouse, database }), [8, 9, 10]);
+        assertEquals(
+          (await rollupDifferences(clickhouse, database)).differences,
+          [],
+          "rebuilt from raw rows",
+        );
+        for (let part = 4; part < 8; part++) await insertRaw(part * 1000);
+        for (const table of ["request_stats_1s", "latency_profile_1s"]) {
+          await clickhouse.exec(sql`OPTIMIZE TABLE ${ident(database, table)} FINAL`);
+        }
+        const check = await rollupDifferences(clickhouse, database);
+        assertEquals(check.differences, [], "equal to the raw rows after more parts and forced merges");
+        assertEquals(await statsRequests(), 8000);
+        assert(check.compared.profile > 0 && check.compared.stats > 0, "keys compared");
+      } finally {
+        await clickhouse.exec(sql`DROP DATABASE IF EXISTS ${ident(database)}`);
+      }
+    },
+  );
+
+  await step(
+    "a view that fails after the raw rows were committed: the retry completes both rollups",
+    async () => {
+      await withFixture(server, async ({ nats, nc, clickhouse, database }) => {
+        // request_stats_1s_mv fails every INSERT carrying a FailingView event, after request_events
+        // committed it (18.16 feeds views after the raw part; neither rollup gets the rows).
+        const view = ident(database, "request_stats_1s_mv");
+        const [{ create_table_query: original }] = await clickhouse.query<{ create_table_query: string }>(
+          sql`SELECT create_table_query FROM system.tables
+            WHERE database = ${database} AND name = 'request_stats_1s_mv'`,
+        );
+        const failing = original.replace(
+          /GROUP BY ts, service/,
+          "WHERE throwIf(method = 'FailingView') = 0 GROUP BY ts, service",
+        );
+        assert(failing !== original, `unexpected view definition: ${original}`);
+        await clickhouse.exec(sql`DROP TABLE ${view}`);
+        await clickhouse.exec(trustedSqlText(failing));
+        const events = Array.from({ length: 600 }, (_, i) => makeEvent(i));
+        for (const event of events.filter((_, i) => i % 100 === 0)) event.method = "FailingView";
+        await publishEvents(nc, events);
+        const config = testConfig(nats.url, server.url, CLICKHOUSE_ADMIN.password, database);
+        const worker = createIngestWorker({ config, logger: quietLogger, mode: "drain" });
+        const stats = await worker.run();
+        assertEquals(await counts(clickhouse, database), { rows: 600, distinct: 600 });
+        assert(stats.retries > 0, "the INSERTs with a FailingView event failed and were retried");
+        const repaired = metricSum(worker.registry.render(), "ingest_rollup_cells_repaired_total");
+        assert(repaired > 0, `rollup cells repaired: ${repaired}`);
+        assertEquals((await rollupDifferences(clickhouse, database)).differences, []);
+        const rebuilt = await reconcileRollups(clickhouse, { database, fromTs: 0, toTs: 2 ** 32 - 1 });
+        assertEquals(rebuilt.statsCellsRepaired + rebuilt.profileCellsRepaired, 0, "nothing left to repair");
+      });
     },
   );
 
@@ -310,11 +418,16 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
         const decoded = decodeEvent(payload, seq);
         if (!decoded.ok) continue;
         appendEvent(scanner, payload, seq, () => writer);
-        reference.push({ ...decoded.row, ingested_at_ms: 1_764_460_800_123 });
+        reference.push({
+          ...decoded.row,
+          ingested_at_ms: 1_764_460_800_123,
+          ingest_batch_seq: 3000,
+          ingest_floor_seq: 17,
+        });
       }
       assert(reference.length > 500, `${reference.length} valid random events`);
-      writer.stamp(1_764_460_800_123);
-      const columns = [...REQUEST_EVENT_COLUMNS, "ingested_at_ms"];
+      writer.stamp({ ingestedAtMs: 1_764_460_800_123, batchSeq: 3000, floorSeq: 17 });
+      const columns = [...INSERT_COLUMNS];
       await clickhouse.insertBody({ database, table: "request_events" }, columns, ROW_FORMAT, writer.body());
       await clickhouse.insertJsonEachRow({ database, table: "reference_events" }, columns, reference);
       const read = (table: string) =>
@@ -600,10 +713,10 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
         const writer = new RowWriter();
         const scanner = new EventScanner();
         for (const msg of handed.slice(0, 250)) appendEvent(scanner, msg.data, msg.seq, () => writer);
-        writer.stamp(Date.now());
+        writer.stamp({ ingestedAtMs: Date.now(), batchSeq: handed[249].seq, floorSeq: 0 });
         await clickhouse.insertBody(
           { database, table: "request_events" },
-          [...REQUEST_EVENT_COLUMNS, "ingested_at_ms"],
+          INSERT_COLUMNS,
           ROW_FORMAT,
           writer.body(),
         );
@@ -739,12 +852,47 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
         profileRequests: 3000,
       });
       const result = await rebuild(config, quietLogger, { force: true });
+      assertEquals(result.mode, "all", "the stream holds every message: everything replayed");
       assertEquals(result.before, before);
       assertEquals(result.after, before, "counts after the rebuild");
       assertEquals(await projectionCounts(clickhouse, database), before);
       assertEquals(result.replay.rowsInserted, 3000, "the replay inserted every event again");
     });
   });
+
+  await step(
+    "rebuild refuses to lose what the stream cannot give back, and with keepOlder keeps it",
+    async () => {
+      await withFixture(server, async ({ nats, nc, clickhouse, database }) => {
+        const now = Date.now();
+        const events = Array.from({ length: 2000 }, (_, i) => makeEvent(i, now - 600_000 + i * 100));
+        await publishEvents(nc, events);
+        const config = testConfig(nats.url, server.url, CLICKHOUSE_ADMIN.password, database);
+        await createIngestWorker({ config, logger: quietLogger, mode: "drain" }).run();
+        const before = await projectionCounts(clickhouse, database);
+        assertEquals(before.rows, 2000);
+        // The stream's limits removed its oldest 500 messages.
+        await (await jetstreamManager(nc)).streams.purge(REQUEST_EVENTS_STREAM, { seq: 501 });
+        let refused: RebuildRefused | undefined;
+        await assertRejects(
+          () => rebuild(config, quietLogger),
+          (error) => error instanceof RebuildRefused && (refused = error) !== undefined,
+          "a rebuild that would lose rows",
+        );
+        assertEquals(refused?.lost.streamFirstSeq, 501);
+        assertEquals(refused?.lost.rawRows, 500, "the raw rows of the purged messages");
+        assert((refused?.lost.rollupRows ?? 0) > 0, "and the rollup seconds before the first replayable row");
+        assertEquals(await projectionCounts(clickhouse, database), before, "nothing touched");
+
+        const result = await rebuild(config, quietLogger, { keepOlder: true });
+        assertEquals(result.mode, "newer");
+        assertEquals(result.replay.rowsInserted, 1500, "the messages the stream still holds, replayed");
+        assertEquals(result.after, before, "every row kept or replayed");
+        assertEquals(await counts(clickhouse, database), { rows: 2000, distinct: 2000 });
+        assertEquals((await rollupDifferences(clickhouse, database)).differences, []);
+      });
+    },
+  );
 
   await step("retention drops only the partitions older than the cutoffs", async () => {
     await withFixture(server, async ({ nats, nc, clickhouse, database }) => {

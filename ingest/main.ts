@@ -4,8 +4,11 @@
  *   (none) | run   the worker: JetStream REQUEST_EVENTS → ClickHouse, until SIGTERM/SIGINT (then exit 0)
  *   migrate        apply the migrations and exit
  *   retention      drop partitions older than the retention and exit
- *   rebuild        truncate the projections and replay the stream from the start (stop the worker first;
- *                  --force skips that check)
+ *   rebuild        empty the projections and replay the stream from the start (stop the worker first;
+ *                  --force skips that check); refuses when the stream no longer holds every message the
+ *                  tables hold rows of, unless --keep-older (keep those rows, rebuild the rest)
+ *   reconcile FROM TO   compare the rollups with the raw rows for start seconds FROM..TO (unix seconds) and
+ *                  insert what they lack (stop the worker first)
  *
  * Configuration comes from the environment (see config.ts and README.md); a bad value exits with code 2.
  */
@@ -14,11 +17,13 @@ import { createClickHouse } from "./clickhouse.ts";
 import { ConfigError, type IngestConfig, loadConfig } from "./config.ts";
 import { serveMetrics } from "./metrics.ts";
 import { applyMigrations } from "./migrations.ts";
-import { rebuild } from "./rebuild.ts";
+import { rebuild, RebuildRefused } from "./rebuild.ts";
+import { reconcileRollups } from "./rollups.ts";
 import { applyRetention } from "./retention.ts";
 import { createIngestWorker } from "./worker.ts";
 
-const USAGE = "usage: deno run -A ingest/main.ts [run|migrate|retention|rebuild [--force]]";
+const USAGE =
+  "usage: deno run -A ingest/main.ts [run|migrate|retention|rebuild [--force] [--keep-older]|reconcile FROM TO]";
 
 async function runWorker(config: IngestConfig, logger: Logger): Promise<number> {
   const worker = createIngestWorker({ config, logger });
@@ -54,7 +59,7 @@ async function runWorker(config: IngestConfig, logger: Logger): Promise<number> 
 
 export async function main(args: string[]): Promise<number> {
   const command = args[0] ?? "run";
-  if (!["run", "migrate", "retention", "rebuild"].includes(command)) {
+  if (!["run", "migrate", "retention", "rebuild", "reconcile"].includes(command)) {
     console.error(USAGE);
     return 2;
   }
@@ -91,10 +96,33 @@ export async function main(args: string[]): Promise<number> {
         return 0;
       }
       case "rebuild": {
-        const result = await rebuild(config, logger, { force: args.includes("--force") });
-        const equal = JSON.stringify(result.before) === JSON.stringify(result.after);
-        if (!equal) logger.warn("counts differ after the rebuild (events expired from the stream?)", result);
-        return 0;
+        try {
+          const result = await rebuild(config, logger, {
+            force: args.includes("--force"),
+            keepOlder: args.includes("--keep-older"),
+          });
+          const equal = JSON.stringify(result.before) === JSON.stringify(result.after);
+          if (!equal) logger.warn("counts differ after the rebuild", { ...result });
+          return 0;
+        } catch (error) {
+          if (!(error instanceof RebuildRefused)) throw error;
+          logger.error(error.message, { ...error.lost });
+          return 1;
+        }
+      }
+      case "reconcile": {
+        const [from, to] = [Number(args[1]), Number(args[2])];
+        if (!Number.isSafeInteger(from) || !Number.isSafeInteger(to) || from < 0 || to < from) {
+          console.error(`${USAGE}\nreconcile: FROM and TO must be unix seconds, FROM <= TO`);
+          return 2;
+        }
+        const result = await reconcileRollups(clickhouse, {
+          database: config.database,
+          fromTs: from,
+          toTs: to,
+        });
+        logger.info("rollups reconciled with the raw rows", { from, to, ...result });
+        return result.statsCellsSurplus + result.profileCellsSurplus > 0 ? 1 : 0;
       }
       default:
         return await runWorker(config, logger);

@@ -25,4 +25,19 @@ export {
   type IngestWorkerOptions,
 } from "./worker.ts";
 export { applyRetention, type RetentionOptions } from "./retention.ts";
-export { projectionCounts, rebuild } from "./rebuild.ts";
+export {
+  projectionCounts,
+  rebuild,
+  type RebuildOptions,
+  RebuildRefused,
+  type RebuildResult,
+  type Unreplayable,
+  unreplayable,
+} from "./rebuild.ts";
+export {
+  END_SECOND_OF_EVENT,
+  type ReconcileResult,
+  reconcileRollups,
+  type ReconcileScope,
+  writeFloorMarker,
+} from "./rollups.ts";

@@ -1,8 +1,10 @@
 /**
- * Rebuild: the tables are projections of the stream, so they can be thrown away and recomputed. Truncates
- * the raw table and the rollups, deletes the durable consumer, and replays REQUEST_EVENTS from its first
- * message through the normal worker (same batching, dedup and dead-lettering) until nothing is pending.
- * The worker must not be running meanwhile: rebuild refuses when the consumer has waiting pull requests.
+ * Rebuild: the tables are projections of the stream, so they can be thrown away and recomputed from it, as
+ * far as the stream still holds their messages (7 days, 10 GiB). Deletes the durable consumer, empties the
+ * projections and replays REQUEST_EVENTS from its first message through the normal worker (same batching,
+ * dedup and dead-lettering) until nothing is pending. Rows the stream can no longer give back are never
+ * destroyed silently: the rebuild refuses, or keeps them (`keepOlder`), and says which. The worker must not
+ * be running meanwhile: rebuild refuses when the consumer has waiting pull requests.
  */
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
@@ -10,7 +12,8 @@ import { type Logger, REQUEST_EVENTS_STREAM } from "@tailwatch/kit";
 import { type ClickHouse, createClickHouse } from "./clickhouse.ts";
 import type { IngestConfig } from "./config.ts";
 import { applyMigrations } from "./migrations.ts";
-import { ident, sql } from "./sql.ts";
+import { reconcileRollups } from "./rollups.ts";
+import { ident, type Sql, sql } from "./sql.ts";
 import { createIngestWorker, type IngestStats } from "./worker.ts";
 
 /**
@@ -43,7 +46,7 @@ export async function projectionCounts(clickhouse: ClickHouse, database: string)
   );
   const [profile] = await clickhouse.query<{ n: string }>(
     sql`SELECT sum(requests) AS n FROM ${ident(database, "latency_profile_1s")}`,
-  );
+  ); // floor markers carry no requests
   return {
     rows: Number(raw.rows),
     distinctEvents: Number(raw.distinct_events),
@@ -52,11 +55,103 @@ export async function projectionCounts(clickhouse: ClickHouse, database: string)
   };
 }
 
+/** What the stream can no longer give back, found before a rebuild touches anything. */
+export interface Unreplayable {
+  /** The stream's first sequence: messages below it were removed by its limits (7 days, 10 GiB). */
+  streamFirstSeq: number;
+  /** Raw rows whose message is no longer in the stream (stream_seq below its first sequence, or 0). */
+  rawRows: number;
+  /** Rows of the rollups whose start second is before the first second a replay would fill. */
+  rollupRows: number;
+  /**
+   * The first start second (unix s) of the rows a replay gives back: rollup rows before it would be lost.
+   * Undefined when the stream gives back no row of the table.
+   */
+  replayFromTs?: number;
+}
+
+/** Counts what a rebuild would lose: raw rows and rollup seconds the stream cannot reproduce. */
+export async function unreplayable(
+  clickhouse: ClickHouse,
+  database: string,
+  streamFirstSeq: number,
+): Promise<Unreplayable> {
+  const [raw] = await clickhouse.query<{ old: string; replay_from: string; replayable: string }>(
+    sql`SELECT countIf(stream_seq < ${streamFirstSeq}) AS old,
+        minIf(toUInt32(ts), stream_seq >= ${streamFirstSeq}) AS replay_from,
+        countIf(stream_seq >= ${streamFirstSeq}) AS replayable
+      FROM ${ident(database, "request_events")}`,
+  );
+  const replayFromTs = Number(raw.replayable) > 0 ? Number(raw.replay_from) : undefined;
+  // Rollup rows the replay cannot fill again: seconds before the first replayed row (when nothing is
+  // replayable, every rollup row); their raw rows are gone (retention keeps rollups longer) or not replayable.
+  const before = replayFromTs === undefined ? sql`1` : sql`ts < ${new Date(replayFromTs * 1000)}`;
+  let rollupRows = 0;
+  for (const table of ["request_stats_1s", "latency_profile_1s"]) {
+    const [row] = await clickhouse.query<{ n: string }>(
+      sql`SELECT count() AS n FROM ${ident(database, table)} WHERE ${before} AND requests > 0`,
+    );
+    rollupRows += Number(row.n);
+  }
+  return { streamFirstSeq, rawRows: Number(raw.old), rollupRows, replayFromTs };
+}
+
+/** Deletes rows by condition (a mutation) and waits until ClickHouse has applied it. */
+async function deleteWhere(clickhouse: ClickHouse, database: string, table: string, condition: Sql) {
+  await clickhouse.exec(sql`ALTER TABLE ${ident(database, table)} DELETE WHERE ${condition}`);
+  for (;;) {
+    const [row] = await clickhouse.query<{ n: string }>(
+      sql`SELECT count() AS n FROM system.mutations WHERE database = ${database} AND table = ${table} AND is_done = 0`,
+    );
+    if (Number(row.n) === 0) return;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+export interface RebuildOptions {
+  /** Skip the check that no worker is consuming. */
+  force?: boolean;
+  /**
+   * When the stream no longer holds every message the tables were built from: keep every row the stream
+   * cannot give back (raw rows of removed messages, rollup seconds before the first replayed row) and
+   * rebuild only the rest. Without it, such a rebuild is refused.
+   */
+  keepOlder?: boolean;
+}
+
+/** Thrown when a rebuild would destroy rows the stream cannot give back (and keepOlder was not asked for). */
+export class RebuildRefused extends Error {
+  override name = "RebuildRefused";
+  constructor(readonly lost: Unreplayable) {
+    super(
+      `the stream starts at sequence ${lost.streamFirstSeq} and no longer holds the messages of ` +
+        `${lost.rawRows} raw rows; ${lost.rollupRows} rollup rows are older than the first second it can ` +
+        "replay: a rebuild would lose them. Refusing; `rebuild --keep-older` keeps them and rebuilds the rest.",
+    );
+  }
+}
+
+export interface RebuildResult {
+  before: ProjectionCounts;
+  after: ProjectionCounts;
+  replay: IngestStats;
+  /** "all": the tables were emptied and replayed whole; "newer": what the stream cannot give back was kept. */
+  mode: "all" | "newer";
+  kept: Unreplayable;
+}
+
+/**
+ * Rebuilds the projections from the stream. When the stream still holds every message the tables hold
+ * rows of, the tables are truncated and replayed whole. Otherwise (its limits removed older messages) the
+ * rebuild is refused with what it would lose, or, with `keepOlder`, keeps those rows: it deletes only the
+ * raw rows the stream gives back and the rollup seconds from the first of them on, replays, and completes
+ * the rollups of those seconds from the kept raw rows (rollups.ts).
+ */
 export async function rebuild(
   config: IngestConfig,
   logger: Logger,
-  options: { force?: boolean } = {},
-): Promise<{ before: ProjectionCounts; after: ProjectionCounts; replay: IngestStats }> {
+  options: RebuildOptions = {},
+): Promise<RebuildResult> {
   const clickhouse = createClickHouse({
     url: config.clickhouseUrl,
     username: config.clickhouseUser,
@@ -65,8 +160,13 @@ export async function rebuild(
   await applyMigrations({ clickhouse, database: config.database });
   const before = await projectionCounts(clickhouse, config.database);
   const nc = await connect({ servers: config.natsUrl, name: "tailwatch-ingest-rebuild" });
+  let lost: Unreplayable;
   try {
     const jsm = await jetstreamManager(nc);
+    const stream = await jsm.streams.info(REQUEST_EVENTS_STREAM);
+    // An empty stream reports first_seq = last_seq + 1: nothing in it, everything in the tables is older.
+    lost = await unreplayable(clickhouse, config.database, stream.state.first_seq);
+    if ((lost.rawRows > 0 || lost.rollupRows > 0) && !options.keepOlder) throw new RebuildRefused(lost);
     const info = await jsm.consumers.info(REQUEST_EVENTS_STREAM, config.durable).catch(() => undefined);
     if (info && info.num_waiting > 0 && !options.force) {
       throw new Error(
@@ -78,10 +178,28 @@ export async function rebuild(
   } finally {
     await nc.close();
   }
-  for (const table of PROJECTION_TABLES) {
-    await clickhouse.exec(sql`TRUNCATE TABLE ${ident(config.database, table)}`);
+  const mode = lost.rawRows > 0 || lost.rollupRows > 0 ? "newer" : "all";
+  if (mode === "all") {
+    for (const table of PROJECTION_TABLES) {
+      await clickhouse.exec(sql`TRUNCATE TABLE ${ident(config.database, table)}`);
+    }
+    logger.info("projections truncated; replaying the stream from the start", { before });
+  } else if (lost.replayFromTs !== undefined) {
+    const from = new Date(lost.replayFromTs * 1000);
+    await deleteWhere(
+      clickhouse,
+      config.database,
+      "request_events",
+      sql`stream_seq >= ${lost.streamFirstSeq}`,
+    );
+    await deleteWhere(clickhouse, config.database, "request_stats_1s", sql`ts >= ${from}`);
+    await deleteWhere(clickhouse, config.database, "latency_profile_1s", sql`ts >= ${from}`);
+    logger.info("kept what the stream cannot give back; replaying the rest", { before, kept: lost });
+  } else {
+    logger.info("the stream holds none of the tables' rows: nothing to rebuild, everything kept", {
+      kept: lost,
+    });
   }
-  logger.info("projections truncated; replaying the stream from the start", { before });
   const worker = createIngestWorker({
     config: { ...config, migrateOnStart: false },
     logger,
@@ -89,7 +207,19 @@ export async function rebuild(
     deliverFromStart: true,
   });
   const replay = await worker.run();
+  if (mode === "newer" && lost.replayFromTs !== undefined) {
+    // The rollups of the kept raw rows from that second on were deleted with the rest: add them back.
+    const [{ last }] = await clickhouse.query<{ last: string }>(
+      sql`SELECT toUInt32(max(ts)) AS last FROM ${ident(config.database, "request_events")}`,
+    );
+    const repaired = await reconcileRollups(clickhouse, {
+      database: config.database,
+      fromTs: lost.replayFromTs,
+      toTs: Number(last),
+    });
+    logger.info("rollups of the kept rows completed", { ...repaired });
+  }
   const after = await projectionCounts(clickhouse, config.database);
-  logger.info("rebuild done", { before, after, replay });
-  return { before, after, replay };
+  logger.info("rebuild done", { mode, before, after, replay });
+  return { before, after, replay, mode, kept: lost };
 }

@@ -172,13 +172,16 @@ export class EventScanner {
 const serviceCache: { bytes: Uint8Array; text: string }[] = [];
 const encoder = new TextEncoder();
 
-/** Bytes of a value of a UInt64 column that is not known until the INSERT is sent (`ingested_at_ms`). */
-const STAMP_BYTES = 8;
+/**
+ * Bytes of the UInt64 columns whose values are not known until the INSERT is sent: `ingested_at_ms`,
+ * `ingest_batch_seq` and `ingest_floor_seq` (STAMPED_COLUMNS).
+ */
+const STAMP_BYTES = 24;
 const TWO_TO_32 = 2 ** 32;
 
 /**
  * The rows of one INSERT in ClickHouse's RowBinary format, in a growable buffer: the columns of
- * REQUEST_EVENT_COLUMNS and then `ingested_at_ms`, whose value `stamp()` writes into every row just before the
+ * REQUEST_EVENT_COLUMNS and then STAMPED_COLUMNS, whose values `stamp()` writes into every row just before the
  * INSERT is sent. RowBinary rather than TabSeparated because the server parses it with a copy per value
  * instead of a text parser per value (no number or UUID parsing, no unescaping): measured in ingest/README.md.
  * Per column type (ingest/migrations/0001 and 0004): UUID as 16 bytes (its two halves, each a little-endian
@@ -188,7 +191,7 @@ const TWO_TO_32 = 2 ** 32;
 export class RowWriter {
   bytes: Uint8Array<ArrayBuffer>;
   length = 0;
-  /** Per row: its first byte, its stream sequence, and where its ingested_at_ms bytes are. */
+  /** Per row: its first byte, its stream sequence, and where its stamped columns' bytes are. */
   readonly rowStarts: number[] = [];
   readonly seqs: number[] = [];
   private readonly stampAt: number[] = [];
@@ -288,10 +291,12 @@ export class RowWriter {
     return at + STAMP_BYTES;
   }
 
-  /** Writes `ms` (epoch milliseconds) as every row's ingested_at_ms. */
-  stamp(ms: number): void {
+  /** Writes every row's stamped columns (STAMPED_COLUMNS): see ingest/README.md for what they mean. */
+  stamp(values: { ingestedAtMs: number; batchSeq: number; floorSeq: number }): void {
     const value = new Uint8Array(STAMP_BYTES);
-    writeUInt64(value, 0, Math.trunc(ms));
+    let at = writeUInt64(value, 0, Math.trunc(values.ingestedAtMs));
+    at = writeUInt64(value, at, values.batchSeq);
+    writeUInt64(value, at, values.floorSeq);
     for (const at of this.stampAt) this.bytes.set(value, at);
   }
 

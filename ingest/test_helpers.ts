@@ -15,11 +15,14 @@ import type { RequestEventRow } from "./event_row.ts";
 import { EVENT_COUNT_HEADER, requestEventSubject } from "@tailwatch/kit";
 import { AssertionError } from "@tailwatch/testing";
 import { type IngestConfig, loadConfig } from "./config.ts";
+import type { ClickHouse } from "./clickhouse.ts";
+import { END_SECOND_OF_EVENT } from "./rollups.ts";
+import { ident, sql } from "./sql.ts";
 
 const SERVICES = ["catalog", "orders", "payments"] as const;
 
 /** A plausible RequestEvent; `i` varies the fields, `startTimeMs` defaults to now. */
-export function makeEvent(i: number, startTimeMs = Date.now()): RequestEvent {
+export function makeEvent(i: number, startTimeMs: number = Date.now()): RequestEvent {
   const service = SERVICES[i % SERVICES.length];
   const grpc = i % 4 !== 0;
   return create(RequestEventSchema, {
@@ -66,7 +69,7 @@ export async function publishEvents(nc: NatsConnection, events: RequestEvent[], 
 export function publishEventBatch(
   nc: NatsConnection,
   events: RequestEvent[],
-  countHeader = String(events.length),
+  countHeader: string = String(events.length),
 ): Promise<unknown> {
   const h = headers();
   h.set(EVENT_COUNT_HEADER, countHeader);
@@ -212,15 +215,17 @@ export function randomEvent(random: () => number, i: number): RequestEvent {
   return event;
 }
 
-/** A row read back from a RowBinary body: the ingest columns and the `ingested_at_ms` stamped at INSERT. */
+/** A row read back from a RowBinary body: the ingest columns and the columns stamped at INSERT. */
 export interface RowBinaryRow {
   row: RequestEventRow;
   ingested_at_ms: number;
+  ingest_batch_seq: number;
+  ingest_floor_seq: number;
 }
 
 /**
  * Reads an INSERT body of row_writer.ts back, written from ClickHouse's description of RowBinary (and the
- * column types of migrations 0001 and 0004), not from the writer: the tests compare what it reads with
+ * column types of migrations 0001, 0004 and 0009), not from the writer: the tests compare what it reads with
  * decodeEvent's rows. UUID: two little-endian UInt64 halves, checked against the server in ingest_test.ts.
  */
 export function readRowBinary(body: Uint8Array): RowBinaryRow[] {
@@ -279,8 +284,98 @@ export function readRowBinary(body: Uint8Array): RowBinaryRow[] {
       fault_injected: u8() as 0 | 1,
       stream_seq: u64(),
     };
-    rows.push({ row, ingested_at_ms: u64() });
+    rows.push({ row, ingested_at_ms: u64(), ingest_batch_seq: u64(), ingest_floor_seq: u64() });
   }
   if (at !== body.length) throw new AssertionError("the last row runs past the body");
   return rows;
+}
+
+type Row = Record<string, string | number | string[] | number[]>;
+
+/** Adds a line to `differences` per key whose value differs (the first 20 of `table`). */
+export function compareMaps(
+  table: string,
+  expected: Map<string, string>,
+  actual: Map<string, string>,
+  differences: string[],
+): void {
+  let reported = 0;
+  const report = (line: string) => {
+    if (reported++ < 20) differences.push(`${table}: ${line}`);
+  };
+  for (const [key, value] of expected) {
+    const got = actual.get(key);
+    if (got !== value) report(`${key}: raw rows give ${value}, the table ${got ?? "nothing"}`);
+  }
+  for (const [key, value] of actual) {
+    if (!expected.has(key)) report(`${key}: the table has ${value}, the raw rows nothing`);
+  }
+  if (reported > 20) differences.push(`${table}: ... ${reported - 20} more`);
+}
+
+/**
+ * The rollups' half of the invariant (native/profiler/tests/derived.ts states the whole): each rollup equals
+ * an independent query over the raw rows, key by key.
+ * - `request_stats_1s`, per start second and (service, method, protocol, grpc_code, http_status): requests,
+ *   errors, duration sum and max.
+ * - `latency_profile_1s`, per completion second, start second and (service, method): requests, errors, max
+ *   and the histogram bucket by bucket (floor markers, rows without requests, left out).
+ */
+export async function rollupDifferences(
+  clickhouse: ClickHouse,
+  database: string,
+): Promise<{ differences: string[]; compared: { stats: number; profile: number } }> {
+  const raw = ident(database, "request_events");
+  const differences: string[] = [];
+  const statsKey = (r: Row) =>
+    [r.ts, r.service, r.method, r.protocol, r.grpc_code, r.http_status].join(" | ");
+  const statsValue = (r: Row) => [r.requests, r.errors, r.duration_sum, r.duration_max].join(" ");
+  const statsExpected = await clickhouse.query<Row>(
+    sql`SELECT toUInt32(ts) AS ts, service, method, protocol, grpc_code, http_status, count() AS requests,
+        countIf(grpc_code != 0) AS errors, sum(duration_us) AS duration_sum, max(duration_us) AS duration_max
+      FROM ${raw} GROUP BY ts, service, method, protocol, grpc_code, http_status`,
+  );
+  const statsActual = await clickhouse.query<Row>(
+    sql`SELECT toUInt32(ts) AS ts, service, method, protocol, grpc_code, http_status, sum(requests) AS requests,
+        sum(errors) AS errors, sum(duration_sum_us) AS duration_sum, maxMerge(duration_max_us) AS duration_max
+      FROM ${ident(database, "request_stats_1s")}
+      GROUP BY ts, service, method, protocol, grpc_code, http_status`,
+  );
+  compareMaps(
+    "request_stats_1s",
+    new Map(statsExpected.map((r) => [statsKey(r), statsValue(r)])),
+    new Map(statsActual.map((r) => [statsKey(r), statsValue(r)])),
+    differences,
+  );
+
+  const profileKey = (r: Row) => [r.end_ts, r.ts, r.service, r.method].join(" | ");
+  const profileValue = (r: Row) => {
+    const buckets = (r.buckets as (string | number)[]).map(Number);
+    const counts = (r.counts as (string | number)[]).map(Number);
+    const histogram = buckets.map((b, i) => `${b}:${counts[i]}`).join(",");
+    return `${r.requests} ${r.errors} ${r.duration_max} [${histogram}]`;
+  };
+  const profileExpected = await clickhouse.query<Row>(
+    sql`SELECT toUInt32(${END_SECOND_OF_EVENT}) AS end_ts, toUInt32(ts) AS ts, service, method,
+        count() AS requests, countIf(grpc_code != 0) AS errors, max(duration_us) AS duration_max,
+        (sumMap([toUInt16(if(duration_us < 128, duration_us, 128 * toUInt64(floor(log2(duration_us)) - 7)
+          + bitShiftRight(duration_us, toUInt64(floor(log2(duration_us)) - 7))))], [toUInt64(1)]) AS h).1
+          AS buckets,
+        h.2 AS counts
+      FROM ${raw} GROUP BY end_ts, ts, service, method`,
+  );
+  const profileActual = await clickhouse.query<Row>(
+    sql`SELECT toUInt32(end_ts) AS end_ts, toUInt32(ts) AS ts, service, method, sum(requests) AS requests,
+        sum(errors) AS errors, maxMerge(duration_max_us) AS duration_max,
+        (sumMap(histogramMap.bucket, histogramMap.count) AS h).1 AS buckets, h.2 AS counts
+      FROM ${ident(database, "latency_profile_1s")} WHERE service != '' GROUP BY end_ts, ts, service, method`,
+  );
+  compareMaps(
+    "latency_profile_1s",
+    new Map(profileExpected.map((r) => [profileKey(r), profileValue(r)])),
+    new Map(profileActual.map((r) => [profileKey(r), profileValue(r)])),
+    differences,
+  );
+
+  return { differences, compared: { stats: statsExpected.length, profile: profileExpected.length } };
 }

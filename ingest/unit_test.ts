@@ -7,6 +7,8 @@ import { appendEvent, BatchRanges, EventScanner, RowWriter, splitBatch } from ".
 import { ident, literal, sql, SqlBindError, sqlJoin } from "./sql.ts";
 import { assert, assertEquals, seededRandom } from "@tailwatch/testing";
 import { makeEvent, randomEvent, readRowBinary } from "./test_helpers.ts";
+
+const STAMP = { ingestedAtMs: 1_234_567_890_123, batchSeq: 77, floorSeq: 70 };
 import { Delivery, parseAckReply } from "./pull.ts";
 
 function assertThrows(fn: () => unknown, type: new (...args: never[]) => Error, message: string): void {
@@ -141,7 +143,7 @@ Deno.test("the fast path writes the rows of protobuf-es, for random events and m
       const refused = start === undefined
         ? appendEvent(scanner, payload, compared, pick)
         : appendEvent(scanner, framed, compared, pick, start, end);
-      writer.stamp(1_234_567_890_123);
+      writer.stamp(STAMP);
       return { refused, picked, rows: writer.rows, body: [...writer.body()] };
     };
     const embedded = run(before, before + payload.length);
@@ -159,12 +161,12 @@ Deno.test("the fast path writes the rows of protobuf-es, for random events and m
     // same bytes for it.
     assertEquals(
       readRowBinary(Uint8Array.from(alone.body)),
-      [{ row: expected.row, ingested_at_ms: 1_234_567_890_123 }],
+      [{ row: expected.row, ingested_at_ms: 1_234_567_890_123, ingest_batch_seq: 77, ingest_floor_seq: 70 }],
       context,
     );
     const reference = new RowWriter(16);
     reference.appendRow(expected.row);
-    reference.stamp(1_234_567_890_123);
+    reference.stamp(STAMP);
     assertEquals(alone.body, [...reference.body()], context);
   };
   for (let i = 0; i < 4000; i++) {
@@ -240,14 +242,15 @@ Deno.test("a row writer drops rows by sequence and stamps every row", () => {
     );
   }
   const kept = writer.without(new Set([100, 125, 149, 7]));
-  kept.stamp(1_700_000_123_456);
+  kept.stamp({ ingestedAtMs: 1_700_000_123_456, batchSeq: 149, floorSeq: 99 });
   const rows = readRowBinary(kept.body());
   assertEquals(rows.length, 47);
   assertEquals(kept.seqs.length, 47);
-  for (const [i, { row, ingested_at_ms }] of rows.entries()) {
+  for (const [i, { row, ingested_at_ms, ingest_batch_seq, ingest_floor_seq }] of rows.entries()) {
     assertEquals(row.stream_seq, kept.seqs[i]);
     assertEquals(row.ts_ms, 1_700_000_000_000 + row.stream_seq - 100);
     assertEquals(ingested_at_ms, 1_700_000_123_456);
+    assertEquals([ingest_batch_seq, ingest_floor_seq], [149, 99]);
   }
   assert(!kept.seqs.includes(125) && kept.seqs.includes(126), "the right rows are gone");
 });

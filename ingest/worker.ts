@@ -21,11 +21,12 @@ import {
 } from "@tailwatch/kit";
 import { type ClickHouse, createClickHouse } from "./clickhouse.ts";
 import type { IngestConfig } from "./config.ts";
-import { type PoisonReason, REQUEST_EVENT_COLUMNS, ROW_FORMAT } from "./event_row.ts";
+import { INSERT_COLUMNS, type PoisonReason, ROW_FORMAT } from "./event_row.ts";
 import { appendEvent, BatchRanges, EventScanner, RowWriter, splitBatch } from "./row_writer.ts";
 import { applyMigrations } from "./migrations.ts";
 import { createPullReceiver, type Delivery, type PullReceiver } from "./pull.ts";
 import { applyRetention } from "./retention.ts";
+import { reconcileRollups, writeFloorMarker } from "./rollups.ts";
 import { ident, sql, sqlJoin } from "./sql.ts";
 
 export interface IngestWorkerOptions {
@@ -101,8 +102,6 @@ interface PreparedBatch {
   checkFirst: boolean;
 }
 
-const INSERT_COLUMNS = [...REQUEST_EVENT_COLUMNS, "ingested_at_ms"] as const;
-
 /** True when both lists hold the same subjects, in any order. */
 function sameSubjects(a: string[] | undefined, b: string[]): boolean {
   const left = [...(a ?? [])].sort();
@@ -120,6 +119,50 @@ function ackFloor(info: ConsumerInfo): number {
     ? info.config.opt_start_seq ?? 1
     : 1;
   return Math.max(info.ack_floor.stream_seq, start - 1);
+}
+
+/**
+ * Holds the worker's own INSERTs while a rollup repair compares rollups with raw rows (rollups.ts): an INSERT
+ * whose raw part is committed and whose views are not fed yet would look like a gap and be added twice.
+ * INSERTs share the gate; a repair takes it alone, after the INSERTs in flight returned.
+ */
+interface WriteGate {
+  shared<T>(action: () => Promise<T>): Promise<T>;
+  exclusive<T>(action: () => Promise<T>): Promise<T>;
+}
+
+function createWriteGate(): WriteGate {
+  let holders = 0;
+  let exclusiveHeld: Promise<void> | undefined;
+  let onDrained: (() => void)[] = [];
+  return {
+    async shared(action) {
+      while (exclusiveHeld) await exclusiveHeld;
+      holders++;
+      try {
+        return await action();
+      } finally {
+        holders--;
+        if (holders === 0) {
+          const waiting = onDrained;
+          onDrained = [];
+          for (const resolve of waiting) resolve();
+        }
+      }
+    },
+    async exclusive(action) {
+      while (exclusiveHeld) await exclusiveHeld;
+      let release = () => {};
+      exclusiveHeld = new Promise<void>((resolve) => release = resolve);
+      try {
+        while (holders > 0) await new Promise<void>((resolve) => onDrained.push(resolve));
+        return await action();
+      } finally {
+        exclusiveHeld = undefined;
+        release();
+      }
+    },
+  };
 }
 
 /** Thrown inside the worker when a stop's grace period ran out while a batch was still failing. */
@@ -261,6 +304,20 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
     ),
     retentionDropped: registry.counter("ingest_retention_partitions_dropped_total", "Partitions dropped."),
     up: registry.gauge("ingest_ready", "1 when connected, migrated and consuming."),
+    rollupRepaired: registry.counter(
+      "ingest_rollup_cells_repaired_total",
+      "Rollup cells found short of the raw rows after a failed INSERT and completed (rollups.ts).",
+      ["table"],
+    ),
+    rollupSurplus: registry.counter(
+      "ingest_rollup_cells_surplus_total",
+      "Rollup cells found holding more than the raw rows: not repairable by an INSERT; an error.",
+      ["table"],
+    ),
+    floor: registry.gauge(
+      "ingest_committed_floor_seq",
+      "Every stream message at or below this sequence is committed (rows and rollups) or dead-lettered.",
+    ),
   };
   const stats: IngestStats = {
     batches: 0,
@@ -284,6 +341,16 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
   let isReady = false;
   /** The highest stream sequence delivered before (see prepareBatch). */
   let highWater = 0;
+  /**
+   * Every message at or below it is committed (raw rows and rollups) or dead-lettered: the last acked batch's
+   * highest sequence, or the consumer's ack floor at start. Stamped on every row as ingest_floor_seq, and
+   * written as a marker row into latency_profile_1s when no INSERT carries it (the profiler's notion of a
+   * final batch: native/profiler/README.md).
+   */
+  let committedFloor = 0;
+  /** The highest floor an INSERT or a marker has carried to ClickHouse. */
+  let floorAnnounced = 0;
+  const gate = createWriteGate();
   /** Batches taken from the queue and not yet acked (at most three: two being inserted, one decoded). */
   let inHand: { batch: Delivery[]; since: number }[] = [];
 
@@ -346,13 +413,53 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
     return new Set(found.map((row) => Number(row.stream_seq)));
   }
 
-  /** Inserts one partition's rows exactly once: after any doubt (redelivery, failed attempt) asks first. */
-  async function insertGroup(group: RowGroup, checkFirst: boolean): Promise<void> {
+  /**
+   * After rows of this group were found in the table: an earlier INSERT of them committed its raw part, and
+   * its views may have failed after that (ClickHouse 18.16 feeds them after the commit). Compares both
+   * rollups with the raw rows over the group's seconds and services and inserts what they lack, with every
+   * other INSERT of this worker held and none of its durable running in ClickHouse.
+   */
+  async function repairRollups(group: RowGroup, batchSeq: number): Promise<void> {
+    await gate.exclusive(async () => {
+      await awaitNoInsertsInFlight();
+      const result = await reconcileRollups(clickhouse, {
+        database: config.database,
+        fromTs: group.minTs,
+        toTs: group.maxTs,
+        services: [...group.services],
+        batchSeq,
+        floorSeq: committedFloor,
+      });
+      metrics.rollupRepaired.inc({ table: "request_stats_1s" }, result.statsCellsRepaired);
+      metrics.rollupRepaired.inc({ table: "latency_profile_1s" }, result.profileCellsRepaired);
+      metrics.rollupSurplus.inc({ table: "request_stats_1s" }, result.statsCellsSurplus);
+      metrics.rollupSurplus.inc({ table: "latency_profile_1s" }, result.profileCellsSurplus);
+      if (result.statsCellsRepaired + result.profileCellsRepaired > 0) {
+        logger.warn(
+          "rollups were short of the raw rows (a view failed after the raw rows were committed): repaired",
+          {
+            ...result,
+          },
+        );
+      }
+      if (result.statsCellsSurplus + result.profileCellsSurplus > 0) {
+        logger.error("rollup cells hold more than the raw rows; not repairable by an insert", { ...result });
+      }
+    });
+  }
+
+  /**
+   * Inserts one partition's rows exactly once: after any doubt (redelivery, failed attempt) asks first, and
+   * completes the rollups when an earlier INSERT of some of the rows committed them (repairRollups).
+   * `batchSeq`: the batch's highest stream sequence, stamped on its rows as ingest_batch_seq.
+   */
+  async function insertGroup(group: RowGroup, checkFirst: boolean, batchSeq: number): Promise<void> {
     await withRetry("insert", async (attempt) => {
       let writer = group.writer;
       if (checkFirst || attempt > 0) {
         const existing = await existingSeqs(group);
         if (existing.size > 0) {
+          await repairRollups(group, batchSeq);
           writer = writer.without(existing);
           const skipped = group.writer.rows - writer.rows;
           stats.duplicatesSkipped += skipped;
@@ -363,11 +470,15 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       if (writer.rows === 0) return;
       // ingested_at_ms: the worker's clock when it sends the INSERT that carries the row (see README).
       const sentAt = Date.now();
-      writer.stamp(sentAt);
+      const floorSeq = committedFloor;
+      writer.stamp({ ingestedAtMs: sentAt, batchSeq, floorSeq });
       const started = performance.now();
-      await clickhouse.insertBody(table, INSERT_COLUMNS, ROW_FORMAT, writer.body(), {
-        queryId: insertQueryPrefix + crypto.randomUUID(),
-      });
+      await gate.shared(() =>
+        clickhouse.insertBody(table, INSERT_COLUMNS, ROW_FORMAT, writer.body(), {
+          queryId: insertQueryPrefix + crypto.randomUUID(),
+        })
+      );
+      if (floorSeq > floorAnnounced) floorAnnounced = floorSeq;
       options.onInserted?.(sentAt, Date.now(), writer.rows);
       const insertMs = performance.now() - started;
       metrics.insertSeconds.observe(insertMs / 1000);
@@ -375,6 +486,21 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       stats.rowsInserted += writer.rows;
       metrics.rows.inc({}, writer.rows);
     });
+  }
+
+  /**
+   * Writes the committed floor as a marker row (rollups.ts) when no INSERT has carried it yet. Best effort:
+   * a marker that fails only makes the profiler re-read the last batches until the next one.
+   */
+  async function announceFloor(): Promise<void> {
+    const floor = committedFloor;
+    if (floor <= floorAnnounced) return;
+    try {
+      await writeFloorMarker(clickhouse, config.database, floor);
+      if (floor > floorAnnounced) floorAnnounced = floor;
+    } catch (error) {
+      logger.debug("could not write the floor marker; will try again", { error });
+    }
   }
 
   /**
@@ -486,6 +612,10 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       // Everything up to the consumer's last delivered sequence may have been inserted by an earlier process.
       const startInfo = await withRetry("read the consumer", consumerInfo);
       if (startInfo.delivered.stream_seq > highWater) highWater = startInfo.delivered.stream_seq;
+      // Everything at or below the ack floor was committed by whoever acked it.
+      committedFloor = ackFloor(startInfo);
+      metrics.floor.set(committedFloor);
+      await announceFloor();
       const receiver: PullReceiver = createPullReceiver({
         servers: config.natsUrl,
         name: `tailwatch-ingest-pull:${config.durable}`,
@@ -589,6 +719,8 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
         if (batch.length === 0) {
           if (!await settle()) break;
           if (stopping) break;
+          // Idle: no INSERT carries the floor of the last batches to the profiler, a marker does.
+          await announceFloor();
           if (receiver.broken && queue.size() === 0) {
             await resync();
             continue;
@@ -744,7 +876,7 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
     const { batch, last, groups, poison, checkFirst } = prepared;
     const commitStart = performance.now();
     // One INSERT per day-partition: an INSERT is atomic only within one partition (one part).
-    for (const group of groups) await insertGroup(group, checkFirst);
+    for (const group of groups) await insertGroup(group, checkFirst, last.seq);
     // Acks in batch order: this batch's cumulative ack also covers the batch before it.
     const before = await previous;
     if (before !== undefined) {
@@ -778,6 +910,10 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
     // check absorbs.
     receiver.ack(last); // the highest sequence: a redelivered message may come after higher ones
     await receiver.flush().catch((error) => logger.warn("flushing acks failed", { error }));
+    if (last.seq > committedFloor) {
+      committedFloor = last.seq;
+      metrics.floor.set(committedFloor);
+    }
     stats.batches++;
     metrics.batches.inc();
     logger.debug("batch done", {

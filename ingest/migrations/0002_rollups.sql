@@ -6,6 +6,8 @@
 -- Counts, errors, duration sum and max per second and (service, method, protocol, grpc_code, http_status).
 -- Read with sum(requests), sum(errors), sum(duration_sum_us), max(duration_max_us) and GROUP BY: rows of the
 -- same key are merged in the background, so never assume one row per key.
+-- This file first made it an AggregatingMergeTree with plain sum columns, which merges lost (and a current
+-- ClickHouse refuses); 0008 rebuilds it as the SummingMergeTree below, which a fresh database now gets here.
 CREATE TABLE IF NOT EXISTS {{database}}.request_stats_1s
 (
     ts DateTime,
@@ -19,7 +21,7 @@ CREATE TABLE IF NOT EXISTS {{database}}.request_stats_1s
     duration_sum_us UInt64,
     duration_max_us AggregateFunction(max, UInt64)
 )
-ENGINE = AggregatingMergeTree
+ENGINE = SummingMergeTree
 PARTITION BY toYYYYMMDD(ts)
 ORDER BY (ts, service, method, protocol, grpc_code, http_status)
 SETTINGS index_granularity = 1024;
