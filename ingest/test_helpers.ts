@@ -17,7 +17,7 @@ import { AssertionError } from "@tailwatch/testing";
 import { type IngestConfig, loadConfig } from "./config.ts";
 import type { ClickHouse } from "./clickhouse.ts";
 import { END_SECOND_OF_EVENT } from "./rollups.ts";
-import { ident, sql } from "./sql.ts";
+import { ident, type Sql, sql, sqlJoin } from "./sql.ts";
 
 const SERVICES = ["catalog", "orders", "payments"] as const;
 
@@ -378,4 +378,94 @@ export async function rollupDifferences(
   );
 
   return { differences, compared: { stats: statsExpected.length, profile: profileExpected.length } };
+}
+
+const ROOT = new URL("../", import.meta.url).pathname;
+
+/** The Python with chDB: $TAILWATCH_PYTHON, else the virtual environment ./dev makes (.venv). */
+export function chdbPython(): string {
+  return Deno.env.get("TAILWATCH_PYTHON") ?? `${ROOT}.venv/bin/python`;
+}
+
+/**
+ * A current ClickHouse engine (chDB, in a Python process of its own: testing/chdb_runner.py) behind ingest's
+ * ClickHouse interface, so that the same migrations, queries and checks run on 18.16 and on a current
+ * release. Statements run one at a time in a session whose data is in a temporary directory, removed on
+ * dispose. Throws at start when chDB is not installed (./dev installs it): a test never passes without it.
+ */
+export async function startChdb(): Promise<ClickHouse & AsyncDisposable & { version: string }> {
+  const dir = await Deno.makeTempDir({ prefix: "tailwatch-chdb-" });
+  const child = new Deno.Command(chdbPython(), {
+    args: [`${ROOT}testing/chdb_runner.py`, dir],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const writer = child.stdin.getWriter();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let buffered = "";
+  const readLine = async (): Promise<string> => {
+    for (;;) {
+      const newline = buffered.indexOf("\n");
+      if (newline >= 0) {
+        const line = buffered.slice(0, newline);
+        buffered = buffered.slice(newline + 1);
+        return line;
+      }
+      const { value, done } = await reader.read();
+      if (done) throw new Error("chDB runner exited (is chDB installed? ./dev makes .venv)");
+      buffered += value;
+    }
+  };
+  const hello = JSON.parse(await readLine()) as { version: string };
+  let next = 0;
+  let queue: Promise<unknown> = Promise.resolve();
+  const run = (text: string): Promise<string> => {
+    const id = next++;
+    const result = queue.then(async () => {
+      await writer.write(new TextEncoder().encode(JSON.stringify({ id, sql: text }) + "\n"));
+      const answer = JSON.parse(await readLine()) as {
+        id: number;
+        ok: boolean;
+        body?: string;
+        error?: string;
+      };
+      if (answer.id !== id) throw new Error(`chDB runner answered ${answer.id} for ${id}`);
+      if (!answer.ok) throw new Error(`chDB: ${answer.error}`);
+      return answer.body ?? "";
+    });
+    queue = result.catch(() => {});
+    return result;
+  };
+  const insert = (table: { database: string; table: string }, columns: readonly string[], format: string) =>
+    sql`INSERT INTO ${ident(table.database, table.table)} (${sqlJoin(columns.map((c) => ident(c)))}) FORMAT `
+      .text + format;
+  return {
+    url: `chdb:${dir}`,
+    version: hello.version,
+    async exec(statement) {
+      await run(statement.text);
+    },
+    async query<T>(statement: Sql): Promise<T[]> {
+      const body = await run(`${statement.text}\nFORMAT JSONEachRow`);
+      return body.split("\n").filter((line) => line.length > 0).map((line) => JSON.parse(line) as T);
+    },
+    async insertJsonEachRow(table, columns, rows) {
+      if (rows.length === 0) return;
+      await run(
+        `${insert(table, columns, "JSONEachRow")}\n${rows.map((row) => JSON.stringify(row)).join("\n")}`,
+      );
+    },
+    insertBody() {
+      return Promise.reject(
+        new Error("chDB adapter: binary bodies are not supported (use insertJsonEachRow)"),
+      );
+    },
+    ping: () => Promise.resolve(true),
+    async [Symbol.asyncDispose]() {
+      await writer.close().catch(() => {});
+      await child.status;
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    },
+  };
 }
