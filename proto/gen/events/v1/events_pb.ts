@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file events/v1/events.proto.
  */
 export const file_events_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("ChZldmVudHMvdjEvZXZlbnRzLnByb3RvEglldmVudHMudjEihgMKDFJlcXVlc3RFdmVudBIQCghldmVudF9pZBgBIAEoCRIZCg1zdGFydF90aW1lX21zGAIgASgDQgIwAhIXCgtkdXJhdGlvbl91cxgDIAEoA0ICMAISDwoHc2VydmljZRgEIAEoCRIOCgZtZXRob2QYBSABKAkSJQoIcHJvdG9jb2wYBiABKA4yEy5ldmVudHMudjEuUHJvdG9jb2wSDQoFcm91dGUYByABKAkSEQoJZ3JwY19jb2RlGAggASgNEhMKC2h0dHBfc3RhdHVzGAkgASgNEhkKDXJlcXVlc3RfYnl0ZXMYCiABKANCAjACEhoKDnJlc3BvbnNlX2J5dGVzGAsgASgDQgIwAhIQCgh0cmFjZV9pZBgMIAEoCRIPCgdzcGFuX2lkGA0gASgJEhYKDnBhcmVudF9zcGFuX2lkGA4gASgJEhAKCGluc3RhbmNlGA8gASgJEhUKDWVycm9yX21lc3NhZ2UYECABKAkSFgoOZmF1bHRfaW5qZWN0ZWQYESABKAgiPAoRUmVxdWVzdEV2ZW50QmF0Y2gSJwoGZXZlbnRzGAEgAygLMhcuZXZlbnRzLnYxLlJlcXVlc3RFdmVudCpKCghQcm90b2NvbBIYChRQUk9UT0NPTF9VTlNQRUNJRklFRBAAEhEKDVBST1RPQ09MX0dSUEMQARIRCg1QUk9UT0NPTF9IVFRQEAJiBnByb3RvMw");
+  fileDesc("ChZldmVudHMvdjEvZXZlbnRzLnByb3RvEglldmVudHMudjEitgMKDFJlcXVlc3RFdmVudBIQCghldmVudF9pZBgBIAEoCRIZCg1zdGFydF90aW1lX21zGAIgASgDQgIwAhIXCgtkdXJhdGlvbl91cxgDIAEoA0ICMAISDwoHc2VydmljZRgEIAEoCRIOCgZtZXRob2QYBSABKAkSJQoIcHJvdG9jb2wYBiABKA4yEy5ldmVudHMudjEuUHJvdG9jb2wSDQoFcm91dGUYByABKAkSEQoJZ3JwY19jb2RlGAggASgNEhMKC2h0dHBfc3RhdHVzGAkgASgNEhkKDXJlcXVlc3RfYnl0ZXMYCiABKANCAjACEhoKDnJlc3BvbnNlX2J5dGVzGAsgASgDQgIwAhIQCgh0cmFjZV9pZBgMIAEoCRIPCgdzcGFuX2lkGA0gASgJEhYKDnBhcmVudF9zcGFuX2lkGA4gASgJEhAKCGluc3RhbmNlGA8gASgJEhUKDWVycm9yX21lc3NhZ2UYECABKAkSFgoOZmF1bHRfaW5qZWN0ZWQYESABKAgSGQoNc3RhcnRfdGltZV91cxgSIAEoA0ICMAISEwoLbG9hZF9ydW5faWQYEyABKAkiPAoRUmVxdWVzdEV2ZW50QmF0Y2gSJwoGZXZlbnRzGAEgAygLMhcuZXZlbnRzLnYxLlJlcXVlc3RFdmVudCpKCghQcm90b2NvbBIYChRQUk9UT0NPTF9VTlNQRUNJRklFRBAAEhEKDVBST1RPQ09MX0dSUEMQARIRCg1QUk9UT0NPTF9IVFRQEAJiBnByb3RvMw");
 
 /**
  * One request served by a service, over gRPC or REST, successful or not, published after the response on
@@ -130,6 +130,22 @@ export type RequestEvent = Message<"events.v1.RequestEvent"> & {
    * @generated from field: bool fault_injected = 17;
    */
   faultInjected: boolean;
+
+  /**
+   * Wall-clock time the request arrived, microseconds since the Unix epoch: start_time_ms to the microsecond,
+   * which places the spans of one trace (a millisecond in all) against each other. 0 from older services.
+   *
+   * @generated from field: int64 start_time_us = 18 [jstype = JS_NUMBER];
+   */
+  startTimeUs: bigint;
+
+  /**
+   * The load run that sent the request (gRPC metadata / HTTP header "tailwatch-load-run"), empty otherwise:
+   * selects a run's rows exactly, whatever else the stack serves.
+   *
+   * @generated from field: string load_run_id = 19;
+   */
+  loadRunId: string;
 };
 
 /**
