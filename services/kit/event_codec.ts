@@ -11,7 +11,27 @@ import type { RequestEvent } from "@tailwatch/proto/events/v1";
 export type RequestEventFields = Omit<RequestEvent, "$typeName" | "$unknown">;
 
 /** The field numbers written below, in order (the test checks them against the schema). */
-export const ENCODED_FIELD_NUMBERS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17] as const;
+export const ENCODED_FIELD_NUMBERS = [
+  1,
+  2,
+  3,
+  4,
+  5,
+  6,
+  7,
+  8,
+  9,
+  10,
+  11,
+  12,
+  13,
+  14,
+  15,
+  16,
+  17,
+  18,
+  19,
+] as const;
 
 const WIRE_VARINT = 0;
 /** Hoisted: BigInt(...) per call cost a fifth of the encoding. */
@@ -162,5 +182,7 @@ export function encodeRequestEventView(event: RequestEventFields): Uint8Array {
     writeVarint((17 << 3) | WIRE_VARINT);
     writeVarint(1);
   }
+  writeInt64(18, event.startTimeUs);
+  writeString(19, event.loadRunId);
   return buffer.subarray(0, position);
 }

@@ -56,6 +56,8 @@ function randomEvent(random: () => number): RequestEventFields {
     instance: text(),
     errorMessage: text(),
     faultInjected: random() < 0.5,
+    startTimeUs: pick(INT64S),
+    loadRunId: random() < 0.5 ? "" : text(),
   };
 }
 

@@ -42,6 +42,8 @@ function event(index: number): RequestEventInit {
     instance: "catalog-test",
     errorMessage: index % 7 === 0 ? "product not found: ünïcødé" : "",
     faultInjected: false,
+    startTimeUs: BigInt(Date.now()) * 1000n + 123n,
+    loadRunId: index % 3 === 0 ? "run-42" : "",
   };
 }
 
