@@ -12,7 +12,7 @@
  *
  * Configuration comes from the environment (see config.ts and README.md); a bad value exits with code 2.
  */
-import { createLogger, type Logger } from "@tailwatch/kit";
+import { createLogger, type Logger, registerProcessMetrics } from "@tailwatch/kit";
 import { createClickHouse } from "./clickhouse.ts";
 import { ConfigError, type IngestConfig, loadConfig } from "./config.ts";
 import { serveMetrics } from "./metrics.ts";
@@ -27,6 +27,7 @@ const USAGE =
 
 async function runWorker(config: IngestConfig, logger: Logger): Promise<number> {
   const worker = createIngestWorker({ config, logger });
+  registerProcessMetrics(worker.registry);
   const server = serveMetrics(worker.registry, {
     hostname: config.metricsHost,
     port: config.metricsPort,

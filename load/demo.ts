@@ -67,9 +67,14 @@ for (const s of services) {
 }
 
 try {
+  // The profiler rewrites a row with a higher version when late requests arrive: read the latest version.
   const percentiles = await clickhouseRows<Record<string, string>>(
-    `SELECT service, method, window_s, count, rps, error_rate, p50_us, p99_us, p999_us FROM profiler.latency_percentiles
-     WHERE ts = (SELECT max(ts) FROM profiler.latency_percentiles) AND window_s = 60 ORDER BY service, method`,
+    `SELECT service, method, window_s, argMax(count, version) AS count, argMax(rps, version) AS rps,
+            argMax(error_rate, version) AS error_rate, argMax(p50_us, version) AS p50_us,
+            argMax(p99_us, version) AS p99_us, argMax(p999_us, version) AS p999_us
+     FROM profiler.latency_percentiles
+     WHERE ts = (SELECT max(ts) FROM profiler.latency_percentiles) AND window_s = 60
+     GROUP BY ts, window_s, service, method ORDER BY service, method`,
   );
   if (percentiles.length > 0) {
     console.log("\nlatest 60 s percentiles from the profiler (µs):");
@@ -85,3 +90,4 @@ try {
   // no profiler output yet
 }
 console.log("\nthe stack keeps running: REST on :8081-8083, ./dev down stops it.");
+console.log("dashboard: http://127.0.0.1:8080/");

@@ -106,6 +106,21 @@ const components: Component[] = [
     // It has no port; alive after its first tick is healthy enough.
     healthy: () => new Promise((resolve) => setTimeout(() => resolve(true), 1500)),
   },
+  // The dashboard (web/README.md), last: it reads ClickHouse as the read-only user and the others' /metrics.
+  {
+    name: "web",
+    available: () => exists(`${ROOT}/web/main.ts`),
+    command: [deno, "run", "-A", `${ROOT}/web/main.ts`],
+    env: {
+      WEB_HOST: "127.0.0.1",
+      WEB_PORT: "8080",
+      CLICKHOUSE_URL: "http://127.0.0.1:8123",
+      CLICKHOUSE_USER: "tailwatch_reader",
+      CLICKHOUSE_PASSWORD: LOCAL.clickhouseReaderPassword,
+      WEB_STATE_DIR: `${DATA}/web`,
+    },
+    healthy: () => ok("http://127.0.0.1:8080/healthz"),
+  },
 ];
 
 function pidOf(name: string): number | undefined {

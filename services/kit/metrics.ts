@@ -45,6 +45,8 @@ export interface Registry {
   gauge(name: string, help: string, labelNames?: readonly string[]): Gauge;
   /** A gauge read at scrape time. */
   gaugeFn(name: string, help: string, read: () => number): void;
+  /** A counter read at scrape time (a total kept elsewhere, e.g. by the kernel). */
+  counterFn(name: string, help: string, read: () => number): void;
   histogram(
     name: string,
     help: string,
@@ -126,6 +128,10 @@ export function createRegistry(): Registry {
       claim(name);
       metrics.push({ render: () => `# HELP ${name} ${help}\n# TYPE ${name} gauge\n${name} ${read()}` });
     },
+    counterFn(name, help, read) {
+      claim(name);
+      metrics.push({ render: () => `# HELP ${name} ${help}\n# TYPE ${name} counter\n${name} ${read()}` });
+    },
     histogram(name, help, buckets, labelNames = []) {
       claim(name);
       const bounds = [...buckets].sort((a, b) => a - b);
@@ -173,4 +179,65 @@ export function createRegistry(): Registry {
     },
     render: () => metrics.map((metric) => metric.render()).join("\n") + "\n",
   };
+}
+
+/** What /proc says about this process now; NaN for what cannot be read (not Linux, /proc not mounted). */
+export interface ProcessSample {
+  /** User + system CPU time used so far, in seconds. */
+  cpuSeconds: number;
+  /** Resident set size in bytes. */
+  residentBytes: number;
+  /** Open file descriptors. */
+  openFds: number;
+}
+
+const CLOCK_TICKS_PER_SECOND = 100;
+
+/** Reads /proc/self/stat (utime, stime), /proc/self/status (VmRSS) and /proc/self/fd. */
+export function sampleProcess(): ProcessSample {
+  let cpuSeconds = NaN;
+  let residentBytes = NaN;
+  let openFds = NaN;
+  try {
+    const stat = Deno.readTextFileSync("/proc/self/stat");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    // utime and stime are fields 14 and 15 of stat (fields[0] is field 3).
+    cpuSeconds = (Number(fields[14 - 3]) + Number(fields[15 - 3])) / CLOCK_TICKS_PER_SECOND;
+  } catch {
+    // not Linux: NaN
+  }
+  try {
+    const kb = /^VmRSS:\s+(\d+)\s+kB/m.exec(Deno.readTextFileSync("/proc/self/status"))?.[1];
+    if (kb !== undefined) residentBytes = Number(kb) * 1024;
+  } catch {
+    // not Linux: NaN
+  }
+  try {
+    let count = 0;
+    for (const _ of Deno.readDirSync("/proc/self/fd")) count++;
+    // The directory listing itself holds one descriptor while it is read.
+    openFds = Math.max(0, count - 1);
+  } catch {
+    // not Linux: NaN
+  }
+  return { cpuSeconds, residentBytes, openFds };
+}
+
+/**
+ * The standard process metrics every Tailwatch process exports (the names Prometheus' client libraries use):
+ * `process_cpu_seconds_total`, `process_resident_memory_bytes` and `process_open_fds`, read from /proc at
+ * scrape time, so they cost nothing between scrapes.
+ */
+export function registerProcessMetrics(registry: Registry): void {
+  registry.counterFn(
+    "process_cpu_seconds_total",
+    "Total user and system CPU time spent in seconds.",
+    () => sampleProcess().cpuSeconds,
+  );
+  registry.gaugeFn(
+    "process_resident_memory_bytes",
+    "Resident memory size in bytes.",
+    () => sampleProcess().residentBytes,
+  );
+  registry.gaugeFn("process_open_fds", "Number of open file descriptors.", () => sampleProcess().openFds);
 }

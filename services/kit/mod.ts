@@ -20,7 +20,13 @@ export {
   uuidv7,
 } from "./ids.ts";
 export { createLogger, type Logger } from "./log.ts";
-export { createRegistry, type Registry } from "./metrics.ts";
+export {
+  createRegistry,
+  type ProcessSample,
+  registerProcessMetrics,
+  type Registry,
+  sampleProcess,
+} from "./metrics.ts";
 export {
   createNatsWire,
   type NatsServerAddress,

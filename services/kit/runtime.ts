@@ -11,7 +11,7 @@ import { addBindings } from "./grpc.ts";
 import { createGrpcServer } from "./grpc_server.ts";
 import { createHealth, ServingStatus } from "./health.ts";
 import { createLogger, type Logger } from "./log.ts";
-import { createRegistry, PROMETHEUS_CONTENT_TYPE, type Registry } from "./metrics.ts";
+import { createRegistry, PROMETHEUS_CONTENT_TYPE, registerProcessMetrics, type Registry } from "./metrics.ts";
 import { buildOpenApi } from "./openapi.ts";
 import { createPipeline, type Pipeline, type ServiceBinding } from "./pipeline.ts";
 import { addReflection } from "./reflection.ts";
@@ -65,6 +65,7 @@ export async function startService(setup: ServiceSetup): Promise<RunningService>
   const { config } = setup;
   const logger = createLogger(config.logLevel, { service: config.service, instance: config.instanceId });
   const metrics = createRegistry();
+  registerProcessMetrics(metrics);
   const events = setup.events ?? (config.eventsEnabled
     ? createEventSink({
       service: config.service,
