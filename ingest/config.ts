@@ -20,16 +20,43 @@ export interface IngestConfig {
   durable: string;
   /** INGEST_FILTER_SUBJECT: subjects this worker's consumer reads. Default "events.requests.*". */
   filterSubject: string;
-  /** INGEST_BATCH_MAX: most events per INSERT (1..1,000,000). Default 20000. */
+  /**
+   * INGEST_BATCH_MAX: most events per batch and per INSERT (1..1,000,000; ClickHouse writes an INSERT of up to
+   * max_insert_block_size = 1,048,576 rows as one part). A batch message counts for its events. Default 20000.
+   */
   batchMax: number;
+  /**
+   * INGEST_BATCH_MAX_BYTES: most message bytes per batch (64 KiB..1 GiB; a single larger message still makes a
+   * batch of its own). Default 16 MiB.
+   */
+  batchMaxBytes: number;
+  /**
+   * INGEST_MAX_BYTES_IN_FLIGHT: the memory bound: bytes of messages received and not yet acked, plus what open
+   * pull requests may still bring (>= INGEST_BATCH_MAX_BYTES). Default 4 x INGEST_BATCH_MAX_BYTES.
+   */
+  maxBytesInFlight: number;
   /** INGEST_BATCH_WAIT_MS: longest wait after a batch's first event before it is inserted. Default 250. */
   batchWaitMs: number;
   /** INGEST_ACK_WAIT_MS: consumer ack wait (redelivery after it); > 2 x insert timeout. Default 60000. */
   ackWaitMs: number;
-  /** INGEST_MAX_ACK_PENDING: most unacked events in flight, bounds memory (>= batch max). Default 3 x batch. */
+  /**
+   * INGEST_MAX_ACK_PENDING: most unacked messages (the consumer's max_ack_pending; a message may hold many
+   * events; memory is bounded in bytes by INGEST_MAX_BYTES_IN_FLIGHT). Default 3 x batch max.
+   */
   maxAckPending: number;
   /** INGEST_INSERT_TIMEOUT_MS: timeout of one INSERT or dedup query. Default 20000. */
   insertTimeoutMs: number;
+  /**
+   * INGEST_INSERT_GRACE_MS: after an INSERT attempt that failed without an answer from ClickHouse (a timeout,
+   * a broken connection), how long the retry waits before it checks what is in the table: the request may sit
+   * unread in the server's backlog, where system.processes does not show it yet. 0..600000. Default 2000.
+   */
+  insertGraceMs: number;
+  /**
+   * INGEST_STALL_TIMEOUT_MS: /readyz turns false (and a stall is counted and logged as an error) once messages
+   * have been waiting this long with no batch committed. 1000..3,600,000. Default 15000.
+   */
+  stallTimeoutMs: number;
   /** INGEST_RETRY_BASE_MS: first retry delay after a failed insert (doubles, jittered). Default 200. */
   retryBaseMs: number;
   /** INGEST_RETRY_MAX_MS: longest retry delay. Default 5000. */
@@ -54,6 +81,7 @@ export interface IngestConfig {
 
 export { ConfigError };
 
+const MIB = 1024 * 1024;
 const NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const CONSUMER_NAME = /^[A-Za-z0-9_-]+$/;
 const SUBJECT = /^[A-Za-z0-9_*>-]+(\.[A-Za-z0-9_*>-]+)*$/;
@@ -82,6 +110,25 @@ export function loadConfig(env: Env = Deno.env.toObject()): IngestConfig {
       `INGEST_MAX_ACK_PENDING=${maxAckPending} is smaller than INGEST_BATCH_MAX=${batchMax}`,
     );
   }
+  const batchMaxBytes = read.integer("INGEST_BATCH_MAX_BYTES", 16 * MIB, 64 * 1024, 1024 * MIB);
+  const maxBytesInFlight = read.integer(
+    "INGEST_MAX_BYTES_IN_FLIGHT",
+    4 * batchMaxBytes,
+    4 * MIB,
+    64 * 1024 * MIB,
+  );
+  if (maxBytesInFlight < batchMaxBytes) {
+    read.problems.push(
+      `INGEST_MAX_BYTES_IN_FLIGHT=${maxBytesInFlight} is smaller than INGEST_BATCH_MAX_BYTES=${batchMaxBytes}`,
+    );
+  }
+  const batchWaitMs = read.integer("INGEST_BATCH_WAIT_MS", 250, 1, 600_000);
+  const stallTimeoutMs = read.integer("INGEST_STALL_TIMEOUT_MS", 15_000, 1_000, 3_600_000);
+  if (stallTimeoutMs < 2 * batchWaitMs) {
+    read.problems.push(
+      `INGEST_STALL_TIMEOUT_MS=${stallTimeoutMs} must be at least twice INGEST_BATCH_WAIT_MS=${batchWaitMs}`,
+    );
+  }
   const retryBaseMs = read.integer("INGEST_RETRY_BASE_MS", 200, 1, 600_000);
   const retryMaxMs = read.integer("INGEST_RETRY_MAX_MS", 5_000, 1, 600_000);
   if (retryMaxMs < retryBaseMs) {
@@ -103,10 +150,14 @@ export function loadConfig(env: Env = Deno.env.toObject()): IngestConfig {
     ),
     filterSubject: matching("INGEST_FILTER_SUBJECT", "events.requests.*", SUBJECT, "a NATS subject"),
     batchMax,
-    batchWaitMs: read.integer("INGEST_BATCH_WAIT_MS", 250, 1, 600_000),
+    batchMaxBytes,
+    maxBytesInFlight,
+    batchWaitMs,
     ackWaitMs,
     maxAckPending,
     insertTimeoutMs,
+    insertGraceMs: read.integer("INGEST_INSERT_GRACE_MS", 2_000, 0, 600_000),
+    stallTimeoutMs,
     retryBaseMs,
     retryMaxMs,
     shutdownGraceMs: read.integer("INGEST_SHUTDOWN_GRACE_MS", 30_000, 0, 3_600_000),

@@ -31,7 +31,7 @@ async function runWorker(config: IngestConfig, logger: Logger): Promise<number> 
   const server = serveMetrics(worker.registry, {
     hostname: config.metricsHost,
     port: config.metricsPort,
-    ready: worker.ready,
+    ready: worker.readiness,
     onListen: (port) => logger.info("metrics listening", { host: config.metricsHost, port }),
   });
   let signals = 0;

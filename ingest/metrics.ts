@@ -6,10 +6,24 @@ export interface MetricsServer extends AsyncDisposable {
   close(): Promise<void>;
 }
 
-/** Serves /metrics (Prometheus text), /healthz (process alive) and /readyz (`ready()` true → 200). */
+/** Whether the worker is ready, and if not, why (the body of a 503 /readyz). */
+export interface Readiness {
+  ready: boolean;
+  reason: string;
+}
+
+/**
+ * Serves /metrics (Prometheus text), /healthz (process alive) and /readyz: 200 when `ready()` says so, else 503
+ * with the reason in the body (`ready` may return a plain boolean; the reason is then "not ready").
+ */
 export function serveMetrics(
   registry: Registry,
-  options: { hostname: string; port: number; ready: () => boolean; onListen?: (port: number) => void },
+  options: {
+    hostname: string;
+    port: number;
+    ready: () => boolean | Readiness;
+    onListen?: (port: number) => void;
+  },
 ): MetricsServer {
   const server = Deno.serve({
     hostname: options.hostname,
@@ -24,7 +38,13 @@ export function serveMetrics(
     }
     if (path === "/healthz") return new Response("ok\n");
     if (path === "/readyz") {
-      return options.ready() ? new Response("ready\n") : new Response("not ready\n", { status: 503 });
+      const answer = options.ready();
+      const { ready, reason } = typeof answer === "boolean"
+        ? { ready: answer, reason: answer ? "ready" : "not ready" }
+        : answer;
+      return ready
+        ? new Response(`ready: ${reason}\n`)
+        : new Response(`not ready: ${reason}\n`, { status: 503 });
     }
     return new Response("not found\n", { status: 404 });
   });

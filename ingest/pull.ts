@@ -1,23 +1,33 @@
 /**
  * The worker's receive path: a JetStream pull consumer on a NATS connection of its own, speaking the NATS
- * client protocol directly (CONNECT, SUB, PUB, HMSG, PING/PONG) instead of through nats.js. nats.js turns
+ * client protocol directly (CONNECT, SUB, PUB, MSG/HMSG, PING/PONG) instead of through nats.js. nats.js turns
  * every delivered message into several objects and strings (parser arguments, Msg, JsMsg, the decoded
  * subject and reply, Buffer views); here a message is one `Delivery` that points into the chunk it was read
- * into, and its stream sequence, delivery count and consumer sequence come straight from the reply subject's
- * bytes. Management (stream and consumer info, create, delete) and dead letters stay on nats.js.
+ * into, and its stream sequence, delivery count, consumer sequence and store time come straight from the reply
+ * subject's bytes. Management (stream and consumer info, create, delete) and dead letters stay on nats.js.
  *
  * JetStream semantics are the client's usual ones: pull requests (`$JS.API.CONSUMER.MSG.NEXT.<stream>.
- * <durable>`, with batch, expires and idle heartbeat) to a private inbox, a new one sent when half of what was
- * asked for has arrived; status messages (100 idle heartbeat, 404, 408, 409, 503) close requests or report
- * trouble; a request that went silent (no message, no heartbeat) is replaced; acks and in-progress marks are
- * published to a message's reply subject. The connection reconnects by itself.
+ * <durable>`, with batch, max_bytes, expires and idle heartbeat), each to a reply subject (and subscription)
+ * of its own, so that every delivery and status message is known to belong to its request; a new one sent
+ * when half of what was asked for has arrived; status messages (100 idle heartbeat, 404, 408, 409, 503) close
+ * requests or report trouble; a request that went silent (no message, no heartbeat) is replaced; acks and
+ * in-progress marks are published to a message's reply subject. The connection reconnects by itself.
+ *
+ * Memory: a request asks for at most `requestBytes` bytes (the server's max_bytes, counted as it counts them:
+ * subject, reply, headers and payload), and a request is sent only while the bytes the worker holds
+ * (`heldBytes()`, received and not yet acked) plus the bytes every open request may still bring stay within
+ * `maxBytesInFlight`. So what is in this process's hands, or on its way, is bounded in bytes whatever the
+ * messages hold (ingest/README.md, "Limits").
  *
  * Delivery continuity: every delivery of a consumer, first or again, carries the next consumer sequence. A
  * gap (or a step back, after a NATS restart lost the consumer's state) means a message was handed out that
  * this process never saw, and a cumulative ack (AckPolicy.All) above it would ack it unseen. So the receiver
  * passes on only deliveries that continue the sequence; at the first one that does not, it stops (drops it
- * and everything after) and reports `broken`: the worker finishes the batches in hand, recreates the consumer
- * at its ack floor + 1 and calls `restart` (see ingest/README.md, "Exactly once").
+ * and everything after) and reports trouble: the worker finishes the batches in hand, recreates the consumer
+ * at its ack floor + 1 and calls `restart` (see ingest/README.md, "Exactly once"). The same happens when the
+ * consumer is gone (409 Consumer Deleted; 503 no responders: nothing answers pull requests for it) or cannot
+ * serve these requests (409 Exceeded MaxRequestBatch / MaxRequestExpires / MaxRequestMaxBytes, Consumer is
+ * push based): retrying the same request would fail the same way forever.
  */
 import {
   createNatsWire,
@@ -31,18 +41,24 @@ import {
 const CR = 0x0d;
 const LF = 0x0a;
 const DOT = 0x2e;
+const SPACE = 0x20;
+const TAB = 0x09;
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 const ACK = encoder.encode("+ACK");
 const WPI = encoder.encode("+WPI");
 /** Bytes of "$JS.ACK." */
 const ACK_PREFIX = encoder.encode("$JS.ACK.");
+/** Bytes of "NATS/1.0", the first line of every header block (a status message's carries a code after it). */
+const HEADER_VERSION = encoder.encode("NATS/1.0");
 
-/** Stream sequence, delivery count and consumer sequence from a `$JS.ACK.` reply subject; undefined if not one. */
+/** From a `$JS.ACK.` reply subject: stream sequence, delivery count, consumer sequence and store time. */
 export interface AckInfo {
   seq: number;
   deliveries: number;
   consumerSeq: number;
+  /** When JetStream stored the message (epoch ms, from the reply's nanosecond timestamp); NaN if unreadable. */
+  timestampMs: number;
 }
 
 /**
@@ -55,7 +71,7 @@ export function parseAckReply(
   buf: Uint8Array,
   start: number,
   end: number,
-  into: AckInfo = { seq: 0, deliveries: 0, consumerSeq: 0 },
+  into: AckInfo = { seq: 0, deliveries: 0, consumerSeq: 0, timestampMs: NaN },
 ): AckInfo | undefined {
   if (end - start < ACK_PREFIX.length) return undefined;
   for (let i = 0; i < ACK_PREFIX.length; i++) if (buf[start + i] !== ACK_PREFIX[i]) return undefined;
@@ -83,14 +99,74 @@ export function parseAckReply(
     else consumerSeq = value;
     i++;
   }
+  // The timestamp in ns (19 digits today): its leading digits but the last six are the ms.
+  const first = i;
+  while (i < end && buf[i] >= 0x30 && buf[i] <= 0x39) i++;
+  let timestampMs = NaN;
+  if (i - first > 6 && i - first <= 21 && (i === end || buf[i] === DOT)) {
+    timestampMs = 0;
+    for (let k = first; k < i - 6; k++) timestampMs = timestampMs * 10 + buf[k] - 0x30;
+  }
   into.seq = seq;
   into.deliveries = deliveries;
   into.consumerSeq = consumerSeq;
+  into.timestampMs = timestampMs;
   return into;
 }
 
+/** A status message of a pull request: `NATS/1.0 <code> <description>` and its headers. */
+export interface PullStatus {
+  code: number;
+  /** Lower case, trimmed (as nats.js compares them). */
+  description: string;
+  /** Nats-Pending-Messages / Nats-Pending-Bytes: what the request had left (0 when absent). */
+  pendingMessages: number;
+  pendingBytes: number;
+}
+
+/**
+ * Reads a status from the header block `buf[start, end)`: undefined when its first line is not `NATS/1.0`
+ * followed by a code (a message with ordinary headers). What nats.js's MsgHdrsImpl.decode and JetStreamStatus
+ * read from the same bytes (pull_fuzz_test.ts compares them).
+ */
+export function parseStatus(buf: Uint8Array, start: number, end: number): PullStatus | undefined {
+  if (end - start < HEADER_VERSION.length) return undefined;
+  for (let i = 0; i < HEADER_VERSION.length; i++) {
+    if (buf[start + i] !== HEADER_VERSION[i]) return undefined;
+  }
+  let lineEnd = start;
+  while (lineEnd < end && !(buf[lineEnd] === CR && buf[lineEnd + 1] === LF)) lineEnd++;
+  let i = start + HEADER_VERSION.length;
+  while (i < lineEnd && (buf[i] === SPACE || buf[i] === TAB)) i++;
+  let code = 0;
+  const digitsFrom = i;
+  for (; i < lineEnd && buf[i] >= 0x30 && buf[i] <= 0x39 && i - digitsFrom < 9; i++) {
+    code = code * 10 + buf[i] - 0x30;
+  }
+  if (code === 0) return undefined;
+  const description = decoder.decode(buf.subarray(i, lineEnd)).trim().toLowerCase();
+  const status: PullStatus = { code, description, pendingMessages: 0, pendingBytes: 0 };
+  // The other lines: `Name: value`; only the two counts matter here.
+  for (let at = lineEnd + 2; at < end;) {
+    let stop = at;
+    while (stop < end && !(buf[stop] === CR && buf[stop + 1] === LF)) stop++;
+    const line = decoder.decode(buf.subarray(at, stop));
+    const colon = line.indexOf(":");
+    if (colon > 0) {
+      const name = line.slice(0, colon);
+      const value = Number.parseInt(line.slice(colon + 1).trim(), 10);
+      if (name === "Nats-Pending-Messages" && value > 0) status.pendingMessages = value;
+      else if (name === "Nats-Pending-Bytes" && value > 0) status.pendingBytes = value;
+    }
+    at = stop + 2;
+  }
+  return status;
+}
+
 /** `tailwatch-events:` in lower case (see EVENT_COUNT_HEADER in services/kit/stream.ts). */
-const EVENT_COUNT_NAME = new TextEncoder().encode(`${EVENT_COUNT_HEADER.toLowerCase()}:`);
+const EVENT_COUNT_NAME = encoder.encode(`${EVENT_COUNT_HEADER.toLowerCase()}:`);
+/** `Nats-Msg-Id` as nats-server looks for it: case and all. */
+const MSG_ID_NAME = encoder.encode("Nats-Msg-Id");
 
 /** One delivered message: views into the chunk it was read into. */
 export class Delivery {
@@ -100,6 +176,7 @@ export class Delivery {
     private readonly subjectEnd: number,
     private readonly replyStart: number,
     private readonly replyEnd: number,
+    /** Where the header block starts; equal to dataStart for a message without headers (a MSG). */
     private readonly headerStart: number,
     readonly dataStart: number,
     readonly dataEnd: number,
@@ -107,6 +184,8 @@ export class Delivery {
     readonly seq: number,
     /** Delivery count (1 on the first delivery). */
     readonly deliveries: number,
+    /** When JetStream stored it (epoch ms), NaN if the reply subject did not say. */
+    readonly timestampMs: number = NaN,
   ) {}
 
   /** The chunk holding the payload at [dataStart, dataEnd). */
@@ -122,6 +201,15 @@ export class Delivery {
     return decoder.decode(this.buf.subarray(this.subjectStart, this.subjectEnd));
   }
 
+  /**
+   * What the message counts for against a pull request's max_bytes, as nats-server counts it: subject, reply
+   * subject, headers and payload. The receiver's and the worker's memory accounting use it too.
+   */
+  get size(): number {
+    return (this.subjectEnd - this.subjectStart) + (this.replyEnd - this.replyStart) +
+      (this.dataEnd - this.headerStart);
+  }
+
   /** The reply subject's bytes (acks and in-progress marks go there). */
   replyBytes(): Uint8Array {
     return this.buf.subarray(this.replyStart, this.replyEnd);
@@ -129,40 +217,72 @@ export class Delivery {
 
   /** When JetStream stored the message (epoch ms, from the reply subject's timestamp); NaN if not there. */
   storedAtMs(): number {
-    const tokens = decoder.decode(this.replyBytes()).split(".");
-    const nanos = tokens[tokens.length === 9 ? 7 : 9] ?? "";
-    return /^\d{7,}$/.test(nanos) ? Number(nanos.slice(0, -6)) : NaN;
+    return this.timestampMs;
   }
 
   /**
-   * The message's Tailwatch-Events header (the events of a RequestEventBatch) as a number: 0 when the message
-   * has no such header (it holds one RequestEvent), NaN when the value is not a decimal integer. Read from the
-   * header bytes, since every message is asked.
+   * Where the value of the first header named `name` (lower case, with its colon) starts, or -1. A header line
+   * starts after a CRLF, as nats-server and nats.js read them (a bare LF inside a value starts nothing).
    */
-  eventCount(): number {
+  private headerValueAt(name: Uint8Array): number {
     const { buf } = this;
     const end = this.dataStart;
-    const name = EVENT_COUNT_NAME;
-    outer: for (let i = this.headerStart; i + name.length < end; i++) {
-      if (buf[i] !== LF) continue;
+    outer: for (let i = this.headerStart + 1; i + name.length < end; i++) {
+      if (buf[i] !== LF || buf[i - 1] !== CR) continue;
       for (let j = 0; j < name.length; j++) {
         // ASCII letters compared without case (bit 0x20); the name's other bytes have that bit set already.
         if ((buf[i + 1 + j] | 0x20) !== name[j]) continue outer;
       }
-      let at = i + 1 + name.length;
-      while (at < end && buf[at] === 0x20) at++;
-      let value = 0;
-      let digits = 0;
-      for (; at < end && buf[at] >= 0x30 && buf[at] <= 0x39 && digits < 10; at++, digits++) {
-        value = value * 10 + buf[at] - 0x30;
-      }
-      return digits > 0 && (buf[at] === 0x0d || at === end) ? value : NaN;
+      return i + 1 + name.length;
     }
-    return 0;
+    return -1;
+  }
+
+  /**
+   * The message's Tailwatch-Events header (the events of a RequestEventBatch) as a number: 0 when the message
+   * has no such header (it holds one RequestEvent), NaN when the value is not a positive decimal integer of
+   * at most 10 digits. Read from the header bytes, since every message is asked.
+   */
+  eventCount(): number {
+    let at = this.headerValueAt(EVENT_COUNT_NAME);
+    if (at < 0) return 0;
+    const { buf } = this;
+    const end = this.dataStart;
+    while (at < end && (buf[at] === SPACE || buf[at] === TAB)) at++;
+    let value = 0;
+    let digits = 0;
+    for (; at < end && buf[at] >= 0x30 && buf[at] <= 0x39 && digits < 10; at++, digits++) {
+      value = value * 10 + buf[at] - 0x30;
+    }
+    return digits > 0 && value > 0 && (buf[at] === CR || at === end) ? value : NaN;
+  }
+
+  /**
+   * True when JetStream's duplicate window covers the message: it has a Nats-Msg-Id that nats-server reads
+   * (getHeader: the first occurrence of the exact name, right after a CRLF and followed by a colon, and a
+   * value that is not empty).
+   */
+  hasMsgId(): boolean {
+    const { buf } = this;
+    const end = this.dataStart;
+    const name = MSG_ID_NAME;
+    let at = -1;
+    outer: for (let i = this.headerStart; i + name.length <= end; i++) {
+      for (let j = 0; j < name.length; j++) if (buf[i + j] !== name[j]) continue outer;
+      at = i;
+      break;
+    }
+    if (at < this.headerStart + 2 || buf[at - 1] !== LF || buf[at - 2] !== CR) return false;
+    at += name.length;
+    if (at >= end || buf[at] !== 0x3a /* : */) return false;
+    at++;
+    while (at < end && buf[at] === SPACE) at++;
+    return at < end && !(buf[at] === CR && buf[at + 1] === LF);
   }
 
   /** A header's first value, or undefined (header names compared case-insensitively). */
   header(name: string): string | undefined {
+    if (this.headerStart === this.dataStart) return undefined;
     const block = decoder.decode(this.buf.subarray(this.headerStart, this.dataStart));
     const lines = block.split("\r\n");
     const wanted = name.toLowerCase();
@@ -176,6 +296,46 @@ export class Delivery {
   }
 }
 
+/**
+ * What a message on a pull request's inbox is: a delivery of the stream (its reply subject is a `$JS.ACK.`
+ * one; with headers, an HMSG, or without, a MSG: both are messages of the stream, and a MSG once went unseen
+ * here, breaking the consumer sequence on every try), with its reply's numbers in `ack`; a status (a header
+ * block `NATS/1.0 <code> ...`); or neither (undefined).
+ */
+export function readPullMessage(message: WireMessage, ack: AckInfo): Delivery | PullStatus | undefined {
+  const { buf } = message;
+  if (
+    message.replyStart >= 0 && parseAckReply(buf, message.replyStart, message.replyEnd, ack) !== undefined
+  ) {
+    return new Delivery(
+      buf,
+      message.subjectStart,
+      message.subjectEnd,
+      message.replyStart,
+      message.replyEnd,
+      message.payloadStart,
+      message.headerEnd,
+      message.end,
+      ack.seq,
+      ack.deliveries,
+      ack.timestampMs,
+    );
+  }
+  return message.headerEnd > message.payloadStart
+    ? parseStatus(buf, message.payloadStart, message.headerEnd)
+    : undefined;
+}
+
+/**
+ * Why the receiver stopped pulling (reported once; `restart` resumes):
+ * - `continuity`: a delivery did not continue the consumer sequence (see the module comment);
+ * - `missing`: the consumer is gone (409 Consumer Deleted), or nothing answers its pull requests (503 no
+ *   responders: deleted while no request was waiting, or JetStream itself unavailable);
+ * - `unusable`: the consumer refuses these pull requests for good (409 Exceeded MaxRequestBatch,
+ *   MaxRequestExpires or MaxRequestMaxBytes; Consumer is push based).
+ */
+export type PullTrouble = "continuity" | "missing" | "unusable";
+
 export interface PullReceiverOptions {
   /** nats:// or tls:// URLs (user and password or a token in the URL are sent in CONNECT). */
   servers: string[];
@@ -184,33 +344,62 @@ export interface PullReceiverOptions {
   durable: string;
   /** Messages asked for by one pull request. */
   batch: number;
+  /**
+   * Bytes asked for by one pull request (its max_bytes). Must be at least the largest message the server
+   * can deliver (max_payload plus subject and reply), or such a message would never come.
+   */
+  requestBytes: number;
+  /** Bytes received and not yet acked plus bytes open requests may bring: sent requests stay within it. */
+  maxBytesInFlight: number;
+  /** Bytes of deliveries passed on and not yet released by the worker (acked). */
+  heldBytes: () => number;
   /** A pull request's expiry and idle heartbeat. */
   expiresMs?: number;
   heartbeatMs?: number;
-  /** Wait between reconnect attempts. */
+  /** Wait between reconnect attempts, and before asking again after a refused request. */
   reconnectWaitMs?: number;
   logger: Logger;
   /** Called for each delivery that continues the consumer sequence. */
   onMessage: (delivery: Delivery) => void;
-  /** Called once when delivery continuity broke (see the module comment); the receiver has stopped pulling. */
-  onBroken: (reason: string) => void;
+  /** Called once when the receiver stopped pulling (see PullTrouble); `restart` resumes. */
+  onTrouble: (trouble: PullTrouble, reason: string) => void;
 }
 
 export interface PullReceiver {
   /** Connects (retrying until it succeeds or stop()) and starts pulling after consumer sequence `lastConsumerSeq`. */
   start(lastConsumerSeq: number): Promise<void>;
-  /** After `broken`: a new inbox, deliveries expected from consumer sequence `lastConsumerSeq` + 1, pulls again. */
+  /** After trouble: deliveries expected from consumer sequence `lastConsumerSeq` + 1, pulls again. */
   restart(lastConsumerSeq: number): void;
   ack(delivery: Delivery): void;
   working(delivery: Delivery): void;
+  /** Sends another pull request if the limits allow one now (the worker calls it after releasing bytes). */
+  more(): void;
   /** Resolves when the server has processed everything sent so far (PING/PONG); rejects if disconnected. */
   flush(timeoutMs?: number): Promise<void>;
   /** Stops pulling; messages already received stay where they went. */
   pause(): void;
-  /** True while continuity is broken (until restart). */
+  /** True while the receiver stopped pulling because of trouble (until restart). */
   readonly broken: boolean;
+  /** True while its NATS connection is up. */
+  readonly connected: boolean;
+  /** The trouble that stopped it, while broken. */
+  readonly trouble: PullTrouble | undefined;
   close(): Promise<void>;
 }
+
+/**
+ * A pull request in flight: what it may still bring, and when it was last heard of. A request whose bytes are
+ * used up (as nats-server counts them, Delivery.size) no longer counts as open, but keeps its subscription
+ * until its status or silence: the server ends such a request without a word when its bytes come out exactly.
+ */
+interface OpenRequest {
+  sid: number;
+  messages: number;
+  bytes: number;
+  lastActivity: number;
+}
+
+const isOpen = (request: OpenRequest) => request.messages > 0 && request.bytes > 0;
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
@@ -221,8 +410,10 @@ export function createPullReceiver(options: PullReceiverOptions): PullReceiver {
   const heartbeatMs = options.heartbeatMs ?? Math.min(15_000, Math.max(500, Math.floor(expiresMs / 2)));
   const reconnectWaitMs = options.reconnectWaitMs ?? 500;
   const pullSubject = `$JS.API.CONSUMER.MSG.NEXT.${options.stream}.${options.durable}`;
+  const requestBytes = Math.max(1, Math.floor(options.requestBytes));
   const pullBody = encoder.encode(JSON.stringify({
     batch: options.batch,
+    max_bytes: requestBytes,
     expires: expiresMs * 1_000_000,
     idle_heartbeat: heartbeatMs * 1_000_000,
   }));
@@ -230,18 +421,17 @@ export function createPullReceiver(options: PullReceiverOptions): PullReceiver {
   let wire: NatsWire | undefined;
   let closed = false;
   let paused = true;
-  let broken = false;
-  /** Messages asked for and not yet received, expired or refused. */
-  let outstanding = 0;
+  let trouble: PullTrouble | undefined;
   let lastConsumerSeq = 0;
-  let lastActivity = Date.now();
-  let sid = 0;
+  let nextSid = 0;
+  /** Requests in flight by subscription id; a message of any other sid is stale (dropped). */
+  const requests = new Map<number, OpenRequest>();
   let inbox = "";
   let pullRetryTimer: ReturnType<typeof setTimeout> | undefined;
   let silenceTimer: ReturnType<typeof setInterval> | undefined;
+  let lastRefusalLog = 0;
 
   const newInbox = () => {
-    sid++;
     inbox = `_INBOX.${crypto.randomUUID().replaceAll("-", "")}`;
   };
 
@@ -264,14 +454,46 @@ export function createPullReceiver(options: PullReceiverOptions): PullReceiver {
     wire?.write(out);
   };
 
+  /** Requests still open, and the messages and bytes they may still bring (kept as they change). */
+  const open = { count: 0, messages: 0, bytes: 0 };
+  /** Adds (sign 1) or takes away (-1) what `request` counts for in `open`, if it is open. */
+  const account = (request: OpenRequest, sign: 1 | -1) => {
+    if (!isOpen(request)) return;
+    open.count += sign;
+    open.messages += sign * request.messages;
+    open.bytes += sign * request.bytes;
+  };
+
+  const closeRequest = (sid: number) => {
+    const request = requests.get(sid);
+    if (request === undefined) return;
+    account(request, -1);
+    requests.delete(sid);
+    if (connected()) sendText(`UNSUB ${sid}\r\n`);
+  };
+  const closeAll = () => {
+    for (const sid of [...requests.keys()]) closeRequest(sid);
+  };
+
+  /**
+   * Sends pull requests while fewer than two are open, at most half a batch of messages is still asked for,
+   * and the bytes held plus the bytes open requests may bring leave room for another request (one request is
+   * always allowed when nothing is held or asked for, whatever the limit: the largest message must come).
+   */
   const pull = () => {
-    if (!connected() || paused || broken || closed) return;
-    while (outstanding <= options.batch / 2) {
-      sendText(`PUB ${pullSubject} ${inbox} ${pullBody.length}\r\n`);
+    while (connected() && !paused && trouble === undefined && !closed) {
+      if (open.count >= 2 || open.messages > options.batch / 2) return;
+      const reserved = open.bytes;
+      const held = options.heldBytes();
+      if (held + reserved > 0 && held + reserved + requestBytes > options.maxBytesInFlight) return;
+      const sid = ++nextSid;
+      const reply = `${inbox}.${sid}`;
+      sendText(`SUB ${reply} ${sid}\r\nPUB ${pullSubject} ${reply} ${pullBody.length}\r\n`);
       wire?.write(pullBody);
       sendText("\r\n");
-      outstanding += options.batch;
-      lastActivity = Date.now();
+      const request = { sid, messages: options.batch, bytes: requestBytes, lastActivity: Date.now() };
+      requests.set(sid, request);
+      account(request, 1);
     }
   };
 
@@ -283,98 +505,126 @@ export function createPullReceiver(options: PullReceiverOptions): PullReceiver {
     }, reconnectWaitMs);
   };
 
-  const breakContinuity = (reason: string) => {
-    if (broken) return;
-    broken = true;
+  const stopFor = (kind: PullTrouble, reason: string) => {
+    if (trouble !== undefined) return;
+    trouble = kind;
     paused = true;
-    outstanding = 0;
-    // Messages still coming to this inbox are dropped: restart() subscribes a new one.
-    sendText(`UNSUB ${sid}\r\n`);
-    logger.warn("delivery continuity broken; the consumer will be recreated at its ack floor", { reason });
-    options.onBroken(reason);
-  };
-
-  /** Subscribes the inbox and pulls (after a connect, reconnect or restart). */
-  const subscribe = () => {
-    sendText(`SUB ${inbox} ${sid}\r\n`);
-    outstanding = 0;
-    lastActivity = Date.now();
-    pull();
+    // Messages still coming to the open requests are dropped: restart() sends new ones.
+    closeAll();
+    logger.warn(
+      kind === "continuity"
+        ? "delivery continuity broken; the consumer will be recreated at its ack floor"
+        : "the consumer cannot be pulled from; it will be checked and recreated if needed",
+      { trouble: kind, reason },
+    );
+    options.onTrouble(kind, reason);
   };
 
   /** What parseAckReply read from the latest delivery (copied into its Delivery at once). */
-  const ackScratch: AckInfo = { seq: 0, deliveries: 0, consumerSeq: 0 };
+  const ackScratch: AckInfo = { seq: 0, deliveries: 0, consumerSeq: 0, timestampMs: NaN };
 
   function onMessage(message: WireMessage): void {
-    lastActivity = Date.now();
-    // Only HMSGs matter: deliveries and status messages. An old inbox's message, or one after a break, is
-    // dropped.
-    if (message.headerEnd === message.payloadStart || message.sid !== sid || broken) return;
-    const { buf } = message;
-    if (message.replyStart >= 0) {
-      const info = parseAckReply(buf, message.replyStart, message.replyEnd, ackScratch);
-      if (info !== undefined) {
-        outstanding--;
-        if (info.consumerSeq !== lastConsumerSeq + 1) {
-          breakContinuity(`consumer sequence ${info.consumerSeq} after ${lastConsumerSeq}`);
-          return;
-        }
-        lastConsumerSeq = info.consumerSeq;
-        options.onMessage(
-          new Delivery(
-            buf,
-            message.subjectStart,
-            message.subjectEnd,
-            message.replyStart,
-            message.replyEnd,
-            message.payloadStart,
-            message.headerEnd,
-            message.end,
-            info.seq,
-            info.deliveries,
-          ),
-        );
-        if (outstanding <= options.batch / 2) pull();
+    const request = requests.get(message.sid);
+    // An old request's message, or one after trouble: dropped.
+    if (request === undefined || trouble !== undefined) return;
+    const now = Date.now();
+    request.lastActivity = now;
+    const read = readPullMessage(message, ackScratch);
+    if (read instanceof Delivery) {
+      account(request, -1);
+      request.messages--;
+      request.bytes -= read.size;
+      account(request, 1);
+      if (request.messages <= 0) closeRequest(request.sid);
+      if (ackScratch.consumerSeq !== lastConsumerSeq + 1) {
+        stopFor("continuity", `consumer sequence ${ackScratch.consumerSeq} after ${lastConsumerSeq}`);
         return;
       }
-    }
-    // A status message: "NATS/1.0 <code> <description>" and headers.
-    const block = decoder.decode(buf.subarray(message.payloadStart, message.headerEnd));
-    const code = Number(block.slice(9, 12));
-    const description = block.slice(13, block.indexOf("\r\n")).trim();
-    if (code === 100) return; // idle heartbeat
-    const pendingMatch = /Nats-Pending-Messages:\s*(\d+)/i.exec(block);
-    if (code === 408 || code === 409) {
-      if (pendingMatch) outstanding -= Number(pendingMatch[1]);
-      else outstanding = 0;
-      if (outstanding < 0) outstanding = 0;
-      if (code === 409 && /consumer deleted/i.test(description)) {
-        breakContinuity(`pull request: 409 ${description}`);
-        return;
-      }
-      if (code === 408) pull(); // expired: ask again at once
-      else {
-        // Refused (too many waiting requests, a message over max_bytes, a leader change): ask again later,
-        // never in a tight loop.
-        logger.warn("pull request ended", { code, description });
-        retryPullLater();
-      }
+      lastConsumerSeq = ackScratch.consumerSeq;
+      options.onMessage(read);
+      pull();
       return;
     }
-    // 404 (no messages), 503 (no responders: JetStream not ready), anything else: ask again a little later.
-    if (code !== 404) logger.warn("pull request refused; retrying", { code, description });
-    outstanding = 0;
+    const status = read;
+    if (status === undefined) {
+      // Neither a delivery nor a status: not from JetStream. Nothing to do with it.
+      logRefusal("a message on the pull inbox that is neither a delivery nor a status; ignored", {
+        subject: decoder.decode(message.buf.subarray(message.subjectStart, message.subjectEnd)).slice(0, 200),
+      });
+      return;
+    }
+    const { code, description } = status;
+    if (code === 100) return; // idle heartbeat (activity noted above)
+    closeRequest(request.sid);
+    if (code === 503) {
+      stopFor("missing", "pull request: 503 no responders (the consumer or JetStream is not there)");
+      return;
+    }
+    if (code === 409) {
+      if (description.includes("consumer deleted")) {
+        stopFor("missing", `pull request: 409 ${description}`);
+        return;
+      }
+      if (
+        description.includes("exceeded maxrequestbatch") ||
+        description.includes("exceeded maxrequestexpires") ||
+        description.includes("exceeded maxrequestmaxbytes") ||
+        description.includes("push based")
+      ) {
+        stopFor("unusable", `pull request: 409 ${description}`);
+        return;
+      }
+      if (
+        description.includes("message size exceeds maxbytes") || description.includes("leadership change")
+      ) {
+        pull(); // the request is over; the next one starts at once
+        return;
+      }
+      // Exceeded MaxWaiting (other clients' requests), anything else: ask again later, never in a tight loop.
+      logRefusal("pull request ended", { code, description });
+      retryPullLater();
+      return;
+    }
+    if (code === 404 || code === 408) {
+      pull(); // no messages / expired: ask again at once
+      return;
+    }
+    // 400 (a request the server cannot read) and anything else: ask again a little later.
+    logRefusal("pull request refused; retrying", { code, description });
     retryPullLater();
   }
 
+  /** Warnings about refused requests, at most one a second (a refusal repeats every reconnectWaitMs). */
+  function logRefusal(message: string, fields: Record<string, unknown>): void {
+    const now = Date.now();
+    if (now - lastRefusalLog < 1_000) return;
+    lastRefusalLog = now;
+    logger.warn(message, fields);
+  }
+
   /** A silent pull request (no message, no heartbeat for two heartbeat intervals) is replaced. */
-  const replaceSilentPull = () => {
-    if (!connected() || outstanding === 0 || paused) return;
-    if (Date.now() - lastActivity > 2 * heartbeatMs + 1_000) {
+  const replaceSilentPulls = () => {
+    if (!connected() || paused) return;
+    const now = Date.now();
+    let replaced = false;
+    for (const request of [...requests.values()]) {
+      if (now - request.lastActivity > 2 * heartbeatMs + 1_000) {
+        closeRequest(request.sid);
+        // One whose bytes came out exactly was ended by the server without a status: nothing went wrong.
+        if (isOpen(request)) replaced = true;
+      }
+    }
+    if (replaced) {
       logger.warn("pull request went silent; asking again");
-      outstanding = 0;
       pull();
     }
+  };
+
+  /** After a connect, reconnect or restart: requests of an earlier connection are gone; ask again. */
+  const resume = () => {
+    requests.clear(); // their subscriptions died with the connection, or were unsubscribed
+    open.count = open.messages = open.bytes = 0;
+    pull();
   };
 
   return {
@@ -382,7 +632,7 @@ export function createPullReceiver(options: PullReceiverOptions): PullReceiver {
       lastConsumerSeq = seq;
       newInbox();
       paused = false;
-      broken = false;
+      trouble = undefined;
       let firstConnect!: () => void;
       const connectedOnce = new Promise<void>((resolve) => firstConnect = resolve);
       wire = createNatsWire({
@@ -392,12 +642,12 @@ export function createPullReceiver(options: PullReceiverOptions): PullReceiver {
         reconnectWaitMs,
         pingIntervalMs: Math.max(1_000, Math.min(5_000, heartbeatMs)),
         onConnected() {
-          subscribe();
+          resume();
           firstConnect();
         },
         onMessage,
       });
-      silenceTimer = setInterval(replaceSilentPull, Math.max(1_000, Math.min(5_000, heartbeatMs)));
+      silenceTimer = setInterval(replaceSilentPulls, Math.max(1_000, Math.min(5_000, heartbeatMs)));
       // Until the first connection or close(), whichever comes first.
       while (!closed) {
         const ready = await Promise.race([
@@ -409,16 +659,19 @@ export function createPullReceiver(options: PullReceiverOptions): PullReceiver {
     },
     restart(seq) {
       lastConsumerSeq = seq;
-      newInbox();
-      broken = false;
+      closeAll();
+      trouble = undefined;
       paused = false;
-      if (connected()) subscribe();
+      if (connected()) resume();
     },
     ack(delivery) {
       publishTo(delivery.replyBytes(), ACK);
     },
     working(delivery) {
       publishTo(delivery.replyBytes(), WPI);
+    },
+    more() {
+      pull();
     },
     flush(timeoutMs = 10_000) {
       if (!wire) return Promise.reject(new Error("not connected"));
@@ -427,10 +680,16 @@ export function createPullReceiver(options: PullReceiverOptions): PullReceiver {
     pause() {
       if (paused) return;
       paused = true;
-      if (connected()) sendText(`UNSUB ${sid}\r\n`);
+      closeAll();
     },
     get broken() {
-      return broken;
+      return trouble !== undefined;
+    },
+    get connected() {
+      return connected();
+    },
+    get trouble() {
+      return trouble;
     },
     async close() {
       closed = true;

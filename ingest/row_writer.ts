@@ -161,16 +161,20 @@ export class EventScanner {
       for (let i = 0; i < length; i++) if (entry.bytes[i] !== buf[start + i]) continue search;
       return entry.text;
     }
-    const bytes = buf.slice(start, start + length);
-    const text = String.fromCharCode(...bytes);
-    if (serviceCache.length >= 64) serviceCache.shift();
-    serviceCache.push({ bytes, text });
+    // ASCII (the scanner checked it): UTF-8 decoding gives the same characters, at any length. (Spreading the
+    // bytes into String.fromCharCode overflowed the stack for a service of about 130 kB.)
+    const text = asciiDecoder.decode(buf.subarray(start, start + length));
+    if (length <= 256) {
+      if (serviceCache.length >= 64) serviceCache.shift();
+      serviceCache.push({ bytes: buf.slice(start, start + length), text });
+    }
     return text;
   }
 }
 
 const serviceCache: { bytes: Uint8Array; text: string }[] = [];
 const encoder = new TextEncoder();
+const asciiDecoder = new TextDecoder();
 
 /**
  * Bytes of the UInt64 columns whose values are not known until the INSERT is sent: `ingested_at_ms`,
@@ -307,9 +311,24 @@ export class RowWriter {
 
   /** A writer with the rows whose sequence is not in `skip`. */
   without(skip: Set<number>): RowWriter {
+    return this.keeping((row) => !skip.has(this.seqs[row]));
+  }
+
+  /** A writer with the rows whose event id (eventId) is not in `skip`. */
+  withoutEvents(skip: Set<string>): RowWriter {
+    return this.keeping((row) => !skip.has(this.eventId(row)));
+  }
+
+  /** A writer without the rows whose indexes are in `skip`. */
+  withoutRows(skip: Set<number>): RowWriter {
+    return this.keeping((row) => !skip.has(row));
+  }
+
+  /** A writer with the rows `keep` says yes to, in order. */
+  private keeping(keep: (row: number) => boolean): RowWriter {
     const kept = new RowWriter(Math.max(1024, this.length));
     for (let row = 0; row < this.seqs.length; row++) {
-      if (skip.has(this.seqs[row])) continue;
+      if (!keep(row)) continue;
       const start = this.rowStarts[row];
       const end = row + 1 < this.seqs.length ? this.rowStarts[row + 1] : this.length;
       kept.rowStarts.push(kept.length);
@@ -320,7 +339,33 @@ export class RowWriter {
     }
     return kept;
   }
+
+  /**
+   * Row `row`'s event_id as ClickHouse writes a UUID as text (lower-case 8-4-4-4-12): its first 16 bytes read
+   * back in the order writeUuid put them.
+   */
+  eventId(row: number): string {
+    const at = this.rowStarts[row];
+    let text = "";
+    for (let k = 0; k < 16; k++) {
+      if (k === 4 || k === 6 || k === 8 || k === 10) text += "-";
+      text += HEX_PAIR[this.bytes[at + UUID_BYTE_OF_PAIR[k]]];
+    }
+    return text;
+  }
+
+  /** Removes the last rows while they carry stream sequence `seq` (undoes a message's rows). */
+  dropTrailing(seq: number): void {
+    while (this.seqs.length > 0 && this.seqs[this.seqs.length - 1] === seq) {
+      this.seqs.pop();
+      this.stampAt.pop();
+      this.length = this.rowStarts.pop()!;
+    }
+  }
 }
+
+/** Each byte as two lower-case hex digits. */
+const HEX_PAIR = Array.from({ length: 256 }, (_, b) => b.toString(16).padStart(2, "0"));
 
 /** Bytes of a row's fixed-size columns: UUID, DateTime, 6 UInt64 (with stream_seq), UInt8 twice, UInt16. */
 const FIXED_BYTES = 16 + 4 + 6 * 8 + 1 + 1 + 2;
@@ -443,9 +488,12 @@ export function splitBatch(
   if (!Number.isSafeInteger(expected) || expected < 1) {
     return `the ${EVENT_COUNT_HEADER} header is not a positive count`;
   }
-  if (into.starts.length < expected) {
-    into.starts = new Int32Array(expected);
-    into.ends = new Int32Array(expected);
+  // Every event takes at least two bytes (its tag and its length): a count above that is refused before
+  // anything is allocated for it (a header of 9999999999 on a one-byte message once failed an allocation).
+  if (expected > (end - start) / 2) {
+    return `the ${EVENT_COUNT_HEADER} header says ${expected} events, more than ${
+      end - start
+    } bytes can hold`;
   }
   let count = 0;
   let pos = start;
@@ -464,6 +512,15 @@ export function splitBatch(
     }
     if (pos + length > end) return `event ${count} runs ${pos + length - end} bytes past the message's end`;
     if (count === expected) return `more events than the ${EVENT_COUNT_HEADER} header's ${expected}`;
+    if (count === into.starts.length) {
+      // Grown as events are found, never beyond what the payload holds.
+      const starts = new Int32Array(Math.min(expected, 2 * count));
+      const ends = new Int32Array(starts.length);
+      starts.set(into.starts);
+      ends.set(into.ends);
+      into.starts = starts;
+      into.ends = ends;
+    }
     into.starts[count] = pos;
     into.ends[count] = pos + length;
     count++;

@@ -265,16 +265,19 @@ Deno.test("parseAckReply reads stream sequence, delivery count and consumer sequ
     seq: 12345,
     deliveries: 1,
     consumerSeq: 17,
+    timestampMs: 1_700_000_000_000,
   });
   assertEquals(parse("$JS.ACK._.hash.REQUEST_EVENTS.ingest.3.907.18.1700000000000000000.0", "HMSG x 1 "), {
     seq: 907,
     deliveries: 3,
     consumerSeq: 18,
+    timestampMs: 1_700_000_000_000,
   });
   assertEquals(parse("$JS.ACK.dom.hash.S.c.2.4503599627370496.1.1700000000000000000.0.rand"), {
     seq: 4503599627370496,
     deliveries: 2,
     consumerSeq: 1,
+    timestampMs: 1_700_000_000_000,
   });
   // Anything else is not a JetStream delivery.
   assertEquals(parse("_INBOX.abc"), undefined);
@@ -325,4 +328,106 @@ Deno.test("a delivery's Tailwatch-Events header is read as its event count, 0 wh
   assertEquals(delivery("NATS/1.0\r\ntailwatch-events:7\r\nNats-Msg-Id: a\r\n\r\n").eventCount(), 7);
   assert(Number.isNaN(delivery("NATS/1.0\r\nTailwatch-Events: 7x\r\n\r\n").eventCount()), "not a number");
   assert(Number.isNaN(delivery("NATS/1.0\r\nTailwatch-Events: \r\n\r\n").eventCount()), "empty");
+});
+
+Deno.test("a delivery's headers are read as nats-server reads them: counts, Nats-Msg-Id, header-less", () => {
+  const delivery = (headerBlock: string, payload = "payload") => {
+    const bytes = new TextEncoder().encode(`${headerBlock}${payload}`);
+    return new Delivery(bytes, 0, 0, 0, 0, 0, headerBlock.length, bytes.length, 1, 1);
+  };
+  // Header-less (a MSG): no count, no id.
+  const plain = delivery("");
+  assertEquals([plain.eventCount(), plain.hasMsgId(), plain.header("Nats-Msg-Id")], [0, false, undefined]);
+  // A count is a positive decimal of at most 10 digits; 0, 11 digits, a sign or trailing text are not counts.
+  assertEquals(delivery("NATS/1.0\r\nTailwatch-Events: 9999999999\r\n\r\n").eventCount(), 9999999999);
+  for (const bad of ["0", "12345678901", "-1", "+5", "5 ", "0x10"]) {
+    assert(Number.isNaN(delivery(`NATS/1.0\r\nTailwatch-Events: ${bad}\r\n\r\n`).eventCount()), bad);
+  }
+  // A header line starts after a CRLF: a bare LF inside another value starts nothing.
+  assertEquals(delivery("NATS/1.0\r\nX: a\nTailwatch-Events: 5\r\n\r\n").eventCount(), 0);
+  // Nats-Msg-Id as JetStream reads it: exact name, after a CRLF, a colon, a value.
+  assertEquals(delivery("NATS/1.0\r\nNats-Msg-Id: a\r\n\r\n").hasMsgId(), true);
+  assertEquals(delivery("NATS/1.0\r\nNats-Msg-Id:\r\n\r\n").hasMsgId(), false, "empty");
+  assertEquals(delivery("NATS/1.0\r\nnats-msg-id: a\r\n\r\n").hasMsgId(), false, "another case");
+  assertEquals(delivery("NATS/1.0\r\nX-Nats-Msg-Id: a\r\n\r\n").hasMsgId(), false, "a longer name");
+  assertEquals(delivery("NATS/1.0\r\nNats-Msg-Id: with\nLF\r\n\r\n").header("Nats-Msg-Id"), "with\nLF");
+});
+
+Deno.test("splitBatch refuses an absurd count before allocating anything for it", () => {
+  const ranges = new BatchRanges();
+  const one = Uint8Array.of(0x78);
+  for (const count of [9_999_999_999, 2 ** 31, 2]) {
+    const refusal = splitBatch(one, 0, one.length, count, ranges);
+    assert(refusal?.includes("more than 1 bytes can hold"), `${count}: ${refusal}`);
+  }
+  assert(ranges.starts.length <= 256, "nothing grew");
+  // A real batch larger than the initial ranges grows them as its events are found.
+  const events = Array.from({ length: 600 }, (_, i) => makeEvent(i));
+  const batch = toBinary(RequestEventBatchSchema, create(RequestEventBatchSchema, { events }));
+  assertEquals(splitBatch(batch, 0, batch.length, 600, ranges), undefined);
+  assertEquals(ranges.count, 600);
+});
+
+Deno.test("a 200 kB service is written like any other (it once overflowed the stack)", () => {
+  const event = makeEvent(1, 1_700_000_000_000);
+  event.service = "s".repeat(200_000);
+  const payload = toBinary(RequestEventSchema, event);
+  const writer = new RowWriter();
+  const services: string[] = [];
+  const refused = appendEvent(new EventScanner(), payload, 5, (_ts, service) => {
+    services.push(service);
+    return writer;
+  });
+  assertEquals(refused, undefined);
+  assertEquals(services[0].length, 200_000);
+  writer.stamp(STAMP);
+  assertEquals(readRowBinary(writer.body())[0].row.service, event.service);
+});
+
+Deno.test("a row writer gives each row's event id, drops rows by event id, and undoes a message's rows", () => {
+  const writer = new RowWriter();
+  const scanner = new EventScanner();
+  const events = Array.from({ length: 6 }, (_, i) => makeEvent(i, 1_700_000_000_000 + i));
+  events[3].eventId = events[3].eventId.toUpperCase();
+  events.forEach((event, i) =>
+    appendEvent(scanner, toBinary(RequestEventSchema, event), i < 4 ? 10 : 11, () => writer)
+  );
+  assertEquals(
+    Array.from({ length: writer.rows }, (_, row) => writer.eventId(row)),
+    events.map((event) => event.eventId.toLowerCase()),
+    "as ClickHouse writes a UUID",
+  );
+  const kept = writer.withoutEvents(new Set([events[1].eventId, events[3].eventId.toLowerCase()]));
+  assertEquals(kept.rows, 4);
+  kept.stamp(STAMP);
+  assertEquals(
+    readRowBinary(kept.body()).map((r) => r.row.event_id),
+    [0, 2, 4, 5].map((i) => events[i].eventId),
+  );
+  writer.dropTrailing(11);
+  assertEquals(writer.rows, 4, "the last message's rows undone");
+  writer.dropTrailing(11);
+  assertEquals(writer.rows, 4, "nothing more: the rows before carry another sequence");
+  writer.stamp(STAMP);
+  assertEquals(readRowBinary(writer.body()).length, 4);
+  assertEquals(writer.withoutRows(new Set([0, 3])).rows, 2);
+});
+
+Deno.test("configuration: limits in bytes, the insert grace and the stall timeout are validated", () => {
+  const defaults = loadConfig({});
+  assertEquals(
+    [defaults.batchMaxBytes, defaults.maxBytesInFlight, defaults.insertGraceMs, defaults.stallTimeoutMs],
+    [16 * 1024 * 1024, 64 * 1024 * 1024, 2_000, 15_000],
+  );
+  const bad: Record<string, string>[] = [
+    { INGEST_BATCH_MAX_BYTES: "1000" },
+    { INGEST_BATCH_MAX_BYTES: String(2 ** 31) },
+    { INGEST_BATCH_MAX_BYTES: String(32 * 1024 * 1024), INGEST_MAX_BYTES_IN_FLIGHT: String(8 * 1024 * 1024) },
+    { INGEST_MAX_BYTES_IN_FLIGHT: "1024" },
+    { INGEST_INSERT_GRACE_MS: "-1" },
+    { INGEST_STALL_TIMEOUT_MS: "500" },
+    { INGEST_STALL_TIMEOUT_MS: "2000", INGEST_BATCH_WAIT_MS: "1500" },
+  ];
+  for (const env of bad) assertThrows(() => loadConfig(env), ConfigError, JSON.stringify(env));
+  assertEquals(loadConfig({ INGEST_BATCH_MAX_BYTES: String(1024 * 1024) }).maxBytesInFlight, 4 * 1024 * 1024);
 });

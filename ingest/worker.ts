@@ -1,14 +1,18 @@
 /**
- * The ingest worker: durable pull consumer on REQUEST_EVENTS → batches (by size and by time) → decode →
+ * The ingest worker: durable pull consumer on REQUEST_EVENTS → batches (by events, bytes and time) → decode →
  * one INSERT per batch and day-partition into `request_events` → ack. Exactly once through redelivery: see
- * ingest/README.md ("Exactly once").
+ * ingest/README.md ("Exactly once"); any message is stored or dead-lettered ("Poison messages"); memory is
+ * bounded in bytes ("Limits"); /readyz says when it is not doing its job ("Health").
  */
 import {
   AckPolicy,
   type ConsumerInfo,
   DeliverPolicy,
+  JetStreamApiCodes,
+  JetStreamApiError,
   type JetStreamManager,
   jetstreamManager,
+  type StreamInfo,
 } from "@nats-io/jetstream";
 import { connect, headers, nanos, type NatsConnection } from "@nats-io/transport-node";
 import {
@@ -19,12 +23,13 @@ import {
   type Registry,
   REQUEST_EVENTS_STREAM,
 } from "@tailwatch/kit";
-import { type ClickHouse, createClickHouse } from "./clickhouse.ts";
+import { type ClickHouse, ClickHouseError, createClickHouse } from "./clickhouse.ts";
 import type { IngestConfig } from "./config.ts";
 import { INSERT_COLUMNS, type PoisonReason, ROW_FORMAT } from "./event_row.ts";
+import type { Readiness } from "./metrics.ts";
 import { appendEvent, BatchRanges, EventScanner, RowWriter, splitBatch } from "./row_writer.ts";
 import { applyMigrations } from "./migrations.ts";
-import { createPullReceiver, type Delivery, type PullReceiver } from "./pull.ts";
+import { createPullReceiver, type Delivery, type PullReceiver, type PullTrouble } from "./pull.ts";
 import { applyRetention } from "./retention.ts";
 import { reconcileRollups, writeFloorMarker } from "./rollups.ts";
 import { ident, sql, sqlJoin } from "./sql.ts";
@@ -53,10 +58,14 @@ export interface IngestStats {
   duplicatesSkipped: number;
   deadLettered: number;
   retries: number;
-  /** Times delivery continuity broke and the consumer was recreated at its ack floor + 1 (pull.ts). */
+  /** Times the receiver stopped (continuity broke, the consumer went missing or unusable) and was resumed. */
   resyncs: number;
+  /** Times the durable consumer was deleted and created again, or created because it was gone. */
+  recreations: number;
   /** The slowest successful INSERT so far, in ms. */
   insertMsMax: number;
+  /** The most bytes of messages held at once (received, not yet acked): at most INGEST_MAX_BYTES_IN_FLIGHT. */
+  bytesInFlightMax: number;
 }
 
 export interface IngestWorker {
@@ -64,20 +73,24 @@ export interface IngestWorker {
   run(): Promise<IngestStats>;
   /** Asks for a graceful stop: the batch in hand is inserted and acked, then run() resolves. */
   stop(): void;
-  /** True once connected, migrated and consuming. */
+  /** True once connected, migrated and consuming, and none of readiness()'s troubles holds. */
   ready(): boolean;
+  /** ready() and, when false, why (the body of a 503 /readyz). */
+  readiness(): Readiness;
   stats(): IngestStats;
   readonly registry: Registry;
 }
 
-/** One day-partition's rows of a batch, as a RowBinary body, with what the dedup query needs. */
+/**
+ * Rows of one day-partition of a batch, as a RowBinary body (at most INGEST_BATCH_MAX rows: an INSERT is one
+ * part, all or nothing), with what the dedup query needs and the query_id every attempt of its INSERT uses.
+ */
 interface RowGroup {
   writer: RowWriter;
   services: Set<string>;
   minTs: number;
   maxTs: number;
-  minSeq: number;
-  maxSeq: number;
+  queryId: string;
 }
 
 /**
@@ -98,8 +111,10 @@ interface PreparedBatch {
   last: Delivery;
   groups: RowGroup[];
   poison: Poison[];
-  /** Some message may have been inserted before: ask the table before inserting. */
+  /** Some event may be in the table already: ask the table (by event id) before inserting. */
   checkFirst: boolean;
+  /** Payload bytes held by the batch's messages (released once it is acked). */
+  bytes: number;
 }
 
 /** True when both lists hold the same subjects, in any order. */
@@ -119,6 +134,11 @@ function ackFloor(info: ConsumerInfo): number {
     ? info.config.opt_start_seq ?? 1
     : 1;
   return Math.max(info.ack_floor.stream_seq, start - 1);
+}
+
+/** True for JetStream's "consumer not found" (any other failure is not evidence that it is gone). */
+function isConsumerNotFound(error: unknown): boolean {
+  return error instanceof JetStreamApiError && error.code === JetStreamApiCodes.ConsumerNotFound;
 }
 
 /**
@@ -197,10 +217,25 @@ function createPartitionOf(timeZone: string): (tsSeconds: number) => number {
   };
 }
 
+/**
+ * The most rows a message can make: its Tailwatch-Events count, bounded by what its bytes can hold (two bytes an
+ * event at least), or 1 for a message of one event (or one that will be dead-lettered whole).
+ */
+function eventsOf(msg: Delivery): number {
+  const count = msg.eventCount();
+  if (!(count > 0)) return 1;
+  return Math.max(1, Math.min(count, Math.floor((msg.dataEnd - msg.dataStart) / 2)));
+}
+
 interface BatchQueue {
   push(msg: Delivery): void;
-  /** Up to `max` messages: when `max` are there, or `waitMs` after the first arrived, or at stop/idle. */
-  take(max: number, waitMs: number, idleMs: number): Promise<Delivery[]>;
+  /**
+   * Messages up to `maxEvents` events and `maxBytes` bytes (at least one message): when that much is there,
+   * or `waitMs` after the first arrived, or at stop/idle, or at once when `hurry()` says so.
+   */
+  take(maxEvents: number, maxBytes: number, waitMs: number, idleMs: number, hurry: () => boolean): Promise<
+    Delivery[]
+  >;
   size(): number;
   oldestAt(): number;
   items(): readonly Delivery[];
@@ -210,8 +245,11 @@ interface BatchQueue {
   wake(): void;
 }
 
-function createBatchQueue(batchMax: number): BatchQueue {
+function createBatchQueue(fullEvents: number, fullBytes: number): BatchQueue {
   let items: Delivery[] = [];
+  let counts: number[] = [];
+  let events = 0;
+  let bytes = 0;
   let firstAt = 0;
   let waiter: (() => void) | undefined;
   const wake = () => {
@@ -223,18 +261,38 @@ function createBatchQueue(batchMax: number): BatchQueue {
   return {
     push(msg) {
       if (items.length === 0) firstAt = Date.now();
+      const n = eventsOf(msg);
       items.push(msg);
-      if (items.length === 1 || items.length >= batchMax) wake();
+      counts.push(n);
+      events += n;
+      bytes += msg.size;
+      if (items.length === 1 || events >= fullEvents || bytes >= fullBytes) wake();
     },
-    async take(max, waitMs, idleMs) {
+    async take(maxEvents, maxBytes, waitMs, idleMs, hurry) {
       const idleUntil = Date.now() + idleMs;
       for (;;) {
         const now = Date.now();
         if (
-          items.length >= max || (items.length > 0 && now - firstAt >= waitMs) || closed || now >= idleUntil
+          events >= maxEvents || bytes >= maxBytes || (items.length > 0 && now - firstAt >= waitMs) ||
+          closed || now >= idleUntil || hurry()
         ) {
-          const out = items.length <= max ? items : items.slice(0, max);
-          items = items.length <= max ? [] : items.slice(max);
+          // The longest prefix within both limits, and at least one message.
+          let cut = 0;
+          let takenEvents = 0;
+          let takenBytes = 0;
+          while (cut < items.length) {
+            const e = counts[cut];
+            const b = items[cut].size;
+            if (cut > 0 && (takenEvents + e > maxEvents || takenBytes + b > maxBytes)) break;
+            takenEvents += e;
+            takenBytes += b;
+            cut++;
+          }
+          const out = cut === items.length ? items : items.slice(0, cut);
+          items = cut === items.length ? [] : items.slice(cut);
+          counts = cut === counts.length ? [] : counts.slice(cut);
+          events -= takenEvents;
+          bytes -= takenBytes;
           firstAt = items.length > 0 ? now : 0;
           return out;
         }
@@ -262,6 +320,25 @@ function createBatchQueue(batchMax: number): BatchQueue {
   };
 }
 
+/** Header values of a dead letter: printable ASCII (other characters escaped), at most `max` characters. */
+function headerText(text: string, max: number): string {
+  const escaped = text.slice(0, 4 * max).replace(/[^\x20-\x7e]/gu, (c) => {
+    const code = c.codePointAt(0)!;
+    return code <= 0xff ? `\\x${code.toString(16).padStart(2, "0")}` : `\\u{${code.toString(16)}}`;
+  }).trim();
+  return escaped.length > max ? `${escaped.slice(0, max - 3)}...` : escaped;
+}
+
+/** Literal bytes ClickHouse reads as a query at most (max_query_size, 256 KiB): the dedup query stays below. */
+const QUERY_BUDGET = 200 * 1024;
+/** Event ids per dedup query (each about 40 bytes as a literal). */
+const IDS_PER_QUERY = 4_000;
+/** How many consumer recreations within RECREATION_WINDOW_MS make the worker "keep recreating it". */
+const RECREATIONS_NOT_READY = 3;
+const RECREATION_WINDOW_MS = 60_000;
+/** A receiver connection down this long makes the worker not ready (a reconnect takes well under it). */
+const DISCONNECTED_NOT_READY_MS = 2_000;
+
 /** Creates the worker; nothing connects until run(). */
 export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
   const { config, logger } = options;
@@ -274,6 +351,11 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       "Messages per batch.",
       [1, 10, 100, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000],
     ),
+    batchEvents: registry.histogram(
+      "ingest_batch_events",
+      "Events (rows and poison) per batch.",
+      [1, 10, 100, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 1000000],
+    ),
     insertSeconds: registry.histogram(
       "ingest_insert_duration_seconds",
       "Duration of one successful INSERT.",
@@ -282,28 +364,58 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
     rows: registry.counter("ingest_rows_inserted_total", "Rows inserted into request_events."),
     duplicates: registry.counter(
       "ingest_duplicates_skipped_total",
-      "Redelivered events found already in the table and not inserted again.",
+      "Events found already in the table (or twice in a batch) by event id and not inserted again.",
     ),
     deadLettered: registry.counter(
       "ingest_dead_lettered_total",
-      "Messages sent to the dead-letter subject.",
+      "Messages (or events of batch messages) published to the dead-letter subject.",
       ["reason"],
+    ),
+    deadLettersTruncated: registry.counter(
+      "ingest_dead_letters_truncated_total",
+      "Dead letters whose payload was cut to fit max_payload (the original stays in the stream).",
     ),
     retries: registry.counter(
       "ingest_insert_retries_total",
-      "Failed INSERT (or dedup query) attempts retried.",
+      "Failed INSERT (or dedup query, or dead-letter publish) attempts retried.",
     ),
     pending: registry.gauge(
       "ingest_consumer_pending",
       "Messages of the stream not yet delivered to the consumer (num_pending).",
     ),
     ackPending: registry.gauge("ingest_consumer_ack_pending", "Messages delivered and not yet acked."),
+    bytesInFlight: registry.gauge(
+      "ingest_bytes_in_flight",
+      "Bytes of messages received and not yet acked (bounded by INGEST_MAX_BYTES_IN_FLIGHT).",
+    ),
     resyncs: registry.counter(
       "ingest_consumer_resyncs_total",
-      "Times delivery continuity broke (a delivery this process did not see) and the consumer was recreated.",
+      "Times the receiver stopped (delivery continuity broke, the consumer went missing or unusable) and resumed.",
+    ),
+    consumerTrouble: registry.counter(
+      "ingest_consumer_trouble_total",
+      "Times pulling stopped because the consumer was missing (503, consumer deleted) or unusable (409).",
+      ["kind"],
+    ),
+    recreations: registry.counter(
+      "ingest_consumer_recreated_total",
+      "Times the durable consumer was created again (it had unacked messages, was gone, or was unusable).",
+      ["reason"],
+    ),
+    streamResets: registry.counter(
+      "ingest_stream_resets_total",
+      "Times the stream was found recreated or reverted (its sequences started over).",
+    ),
+    stalls: registry.counter(
+      "ingest_stalls_total",
+      "Times messages waited longer than INGEST_STALL_TIMEOUT_MS with no batch committed.",
+    ),
+    lastCommit: registry.gauge(
+      "ingest_last_commit_timestamp_seconds",
+      "When the last batch was committed and acked (unix seconds).",
     ),
     retentionDropped: registry.counter("ingest_retention_partitions_dropped_total", "Partitions dropped."),
-    up: registry.gauge("ingest_ready", "1 when connected, migrated and consuming."),
+    up: registry.gauge("ingest_ready", "1 while /readyz answers 200."),
     rollupRepaired: registry.counter(
       "ingest_rollup_cells_repaired_total",
       "Rollup cells found short of the raw rows after a failed INSERT and completed (rollups.ts).",
@@ -326,7 +438,9 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
     deadLettered: 0,
     retries: 0,
     resyncs: 0,
+    recreations: 0,
     insertMsMax: 0,
+    bytesInFlightMax: 0,
   };
   const clickhouse: ClickHouse = createClickHouse({
     url: config.clickhouseUrl,
@@ -335,10 +449,11 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
     timeoutMs: config.insertTimeoutMs,
   });
   const table = { database: config.database, table: "request_events" };
-  const queue = createBatchQueue(config.batchMax);
+  const queue = createBatchQueue(config.batchMax, config.batchMaxBytes);
   let stopping = false;
   let stopDeadline = Infinity;
-  let isReady = false;
+  /** True between the start of consuming and the end of run(). */
+  let consuming = false;
   /** The highest stream sequence delivered before (see prepareBatch). */
   let highWater = 0;
   /**
@@ -353,6 +468,31 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
   const gate = createWriteGate();
   /** Batches taken from the queue and not yet acked (at most three: two being inserted, one decoded). */
   let inHand: { batch: Delivery[]; since: number }[] = [];
+  /** Bytes (Delivery.size) of messages received and not yet acked: the receiver pulls within a bound of it. */
+  let heldBytes = 0;
+  /**
+   * A message stored more than this long after its events started may be a publisher's retry that came after
+   * the stream's duplicate window (its first copy then went through as another message): its events are
+   * checked by id. Half the window, so that publishers' clocks may be off by that much.
+   */
+  let lateAfterMs = 0;
+  /** The stream's creation time as JetStream reports it: another one means it was deleted and created again. */
+  let streamCreated: string | undefined;
+
+  // Health (readiness()): see ingest/README.md, "Health".
+  /** Why pulling stopped (the consumer is missing or unusable), until it was resumed. */
+  let consumerProblem: string | undefined;
+  /** When the consumer was created again, newest last, within RECREATION_WINDOW_MS. */
+  let recreatedAt: { at: number; reason: string }[] = [];
+  let lastCommitAt = Date.now();
+  /** Since when messages have been waiting (0: none waiting). */
+  let pendingSince = 0;
+  /** Messages the server still holds for the consumer, from the latest consumer info. */
+  let serverPending = 0;
+  let stalled = false;
+  /** The receiver's connection, and since when it has been down (0: up). */
+  let receiverConnected: () => boolean = () => true;
+  let disconnectedSince = 0;
 
   const stop = () => {
     if (stopping) return;
@@ -361,6 +501,79 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
     logger.info("stop requested; finishing the batch in hand", { graceMs: config.shutdownGraceMs });
     queue.close();
   };
+
+  function readiness(): Readiness {
+    if (!consuming) {
+      return { ready: false, reason: stopping ? "stopped" : "starting (connecting, migrating)" };
+    }
+    if (consumerProblem !== undefined) return { ready: false, reason: `consumer: ${consumerProblem}` };
+    const now = Date.now();
+    if (disconnectedSince > 0 && now - disconnectedSince >= DISCONNECTED_NOT_READY_MS) {
+      return {
+        ready: false,
+        reason: `not connected to NATS for ${Math.round((now - disconnectedSince) / 1000)} s`,
+      };
+    }
+    const recent = recreatedAt.filter((r) => now - r.at < RECREATION_WINDOW_MS);
+    if (recent.length >= RECREATIONS_NOT_READY) {
+      return {
+        ready: false,
+        reason: `the consumer was recreated ${recent.length} times in the last ${
+          RECREATION_WINDOW_MS / 1000
+        } s (last: ${recent.at(-1)!.reason})`,
+      };
+    }
+    if (stalled) {
+      return {
+        ready: false,
+        reason:
+          `no batch committed for ${Math.round((now - Math.max(lastCommitAt, pendingSince)) / 1000)} s ` +
+          `while messages wait (${queue.size()} received, ${inHand.length} batches in hand, ${serverPending} ` +
+          `more in the stream)`,
+      };
+    }
+    return { ready: true, reason: "consuming" };
+  }
+
+  /** Re-evaluates the stall state (a transition into it is a counted, logged error) and the ready gauge. */
+  function checkHealth(): void {
+    const now = Date.now();
+    if (receiverConnected()) disconnectedSince = 0;
+    else if (disconnectedSince === 0) disconnectedSince = now;
+    const waiting = queue.size() > 0 || inHand.length > 0 || serverPending > 0;
+    if (!waiting) pendingSince = 0;
+    else if (pendingSince === 0) pendingSince = now;
+    const idleFor = waiting ? now - Math.max(lastCommitAt, pendingSince) : 0;
+    const nowStalled = consuming && waiting && idleFor >= config.stallTimeoutMs;
+    if (nowStalled && !stalled) {
+      metrics.stalls.inc();
+      logger.error("stalled: messages wait and no batch was committed", {
+        forMs: idleFor,
+        received: queue.size(),
+        batchesInHand: inHand.length,
+        pendingInStream: serverPending,
+      });
+    } else if (!nowStalled && stalled) {
+      logger.info("no longer stalled: a batch was committed");
+    }
+    stalled = nowStalled;
+    recreatedAt = recreatedAt.filter((r) => now - r.at < RECREATION_WINDOW_MS);
+    metrics.bytesInFlight.set(heldBytes);
+    metrics.up.set(readiness().ready ? 1 : 0);
+  }
+
+  function noteRecreation(reason: string): void {
+    stats.recreations++;
+    metrics.recreations.inc({ reason });
+    recreatedAt.push({ at: Date.now(), reason });
+    if (recreatedAt.length >= RECREATIONS_NOT_READY) {
+      logger.error("the durable consumer keeps being recreated", {
+        times: recreatedAt.length,
+        windowS: RECREATION_WINDOW_MS / 1000,
+        reason,
+      });
+    }
+  }
 
   async function withRetry<T>(what: string, action: (attempt: number) => Promise<T>): Promise<T> {
     for (let attempt = 0;; attempt++) {
@@ -383,7 +596,9 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
    * check can first wait for INSERTs still running on the server: one sent by a process killed a moment ago,
    * or one whose client timed out. ClickHouse keeps reading such an INSERT and may commit it after the
    * check looked (measured: a kill -9 test inserted a batch twice without this). Once it has left
-   * system.processes it is committed or gone for good, and the check sees which.
+   * system.processes it is committed or gone for good, and the check sees which. Every attempt of one group's
+   * INSERT uses the same query_id, so that ClickHouse refuses a retry while the earlier attempt still runs
+   * (and the earlier one, should it start late, while the retry runs).
    */
   const insertQueryPrefix = `tailwatch-ingest-${config.durable}-`;
 
@@ -402,15 +617,54 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
     }
   }
 
-  async function existingSeqs(group: RowGroup): Promise<Set<number>> {
+  /**
+   * The services filter of a group's queries, or undefined when listing them would not fit a query (many
+   * services, or very long names): the queries then read every service of the group's seconds.
+   */
+  function servicesOf(group: RowGroup): string[] | undefined {
+    let length = 0;
+    for (const service of group.services) length += service.length + 4;
+    return length <= 64 * 1024 ? [...group.services] : undefined;
+  }
+
+  /**
+   * The event ids of `writer`'s rows that are in the table already. By id, not by stream sequence: a message's
+   * rows may be split over INSERTs, a publisher's retry after the duplicate window is another message with the
+   * same events, and a stream that was deleted or reverted hands out old sequences again for new events. The
+   * same event always has the same start second and service, so the table's rows of the group's seconds and
+   * services are read (one query that reads the primary key's range, measured at a quarter of the cost of
+   * listing 4,000 ids) and matched here; when those seconds hold many more rows than the group (a group whose
+   * events lie far apart in time), the group's ids are listed instead, a few thousand per query.
+   */
+  async function existingEventIds(group: RowGroup, writer: RowWriter): Promise<Set<string>> {
     await awaitNoInsertsInFlight();
-    const found = await clickhouse.query<{ stream_seq: string | number }>(
-      sql`SELECT stream_seq FROM ${ident(config.database, "request_events")}
-        WHERE service IN (${sqlJoin([...group.services])})
-          AND ts >= ${new Date(group.minTs * 1000)} AND ts <= ${new Date(group.maxTs * 1000)}
-          AND stream_seq >= ${group.minSeq} AND stream_seq <= ${group.maxSeq}`,
+    const ids = new Set<string>();
+    for (let row = 0; row < writer.rows; row++) ids.add(writer.eventId(row));
+    const services = servicesOf(group);
+    const where = sql`${services === undefined ? sql`1` : sql`service IN (${sqlJoin(services)})`}
+      AND ts >= ${new Date(group.minTs * 1000)} AND ts <= ${new Date(group.maxTs * 1000)}`;
+    const source = ident(config.database, "request_events");
+    const found = new Set<string>();
+    const limit = Math.max(10_000, 4 * ids.size);
+    const inRange = await clickhouse.query<{ id: string }>(
+      sql`SELECT toString(event_id) AS id FROM ${source} WHERE ${where} LIMIT ${limit + 1}`,
     );
-    return new Set(found.map((row) => Number(row.stream_seq)));
+    if (inRange.length <= limit) {
+      for (const row of inRange) if (ids.has(row.id)) found.add(row.id);
+      return found;
+    }
+    const all = [...ids];
+    const perQuery = services === undefined
+      ? IDS_PER_QUERY
+      : Math.max(100, Math.min(IDS_PER_QUERY, Math.floor((QUERY_BUDGET - 64 * 1024) / 40)));
+    for (let i = 0; i < all.length; i += perQuery) {
+      const rows = await clickhouse.query<{ id: string }>(
+        sql`SELECT DISTINCT toString(event_id) AS id FROM ${source}
+          WHERE ${where} AND event_id IN (${sqlJoin(all.slice(i, i + perQuery))})`,
+      );
+      for (const row of rows) found.add(row.id);
+    }
+    return found;
   }
 
   /**
@@ -422,11 +676,12 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
   async function repairRollups(group: RowGroup, batchSeq: number): Promise<void> {
     await gate.exclusive(async () => {
       await awaitNoInsertsInFlight();
+      const services = servicesOf(group);
       const result = await reconcileRollups(clickhouse, {
         database: config.database,
         fromTs: group.minTs,
         toTs: group.maxTs,
-        services: [...group.services],
+        ...(services === undefined ? {} : { services }),
         batchSeq,
         floorSeq: committedFloor,
       });
@@ -449,18 +704,23 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
   }
 
   /**
-   * Inserts one partition's rows exactly once: after any doubt (redelivery, failed attempt) asks first, and
-   * completes the rollups when an earlier INSERT of some of the rows committed them (repairRollups).
-   * `batchSeq`: the batch's highest stream sequence, stamped on its rows as ingest_batch_seq.
+   * Inserts one group's rows exactly once: after any doubt (redelivery, failed attempt) asks first which of
+   * its events are in the table already, and completes the rollups when an earlier INSERT of some of them
+   * committed them (repairRollups). After an attempt that failed without an answer from ClickHouse (timeout,
+   * broken connection) it first waits INGEST_INSERT_GRACE_MS: the request may still sit unread in the
+   * server's backlog, not in system.processes yet. `batchSeq`: the batch's highest stream sequence, stamped on
+   * its rows as ingest_batch_seq.
    */
   async function insertGroup(group: RowGroup, checkFirst: boolean, batchSeq: number): Promise<void> {
+    let unanswered = false;
     await withRetry("insert", async (attempt) => {
       let writer = group.writer;
       if (checkFirst || attempt > 0) {
-        const existing = await existingSeqs(group);
+        if (unanswered && config.insertGraceMs > 0) await sleep(config.insertGraceMs);
+        const existing = await existingEventIds(group, writer);
         if (existing.size > 0) {
           await repairRollups(group, batchSeq);
-          writer = writer.without(existing);
+          writer = writer.withoutEvents(existing);
           const skipped = group.writer.rows - writer.rows;
           stats.duplicatesSkipped += skipped;
           metrics.duplicates.inc({}, skipped);
@@ -473,11 +733,15 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       const floorSeq = committedFloor;
       writer.stamp({ ingestedAtMs: sentAt, batchSeq, floorSeq });
       const started = performance.now();
-      await gate.shared(() =>
-        clickhouse.insertBody(table, INSERT_COLUMNS, ROW_FORMAT, writer.body(), {
-          queryId: insertQueryPrefix + crypto.randomUUID(),
-        })
-      );
+      try {
+        await gate.shared(() =>
+          clickhouse.insertBody(table, INSERT_COLUMNS, ROW_FORMAT, writer.body(), { queryId: group.queryId })
+        );
+      } catch (error) {
+        // No HTTP answer: the request may have reached the server, and may still run or start later.
+        unanswered = !(error instanceof ClickHouseError && error.status !== undefined);
+        throw error;
+      }
       if (floorSeq > floorAnnounced) floorAnnounced = floorSeq;
       options.onInserted?.(sentAt, Date.now(), writer.rows);
       const insertMs = performance.now() - started;
@@ -503,13 +767,64 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
     }
   }
 
+  /** What this worker's pull requests need of the consumer: the largest batch, expiry and bytes it asks. */
+  const pullLimits = { batch: 1, expiresMs: 30_000, requestBytes: 1 };
+
+  /**
+   * Notes the stream's identity and duplicate window; a stream deleted and created again (another creation
+   * time) or reverted (its last sequence below what was committed) starts its sequences over: the floor and
+   * the high-water mark of the old one mean nothing for it. Returns true for such a reset.
+   */
+  function noteStream(stream: StreamInfo): boolean {
+    const windowNs = stream.config.duplicate_window ?? 0;
+    lateAfterMs = windowNs / 1_000_000 / 2;
+    const recreated = streamCreated !== undefined && stream.created !== streamCreated;
+    const reverted = stream.state.last_seq < committedFloor;
+    streamCreated = stream.created;
+    if (!recreated && !reverted) return false;
+    metrics.streamResets.inc();
+    logger.error(
+      "the stream was deleted and created again, or reverted: its sequences start over; events are checked " +
+        "by id, the committed floor starts again from the new stream (a profiler that saw the old floor must " +
+        "be restarted)",
+      {
+        recreated,
+        reverted,
+        created: stream.created,
+        firstSeq: stream.state.first_seq,
+        lastSeq: stream.state.last_seq,
+        oldFloor: committedFloor,
+      },
+    );
+    committedFloor = 0;
+    floorAnnounced = 0;
+    metrics.floor.set(0);
+    return true;
+  }
+
+  /** True when the table holds any row: a consumer created anew may then hand out messages already inserted. */
+  async function tableHasRows(): Promise<boolean> {
+    const rows = await clickhouse.query(
+      sql`SELECT 1 AS one FROM ${ident(config.database, "request_events")} LIMIT 1`,
+    );
+    return rows.length > 0;
+  }
+
   /**
    * Creates the durable consumer, or recreates it at its ack floor + 1 when it has unacked messages (or
-   * another ack policy or filter); raises highWater to what an old consumer delivered.
+   * another ack policy or filter, or a configuration that refuses this worker's pull requests); raises
+   * highWater to what an old consumer delivered. `whileRunning`: the worker was consuming (a consumer found
+   * gone is then created at the committed floor + 1, not from the start).
    */
-  async function ensureConsumer(jsm: JetStreamManager): Promise<void> {
-    const info = await jsm.consumers.info(REQUEST_EVENTS_STREAM, config.durable).catch(() => undefined);
+  async function ensureConsumer(jsm: JetStreamManager, whileRunning: boolean): Promise<void> {
+    let info: ConsumerInfo | undefined;
+    try {
+      info = await jsm.consumers.info(REQUEST_EVENTS_STREAM, config.durable);
+    } catch (error) {
+      if (!isConsumerNotFound(error)) throw error;
+    }
     const stream = await jsm.streams.info(REQUEST_EVENTS_STREAM);
+    const reset = noteStream(stream);
     // nats-server matches every message's subject against a consumer's filter (a quarter of its CPU per
     // delivered message in the ingest bench, ingest/README.md): a filter that is the stream's only subject
     // selects everything anyway, so the consumer gets none.
@@ -520,20 +835,37 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
     // server would redeliver them only after the ack wait, while new messages flow: so a durable with
     // unacked messages (or with another ack policy, which the server does not let us change) is
     // recreated to start at its ack floor + 1. The dedup check absorbs the overlap (README, "Exactly
-    // once"). A durable that was created with another filter subject is recreated too.
+    // once"). A durable that was created with another filter subject is recreated too, and so is one that
+    // refuses this worker's pull requests (push based, or request limits below what it asks).
+    const unusable = info === undefined ? undefined : (
+      info.config.deliver_subject
+        ? "push based"
+        : (info.config.max_batch ?? 0) > 0 && info.config.max_batch! < pullLimits.batch
+        ? `max_batch ${info.config.max_batch}`
+        : (info.config.max_expires ?? 0) > 0 && info.config.max_expires! < nanos(pullLimits.expiresMs)
+        ? `max_expires ${info.config.max_expires} ns`
+        : (info.config.max_bytes ?? 0) > 0 && info.config.max_bytes! < pullLimits.requestBytes
+        ? `max_bytes ${info.config.max_bytes}`
+        : undefined
+    );
     const recreate = info !== undefined && (
       info.config.ack_policy !== AckPolicy.All || info.num_ack_pending > 0 ||
       info.delivered.stream_seq > ackFloor(info) ||
-      (info.config.filter_subject ?? "") !== filter
+      (info.config.filter_subject ?? "") !== filter || unusable !== undefined
     );
     // A durable that was recreated (by this code: start sequence = the old one's ack floor + 1) no longer
     // knows what its earlier incarnations delivered: a process killed after recreating it (caught by the kill
     // -9 test: the next process found ack floor 0, delivered 2500, while the incarnation before had delivered
     // up to 4000 and inserted unacked batches above 2500, which then went in a second time). Any of those
     // deliveries is in the stream, so the stream's last sequence bounds them: every message up to it gets the
-    // dedup check. A durable never recreated keeps its delivered sequence, which is enough (below).
+    // dedup check. A durable never recreated keeps its delivered sequence, which is enough (below). The same
+    // holds for a durable that is gone while the table has rows (deleted by hand, lost with NATS's store, or
+    // gone with its stream): whatever it delivered may be in the table.
     if (info && (recreate || info.config.deliver_policy === DeliverPolicy.StartSequence)) {
       if (stream.state.last_seq > highWater) highWater = stream.state.last_seq;
+    }
+    if (info === undefined && (whileRunning || reset || await tableHasRows())) {
+      if (stream.state.last_seq > highWater || reset) highWater = stream.state.last_seq;
     }
     if (info && !recreate) {
       await jsm.consumers.update(REQUEST_EVENTS_STREAM, config.durable, {
@@ -542,22 +874,47 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       });
       return;
     }
+    let startSeq: number | undefined;
     if (info) {
       await jsm.consumers.delete(REQUEST_EVENTS_STREAM, config.durable);
-      logger.info("recreated the durable consumer at its ack floor + 1", {
-        ackPolicy: info.config.ack_policy,
-        ackFloor: ackFloor(info),
-        delivered: info.delivered.stream_seq,
-      });
+      const reason = unusable !== undefined
+        ? "unusable"
+        : info.num_ack_pending > 0 || info.delivered.stream_seq > ackFloor(info)
+        ? "unacked"
+        : "config";
+      (reason === "unusable" ? logger.error : logger.info)(
+        "recreated the durable consumer at its ack floor + 1",
+        {
+          ackPolicy: info.config.ack_policy,
+          ackFloor: ackFloor(info),
+          delivered: info.delivered.stream_seq,
+          ...(unusable !== undefined ? { unusable } : {}),
+        },
+      );
+      noteRecreation(reason);
       // Everything up to what the old consumer delivered may have been inserted already.
       if (info.delivered.stream_seq > highWater) highWater = info.delivered.stream_seq;
+      startSeq = ackFloor(info) + 1;
+    } else if (whileRunning) {
+      // Gone while this worker consumed: everything at or below its committed floor is in the table; the rest
+      // comes again (checked by id). From the stream's start if the stream itself started over.
+      startSeq = reset || committedFloor === 0 ? undefined : committedFloor + 1;
+      logger.error("the durable consumer was gone; created it again", {
+        startSeq: startSeq ?? "the stream's first message",
+        streamReset: reset,
+      });
+      noteRecreation("missing");
     }
     await jsm.consumers.add(REQUEST_EVENTS_STREAM, {
       durable_name: config.durable,
       ack_policy: AckPolicy.All,
-      ...(info
-        ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: ackFloor(info) + 1 }
-        : { deliver_policy: options.deliverFromStart === false ? DeliverPolicy.New : DeliverPolicy.All }),
+      ...(startSeq !== undefined
+        ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: startSeq }
+        : {
+          deliver_policy: options.deliverFromStart === false && !whileRunning
+            ? DeliverPolicy.New
+            : DeliverPolicy.All,
+        }),
       ack_wait: nanos(config.ackWaitMs),
       max_ack_pending: config.maxAckPending,
       max_deliver: -1,
@@ -567,7 +924,7 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
 
   function run(): Promise<IngestStats> {
     return runInner().finally(() => {
-      isReady = false;
+      consuming = false;
       metrics.up.set(0);
     });
   }
@@ -593,7 +950,6 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       })().catch(() => {});
       await withRetry("ensure stream", () => ensureRequestEventsStream(conn));
       const jsm = await jetstreamManager(conn);
-      await withRetry("ensure consumer", () => ensureConsumer(jsm));
       if (config.migrateOnStart) {
         const applied = await withRetry(
           "migrate",
@@ -601,6 +957,11 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
         );
         if (applied.length > 0) logger.info("migrations applied", { versions: applied });
       }
+      // A pull request asks for at most requestBytes (max_bytes), which must let the largest message through.
+      const maxPayload = conn.info?.max_payload ?? 1024 * 1024;
+      pullLimits.batch = Math.min(config.batchMax, config.maxAckPending);
+      pullLimits.requestBytes = Math.max(Math.floor(config.maxBytesInFlight / 4), maxPayload + 8 * 1024);
+      await withRetry("ensure consumer", () => ensureConsumer(jsm, false));
       const timeZone = await withRetry("read server time zone", async () => {
         const rows = await clickhouse.query<{ tz: string }>(sql`SELECT timezone() AS tz`);
         return rows[0]?.tz ?? "UTC";
@@ -621,30 +982,55 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
         name: `tailwatch-ingest-pull:${config.durable}`,
         stream: REQUEST_EVENTS_STREAM,
         durable: config.durable,
-        batch: Math.min(config.batchMax, config.maxAckPending),
+        batch: pullLimits.batch,
+        requestBytes: pullLimits.requestBytes,
+        maxBytesInFlight: config.maxBytesInFlight,
+        heldBytes: () => heldBytes,
+        expiresMs: pullLimits.expiresMs,
         logger,
-        onMessage: options.onReceived
-          ? (msg) => {
-            options.onReceived?.(msg, Date.now());
-            queue.push(msg);
+        onMessage: (msg) => {
+          heldBytes += msg.size;
+          if (heldBytes > stats.bytesInFlightMax) stats.bytesInFlightMax = heldBytes;
+          options.onReceived?.(msg, Date.now());
+          queue.push(msg);
+        },
+        onTrouble: (trouble: PullTrouble, reason: string) => {
+          if (trouble !== "continuity") {
+            consumerProblem = reason;
+            metrics.consumerTrouble.inc({ kind: trouble });
+            logger.error("pulling stopped: the consumer is missing or refuses the pull requests", {
+              trouble,
+              reason,
+            });
+            checkHealth();
           }
-          : (msg) => queue.push(msg),
-        onBroken: () => queue.wake(),
+          queue.wake();
+        },
       });
       pull = receiver;
+      receiverConnected = () => receiver.connected;
       await receiver.start(startInfo.delivered.consumer_seq);
       /**
-       * After delivery continuity broke (pull.ts): once the batches before the break are committed, recreate
-       * the consumer at its ack floor + 1 (ensureConsumer: it has unacked messages) and pull again.
+       * After the receiver stopped (pull.ts): once the batches before it are committed, check the consumer,
+       * recreate it if it has unacked messages, is gone or unusable (ensureConsumer), and pull again.
        */
       const resync = async () => {
         await receiver.flush().catch(() => {});
-        await withRetry("recreate the consumer", () => ensureConsumer(jsm));
+        // The stream too may be gone (a NATS server that lost its store): created again first.
+        await withRetry("ensure stream", () => ensureRequestEventsStream(conn));
+        await withRetry("recreate the consumer", () => ensureConsumer(jsm, true));
         const info = await withRetry("read the consumer", consumerInfo);
         if (info.delivered.stream_seq > highWater) highWater = info.delivered.stream_seq;
+        if (ackFloor(info) > committedFloor) {
+          committedFloor = ackFloor(info);
+          metrics.floor.set(committedFloor);
+        }
         receiver.restart(info.delivered.consumer_seq);
+        if (consumerProblem !== undefined) logger.info("pulling again", { after: consumerProblem });
+        consumerProblem = undefined;
         stats.resyncs++;
         metrics.resyncs.inc();
+        checkHealth();
       };
 
       // Keep slow batches from being redelivered: mark in-progress at a third of the ack wait.
@@ -662,9 +1048,11 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
         const info = await consumerInfo();
         metrics.pending.set(info.num_pending);
         metrics.ackPending.set(info.num_ack_pending);
+        serverPending = info.num_pending;
         return info;
       };
       timers.push(setInterval(() => refreshPending().catch(() => {}), 5_000));
+      timers.push(setInterval(checkHealth, 1_000));
       if (config.retentionIntervalS > 0 && mode === "follow") {
         let busy = false;
         const retention = async () => {
@@ -687,8 +1075,9 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
         retention();
       }
 
-      isReady = true;
-      metrics.up.set(1);
+      consuming = true;
+      lastCommitAt = Date.now();
+      checkHealth();
       logger.info("consuming", { durable: config.durable, database: config.database, mode, timeZone });
       // Three batches in hand at most: while batches k and k+1 are inserted, batch k+2 is decoded. A batch of
       // first deliveries (no dedup check) is inserted alongside the one before it; a batch that needs the
@@ -715,14 +1104,25 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       for (;;) {
         if (stopping) receiver.pause();
         // Drain mode looks for the end sooner: 100 ms without a message, then asks the server.
-        const batch = await queue.take(config.batchMax, config.batchWaitMs, mode === "drain" ? 100 : 1_000);
+        const batch = await queue.take(
+          config.batchMax,
+          config.batchMaxBytes,
+          config.batchWaitMs,
+          mode === "drain" ? 100 : 1_000,
+          () => receiver.broken,
+        );
         if (batch.length === 0) {
           if (!await settle()) break;
           if (stopping) break;
           // Idle: no INSERT carries the floor of the last batches to the profiler, a marker does.
           await announceFloor();
           if (receiver.broken && queue.size() === 0) {
-            await resync();
+            try {
+              await resync();
+            } catch (error) {
+              if (error instanceof AbandonBatch) break; // a stop while the consumer could not be recreated
+              throw error;
+            }
             continue;
           }
           if (mode === "drain") {
@@ -771,46 +1171,57 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
   const scanner = new EventScanner();
   const batchRanges = new BatchRanges();
 
-  /** Decodes a batch into per-partition RowBinary bodies and poison messages (synchronous, CPU only). */
+  /**
+   * Decodes a batch into per-partition RowBinary bodies and poison messages (synchronous, CPU only). Whatever
+   * a message holds, it becomes rows or poison: an unexpected failure while decoding one message undoes its
+   * rows and dead-letters it whole.
+   */
   function prepareBatch(
     batch: Delivery[],
     firstBatch: boolean,
     partitionOf: (ts: number) => number,
   ): PreparedBatch {
     metrics.batchSize.observe(batch.length);
-    const groups = new Map<number, RowGroup>();
+    /** The group being filled per partition day; full groups (INGEST_BATCH_MAX rows) are in `groups` too. */
+    const filling = new Map<number, RowGroup>();
+    const groups: RowGroup[] = [];
     const seen = new Set<number>();
     const poison: PreparedBatch["poison"] = [];
     let checkFirst = firstBatch;
-    let seq = 0;
     let lastSlot = -1;
     let last: RowGroup | undefined;
+    let storedAt = 0;
+    let late = false;
+    let events = 0;
+    const newGroup = (day: number, ts: number): RowGroup => {
+      const group: RowGroup = {
+        writer: new RowWriter(),
+        services: new Set(),
+        minTs: ts,
+        maxTs: ts,
+        queryId: insertQueryPrefix + crypto.randomUUID(),
+      };
+      filling.set(day, group);
+      groups.push(group);
+      return group;
+    };
     const pick = (ts: number, service: string): RowWriter => {
       // Every time zone offset is a multiple of 15 minutes: a 15-minute slot is in one partition.
       const slot = Math.floor(ts / 900);
       let group = slot === lastSlot ? last : undefined;
-      if (!group) {
+      if (!group || group.writer.rows >= config.batchMax) {
         const day = partitionOf(ts);
-        group = groups.get(day);
-        if (!group) {
-          group = {
-            writer: new RowWriter(),
-            services: new Set(),
-            minTs: ts,
-            maxTs: ts,
-            minSeq: seq,
-            maxSeq: seq,
-          };
-          groups.set(day, group);
-        }
+        group = filling.get(day);
+        if (!group || group.writer.rows >= config.batchMax) group = newGroup(day, ts);
         lastSlot = slot;
         last = group;
       }
       group.services.add(service);
       if (ts < group.minTs) group.minTs = ts;
       if (ts > group.maxTs) group.maxTs = ts;
-      if (seq < group.minSeq) group.minSeq = seq;
-      if (seq > group.maxSeq) group.maxSeq = seq;
+      // Stored long after it started (or its store time unknown): maybe a retry after the duplicate window.
+      if (!(storedAt - ts * 1000 < lateAfterMs)) late = true;
+      events++;
       return group.writer;
     };
     // First deliveries come in increasing stream sequence. A message at or below the highest sequence
@@ -818,51 +1229,130 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
     // delivered before, whether or not the server says so: a NATS crash can lose the consumer's delivery
     // state and hand a message out again as a first delivery. Such a batch, or one with a redelivered
     // message, is checked against the table before its INSERT; only then can it hold the same sequence twice.
+    // So is a batch with a message JetStream could not deduplicate (no Nats-Msg-Id), or one stored long after
+    // its events (late, above).
     let high = highWater;
     let top = batch[0];
     let topSeq = 0;
+    let bytes = 0;
     const seqs = new Float64Array(batch.length);
     for (let i = 0; i < batch.length; i++) {
-      const { seq: s, deliveries } = batch[i];
+      const msg = batch[i];
+      const s = msg.seq;
       seqs[i] = s;
-      if (s <= high || deliveries > 1) checkFirst = true;
+      bytes += msg.size;
+      if (s <= high || msg.deliveries > 1 || !msg.hasMsgId()) checkFirst = true;
       if (s > high) high = s;
       if (s > topSeq) {
         topSeq = s;
-        top = batch[i];
+        top = msg;
       }
     }
     highWater = high;
     for (let i = 0; i < batch.length; i++) {
       const msg = batch[i];
-      seq = seqs[i];
+      const seq = seqs[i];
       if (checkFirst) {
         if (seen.has(seq)) continue;
         seen.add(seq);
       }
-      const eventCount = msg.eventCount();
-      if (eventCount === 0) {
-        const refused = appendEvent(scanner, msg.chunk, seq, pick, msg.dataStart, msg.dataEnd);
-        if (refused) poison.push({ msg, reason: refused.reason, detail: refused.detail });
-        continue;
-      }
-      // A RequestEventBatch: split (and so checked) whole before any of its rows is written, and then its
-      // events, all under the message's stream sequence, go to their partitions' writers.
-      const unsplit = splitBatch(msg.chunk, msg.dataStart, msg.dataEnd, eventCount, batchRanges);
-      if (unsplit !== undefined) {
-        poison.push({ msg, reason: "undecodable", detail: unsplit });
-        continue;
-      }
-      for (let index = 0; index < batchRanges.count; index++) {
-        const start = batchRanges.starts[index];
-        const end = batchRanges.ends[index];
-        const refused = appendEvent(scanner, msg.chunk, seq, pick, start, end);
-        if (refused) {
-          poison.push({ msg, reason: refused.reason, detail: refused.detail, event: { index, start, end } });
+      storedAt = msg.timestampMs;
+      const poisonBefore = poison.length;
+      try {
+        const eventCount = msg.eventCount();
+        if (eventCount === 0) {
+          const refused = appendEvent(scanner, msg.chunk, seq, pick, msg.dataStart, msg.dataEnd);
+          if (refused) poison.push({ msg, reason: refused.reason, detail: refused.detail });
+          continue;
         }
+        // A RequestEventBatch: split (and so checked) whole before any of its rows is written, and then its
+        // events, all under the message's stream sequence, go to their partitions' writers.
+        const unsplit = splitBatch(msg.chunk, msg.dataStart, msg.dataEnd, eventCount, batchRanges);
+        if (unsplit !== undefined) {
+          poison.push({ msg, reason: "undecodable", detail: unsplit });
+          continue;
+        }
+        for (let index = 0; index < batchRanges.count; index++) {
+          const start = batchRanges.starts[index];
+          const end = batchRanges.ends[index];
+          const refused = appendEvent(scanner, msg.chunk, seq, pick, start, end);
+          if (refused) {
+            poison.push({
+              msg,
+              reason: refused.reason,
+              detail: refused.detail,
+              event: { index, start, end },
+            });
+          }
+        }
+      } catch (error) {
+        // Not a refusal decodeEvent knows: whatever it was, the message's rows go and the message is poison.
+        for (const group of groups) group.writer.dropTrailing(seq);
+        poison.length = poisonBefore;
+        poison.push({
+          msg,
+          reason: "undecodable",
+          detail: `ingest could not process it: ${error instanceof Error ? error.message : String(error)}`,
+        });
+        logger.error("a message failed to decode unexpectedly; dead-lettering it", { seq, error });
       }
     }
-    return { batch, last: top, groups: [...groups.values()], poison, checkFirst };
+    if (late) checkFirst = true;
+    metrics.batchEvents.observe(events + poison.length);
+    const kept = groups.filter((group) => group.writer.rows > 0);
+    if (checkFirst) dropRepeatedEvents(kept);
+    return { batch, last: top, groups: kept, poison, checkFirst, bytes };
+  }
+
+  /** Keeps the first row of each event id in a checked batch (the same event in two messages of it). */
+  function dropRepeatedEvents(groups: RowGroup[]): void {
+    const ids = new Set<string>();
+    for (const group of groups) {
+      const repeated = new Set<number>();
+      for (let row = 0; row < group.writer.rows; row++) {
+        const id = group.writer.eventId(row);
+        if (ids.has(id)) repeated.add(row);
+        else ids.add(id);
+      }
+      if (repeated.size === 0) continue;
+      group.writer = group.writer.withoutRows(repeated);
+      stats.duplicatesSkipped += repeated.size;
+      metrics.duplicates.inc({}, repeated.size);
+      logger.info("skipped events that came twice in one batch", { skipped: repeated.size });
+    }
+  }
+
+  /**
+   * Publishes one dead letter (nats.js, core NATS): the original bytes (of the message, or of the event of a
+   * batch message) with the reason and where the original is in headers. Header values are printable ASCII
+   * (nats.js refuses CR and LF, and a message's own Nats-Msg-Id may hold anything). When the payload and the
+   * headers would exceed the server's max_payload, the payload is cut to fit, and Tailwatch-Truncated and
+   * Tailwatch-Original-Size say so: the whole original stays in the stream under Tailwatch-Stream-Seq.
+   */
+  function publishDeadLetter(nc: NatsConnection, { msg, reason, detail, event }: Poison): boolean {
+    const fields: [string, string][] = [
+      ["Tailwatch-Dead-Letter-Reason", reason],
+      ["Tailwatch-Dead-Letter-Detail", headerText(detail, 500)],
+      ["Tailwatch-Stream-Seq", String(msg.seq)],
+      ["Tailwatch-Subject", headerText(msg.subject, 300)],
+    ];
+    const msgId = msg.header("Nats-Msg-Id");
+    if (msgId) fields.push(["Tailwatch-Msg-Id", headerText(msgId, 300)]);
+    if (event) fields.push(["Tailwatch-Event-Index", String(event.index)]);
+    let data = event ? msg.chunk.subarray(event.start, event.end) : msg.data;
+    const maxPayload = nc.info?.max_payload ?? 1024 * 1024;
+    const headerBytes = (list: [string, string][]) =>
+      "NATS/1.0\r\n\r\n".length + list.reduce((sum, [k, v]) => sum + k.length + 2 + v.length + 2, 0);
+    let truncated = false;
+    if (headerBytes(fields) + data.length > maxPayload) {
+      fields.push(["Tailwatch-Truncated", "true"], ["Tailwatch-Original-Size", String(data.length)]);
+      data = data.subarray(0, Math.max(0, maxPayload - headerBytes(fields) - 64));
+      truncated = true;
+    }
+    const h = headers();
+    for (const [name, value] of fields) h.set(name, value);
+    nc.publish(`${DEAD_LETTER_SUBJECT_PREFIX}.${reason}`, data, { headers: h });
+    return truncated;
   }
 
   /** Inserts a prepared batch (exactly once), dead-letters its poison, then acks every message of it. */
@@ -875,35 +1365,39 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
   ): Promise<void> {
     const { batch, last, groups, poison, checkFirst } = prepared;
     const commitStart = performance.now();
-    // One INSERT per day-partition: an INSERT is atomic only within one partition (one part).
+    // One INSERT per group (day-partition, at most INGEST_BATCH_MAX rows): an INSERT is atomic only within
+    // one partition and one block (one part).
     for (const group of groups) await insertGroup(group, checkFirst, last.seq);
     // Acks in batch order: this batch's cumulative ack also covers the batch before it.
     const before = await previous;
     if (before !== undefined) {
       throw before instanceof AbandonBatch ? new AbandonBatch(`an earlier batch: ${before.message}`) : before;
     }
-    for (const { msg, reason, detail, event } of poison) {
-      const h = headers();
-      h.set("Tailwatch-Dead-Letter-Reason", reason);
-      h.set("Tailwatch-Dead-Letter-Detail", detail.replace(/[\r\n]+/g, " ").slice(0, 500));
-      h.set("Tailwatch-Stream-Seq", String(msg.seq));
-      h.set("Tailwatch-Subject", msg.subject);
-      const msgId = msg.header("Nats-Msg-Id");
-      if (msgId) h.set("Tailwatch-Msg-Id", msgId);
-      if (event) h.set("Tailwatch-Event-Index", String(event.index));
-      const data = event ? msg.chunk.subarray(event.start, event.end) : msg.data;
-      nc.publish(`${DEAD_LETTER_SUBJECT_PREFIX}.${reason}`, data, { headers: h });
-      stats.deadLettered++;
-      metrics.deadLettered.inc({ reason });
-      logger.warn(event ? "dead-lettered an event of a message" : "dead-lettered a message", {
-        seq: msg.seq,
-        subject: msg.subject,
-        reason,
-        detail,
-        ...(event ? { eventIndex: event.index } : {}),
+    if (poison.length > 0) {
+      // Published (again, if the flush fails: a dead letter may then come twice, never not at all) before the
+      // ack that lets the originals go.
+      let truncated = 0;
+      await withRetry("publish dead letters", async () => {
+        truncated = 0;
+        for (const entry of poison) if (publishDeadLetter(nc, entry)) truncated++;
+        await Promise.race([
+          nc.flush(),
+          sleep(config.insertTimeoutMs).then(() => Promise.reject(new Error("NATS flush timed out"))),
+        ]);
       });
+      metrics.deadLettersTruncated.inc({}, truncated);
+      for (const { msg, reason, detail, event } of poison) {
+        stats.deadLettered++;
+        metrics.deadLettered.inc({ reason });
+        logger.warn(event ? "dead-lettered an event of a message" : "dead-lettered a message", {
+          seq: msg.seq,
+          subject: msg.subject.slice(0, 300),
+          reason,
+          detail: detail.slice(0, 500),
+          ...(event ? { eventIndex: event.index } : {}),
+        });
+      }
     }
-    if (poison.length > 0) await nc.flush().catch(() => {});
     // AckPolicy.All: acking the batch's highest message acks it and every message before it. Batches are
     // delivered and committed in order, and the consumer starts at its ack floor + 1, so every message below
     // it has been inserted (or dead-lettered) by now. A lost ack only means a redelivery, which the dedup
@@ -914,6 +1408,11 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       committedFloor = last.seq;
       metrics.floor.set(committedFloor);
     }
+    heldBytes -= prepared.bytes;
+    metrics.bytesInFlight.set(heldBytes);
+    receiver.more();
+    lastCommitAt = Date.now();
+    metrics.lastCommit.set(lastCommitAt / 1000);
     stats.batches++;
     metrics.batches.inc();
     logger.debug("batch done", {
@@ -927,7 +1426,8 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
   return {
     run,
     stop,
-    ready: () => isReady,
+    ready: () => readiness().ready,
+    readiness,
     stats: () => ({ ...stats }),
     registry,
   };

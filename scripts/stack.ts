@@ -1,9 +1,11 @@
 /**
- * The local stack for `./dev up` / `./dev down`: every component as a background process with its data
- * under .data/ and its log under .data/logs/, started in dependency order and checked healthy before the
- * next; stopped in reverse order with SIGTERM (each drains), SIGKILL only after a timeout.
+ * The local stack for `./dev up` / `./dev down`: every component as a background process with its data under
+ * .data/ and its log under .data/logs/, started in dependency order and each checked ready (its readiness
+ * probe, or for a process without one, alive) before the next; at the end every process is checked again, and
+ * a component that is not ready is named with its reason and the end of its log, and `up` exits 1. Stopped in
+ * reverse order with SIGTERM (each drains), SIGKILL only after a timeout.
  */
-import { clickhouseConfigXml, clickhouseUsersXml, waitUntil } from "@tailwatch/testing";
+import { clickhouseConfigXml, clickhouseUsersXml } from "@tailwatch/testing";
 import { LOCAL } from "./local.ts";
 import { SERVICE_DENO_FLAGS } from "@tailwatch/kit";
 
@@ -12,21 +14,31 @@ const DATA = `${ROOT}/.data`;
 const LOGS = `${DATA}/logs`;
 const PIDS = `${DATA}/pids`;
 
-interface Component {
+export interface Component {
   name: string;
   /** False when the component is not built or present in this checkout; it is then skipped. */
   available(): boolean;
   prepare?(): Promise<void>;
   command: string[];
   env?: Record<string, string>;
-  /** Resolves true once the component answers. */
-  healthy(): Promise<boolean>;
+  /**
+   * undefined once the component is ready, else why not (its readiness probe's answer). A component without a
+   * probe is ready while its process is alive, after `settleMs`.
+   */
+  ready(): Promise<string | undefined>;
+  /** How long a component without a probe must stay alive before it counts as ready. */
+  settleMs?: number;
 }
 
-async function ok(url: string): Promise<boolean> {
-  const response = await fetch(url);
-  await response.body?.cancel();
-  return response.ok;
+/** undefined when `url` answers 2xx, else the status and the start of the body (or the connection error). */
+export async function probe(url: string): Promise<string | undefined> {
+  try {
+    const response = await fetch(url, { signal: AbortSignal.timeout(5_000) });
+    const body = (await response.text()).trim().slice(0, 300);
+    return response.ok ? undefined : `${url} answered ${response.status}${body ? `: ${body}` : ""}`;
+  } catch (error) {
+    return `${url}: ${error instanceof Error ? error.message : error}`;
+  }
 }
 
 const exists = (path: string) => {
@@ -51,7 +63,7 @@ const components: Component[] = [
     name: "nats",
     available: () => true,
     command: ["nats-server", "-a", "127.0.0.1", "-p", "4222", "-m", "8222", "-js", "-sd", `${DATA}/nats`],
-    healthy: () => ok("http://127.0.0.1:8222/healthz"),
+    ready: () => probe("http://127.0.0.1:8222/healthz"),
   },
   {
     name: "clickhouse",
@@ -68,7 +80,7 @@ const components: Component[] = [
       );
     },
     command: ["clickhouse-server", `--config-file=${DATA}/clickhouse/config.xml`],
-    healthy: () => ok("http://127.0.0.1:8123/ping"),
+    ready: () => probe("http://127.0.0.1:8123/ping"),
   },
   {
     name: "ingest",
@@ -81,7 +93,8 @@ const components: Component[] = [
       CLICKHOUSE_PASSWORD: LOCAL.clickhouseAdminPassword,
       INGEST_METRICS_PORT: "9464",
     },
-    healthy: () => ok("http://127.0.0.1:9464/healthz"),
+    // Consuming: connected, migrated, the consumer there, nothing stalled (ingest/README.md, "Health").
+    ready: () => probe("http://127.0.0.1:9464/readyz"),
   },
   ...["catalog", "payments", "orders"].map((service): Component => {
     const httpPort = { catalog: 8081, orders: 8082, payments: 8083 }[service]!;
@@ -90,7 +103,7 @@ const components: Component[] = [
       available: () => true,
       command: [deno, "run", "-A", ...SERVICE_DENO_FLAGS, `${ROOT}/services/${service}/main.ts`],
       env: serviceEnv(),
-      healthy: () => ok(`http://127.0.0.1:${httpPort}/readyz`),
+      ready: () => probe(`http://127.0.0.1:${httpPort}/readyz`),
     };
   }),
   {
@@ -103,8 +116,9 @@ const components: Component[] = [
       TAILWATCH_CLICKHOUSE_PASSWORD: LOCAL.clickhouseAdminPassword,
       TAILWATCH_CLICKHOUSE_DATABASE: "profiler",
     },
-    // It has no port; alive after its first tick is healthy enough.
-    healthy: () => new Promise((resolve) => setTimeout(() => resolve(true), 1500)),
+    // It has no port and no probe: ready while its process is alive (checked after its first ticks).
+    ready: () => Promise.resolve(undefined),
+    settleMs: 3_000,
   },
   // The dashboard (web/README.md), last: it reads ClickHouse as the read-only user and the others' /metrics.
   {
@@ -119,7 +133,7 @@ const components: Component[] = [
       CLICKHOUSE_PASSWORD: LOCAL.clickhouseReaderPassword,
       WEB_STATE_DIR: `${DATA}/web`,
     },
-    healthy: () => ok("http://127.0.0.1:8080/healthz"),
+    ready: () => probe("http://127.0.0.1:8080/healthz"),
   },
 ];
 
@@ -141,9 +155,55 @@ function alive(pid: number): boolean {
   }
 }
 
+/** Why a component is not ready (its process gone, or its probe's answer), or undefined when it is. */
+async function notReady(component: Component, pid: number): Promise<string | undefined> {
+  if (!alive(pid)) return "its process exited";
+  return await component.ready();
+}
+
+/** The last lines of a component's log, for a message about it. */
+async function logTail(name: string): Promise<string> {
+  const log = `${LOGS}/${name}.log`;
+  const tail = (await Deno.readTextFile(log).catch(() => "")).split("\n").slice(-15).join("\n");
+  return `last lines of ${log}:\n${tail}`;
+}
+
+/** A component that did not become ready: named, with the reason; `up` exits 1. */
+export class NotReady extends Error {
+  constructor(readonly component: string, readonly reason: string, tail: string) {
+    super(`${component} is not ready: ${reason}\n${tail}`);
+  }
+}
+
+/**
+ * Waits until `component` (process `pid`) is ready, `timeoutMs` at most: polls its probe; a process without one
+ * must stay alive for its settle time. Throws NotReady naming it, with the last reason seen.
+ */
+export async function waitReady(
+  component: Component,
+  pid: number,
+  timeoutMs = 90_000,
+  settle = true,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  const aliveSince = Date.now();
+  let reason: string | undefined = "not checked yet";
+  for (;;) {
+    reason = await notReady(component, pid);
+    if (reason === undefined && (!settle || Date.now() - aliveSince >= (component.settleMs ?? 0))) return;
+    if (reason === "its process exited" || Date.now() > deadline) {
+      throw new NotReady(component.name, reason ?? "not settled", await logTail(component.name));
+    }
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
+
 async function start(component: Component): Promise<void> {
-  if (pidOf(component.name)) {
-    console.log(`${component.name}: already running`);
+  const running = pidOf(component.name);
+  if (running) {
+    // Running already, but perhaps not ready (ingest waiting for a ClickHouse just started again): waited for too.
+    await waitReady(component, running, 90_000, false);
+    console.log(`${component.name}: already running, ready (pid ${running})`);
     return;
   }
   await component.prepare?.();
@@ -157,21 +217,22 @@ async function start(component: Component): Promise<void> {
   }).outputSync();
   const pid = Number(new TextDecoder().decode(child.stdout).trim());
   await Deno.writeTextFile(`${PIDS}/${component.name}.pid`, `${pid}\n`);
-  try {
-    await waitUntil(
-      `${component.name} to answer`,
-      async () => {
-        if (!alive(pid)) throw new Error("exited");
-        return await component.healthy();
-      },
-      90_000,
-      200,
-    );
-  } catch {
-    const tail = (await Deno.readTextFile(log).catch(() => "")).split("\n").slice(-15).join("\n");
-    throw new Error(`${component.name} did not become healthy; last lines of ${log}:\n${tail}`);
+  await waitReady(component, pid);
+  console.log(`${component.name}: ready (pid ${pid}, log ${log})`);
+}
+
+/**
+ * After every component started: each one still alive and ready (one may have failed after its start), given
+ * a little time for what the later ones started (an INSERT retried, a consumer created).
+ */
+async function checkAll(started: Component[]): Promise<void> {
+  for (const component of started) {
+    const pid = pidOf(component.name);
+    if (pid === undefined) {
+      throw new NotReady(component.name, "its process exited", await logTail(component.name));
+    }
+    await waitReady(component, pid, 30_000, false);
   }
-  console.log(`${component.name}: up (pid ${pid}, log ${log})`);
 }
 
 async function stop(component: Component): Promise<void> {
@@ -190,12 +251,21 @@ if (import.meta.main) {
   await Deno.mkdir(LOGS, { recursive: true });
   await Deno.mkdir(PIDS, { recursive: true });
   if (command === "up") {
-    for (const component of components) {
-      if (component.available()) await start(component);
+    const started = components.filter((component) => component.available());
+    try {
+      for (const component of started) await start(component);
+      await checkAll(started);
+    } catch (error) {
+      if (!(error instanceof NotReady)) throw error;
+      console.error(
+        `\nstack NOT up: ${error.message}\n(the components started so far keep running; ./dev down)`,
+      );
+      Deno.exit(1);
     }
     console.log(
       `\nstack up. REST: catalog :8081, orders :8082, payments :8083 (OpenAPI at /openapi.json); gRPC 50051-50053;` +
-        `\nNATS :4222 (monitoring :8222); admin token "${LOCAL.adminToken}"; logs in .data/logs/. Stop with ./dev down.`,
+        `\nNATS :4222 (monitoring :8222); Prometheus :9090, Alertmanager :9093 (alerts logged by alert-webhook);` +
+        `\nadmin token "${LOCAL.adminToken}"; logs in .data/logs/. Stop with ./dev down.`,
     );
   } else if (command === "down") {
     for (const component of [...components].reverse()) await stop(component);

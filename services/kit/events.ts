@@ -36,11 +36,9 @@ interface QueuedMessage {
   count: number;
 }
 
-/** Messages written together; the last one carries the reply subject `<inbox>.<token>` that acks them all. */
-interface Batch {
-  messages: QueuedMessage[];
-  /** Events in `messages`. */
-  count: number;
+/** A message written and awaiting its ack on `<inbox>.<token>`. */
+interface Awaited {
+  message: QueuedMessage;
   sentAt: number;
 }
 
@@ -137,17 +135,17 @@ export function createDisabledEventSink(metrics: Registry): EventSink {
 /**
  * Connects to NATS in the background (requests never wait for it) and publishes every emitted event.
  *
- * Publishing is pipelined, and acknowledged per write rather than per event: the events that leave together
- * are plain HPUBs except the last, whose reply subject (`<inbox>.<token>`, one inbox subscription) brings back
- * JetStream's ack for the batch. Why that is enough: JetStream stores the messages of one connection to a
- * stream in the order they arrive, one after the other, so the last one's ack comes after every earlier one
- * was processed; with this stream's configuration (limits with DiscardOld, bytes reserved when it is created)
- * storing a message fails only for reasons that fail the whole write (no stream, no server, a restart),
- * and then the whole batch is published again. An ack per event cost nats-server about a third more CPU per
- * event (a JSON answer and a socket write each), and the service a parse and a map entry each.
+ * Publishing is pipelined and acknowledged per message: every message carries a reply subject of its own
+ * (`<inbox>.<token>`, one inbox subscription) that brings back JetStream's ack for it, and its events are
+ * counted as published only when that ack says the message is stored. Until 2026-12 only the last message of a
+ * write carried a reply, on the argument that JetStream stores a connection's messages in order; but a server
+ * may drop a message without a reply silently (an ingest queue that is full answers 429 only to messages with
+ * a reply; a message over the stream's limits), and the events of such a message were counted as published
+ * while they were lost. A message holds up to 256 events by default, so an ack per message is little next to
+ * the ack per event it replaced earlier (about a third more nats-server CPU per event then).
  *
  * The frames are written by hand on a connection of the sink's own (`nats_wire.ts`): through nats.js, a
- * publish and its ack cost a service about 25 us of CPU per event, a quarter of serving the request. A batch
+ * publish and its ack cost a service about 25 us of CPU per event, a quarter of serving the request. A message
  * whose ack does not come within the timeout, or comes back as an error, is published again with the same
  * Nats-Msg-Ids, which the stream's duplicate window turns into no-ops for the copies that were stored. The
  * stream itself is created (or updated) through nats.js at each connect, before anything is published.
@@ -162,8 +160,8 @@ export function createEventSink(options: EventSinkOptions): EventSink {
   /** Sealed messages, oldest first; `queuedEvents` events in all. */
   const queue = new Ring<QueuedMessage>(options.capacity);
   let queuedEvents = 0;
-  /** Batches written and awaiting their ack, by token, in the order sent. */
-  const awaiting = new Map<number, Batch>();
+  /** Messages written and awaiting their ack, by token, in the order sent. */
+  const awaiting = new Map<number, Awaited>();
   /** Events in `awaiting`. */
   let awaitingEvents = 0;
   let nextToken = 0;
@@ -177,10 +175,17 @@ export function createEventSink(options: EventSinkOptions): EventSink {
   let streamReady = false;
   const idleWaiters = new Set<() => void>();
 
-  const published = metrics.counter("events_published_total", "Events acknowledged by JetStream.");
+  const published = metrics.counter(
+    "events_published_total",
+    "Events acknowledged by JetStream (each message is counted when its own ack comes).",
+  );
   const duplicates = metrics.counter(
     "events_duplicate_acks_total",
-    "Acks that reported a duplicate: a batch published again whose last event had been stored.",
+    "Acks that reported a duplicate: a message published again that had been stored before.",
+  );
+  const refusals = metrics.counter(
+    "events_publish_refused_total",
+    "Messages JetStream answered with an error (stream full, queue full, no stream): published again.",
   );
   const dropped = metrics.counter("events_dropped_total", "Events dropped because the buffer was full.");
   const retries = metrics.counter(
@@ -202,7 +207,7 @@ export function createEventSink(options: EventSinkOptions): EventSink {
   const inbox = `_INBOX.${crypto.randomUUID().replaceAll("-", "")}`;
   const INBOX_SID = 1;
   const subjectPrefix = textEncoder.encode(`HPUB ${requestEventSubject(options.service)} `);
-  /** `HPUB <subject> <inbox>.`: a batch's last frame starts with it, its token follows. */
+  /** `HPUB <subject> <inbox>.`: every frame is sent with it, its token follows. */
   const replyLineStart = `HPUB ${requestEventSubject(options.service)} ${inbox}.`;
   const ackSubjectTokenStart = inbox.length + 1;
 
@@ -365,11 +370,13 @@ export function createEventSink(options: EventSinkOptions): EventSink {
       queuedEvents += messages[i].count;
     }
   };
-  const retry = (batch: Batch, reason: string) => {
-    retries.inc(undefined, batch.count);
-    requeue(batch.messages);
+  /** Puts messages that were not stored back in the queue, to be published again after a backoff. */
+  const retry = (messages: QueuedMessage[], reason: string) => {
+    if (messages.length === 0) return;
+    retries.inc(undefined, messages.reduce((sum, message) => sum + message.count, 0));
+    requeue(messages);
     const now = Date.now();
-    // A failed round (many batches failing together) raises the backoff once.
+    // A failed round (many messages failing together) raises the backoff once.
     if (now >= retryAt) {
       backoffMs = Math.min(1000, backoffMs === 0 ? 50 : backoffMs * 2);
       retryAt = now + backoffMs;
@@ -384,40 +391,42 @@ export function createEventSink(options: EventSinkOptions): EventSink {
     schedulePump();
   };
 
-  const takeAwaited = (token: number): Batch | undefined => {
-    const batch = awaiting.get(token);
-    if (batch === undefined) return undefined;
+  const takeAwaited = (token: number): QueuedMessage | undefined => {
+    const entry = awaiting.get(token);
+    if (entry === undefined) return undefined;
     awaiting.delete(token);
-    awaitingEvents -= batch.count;
-    return batch;
+    awaitingEvents -= entry.message.count;
+    return entry.message;
   };
 
   /**
    * A JetStream ack on `<inbox>.<token>`: {"stream":..,"seq":..[,"duplicate": true]}. Anything else (an error
-   * object, a 503 "no responders" status as an HMSG with an empty body) means the batch is not stored.
+   * object such as a full stream, a 503 "no responders" status as an HMSG with an empty body) means the
+   * message is not stored: it is published again, and counted only once an ack says it is stored.
    */
   function onAck(message: WireMessage) {
     if (message.sid !== INBOX_SID) return;
     const { buf } = message;
     const token = parseDecimal(buf, message.subjectStart + ackSubjectTokenStart, message.subjectEnd);
     // Unknown: already published again after a timeout; that copy's own ack will count it.
-    const batch = takeAwaited(token);
-    if (batch === undefined) return;
+    const acked = takeAwaited(token);
+    if (acked === undefined) return;
     const isStatus = message.headerEnd > message.payloadStart;
     if (
       !isStatus && contains(buf, message.headerEnd, message.end, SEQ_KEY) &&
       !contains(buf, message.headerEnd, message.end, ERROR_KEY)
     ) {
       backoffMs = 0;
-      published.inc(undefined, batch.count);
+      published.inc(undefined, acked.count);
       if (isTrue(buf, message.headerEnd, message.end, DUPLICATE_KEY)) duplicates.inc();
       // Only messages held back by the concurrency limit go now; the open message waits for its timer, or acks
       // arriving one by one would seal and send it a few events per message. (Without a timer, at once.)
       if (heldBack) pump(publishIntervalMs === 0);
       notifyIfIdle();
     } else {
+      refusals.inc();
       const reason = textDecoder.decode(buf.subarray(message.payloadStart, message.end)).trim();
-      retry(batch, reason || "empty answer");
+      retry([acked], reason || "empty answer");
       // The stream may be gone (deleted, or a server that restarted without its store): check it, create
       // it again if needed, before the next write.
       streamReady = false;
@@ -425,25 +434,26 @@ export function createEventSink(options: EventSinkOptions): EventSink {
     }
   }
 
-  /** Puts every batch awaiting its ack back at the front of the queue, in order. */
+  /** Puts every message awaiting its ack back at the front of the queue, in order. */
   function requeueUnacknowledged() {
-    const batches = [...awaiting.values()];
+    const messages = [...awaiting.values()].map((entry) => entry.message);
     awaiting.clear();
     awaitingEvents = 0;
-    retries.inc(undefined, batches.reduce((sum, batch) => sum + batch.count, 0));
-    requeue(batches.flatMap((batch) => batch.messages));
+    retries.inc(undefined, messages.reduce((sum, message) => sum + message.count, 0));
+    requeue(messages);
     backoffMs = 0;
     retryAt = 0;
   }
 
   function sweep() {
     const cutoff = Date.now() - timeoutMs;
-    for (const [token, batch] of awaiting) {
-      // Map order is publish order: stop at the first batch still within its timeout.
-      if (batch.sentAt > cutoff) break;
-      takeAwaited(token);
-      retry(batch, "ack timeout");
+    const expired: QueuedMessage[] = [];
+    for (const [token, entry] of awaiting) {
+      // Map order is publish order: stop at the first message still within its timeout.
+      if (entry.sentAt > cutoff) break;
+      expired.push(takeAwaited(token)!);
     }
+    retry(expired, "ack timeout");
   }
   const sweeper = setInterval(sweep, Math.min(1000, timeoutMs / 2));
 
@@ -457,7 +467,7 @@ export function createEventSink(options: EventSinkOptions): EventSink {
 
   /**
    * Seals the open message (unless `sealOpen` is false) and sends queued messages, up to `concurrency` events
-   * awaiting their acks (at least one message when none is awaited), in one write acknowledged by one ack.
+   * awaiting their acks (at least one message when none is awaited), in one write, each with its own ack.
    */
   function pump(sealOpen = true) {
     if (!streamReady || !wire.connected || closed && pendingEvents() - awaitingEvents === 0) return;
@@ -468,7 +478,6 @@ export function createEventSink(options: EventSinkOptions): EventSink {
     }
     if (sealOpen) seal();
     const messages: QueuedMessage[] = [];
-    let count = 0;
     let room = options.concurrency - awaitingEvents;
     while (queue.size > 0) {
       const next = queue.peekFront()!;
@@ -476,33 +485,22 @@ export function createEventSink(options: EventSinkOptions): EventSink {
       queue.popFront();
       queuedEvents -= next.count;
       messages.push(next);
-      count += next.count;
       room -= next.count;
     }
     heldBack = queue.size > 0;
     if (messages.length === 0) return;
-    // Connected at the start of this synchronous call, so still connected: the writes are queued. Were the
-    // connection to drop before they leave, the reconnect requeues every batch awaiting an ack.
-    let runPage = messages[0].page;
-    let runStart = messages[0].start;
-    let runEnd = runStart;
-    for (let i = 0; i < messages.length - 1; i++) {
-      const message = messages[i];
-      if (message.page !== runPage || message.start !== runEnd) {
-        if (runEnd > runStart) wire.write(runPage.subarray(runStart, runEnd));
-        runPage = message.page;
-        runStart = message.start;
-      }
-      runEnd = message.end;
+    // Connected at the start of this synchronous call, so still connected: the writes are queued (and leave in
+    // one socket write). Were the connection to drop before they leave, the reconnect requeues every message
+    // awaiting an ack. Every message carries a reply subject of its own, `HPUB <subject> <inbox>.<token> `
+    // and the rest of its frame: JetStream answers each, and a message it did not store (a full stream, an
+    // ingest queue that is full answers 429 only to messages with a reply) is published again, never counted.
+    for (const message of messages) {
+      const token = nextToken++;
+      wire.writeText(`${replyLineStart}${token} `);
+      wire.write(message.page.subarray(message.start + subjectPrefix.length, message.end));
+      awaiting.set(token, { message, sentAt: now });
+      awaitingEvents += message.count;
     }
-    if (runEnd > runStart) wire.write(runPage.subarray(runStart, runEnd));
-    // The last frame again with a reply subject: `HPUB <subject> <inbox>.<token> ` and the rest of its frame.
-    const last = messages[messages.length - 1];
-    const token = nextToken++;
-    wire.writeText(`${replyLineStart}${token} `);
-    wire.write(last.page.subarray(last.start + subjectPrefix.length, last.end));
-    awaiting.set(token, { messages, count, sentAt: now });
-    awaitingEvents += count;
   }
 
   return {

@@ -325,3 +325,48 @@ Deno.test("a NATS URL of another scheme is refused", () => {
     pass: "p@ss",
   });
 });
+
+Deno.test(
+  "a message JetStream refuses in the middle of a write is published again; events count only when stored",
+  options,
+  async () => {
+    // Until 2026-12 only a write's last message asked for an ack: nats-server drops a message it cannot store
+    // without a word when it has no reply subject (here: over the stream's max_msg_size; in production a full
+    // ingest queue, which answers 429 only to messages with a reply), and its events were counted as
+    // published while the stream never had them.
+    await using nats = await startNatsServer();
+    const { sink, counter } = sinkFor(nats.url, { eventsPerMessage: 2 });
+    sink.emit(event(0));
+    assert(await sink.flush(10_000), "warm-up flushed (the stream exists)");
+    const nc = await connect({ servers: nats.url });
+    const limitMessageSize = async (max_msg_size: number) => {
+      const jsm = await jetstreamManager(nc);
+      const { config } = await jsm.streams.info(REQUEST_EVENTS_STREAM);
+      await jsm.streams.update(REQUEST_EVENTS_STREAM, { ...config, max_msg_size });
+    };
+    try {
+      await limitMessageSize(2_000);
+      // Three messages of two events in one write; the second is too large for the stream.
+      const emitted = Array.from({ length: 6 }, (_, i) => event(i + 1));
+      emitted[2] = { ...emitted[2], errorMessage: "x".repeat(5_000) };
+      for (const e of emitted) assert(sink.emit(e), "accepted");
+      await waitUntil("the refusal", () => counter("events_publish_refused_total") >= 1, 10_000);
+      await waitUntil("the others' acks", () => counter("events_published_total") === 5, 10_000);
+      assertEquals((await storedEvents(nats.url)).length, 5, "the first and the third message are stored");
+      assertEquals(counter("events_published_total"), 5, "and only their events are counted");
+      assertEquals(sink.pending(), 2, "the refused message's events are still pending");
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      assert(counter("events_publish_retries_total") >= 4, "and published again (its two events, twice)");
+      assertEquals(counter("events_published_total"), 5, "refused again: still not counted");
+      await limitMessageSize(-1);
+      assert(await sink.flush(20_000), `flushed once the stream takes it (pending ${sink.pending()})`);
+      const stored = await storedEvents(nats.url);
+      assertEquals(stored.length, 7, "every event stored");
+      assertEquals(new Set(stored.map((s) => s.eventId)).size, 7, "once");
+      assertEquals(counter("events_published_total"), 7, "counted once each, when stored");
+    } finally {
+      await nc.close();
+    }
+    await sink.close(5000);
+  },
+);

@@ -29,10 +29,13 @@ export {
 } from "./metrics.ts";
 export {
   createNatsWire,
+  MAX_WIRE_PAYLOAD,
   type NatsServerAddress,
   type NatsWire,
   type NatsWireOptions,
   parseNatsUrl,
+  type ProtocolHandlers,
+  ProtocolReader,
   type WireMessage,
 } from "./nats_wire.ts";
 export {

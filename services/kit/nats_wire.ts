@@ -261,102 +261,18 @@ export function createNatsWire(options: NatsWireOptions): NatsWire {
   }
 
   async function readFrom(c: Deno.Conn): Promise<void> {
-    let chunk = new Uint8Array(CHUNK);
-    let filled = 0;
-    let pos = 0;
+    const reader = new ProtocolReader({
+      onMessage: options.onMessage,
+      onPing: () => writeText("PONG\r\n"),
+      onPong: () => pings.shift()?.resolve(),
+      onError: (error) => logger.warn("nats: server error", { name: options.name, error }),
+    });
     for (;;) {
-      if (chunk.length - filled < 64 * 1024) {
-        // Room for the next read: the unparsed tail moves to a new chunk (bigger when one message needs it).
-        // A chunk is never written again once its messages were handed out, so receivers may keep views.
-        const tail = filled - pos;
-        const next = new Uint8Array(Math.max(CHUNK, 2 * tail + 64 * 1024));
-        next.set(chunk.subarray(pos, filled));
-        chunk = next;
-        filled = tail;
-        pos = 0;
-      }
-      const n = await c.read(chunk.subarray(filled));
+      const n = await c.read(reader.space());
       if (n === null) return;
-      filled += n;
-      pos = parse(chunk, pos, filled);
+      reader.commit(n);
       if (!connected) return;
     }
-  }
-
-  const message: WireMessage = {
-    buf: new Uint8Array(0),
-    subjectStart: 0,
-    subjectEnd: 0,
-    sid: 0,
-    replyStart: -1,
-    replyEnd: -1,
-    payloadStart: 0,
-    headerEnd: 0,
-    end: 0,
-  };
-  const starts = new Int32Array(6);
-  const ends = new Int32Array(6);
-
-  /** Parses complete protocol messages in buf[pos, end); returns where the first incomplete one starts. */
-  function parse(buf: Uint8Array, pos: number, end: number): number {
-    while (pos < end) {
-      const lf = buf.indexOf(LF, pos);
-      if (lf < 0 || lf >= end) return pos;
-      const op = buf[pos];
-      if (op === 0x4d /* MSG */ || op === 0x48 /* HMSG */) {
-        const withHeaders = op === 0x48;
-        const count = tokenize(buf, pos + (withHeaders ? 5 : 4), lf);
-        const sizes = withHeaders ? 2 : 1;
-        if (count !== 2 + sizes && count !== 3 + sizes) throw new Error("bad MSG line");
-        const total = parseDecimal(buf, starts[count - 1], ends[count - 1]);
-        const header = withHeaders ? parseDecimal(buf, starts[count - 2], ends[count - 2]) : 0;
-        const sid = parseDecimal(buf, starts[1], ends[1]);
-        if (total < 0 || header < 0 || header > total || sid < 0) throw new Error("bad MSG line");
-        const payloadStart = lf + 1;
-        if (payloadStart + total + 2 > end) return pos;
-        const hasReply = count === 3 + sizes;
-        message.buf = buf;
-        message.subjectStart = starts[0];
-        message.subjectEnd = ends[0];
-        message.sid = sid;
-        message.replyStart = hasReply ? starts[2] : -1;
-        message.replyEnd = hasReply ? ends[2] : -1;
-        message.payloadStart = payloadStart;
-        message.headerEnd = payloadStart + header;
-        message.end = payloadStart + total;
-        options.onMessage(message);
-        pos = payloadStart + total + 2;
-      } else if (op === 0x50 /* PING or PONG */) {
-        if (buf[pos + 1] === 0x49) writeText("PONG\r\n");
-        else pings.shift()?.resolve();
-        pos = lf + 1;
-      } else if (op === 0x2d /* -ERR */) {
-        logger.warn("nats: server error", {
-          name: options.name,
-          error: decoder.decode(buf.subarray(pos, lf)).trim(),
-        });
-        pos = lf + 1;
-      } else {
-        pos = lf + 1; // +OK, INFO
-      }
-    }
-    return pos;
-  }
-
-  /** Splits a MSG/HMSG line after the op into `starts`/`ends`; returns the token count (7 for too many). */
-  function tokenize(buf: Uint8Array, from: number, lf: number): number {
-    const stop = buf[lf - 1] === CR ? lf - 1 : lf;
-    let count = 0;
-    let i = from;
-    while (i < stop) {
-      while (i < stop && (buf[i] === SPACE || buf[i] === TAB)) i++;
-      if (i >= stop) break;
-      if (count === 6) return 7;
-      starts[count] = i;
-      while (i < stop && buf[i] !== SPACE && buf[i] !== TAB) i++;
-      ends[count++] = i;
-    }
-    return count;
   }
 
   const writeText = (text: string) => write(encoder.encode(text));
@@ -411,4 +327,145 @@ export function parseDecimal(buf: Uint8Array, start: number, end: number): numbe
     n = n * 10 + c - 0x30;
   }
   return n;
+}
+
+/** What a `ProtocolReader` hands over. */
+export interface ProtocolHandlers {
+  /** Every MSG and HMSG (the object is reused: copy the offsets to keep them). */
+  onMessage(message: WireMessage): void;
+  onPing(): void;
+  onPong(): void;
+  /** A `-ERR` line's text. */
+  onError(text: string): void;
+}
+
+/**
+ * The largest message payload a reader accepts (nats-server allows at most 64 MiB, and so does nats.js's parser):
+ * a MSG line announcing more is a protocol error, never an allocation.
+ */
+export const MAX_WIRE_PAYLOAD = 64 * 1024 * 1024;
+
+/**
+ * The server-to-client half of the protocol: bytes in, MSG/HMSG/PING/PONG/-ERR out (+OK and INFO skipped). Bytes
+ * are read straight into its chunk (`space()`, then `commit(n)`); a message is handed over as offsets into the
+ * chunk it lies in, and a chunk is never written again where messages were handed out, so receivers may keep
+ * views into it. A message split across reads is parsed once it is complete; the unparsed tail moves to a new
+ * chunk when the current one has less than 64 KiB left (bigger when one message needs it). Throws on a line
+ * that is not the protocol (the connection is then dropped).
+ */
+export class ProtocolReader {
+  #chunk = new Uint8Array(CHUNK);
+  #filled = 0;
+  #pos = 0;
+  readonly #handlers: ProtocolHandlers;
+  readonly #message: WireMessage = {
+    buf: new Uint8Array(0),
+    subjectStart: 0,
+    subjectEnd: 0,
+    sid: 0,
+    replyStart: -1,
+    replyEnd: -1,
+    payloadStart: 0,
+    headerEnd: 0,
+    end: 0,
+  };
+  readonly #starts = new Int32Array(6);
+  readonly #ends = new Int32Array(6);
+
+  constructor(handlers: ProtocolHandlers) {
+    this.#handlers = handlers;
+  }
+
+  /** Where the next read goes: at least 64 KiB. */
+  space(): Uint8Array {
+    if (this.#chunk.length - this.#filled < 64 * 1024) {
+      const tail = this.#filled - this.#pos;
+      const next = new Uint8Array(Math.max(CHUNK, 2 * tail + 64 * 1024));
+      next.set(this.#chunk.subarray(this.#pos, this.#filled));
+      this.#chunk = next;
+      this.#filled = tail;
+      this.#pos = 0;
+    }
+    return this.#chunk.subarray(this.#filled);
+  }
+
+  /** `n` bytes were written at the start of `space()`: parses every complete protocol message. */
+  commit(n: number): void {
+    this.#filled += n;
+    this.#pos = this.#parse(this.#chunk, this.#pos, this.#filled);
+  }
+
+  /** Bytes received and not parsed yet (an incomplete message). */
+  get buffered(): number {
+    return this.#filled - this.#pos;
+  }
+
+  /** Parses complete protocol messages in buf[pos, end); returns where the first incomplete one starts. */
+  #parse(buf: Uint8Array, pos: number, end: number): number {
+    const starts = this.#starts;
+    const ends = this.#ends;
+    const message = this.#message;
+    while (pos < end) {
+      const lf = buf.indexOf(LF, pos);
+      if (lf < 0 || lf >= end) {
+        if (end - pos > 64 * 1024) throw new Error("nats: a protocol line longer than 64 KiB");
+        return pos;
+      }
+      const op = buf[pos];
+      if (op === 0x4d /* MSG */ || op === 0x48 /* HMSG */) {
+        const withHeaders = op === 0x48;
+        const count = this.#tokenize(buf, pos + (withHeaders ? 5 : 4), lf);
+        const sizes = withHeaders ? 2 : 1;
+        if (count !== 2 + sizes && count !== 3 + sizes) throw new Error("nats: bad MSG line");
+        const total = parseDecimal(buf, starts[count - 1], ends[count - 1]);
+        const header = withHeaders ? parseDecimal(buf, starts[count - 2], ends[count - 2]) : 0;
+        const sid = parseDecimal(buf, starts[1], ends[1]);
+        if (total < 0 || total > MAX_WIRE_PAYLOAD || header < 0 || header > total || sid < 0) {
+          throw new Error("nats: bad MSG line");
+        }
+        const payloadStart = lf + 1;
+        if (payloadStart + total + 2 > end) return pos;
+        const hasReply = count === 3 + sizes;
+        message.buf = buf;
+        message.subjectStart = starts[0];
+        message.subjectEnd = ends[0];
+        message.sid = sid;
+        message.replyStart = hasReply ? starts[2] : -1;
+        message.replyEnd = hasReply ? ends[2] : -1;
+        message.payloadStart = payloadStart;
+        message.headerEnd = payloadStart + header;
+        message.end = payloadStart + total;
+        pos = payloadStart + total + 2;
+        this.#handlers.onMessage(message);
+      } else if (op === 0x50 /* PING or PONG */) {
+        const ping = buf[pos + 1] === 0x49;
+        pos = lf + 1;
+        if (ping) this.#handlers.onPing();
+        else this.#handlers.onPong();
+      } else if (op === 0x2d /* -ERR */) {
+        const text = decoder.decode(buf.subarray(pos, lf)).trim();
+        pos = lf + 1;
+        this.#handlers.onError(text);
+      } else {
+        pos = lf + 1; // +OK, INFO
+      }
+    }
+    return pos;
+  }
+
+  /** Splits a MSG/HMSG line after the op into `starts`/`ends`; returns the token count (7 for too many). */
+  #tokenize(buf: Uint8Array, from: number, lf: number): number {
+    const stop = buf[lf - 1] === CR ? lf - 1 : lf;
+    let count = 0;
+    let i = from;
+    while (i < stop) {
+      while (i < stop && (buf[i] === SPACE || buf[i] === TAB)) i++;
+      if (i >= stop) break;
+      if (count === 6) return 7;
+      this.#starts[count] = i;
+      while (i < stop && buf[i] !== SPACE && buf[i] !== TAB) i++;
+      this.#ends[count++] = i;
+    }
+    return count;
+  }
 }
