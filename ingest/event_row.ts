@@ -27,6 +27,8 @@ export const REQUEST_EVENT_COLUMNS = [
   "error_message",
   "fault_injected",
   "stream_seq",
+  "ts_us",
+  "load_run_id",
 ] as const;
 
 /** One row of `request_events` as sent in JSONEachRow (ts is unix seconds, which DateTime reads in any zone). */
@@ -50,6 +52,10 @@ export interface RequestEventRow {
   error_message: string;
   fault_injected: 0 | 1;
   stream_seq: number;
+  /** The start in epoch µs (start_time_us; 0 when the event has none): 0011. */
+  ts_us: number;
+  /** The load run that sent the request, or "": 0012. */
+  load_run_id: string;
 }
 
 /** Why a message was dead-lettered; the last token of its dead-letter subject. */
@@ -122,7 +128,8 @@ function toRow(event: RequestEvent, streamSeq: number): DecodeResult {
   const duration = nonNegative(event.durationUs, "duration_us");
   const requestBytes = nonNegative(event.requestBytes, "request_bytes");
   const responseBytes = nonNegative(event.responseBytes, "response_bytes");
-  for (const checked of [duration, requestBytes, responseBytes]) {
+  const startUs = nonNegative(event.startTimeUs, "start_time_us");
+  for (const checked of [duration, requestBytes, responseBytes, startUs]) {
     if (typeof checked === "string") return { ok: false, reason: "invalid_number", detail: checked };
   }
   if (event.grpcCode > 255) {
@@ -153,6 +160,8 @@ function toRow(event: RequestEvent, streamSeq: number): DecodeResult {
       error_message: event.errorMessage,
       fault_injected: event.faultInjected ? 1 : 0,
       stream_seq: streamSeq,
+      ts_us: startUs as number,
+      load_run_id: event.loadRunId,
     },
   };
 }

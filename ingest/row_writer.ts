@@ -14,10 +14,10 @@ import { decodeEvent, type DecodeResult, type RequestEventRow } from "./event_ro
 const MIN_MS = Date.UTC(1971, 0, 1);
 const MAX_MS = Date.UTC(2100, 0, 1);
 /** Field numbers of RequestEvent's string fields, in the order their offsets are kept. */
-const STRING_FIELDS = [1, 4, 5, 7, 12, 13, 14, 15, 16] as const;
+const STRING_FIELDS = [1, 4, 5, 7, 12, 13, 14, 15, 16, 19] as const;
 const SLOT_OF_FIELD: number[] = [];
 STRING_FIELDS.forEach((field, slot) => SLOT_OF_FIELD[field] = slot);
-const [EVENT_ID, SERVICE, METHOD, ROUTE, TRACE_ID, ERROR_MESSAGE] = [0, 1, 2, 3, 4, 8];
+const [EVENT_ID, SERVICE, METHOD, ROUTE, TRACE_ID, ERROR_MESSAGE, LOAD_RUN_ID] = [0, 1, 2, 3, 4, 8, 9];
 const DASH = 0x2d;
 /** Each byte's value as a hex digit (0-9, a-f, A-F), -1 for any other byte. */
 const HEX_VALUE = new Int8Array(256).fill(-1);
@@ -42,6 +42,8 @@ export class EventScanner {
   readonly starts = new Int32Array(STRING_FIELDS.length);
   readonly ends = new Int32Array(STRING_FIELDS.length);
   startTimeMs = 0;
+  /** start_time_us (field 18): the start to the microsecond, 0 when absent. */
+  startTimeUs = 0;
   durationUs = 0;
   protocol = 0;
   grpcCode = 0;
@@ -64,6 +66,7 @@ export class EventScanner {
     this.starts.fill(0);
     this.ends.fill(0);
     this.startTimeMs =
+      this.startTimeUs =
       this.durationUs =
       this.protocol =
       this.grpcCode =
@@ -84,12 +87,14 @@ export class EventScanner {
       let value = 0;
       let multiplier = 1;
       let byte = 0x80;
+      // Up to 8 bytes (56 bits: a time in µs needs 51), exact below 2^53; anything larger is decodeEvent's.
       for (let n = 0; byte > 0x7f; n++) {
-        if (pos >= end || n === 7) return false;
+        if (pos >= end || n === 8) return false;
         byte = buf[pos++];
         value += (byte & 0x7f) * multiplier;
         multiplier *= 128;
       }
+      if (value > Number.MAX_SAFE_INTEGER) return false;
       if (wireType === 0) {
         switch (field) {
           case 2:
@@ -116,6 +121,9 @@ export class EventScanner {
           case 17:
             if (value > 1) return false;
             this.faultInjected = value;
+            break;
+          case 18:
+            this.startTimeUs = value;
             break;
           default:
             return false;
@@ -221,7 +229,7 @@ export class RowWriter {
   appendScanned(scanner: EventScanner, seq: number): void {
     const buf = scanner.payload;
     // At most: every payload byte as string bytes plus a 5-byte length per string, the fixed-size columns.
-    this.reserve(scanner.payloadLength + 9 * 5 + FIXED_BYTES + STAMP_BYTES);
+    this.reserve(scanner.payloadLength + STRING_FIELDS.length * 5 + FIXED_BYTES + STAMP_BYTES);
     this.rowStarts.push(this.length);
     this.seqs.push(seq);
     const out = this.bytes;
@@ -244,6 +252,8 @@ export class RowWriter {
     }
     out[at++] = scanner.faultInjected;
     at = writeUInt64(out, at, seq);
+    at = writeUInt64(out, at, scanner.startTimeUs);
+    at = writeAscii(out, at, buf, scanner.starts[LOAD_RUN_ID], scanner.ends[LOAD_RUN_ID]);
     this.length = this.endRow(at);
   }
 
@@ -259,6 +269,7 @@ export class RowWriter {
       row.parent_span_id,
       row.instance,
       row.error_message,
+      row.load_run_id,
     ].map((text) => encoder.encode(text));
     this.reserve(texts.reduce((sum, text) => sum + text.length + 5, 0) + FIXED_BYTES + STAMP_BYTES);
     this.rowStarts.push(this.length);
@@ -270,7 +281,18 @@ export class RowWriter {
     }
     let at = writeUInt32(out, this.length + 16, row.ts);
     at = writeUInt64(out, at, row.ts_ms);
-    const [service, method, protocol, route, traceId, spanId, parentSpanId, instance, errorMessage] = texts;
+    const [
+      service,
+      method,
+      protocol,
+      route,
+      traceId,
+      spanId,
+      parentSpanId,
+      instance,
+      errorMessage,
+      loadRunId,
+    ] = texts;
     at = writeBytes(out, at, service);
     at = writeBytes(out, at, method);
     at = writeBytes(out, at, protocol);
@@ -286,6 +308,8 @@ export class RowWriter {
     }
     out[at++] = row.fault_injected;
     at = writeUInt64(out, at, row.stream_seq);
+    at = writeUInt64(out, at, row.ts_us);
+    at = writeBytes(out, at, loadRunId);
     this.length = this.endRow(at);
   }
 
@@ -367,8 +391,8 @@ export class RowWriter {
 /** Each byte as two lower-case hex digits. */
 const HEX_PAIR = Array.from({ length: 256 }, (_, b) => b.toString(16).padStart(2, "0"));
 
-/** Bytes of a row's fixed-size columns: UUID, DateTime, 6 UInt64 (with stream_seq), UInt8 twice, UInt16. */
-const FIXED_BYTES = 16 + 4 + 6 * 8 + 1 + 1 + 2;
+/** Bytes of a row's fixed-size columns: UUID, DateTime, 7 UInt64 (stream_seq, ts_us), UInt8 twice, UInt16. */
+const FIXED_BYTES = 16 + 4 + 7 * 8 + 1 + 1 + 2;
 /** The protocol column's two values as RowBinary Strings (length, then bytes). */
 const GRPC = Uint8Array.of(4, 0x67, 0x72, 0x70, 0x63);
 const HTTP = Uint8Array.of(4, 0x68, 0x74, 0x74, 0x70);

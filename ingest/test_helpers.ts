@@ -212,6 +212,13 @@ export function randomEvent(random: () => number, i: number): RequestEvent {
   if (random() < 0.2) event.grpcCode = pick([0, 14, 255, 256, 2 ** 31, 2 ** 32 - 1]);
   if (random() < 0.2) event.httpStatus = pick([200, 65_535, 65_536, 2 ** 32 - 1]);
   if (random() < 0.5) event.faultInjected = random() < 0.5;
+  if (random() < 0.5) {
+    const fromMs = event.startTimeMs > 0n && event.startTimeMs < 2n ** 50n
+      ? event.startTimeMs * 1000n + BigInt(i % 1000)
+      : 0n;
+    event.startTimeUs = pick([fromMs, int64()]);
+  }
+  if (random() < 0.3) event.loadRunId = pick(["run-1", text()]);
   return event;
 }
 
@@ -225,7 +232,7 @@ export interface RowBinaryRow {
 
 /**
  * Reads an INSERT body of row_writer.ts back, written from ClickHouse's description of RowBinary (and the
- * column types of migrations 0001, 0004 and 0009), not from the writer: the tests compare what it reads with
+ * column types of migrations 0001, 0004, 0009, 0011 and 0012), not from the writer: the tests compare what it reads with
  * decodeEvent's rows. UUID: two little-endian UInt64 halves, checked against the server in ingest_test.ts.
  */
 export function readRowBinary(body: Uint8Array): RowBinaryRow[] {
@@ -283,6 +290,8 @@ export function readRowBinary(body: Uint8Array): RowBinaryRow[] {
       error_message: string(),
       fault_injected: u8() as 0 | 1,
       stream_seq: u64(),
+      ts_us: u64(),
+      load_run_id: string(),
     };
     rows.push({ row, ingested_at_ms: u64(), ingest_batch_seq: u64(), ingest_floor_seq: u64() });
   }

@@ -215,10 +215,10 @@ export function createPipeline(options: PipelineOptions): Pipeline {
     events.emit({
       eventId: uuidv7(startMs),
       startTimeMs: BigInt(startMs),
-      // Not sent until ingest's fast path reads fields 18 and 19 (it hands events with fields it does not
-      // know to the slower reference decoder): startTimeUs = (performance.timeOrigin + arrivedMono) * 1000
-      // and loadRunId from the call's "tailwatch-load-run" header then.
-      startTimeUs: 0n,
+      // performance.timeOrigin + the monotonic arrival: the start to the microsecond (Date.now() has ms),
+      // which places the spans of one trace against each other.
+      startTimeUs: BigInt(Math.round((performance.timeOrigin + call.arrivedMono) * 1000)),
+      // From the call's "tailwatch-load-run" header (load runs, issue 26): next.
       loadRunId: "",
       durationUs: BigInt(Math.max(0, Math.round(elapsed * 1000))),
       service: options.service,
