@@ -5,7 +5,7 @@
  * a component that is not ready is named with its reason and the end of its log, and `up` exits 1. Stopped in
  * reverse order with SIGTERM (each drains), SIGKILL only after a timeout.
  */
-import { clickhouseConfigXml, clickhouseUsersXml } from "@tailwatch/testing";
+import { clickhouseConfigXml, clickhouseUsersXml, natsServerBinary } from "@tailwatch/testing";
 import { LOCAL } from "./local.ts";
 import { SERVICE_DENO_FLAGS } from "@tailwatch/kit";
 
@@ -62,7 +62,19 @@ const components: Component[] = [
   {
     name: "nats",
     available: () => true,
-    command: ["nats-server", "-a", "127.0.0.1", "-p", "4222", "-m", "8222", "-js", "-sd", `${DATA}/nats`],
+    // The pinned release from the Go module proxy (./dev installs it; testing/nats_server.ts checks it).
+    command: [
+      natsServerBinary(),
+      "-a",
+      "127.0.0.1",
+      "-p",
+      "4222",
+      "-m",
+      "8222",
+      "-js",
+      "-sd",
+      `${DATA}/nats`,
+    ],
     ready: () => probe("http://127.0.0.1:8222/healthz"),
   },
   {
@@ -135,7 +147,74 @@ const components: Component[] = [
     },
     ready: () => probe("http://127.0.0.1:8080/healthz"),
   },
+  ...monitoringComponents(),
 ];
+
+/**
+ * Alerting and metrics (deploy/README.md): the alert webhook receiver, Alertmanager and Prometheus (Debian's,
+ * ./dev installs them) with deploy/'s files: Prometheus scrapes the services' REST ports, ingest :9464 and web
+ * :8080 when it is part of the checkout, and evaluates deploy/prometheus/rules; Alertmanager sends to the
+ * webhook, which logs each alert (.data/logs/alert-webhook.log).
+ */
+function monitoringComponents(): Component[] {
+  const deploy = `${ROOT}/deploy`;
+  const binary = (name: string) => () => {
+    try {
+      return new Deno.Command(name, { args: ["--version"], stdout: "null", stderr: "null" }).outputSync()
+        .success;
+    } catch {
+      return false;
+    }
+  };
+  return [
+    {
+      name: "alert-webhook",
+      available: () => exists(`${deploy}/alert_webhook.ts`),
+      command: [deno, "run", "-A", `${deploy}/alert_webhook.ts`],
+      env: { ALERT_WEBHOOK_HOST: "127.0.0.1", ALERT_WEBHOOK_PORT: "9099" },
+      ready: () => probe("http://127.0.0.1:9099/healthz"),
+    },
+    {
+      name: "alertmanager",
+      available: binary("prometheus-alertmanager"),
+      async prepare() {
+        await Deno.mkdir(`${DATA}/alertmanager`, { recursive: true });
+        const config = await Deno.readTextFile(`${deploy}/alertmanager/alertmanager.yml`);
+        await Deno.writeTextFile(
+          `${DATA}/alertmanager/alertmanager.yml`,
+          config.replaceAll("http://alert-webhook:9099/", "http://127.0.0.1:9099/"),
+        );
+      },
+      command: [
+        "prometheus-alertmanager",
+        `--config.file=${DATA}/alertmanager/alertmanager.yml`,
+        `--storage.path=${DATA}/alertmanager/data`,
+        "--web.listen-address=127.0.0.1:9093",
+        "--cluster.listen-address=",
+      ],
+      ready: () => probe("http://127.0.0.1:9093/-/ready"),
+    },
+    {
+      name: "prometheus",
+      available: binary("prometheus"),
+      async prepare() {
+        await Deno.mkdir(`${DATA}/prometheus`, { recursive: true });
+        let config = (await Deno.readTextFile(`${deploy}/prometheus/prometheus.local.yml`))
+          .replace("  - rules/*.rules.yml", `  - ${deploy}/prometheus/rules/*.rules.yml`);
+        if (!exists(`${ROOT}/web/main.ts`)) config = config.replace(/ {2}- job_name: web\n( {4}.*\n)+/, "");
+        await Deno.writeTextFile(`${DATA}/prometheus/prometheus.yml`, config);
+      },
+      command: [
+        "prometheus",
+        `--config.file=${DATA}/prometheus/prometheus.yml`,
+        `--storage.tsdb.path=${DATA}/prometheus/data`,
+        "--storage.tsdb.retention.time=7d",
+        "--web.listen-address=127.0.0.1:9090",
+      ],
+      ready: () => probe("http://127.0.0.1:9090/-/ready"),
+    },
+  ];
+}
 
 function pidOf(name: string): number | undefined {
   try {

@@ -1,6 +1,12 @@
 export { freePort, waitForPort, waitUntil } from "./ports.ts";
 export { type ManagedProcess, spawnLogged } from "./process.ts";
-export { type NatsServer, type NatsServerOptions, startNatsServer } from "./nats_server.ts";
+export {
+  NATS_SERVER_VERSION,
+  type NatsServer,
+  natsServerBinary,
+  type NatsServerOptions,
+  startNatsServer,
+} from "./nats_server.ts";
 export {
   CLICKHOUSE_ADMIN,
   CLICKHOUSE_READONLY,

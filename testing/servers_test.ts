@@ -1,4 +1,4 @@
-import { assertEquals, startClickHouseServer, startNatsServer } from "./mod.ts";
+import { assertEquals, NATS_SERVER_VERSION, startClickHouseServer, startNatsServer } from "./mod.ts";
 
 Deno.test("a private nats-server answers, restarts on the same port, and is gone after dispose", async () => {
   let port: number;
@@ -7,6 +7,8 @@ Deno.test("a private nats-server answers, restarts on the same port, and is gone
     port = nats.port;
     const info = await (await fetch(`http://127.0.0.1:${nats.monitorPort}/jsz`)).json();
     assertEquals(typeof info.config.store_dir, "string");
+    const varz = await (await fetch(`http://127.0.0.1:${nats.monitorPort}/varz`)).json();
+    assertEquals(`v${varz.version}`, NATS_SERVER_VERSION, "the pinned release from the Go module proxy");
     await nats.stop();
     await nats.start();
     const again = await fetch(`http://127.0.0.1:${nats.monitorPort}/healthz`);
