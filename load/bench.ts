@@ -7,18 +7,47 @@
  *  2. orders.CreateOrder (fanning out to catalog and payments) at 1000 rps for 60 s, twice back to back (fresh
  *     and steady state): success, p50, p99.
  *  3. ingest and the profiler, when their benchmarks are present.
+ *  4. capacity (`./dev capacity [METHOD]` runs it alone): the highest rate through a method that keeps the SLO,
+ *     on the local stack (./dev up), with the process that limits it (capacity.ts).
+ *
+ * Every run is compared with the previous result of the same machine; a figure is flagged only when it moved
+ * beyond the spread this run measured for it (regress.ts). JSON, Markdown and an offline HTML report.
  */
 import { startNatsServer } from "@tailwatch/testing";
-import { CREATE_ORDER_BODY, type GhzSummary, runGhz } from "./ghz.ts";
+import {
+  cancelledByGhz,
+  childrenCpuSeconds,
+  CREATE_ORDER_BODY,
+  type GhzSummary,
+  runGhz,
+  runGhzReport,
+} from "./ghz.ts";
 import { cpuSeconds, startServiceProcess, startStackProcesses, stealMeter } from "./processes.ts";
+import {
+  correctForCoordinatedOmission,
+  quantiles,
+  segmentSeconds,
+  segmentSpread,
+  spectrum,
+  type SpectrumPoint,
+} from "./latency.ts";
+import { capacityMarkdown, DEFAULT_CAPACITY_METHOD, searchCapacity } from "./capacity.ts";
+import { localTarget } from "./target.ts";
+import { hostIdentity, previousResult, regressionFlags, regressionMarkdown } from "./regress.ts";
+import { renderBenchReport } from "./report_html.ts";
 
-const quick = Deno.args.includes("--quick");
+const args = [...Deno.args];
+const methodIndex = args.indexOf("--method");
+const capacityMethod = methodIndex >= 0 ? args.splice(methodIndex, 2)[1] : DEFAULT_CAPACITY_METHOD;
+const quick = args.includes("--quick");
 const ROOT = new URL("../", import.meta.url).pathname;
 const results: Record<string, unknown> = {
   date: new Date().toISOString(),
   quick,
-  host: { cores: navigator.hardwareConcurrency },
+  host: { cores: navigator.hardwareConcurrency, ...(await hostIdentity()) },
 };
+/** Spectra of the orders runs, for the HTML report's charts. */
+const reportSpectra: Array<{ title: string; plain: SpectrumPoint[]; corrected?: SpectrumPoint[] }> = [];
 const report: string[] = [`# Tailwatch benchmarks, ${results.date}${quick ? " (quick)" : ""}`, ""];
 const logDir = await Deno.makeTempDir({ prefix: "tailwatch-bench-" });
 const wholeRunSteal = stealMeter();
@@ -197,7 +226,8 @@ async function benchOrders() {
   const measureRun = async () => {
     const cpuBefore = processes.map(([, pid]) => pid ? cpuSeconds(pid) : NaN);
     const steal = stealMeter();
-    const summary: GhzSummary = await runGhz({
+    const ghzCpuBefore = childrenCpuSeconds();
+    const report = await runGhzReport({
       call: "orders.v1.OrderService/CreateOrder",
       target,
       data: CREATE_ORDER_BODY,
@@ -205,6 +235,40 @@ async function benchOrders() {
       total: 1000 * seconds,
       concurrency: 100,
     });
+    const answered = report.details.filter((d) => !cancelledByGhz(d));
+    const latencies = answered.map((d) => d.latencyUs);
+    const q = quantiles(latencies);
+    // Each request measured from its intended send time as well (coordinated omission, latency.ts).
+    const timed = report.details.map((d) => ({ startUs: d.endUs - d.latencyUs, endUs: d.endUs }));
+    const correction = correctForCoordinatedOmission(timed, [{ at: 0, rate: 1000 }]);
+    const corrected = quantiles(correction.correctedUs);
+    const ok = report.statuses["OK"] ?? 0;
+    const summary: GhzSummary = {
+      count: report.count,
+      rps: report.rps,
+      averageMs: q.mean / 1000,
+      p50Ms: q.p50 / 1000,
+      p90Ms: q.p90 / 1000,
+      p99Ms: q.p99 / 1000,
+      p999Ms: q.p999 / 1000,
+      slowestMs: q.max / 1000,
+      statuses: report.statuses,
+      errors: report.errors,
+      successRate: report.count === 0 ? 0 : ok / report.count,
+      // Waited-for children's CPU (cutime): exact, where the /proc sample misses ghz's last moments.
+      ghzCpuSeconds: childrenCpuSeconds() - ghzCpuBefore,
+    };
+    const runStartUs = Math.min(...timed.map((t) => t.startUs));
+    const segments = segmentSpread(
+      timed.map((t) => ({ startUs: t.startUs, latencyUs: t.endUs - t.startUs })),
+      runStartUs,
+      segmentSeconds(seconds),
+    );
+    const correctedSegments = segmentSpread(
+      timed.map((t, i) => ({ startUs: t.startUs, latencyUs: correction.correctedUs[i] })),
+      runStartUs,
+      segmentSeconds(seconds),
+    );
     /** CPU seconds each process spent per 1000 CreateOrder calls during the measured run. */
     const cpuPer1k = Object.fromEntries(
       processes.map((
@@ -213,7 +277,27 @@ async function benchOrders() {
       ) => [name, pid ? (cpuSeconds(pid) - cpuBefore[i]) / summary.count * 1000 : NaN]),
     );
     cpuPer1k.ghz = summary.ghzCpuSeconds / summary.count * 1000;
-    return { seconds, ...summary, cpuSecondsPer1kRequests: cpuPer1k, stealShare: steal() };
+    const plainSpectrum = spectrum(latencies);
+    const correctedSpectrum = spectrum(correction.correctedUs);
+    return {
+      seconds,
+      ...summary,
+      corrected: {
+        p50Ms: corrected.p50 / 1000,
+        p90Ms: corrected.p90 / 1000,
+        p99Ms: corrected.p99 / 1000,
+        p999Ms: corrected.p999 / 1000,
+        slowestMs: corrected.max / 1000,
+        sentLate: correction.sentLate,
+        maxSendDelayMs: correction.maxSendDelayUs / 1000,
+      },
+      segments,
+      correctedSegments,
+      spectrum: plainSpectrum,
+      correctedSpectrum,
+      cpuSecondsPer1kRequests: cpuPer1k,
+      stealShare: steal(),
+    };
   };
   // Two measured runs back to back: V8 is still tiering the request path up during the first (about a
   // hundred optimizing compiles per service in its first 30 s, a dozen per 30 s after 90 s: load/README.md),
@@ -221,6 +305,18 @@ async function benchOrders() {
   const first = await measureRun();
   const second = await measureRun();
   results.orders = { ...second, first };
+  reportSpectra.push(
+    {
+      title: "orders.CreateOrder at 1000 rps, first run",
+      plain: first.spectrum,
+      corrected: first.correctedSpectrum,
+    },
+    {
+      title: "orders.CreateOrder at 1000 rps, second run",
+      plain: second.spectrum,
+      corrected: second.correctedSpectrum,
+    },
+  );
   report.push(
     `## 2. orders.CreateOrder at 1000 rps, two runs of ${seconds} s back to back (fans out to catalog and payments; events on)`,
     "",
@@ -235,7 +331,17 @@ async function benchOrders() {
       } %`,
       `- latency p50 ${run.p50Ms.toFixed(2)} ms, p90 ${run.p90Ms.toFixed(2)} ms, p99 ${
         run.p99Ms.toFixed(2)
-      } ms, slowest ${run.slowestMs.toFixed(1)} ms`,
+      } ms, p99.9 ${run.p999Ms.toFixed(2)} ms, slowest ${run.slowestMs.toFixed(1)} ms`,
+      `- corrected for coordinated omission (from each request's intended send time): p50 ${
+        run.corrected.p50Ms.toFixed(2)
+      } ms, p99 ${run.corrected.p99Ms.toFixed(2)} ms, p99.9 ${
+        run.corrected.p999Ms.toFixed(2)
+      } ms (${run.corrected.sentLate} sent > 1 ms late, at most ${
+        run.corrected.maxSendDelayMs.toFixed(1)
+      } ms)`,
+      `- p99 across the run's ${run.segments.seconds} s segments: ${
+        run.segments.values.p99.map((v: number) => (v / 1000).toFixed(2)).join(", ")
+      } ms (spread ${(run.segments.spread.p99 / 1000).toFixed(2)} ms)`,
       `- statuses ${JSON.stringify(run.statuses)}`,
       `- CPU s per 1000 requests: ${
         Object.entries(run.cpuSecondsPer1kRequests).map(([name, value]) => `${name} ${value.toFixed(3)}`)
@@ -272,13 +378,51 @@ async function benchOptional(name: string, modulePath: string, exportName: strin
   );
 }
 
+/** The local stack (./dev up), started when it is not up: capacity is measured with the whole pipeline running. */
+async function ensureLocalStack() {
+  const target = localTarget();
+  const up = await Promise.all(
+    Object.values(target.services).map((s) =>
+      fetch(`${s.http}/readyz`).then(async (r) => {
+        await r.body?.cancel();
+        return r.ok;
+      }).catch(() => false)
+    ),
+  );
+  if (up.every(Boolean)) return target;
+  console.log("bench: capacity needs the local stack: starting it (scripts/stack.ts up) ...");
+  const status = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `${ROOT}scripts/stack.ts`, "up"],
+  })
+    .output();
+  if (!status.success) {
+    throw new Error(`the local stack did not come up: ${new TextDecoder().decode(status.stderr)}`);
+  }
+  return localTarget();
+}
+
+async function benchCapacity() {
+  const target = await ensureLocalStack();
+  const stepRate = 500;
+  const capacity = await searchCapacity({
+    target,
+    method: capacityMethod,
+    probeSeconds: quick ? 5 : 30,
+    stepRate,
+    resolution: quick ? 100 : 50,
+  });
+  results.capacity = { ...capacity, stepRate };
+  report.push(...capacityMarkdown(capacity));
+}
+
 const sections: Array<[string, () => Promise<void>]> = [
   ["events", benchEvents],
   ["orders", benchOrders],
   ["ingest", () => benchOptional("ingest", "ingest/bench.ts", "runIngestBench")],
   ["profiler", () => benchOptional("profiler", "native/profiler/bench/run.ts", "runProfilerBench")],
+  ["capacity", benchCapacity],
 ];
-const only = Deno.args.filter((a) => !a.startsWith("--"));
+const only = args.filter((a) => !a.startsWith("--"));
 for (const [name, run] of sections) {
   if (only.length > 0 && !only.includes(name)) continue;
   console.log(`bench: ${name} ...`);
@@ -295,10 +439,23 @@ report.splice(2, 0, stealLine(results.stealShare as number).replace("this sectio
 const dir = `${ROOT}bench/results`;
 await Deno.mkdir(dir, { recursive: true });
 const stamp = String(results.date).replaceAll(":", "-").replace(/\..*/, "");
+const host = results.host as { id: string; description: string };
+const regression = regressionFlags(results, await previousResult(dir, host.id, quick, `${stamp}.json`));
+results.regression = regression;
+report.splice(
+  4,
+  0,
+  `- machine: ${host.description} (host id ${host.id})`,
+  "",
+  ...regressionMarkdown(regression),
+);
+const html = renderBenchReport(`Tailwatch benchmarks, ${results.date}`, report.join("\n"), reportSpectra);
 await Deno.writeTextFile(`${dir}/${stamp}.json`, JSON.stringify(results, null, 2) + "\n");
 await Deno.writeTextFile(`${dir}/${stamp}.md`, report.join("\n"));
+await Deno.writeTextFile(`${dir}/${stamp}.html`, html);
 await Deno.writeTextFile(`${dir}/latest.json`, JSON.stringify(results, null, 2) + "\n");
 await Deno.writeTextFile(`${dir}/latest.md`, report.join("\n"));
+await Deno.writeTextFile(`${dir}/latest.html`, html);
 console.log(report.join("\n"));
-console.log(`written to bench/results/${stamp}.{json,md} and latest.{json,md}`);
+console.log(`written to bench/results/${stamp}.{json,md,html} and latest.{json,md,html}`);
 await Deno.remove(logDir, { recursive: true }).catch(() => {});

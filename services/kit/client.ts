@@ -38,7 +38,7 @@ import {
 } from "./http2/connection.ts";
 import { ErrorCode, errorCodeName } from "./http2/frames.ts";
 import { createLogger, type Logger } from "./log.ts";
-import { methodPath } from "./pipeline.ts";
+import { LOAD_RUN_HEADER, loadRunIdOf, methodPath } from "./pipeline.ts";
 
 export interface CallOptions {
   /** Milliseconds the call may take; the default of the client otherwise. */
@@ -47,6 +47,8 @@ export interface CallOptions {
   deadlineMs?: number;
   /** W3C traceparent of the calling span. */
   traceparent?: string;
+  /** The load run of the calling request (CallContext.loadRunId): sent on as LOAD_RUN_HEADER when not empty. */
+  loadRunId?: string;
   /** Extra metadata, e.g. { authorization: "Bearer ..." }. */
   headers?: Record<string, string>;
   signal?: AbortSignal;
@@ -477,6 +479,7 @@ export function createClient<S extends DescService>(
           body = frameMessage(toBinary(method.input, create(method.input, request)));
           fields.push("grpc-timeout", `${Math.ceil(remainingMs)}m`);
           if (call.traceparent) fields.push("traceparent", call.traceparent);
+          if (call.loadRunId) fields.push(LOAD_RUN_HEADER, loadRunIdOf(call.loadRunId));
           if (call.headers) {
             for (const [key, value] of Object.entries(call.headers)) {
               const name = key.toLowerCase();

@@ -41,6 +41,8 @@ export {
 export {
   bindService,
   type CallContext,
+  LOAD_RUN_HEADER,
+  loadRunIdOf,
   methodPath,
   type ServiceBinding,
   type ServiceHandlers,

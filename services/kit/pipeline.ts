@@ -19,11 +19,27 @@ import { type SpanContext, spanFromTraceparent, traceparentOf, uuidv7 } from "./
 import type { Logger } from "./log.ts";
 import type { Registry } from "./metrics.ts";
 
+/**
+ * The request header (REST) and gRPC metadata key naming the load run that sent a request: its value is copied
+ * into the event's `load_run_id` and sent on with every downstream call, so that a run's rows in every service
+ * are selected exactly, whatever else the stack serves (load/README.md).
+ */
+export const LOAD_RUN_HEADER = "tailwatch-load-run";
+
+const LOAD_RUN_ID = /^[A-Za-z0-9._:-]{1,64}$/;
+
+/** The load run id a header value names: a plain id of 1-64 characters of [A-Za-z0-9._:-], else "". */
+export function loadRunIdOf(value: string | undefined): string {
+  return value !== undefined && LOAD_RUN_ID.test(value) ? value : "";
+}
+
 /** What a handler knows about the call it serves. */
 export interface CallContext {
   /** This request's server span; pass `traceparent` to downstream calls to make them its children. */
   readonly span: SpanContext;
   readonly traceparent: string;
+  /** The load run that sent the call (LOAD_RUN_HEADER), "" when none: pass it to downstream calls too. */
+  readonly loadRunId: string;
   /** Aborted when the client cancels or its deadline passes. */
   readonly signal: AbortSignal;
   /** Epoch ms by which the client wants its answer, if it said. */
@@ -201,6 +217,7 @@ export function createPipeline(options: PipelineOptions): Pipeline {
     span: SpanContext,
     outcome: CallOutcome,
     faultInjected: boolean,
+    loadRunId: string,
   ) => {
     const startMs = call.arrivedMs;
     const elapsed = performance.now() - call.arrivedMono;
@@ -218,8 +235,7 @@ export function createPipeline(options: PipelineOptions): Pipeline {
       // performance.timeOrigin + the monotonic arrival: the start to the microsecond (Date.now() has ms),
       // which places the spans of one trace against each other.
       startTimeUs: BigInt(Math.round((performance.timeOrigin + call.arrivedMono) * 1000)),
-      // From the call's "tailwatch-load-run" header (load runs, issue 26): next.
-      loadRunId: "",
+      loadRunId,
       durationUs: BigInt(Math.max(0, Math.round(elapsed * 1000))),
       service: options.service,
       method,
@@ -241,6 +257,7 @@ export function createPipeline(options: PipelineOptions): Pipeline {
   return {
     run(binding, method, call, decode) {
       const span = spanFromTraceparent(call.traceparent);
+      const loadRunId = loadRunIdOf(call.header(LOAD_RUN_HEADER));
       const path = methodPath(method);
       let faultInjected = false;
       let admitted = false;
@@ -259,6 +276,7 @@ export function createPipeline(options: PipelineOptions): Pipeline {
         const context: CallContext = {
           span,
           traceparent: traceparentOf(span),
+          loadRunId,
           signal: call.signal,
           deadlineMs: call.deadlineMs,
           protocol: call.protocol,
@@ -288,12 +306,19 @@ export function createPipeline(options: PipelineOptions): Pipeline {
           if (finished) return;
           finished = true;
           if (admitted) inFlight--;
-          emit(path, call, span, outcome, faultInjected);
+          emit(path, call, span, outcome, faultInjected, loadRunId);
         },
       };
     },
     unmatched(call, outcome) {
-      emit("", call, spanFromTraceparent(call.traceparent), outcome, false);
+      emit(
+        "",
+        call,
+        spanFromTraceparent(call.traceparent),
+        outcome,
+        false,
+        loadRunIdOf(call.header(LOAD_RUN_HEADER)),
+      );
     },
     faults: () => faults,
     setFaults(next) {

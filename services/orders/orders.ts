@@ -1,7 +1,7 @@
 /**
  * The orders handlers. CreateOrder reserves stock in the catalog, then charges in payments; when the charge
  * fails it releases the reservation (compensation) and the order is not created. Both calls carry the
- * caller's deadline and trace.
+ * caller's deadline, trace and load run id.
  */
 import { create } from "@bufbuild/protobuf";
 import type { CatalogService } from "@tailwatch/proto/catalog/v1";
@@ -51,6 +51,7 @@ export function createOrders(options: OrdersOptions, deps: OrdersDependencies): 
     timeoutMs: options.upstreamTimeoutMs,
     deadlineMs: context.deadlineMs,
     traceparent: context.traceparent,
+    loadRunId: context.loadRunId,
     signal: context.signal,
   });
   const find = (orderId: string) => {

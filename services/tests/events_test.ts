@@ -2,7 +2,7 @@
 import { Buffer } from "node:buffer";
 import * as grpc from "@grpc/grpc-js";
 import { assert, assertEquals, startNatsServer } from "@tailwatch/testing";
-import { Code, ServiceError } from "@tailwatch/kit";
+import { Code, LOAD_RUN_HEADER, loadRunIdOf, ServiceError } from "@tailwatch/kit";
 import { Protocol, type RequestEvent } from "@tailwatch/proto/events/v1";
 import { readAllEvents, startStack } from "./stack.ts";
 
@@ -153,3 +153,58 @@ Deno.test("an order's trace links its spans in orders, catalog and payments", op
     ],
   );
 });
+
+Deno.test(
+  "a load run id (tailwatch-load-run) is copied into the events of every service the request reaches",
+  options,
+  async () => {
+    await using nats = await startNatsServer();
+    const order = {
+      customerId: "run-1",
+      lines: [{ productId: "treats-tuna-60g", quantity: 1 }],
+      cardNumber: GOOD_CARD,
+    };
+    {
+      await using stack = await startStack(nats.url);
+      // gRPC metadata, as ghz sends it.
+      await stack.clients.orders.createOrder(order, { headers: { [LOAD_RUN_HEADER]: "grpc-run:1" } });
+      // An HTTP header, as vegeta sends it.
+      const rest = await stack.rest(stack.orders, "/v1/orders", {
+        method: "POST",
+        headers: { [LOAD_RUN_HEADER]: "rest-run.2" },
+        body: JSON.stringify(order),
+      });
+      assertEquals(rest.status, 200);
+      await rest.body?.cancel();
+      // Not a plain id: no run, and nothing of it reaches the events or the downstream calls.
+      await stack.clients.orders.createOrder(order, { headers: { [LOAD_RUN_HEADER]: "a b" } });
+      await stack.clients.orders.createOrder(order, { headers: { [LOAD_RUN_HEADER]: "x".repeat(65) } });
+      // No header at all.
+      await stack.clients.orders.createOrder(order);
+      // A request that matched no route still carries its run.
+      const nowhere = await stack.rest(stack.catalog, "/nowhere", {
+        headers: { [LOAD_RUN_HEADER]: "rest-run.2" },
+      });
+      await nowhere.body?.cancel();
+      for (const service of [stack.catalog, stack.payments, stack.orders]) {
+        assert(await service.events.flush(10_000));
+      }
+    }
+    const events = await readAllEvents(nats.url);
+    const ofRun = (run: string) =>
+      events.filter((e) => e.loadRunId === run).map((e) => `${e.service}:${e.method.split("/").pop()}`)
+        .sort();
+    assertEquals(ofRun("grpc-run:1"), ["catalog:ReserveStock", "orders:CreateOrder", "payments:Charge"]);
+    assertEquals(ofRun("rest-run.2"), [
+      "catalog:",
+      "catalog:ReserveStock",
+      "orders:CreateOrder",
+      "payments:Charge",
+    ]);
+    assertEquals(events.filter((e) => e.loadRunId === "").length, 9, "three orders without a valid run id");
+    assertEquals(loadRunIdOf("a".repeat(64)), "a".repeat(64));
+    for (const bad of ["", "a b", "a/b", "é", "x".repeat(65), "a\nb", undefined]) {
+      assertEquals(loadRunIdOf(bad), "");
+    }
+  },
+);
