@@ -121,7 +121,17 @@ const components: Component[] = [
   {
     name: "profiler",
     available: () => exists(`${ROOT}/native/profiler/build/tailwatch-profiler`),
-    command: [`${ROOT}/native/profiler/build/tailwatch-profiler`],
+    // Windows by completion second; tick T is written once the clock passes T + settle, and rewritten
+    // (a higher version) when late requests arrive (native/profiler/README.md).
+    command: [
+      `${ROOT}/native/profiler/build/tailwatch-profiler`,
+      "--windows",
+      "10,60,300",
+      "--settle",
+      "1s",
+      "--correction-memory",
+      "300s",
+    ],
     env: {
       TAILWATCH_CLICKHOUSE_URL: "http://127.0.0.1:8123",
       TAILWATCH_CLICKHOUSE_USER: "tailwatch_admin",

@@ -2,12 +2,15 @@
 //   ./build/bench/profiler_bench --benchmark_filter=BM_Tick
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cmath>
+#include <memory>
 #include <random>
 #include <vector>
 
 #include "tailwatch/histogram.h"
-#include "tailwatch/rolling.h"
+#include "tailwatch/engine.h"
+#include "tailwatch/rollup.h"
 
 using namespace tailwatch;
 
@@ -21,12 +24,14 @@ std::vector<std::uint64_t> lognormal_values(std::size_t n, std::uint64_t seed) {
   return values;
 }
 
-/// 1000 rps of synthetic per-second rollups over 2 services x 3 methods, repeating every kSeconds seconds, as
-/// latency_profile_1s rows (one per second and key, what the daemon reads).
-class SyntheticSource : public DataSource {
+/// 1000 rps of synthetic rollups over 2 services x 3 methods, repeating every kSeconds seconds, as ingest
+/// writes them into latency_profile_1s: one batch per second (ingest_batch_seq = the second), its rows (one
+/// per key) carrying the floor of the batch before, so a steady tick reads the new batch and the one before
+/// it (not final until the new one's floor passes it).
+class SyntheticStore : public Store {
  public:
   static constexpr std::int64_t kSeconds = 600;
-  explicit SyntheticSource(int rps) {
+  explicit SyntheticStore(int rps) {
     const std::vector<Key> keys = {{"catalog", "/catalog.v1.Catalog/GetItem"},
                                    {"catalog", "/catalog.v1.Catalog/ListItems"},
                                    {"catalog", "/catalog.v1.Catalog/Search"},
@@ -45,30 +50,75 @@ class SyntheticSource : public DataSource {
           h.record(v);
           max = std::max(max, v);
         }
-        ProfileRow row{0, keys[k].service, keys[k].method, h.count() / 50, max, h.to_sparse()};
+        RollupRow row;
+        row.service = keys[k].service;
+        row.method = keys[k].method;
+        row.errors = h.count() / 50;
+        row.max_us = max;
+        row.buckets = h.to_sparse();
         buckets_per_second_ += row.buckets.size();
-        seconds_[t].push_back(std::move(row));
+        seconds_[static_cast<std::size_t>(t)].push_back(std::move(row));
       }
     }
     buckets_per_second_ /= kSeconds;
   }
-  SecondsBatch fetch(std::int64_t from, std::int64_t to) override {
-    SecondsBatch batch{from, to, {}, {}, {}};
-    for (std::int64_t t = from; t < to; ++t) {
-      for (auto row : seconds_[static_cast<std::size_t>(((t % kSeconds) + kSeconds) % kSeconds)]) {
-        row.ts = t;
-        batch.profile.push_back(std::move(row));
-      }
-    }
-    return batch;
+  /// Batches up to this second have arrived.
+  std::int64_t arrived = 0;
+
+  void read_batches(std::uint64_t after, std::optional<std::uint64_t> upto, std::vector<RollupRow>& rows) override {
+    rows.clear();
+    const auto last = static_cast<std::uint64_t>(arrived);
+    for (std::uint64_t b = after + 1; b <= std::min(last, upto.value_or(last)); ++b) append(static_cast<std::int64_t>(b), rows);
+  }
+  std::optional<std::uint64_t> highest_batch(std::uint64_t after) override {
+    if (static_cast<std::uint64_t>(arrived) <= after) return std::nullopt;
+    return static_cast<std::uint64_t>(arrived);
+  }
+  void read_seconds(std::optional<std::uint64_t> final_upto, std::int64_t from, std::int64_t to,
+                    std::vector<RollupRow>& rows) override {
+    rows.clear();
+    const std::int64_t last = std::min<std::int64_t>(to - 1, final_upto ? static_cast<std::int64_t>(*final_upto) : arrived);
+    for (std::int64_t t = from; t <= last; ++t) append(t, rows);
+  }
+  std::optional<std::int64_t> last_second(std::optional<std::uint64_t> final_upto, std::int64_t from) override {
+    const std::int64_t last = final_upto ? static_cast<std::int64_t>(*final_upto) : arrived;
+    if (last < from) return std::nullopt;
+    return last;
+  }
+  std::vector<std::pair<std::int64_t, Key>> published_rows(std::int64_t, std::int64_t) override { return {}; }
+  std::uint64_t batch_requests(std::uint64_t batch) override {
+    std::vector<RollupRow> rows;
+    append(static_cast<std::int64_t>(batch), rows);
+    std::uint64_t n = 0;
+    for (const auto& row : rows) n += total_count(row.buckets);
+    return n;
   }
   /// (bucket, count) entries per second, over all keys.
   std::size_t rows_per_second() const { return buckets_per_second_; }
 
  private:
-  std::vector<std::vector<ProfileRow>> seconds_;
+  void append(std::int64_t t, std::vector<RollupRow>& rows) const {
+    for (auto row : seconds_[static_cast<std::size_t>(((t % kSeconds) + kSeconds) % kSeconds)]) {
+      row.batch = static_cast<std::uint64_t>(t);
+      row.end_s = t;
+      row.floor = static_cast<std::uint64_t>(t - 1);
+      rows.push_back(std::move(row));
+    }
+  }
+  std::vector<std::vector<RollupRow>> seconds_;
   std::size_t buckets_per_second_ = 0;
 };
+
+/// An engine at `now` with every second before it arrived and final: the steady state.
+std::unique_ptr<Engine> steady_engine(SyntheticStore& store, std::vector<std::uint32_t> windows, std::int64_t now) {
+  EngineConfig config;
+  config.windows_s = std::move(windows);
+  store.arrived = now - 1;
+  auto engine = std::make_unique<Engine>(config, store);
+  engine->start(std::nullopt, static_cast<std::uint64_t>(now - 2), now);
+  engine->tick(now);
+  return engine;
+}
 
 }  // namespace
 
@@ -135,33 +185,28 @@ static void BM_NormalizeArrivalOrderSecond(benchmark::State& state) {
 }
 BENCHMARK(BM_NormalizeArrivalOrderSecond);
 
-// One steady-state tick (read from memory, reconcile the 5 s margin, slide, snapshot) at 1000 rps over 6
-// methods of 3 services (9 keys), for one window of state.range(0) seconds.
+// One steady-state tick (read the new batch and the one before it from memory, apply them, slide, publish)
+// at 1000 rps over 6 methods of 3 services (9 keys), for one window of state.range(0) seconds.
 static void BM_Tick(benchmark::State& state) {
-  SyntheticSource source(1000);
-  RollingConfig config;
-  config.windows_s = {static_cast<std::uint32_t>(state.range(0))};
-  config.late_margin_s = 5;
-  RollingEngine engine(config);
+  SyntheticStore store(1000);
   std::int64_t now = 1700000000;
-  engine.tick(now, source);
+  auto engine = steady_engine(store, {static_cast<std::uint32_t>(state.range(0))}, now);
   for (auto _ : state) {
-    engine.tick(++now, source);
-    benchmark::DoNotOptimize(engine.snapshot());
+    store.arrived = now;
+    benchmark::DoNotOptimize(engine->tick(++now));
   }
-  state.counters["rows_per_second"] = static_cast<double>(source.rows_per_second());
+  state.counters["rows_per_second"] = static_cast<double>(store.rows_per_second());
 }
 BENCHMARK(BM_Tick)->Arg(10)->Arg(300)->Unit(benchmark::kMicrosecond);
 
 // The default configuration: windows 10, 60 and 300 s together.
 static void BM_TickDefaultWindows(benchmark::State& state) {
-  SyntheticSource source(1000);
-  RollingEngine engine(RollingConfig{});
+  SyntheticStore store(1000);
   std::int64_t now = 1700000000;
-  engine.tick(now, source);
+  auto engine = steady_engine(store, {10, 60, 300}, now);
   for (auto _ : state) {
-    engine.tick(++now, source);
-    benchmark::DoNotOptimize(engine.snapshot());
+    store.arrived = now;
+    benchmark::DoNotOptimize(engine->tick(++now));
   }
 }
 BENCHMARK(BM_TickDefaultWindows)->Unit(benchmark::kMicrosecond);

@@ -106,9 +106,24 @@ Config parse_config(const std::vector<std::string>& args, const EnvLookup& env) 
          if (tick == 0) throw UsageError(what + ": the tick must be at least 1s");
          config.tick_s = tick;
        }},
-      {"--late-margin", "TAILWATCH_LATE_MARGIN",
-       [&](const std::string& v, const std::string& what) { config.late_margin_s = parse_duration_s(v, what); }},
+      {"--settle", "TAILWATCH_SETTLE",
+       [&](const std::string& v, const std::string& what) { config.settle_s = parse_duration_s(v, what); }},
+      {"--correction-memory", "TAILWATCH_CORRECTION_MEMORY",
+       [&](const std::string& v, const std::string& what) { config.correction_memory_s = parse_duration_s(v, what); }},
+      {"--max-read-bytes", "TAILWATCH_MAX_READ_BYTES",
+       [&](const std::string& v, const std::string& what) {
+         if (v.empty() || v.size() > 15 || v.find_first_not_of("0123456789") != std::string::npos) {
+           throw UsageError(what + ": expected a number of bytes, got '" + v + "'");
+         }
+         const std::uint64_t bytes = std::stoull(v);
+         if (bytes < 4096) throw UsageError(what + ": at least 4096 bytes");
+         config.max_read_bytes = static_cast<std::size_t>(bytes);
+       }},
   };
+  const std::string replaced =
+      " was replaced by --settle (TAILWATCH_SETTLE): windows now count requests by completion second, rows "
+      "are published once the wall clock passes a tick by the settle time and rewritten when late rows arrive";
+  if (env("TAILWATCH_LATE_MARGIN")) throw UsageError("environment variable TAILWATCH_LATE_MARGIN" + replaced);
   for (const auto& setting : settings) {
     if (const auto value = env(setting.env)) setting.apply(*value, std::string("environment variable ") + setting.env);
   }
@@ -150,6 +165,7 @@ Config parse_config(const std::vector<std::string>& args, const EnvLookup& env) 
       if (i + 1 >= args.size()) throw UsageError("flag " + arg + " needs a value");
       return args[++i];
     };
+    if (arg == "--late-margin") throw UsageError("flag --late-margin" + replaced);
     if (arg == "--now") {
       config.now = parse_unix_time(value(), "--now");
       continue;
@@ -175,6 +191,8 @@ std::string usage() {
 
 Rolling latency percentiles from ClickHouse's per-second histograms (latency_profile_1s) into
 latency_percentiles, one row per window and (service, method) per tick; method "" is the whole service.
+A window of w seconds at tick T counts the requests that completed in [T - w, T). Rows are versioned:
+read the latest (argMax(col, version) ... GROUP BY ts, window_s, service, method).
 
   --clickhouse-url URL    HTTP interface (env TAILWATCH_CLICKHOUSE_URL, default http://127.0.0.1:8123)
   --user NAME             (env TAILWATCH_CLICKHOUSE_USER, default "default")
@@ -182,8 +200,14 @@ latency_percentiles, one row per window and (service, method) per tick; method "
   --database NAME         (env TAILWATCH_CLICKHOUSE_DATABASE, default profiler)
   --windows LIST          window lengths (env TAILWATCH_WINDOWS, default 10,60,300; 5m style accepted)
   --tick DURATION         (env TAILWATCH_TICK, default 1s; whole seconds)
-  --late-margin DURATION  seconds re-read each tick for late rows (env TAILWATCH_LATE_MARGIN, default 5s)
-  --once                  one tick, then exit
+  --settle DURATION       tick T is published once the clock reaches T + settle (env TAILWATCH_SETTLE,
+                          default 1s); rows that arrive later are corrected (replaces --late-margin)
+  --correction-memory DURATION
+                          per-second data held beyond the largest window for corrections; older ones
+                          are reloaded from ClickHouse (env TAILWATCH_CORRECTION_MEMORY, default 300s)
+  --max-read-bytes BYTES  result bound of every read; a larger read is split (env
+                          TAILWATCH_MAX_READ_BYTES, default 67108864)
+  --once                  compute the windows at one time from all rows (no feed), then exit
   --json                  with --once: print the snapshot as JSON, do not insert
   --insert                with --once --json: insert as well
   --now UNIX_SECONDS      with --once: evaluate as of this time

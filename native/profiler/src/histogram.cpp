@@ -84,6 +84,74 @@ void normalize(SparseHistogram& sparse, SparseHistogram& scratch) {
                sparse.end());
 }
 
+void sparse_add(SparseHistogram& into, const SparseHistogram& add, SparseHistogram& scratch) {
+  if (add.empty()) return;
+  for (const auto& entry : add) {
+    if (entry.bucket >= kBucketCount) {
+      throw std::out_of_range("bucket index " + std::to_string(entry.bucket) + " out of range");
+    }
+  }
+  if (into.empty()) {
+    into = add;
+    return;
+  }
+  scratch.clear();
+  scratch.reserve(into.size() + add.size());
+  std::size_t i = 0, j = 0;
+  while (i < into.size() || j < add.size()) {
+    if (j == add.size() || (i < into.size() && into[i].bucket < add[j].bucket)) {
+      scratch.push_back(into[i++]);
+    } else if (i == into.size() || add[j].bucket < into[i].bucket) {
+      if (add[j].count != 0) scratch.push_back(add[j]);
+      ++j;
+    } else {
+      scratch.push_back({into[i].bucket, into[i].count + add[j].count});
+      ++i;
+      ++j;
+    }
+  }
+  into.swap(scratch);
+}
+
+void sparse_subtract(SparseHistogram& from, const SparseHistogram& remove, SparseHistogram& scratch) {
+  if (remove.empty()) return;
+  scratch.clear();
+  scratch.reserve(from.size());
+  std::size_t i = 0;
+  for (const auto& entry : remove) {
+    while (i < from.size() && from[i].bucket < entry.bucket) scratch.push_back(from[i++]);
+    if (entry.count == 0) continue;
+    if (i == from.size() || from[i].bucket != entry.bucket || from[i].count < entry.count) {
+      throw std::logic_error("subtract: sparse histogram is not contained in this one");
+    }
+    if (from[i].count > entry.count) scratch.push_back({entry.bucket, from[i].count - entry.count});
+    ++i;
+  }
+  while (i < from.size()) scratch.push_back(from[i++]);
+  from.swap(scratch);
+}
+
+void sparse_diff(const SparseHistogram& now, const SparseHistogram& before, SparseHistogram& plus,
+                 SparseHistogram& minus) {
+  plus.clear();
+  minus.clear();
+  std::size_t i = 0, j = 0;
+  while (i < now.size() || j < before.size()) {
+    if (j == before.size() || (i < now.size() && now[i].bucket < before[j].bucket)) {
+      if (now[i].count != 0) plus.push_back(now[i]);
+      ++i;
+    } else if (i == now.size() || before[j].bucket < now[i].bucket) {
+      if (before[j].count != 0) minus.push_back(before[j]);
+      ++j;
+    } else {
+      if (now[i].count > before[j].count) plus.push_back({now[i].bucket, now[i].count - before[j].count});
+      if (before[j].count > now[i].count) minus.push_back({now[i].bucket, before[j].count - now[i].count});
+      ++i;
+      ++j;
+    }
+  }
+}
+
 std::uint64_t total_count(const SparseHistogram& sparse) noexcept {
   std::uint64_t total = 0;
   for (const auto& entry : sparse) total += entry.count;

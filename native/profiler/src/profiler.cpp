@@ -2,31 +2,21 @@
 
 #include <pthread.h>
 
-#include <csignal>
-#include <chrono>
-#include <ctime>
-#include <limits>
 #include <algorithm>
-#include <deque>
+#include <chrono>
+#include <csignal>
+#include <ctime>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <ostream>
-#include <thread>
 
 #include "tailwatch/clickhouse.h"
-#include "rowbinary.h"
-#include "rows.h"
+#include "tailwatch/publisher.h"
+#include "tailwatch/schedule.h"
 
 namespace tailwatch {
 
 namespace {
-
-nlohmann::json timing_object(const TickTiming& timing) {
-  return {{"read_ms", timing.read_ms},         {"http_ms", timing.http_ms},
-          {"parse_ms", timing.parse_ms},       {"compute_ms", timing.compute_ms},
-          {"insert_ms", timing.insert_ms},     {"response_bytes", timing.response_bytes},
-          {"rows", timing.rows},               {"histogram_rows", timing.histogram_rows},
-          {"from", timing.from},               {"to", timing.to}};
-}
 
 volatile std::sig_atomic_t g_stop = 0;
 
@@ -51,14 +41,20 @@ double ms_since(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
 
-/// Sleeps until the wall clock reaches `unix_s` or a stop signal arrives (then g_stop = 1). One wakeup per
-/// call in the ordinary case: the wait is a sigtimedwait on the blocked stop signals, not a polling loop.
-void sleep_until_unix(double unix_s) {
+double unix_now() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+double mono_now() { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); }
+
+/// Waits `seconds` or until a stop signal arrives (then g_stop = 1). One wakeup in the ordinary case: a
+/// sigtimedwait on the blocked stop signals, on the monotonic clock's measure of time.
+void sleep_for(double seconds) {
   const sigset_t set = stop_signals();
+  const double until = mono_now() + seconds;
   while (g_stop == 0) {
-    const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-    if (now >= unix_s) return;
-    const double left = unix_s - now;
+    const double left = until - mono_now();
+    if (left <= 0) return;
     timespec timeout{};
     timeout.tv_sec = static_cast<time_t>(left);
     timeout.tv_nsec = static_cast<long>((left - static_cast<double>(timeout.tv_sec)) * 1e9);
@@ -66,62 +62,96 @@ void sleep_until_unix(double unix_s) {
   }
 }
 
-double unix_now() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
-/// Reads (into `batch`, whose buffers are reused), advances and snapshots. Throws (engine unchanged) if
-/// reading fails.
-std::vector<WindowStats> one_tick(RollingEngine& engine, ClickHouseSource& source, std::int64_t now,
-                                  SecondsBatch& batch, TickTiming& timing) {
-  const auto [from, to] = engine.range_for(now);
-  timing.from = from;
-  timing.to = to;
-  auto start = Clock::now();
-  source.fetch_into(from, to, batch);
-  timing.read_ms = ms_since(start);
-  timing.http_ms = source.last_fetch().http_ms;
-  timing.parse_ms = source.last_fetch().parse_ms;
-  timing.response_bytes = source.last_fetch().bytes;
-  timing.rows = batch.profile.size();
-  for (const auto& row : batch.profile) timing.histogram_rows += row.buckets.size();
-  start = Clock::now();
-  engine.advance(now, batch);
-  auto rows = engine.snapshot();
-  timing.compute_ms = ms_since(start);
-  return rows;
-}
-
-RollingConfig rolling_config(const Config& config) {
-  RollingConfig rolling;
-  rolling.windows_s = config.windows_s;
-  rolling.late_margin_s = config.late_margin_s;
-  return rolling;
-}
-
 ClickHouseOptions clickhouse_options(const Config& config) {
   ClickHouseOptions options;
   options.url = config.clickhouse_url;
   options.user = config.user;
   options.password = config.password;
+  // An answer may be a little larger in RowBinary than ClickHouse's in-memory measure of it.
+  options.max_response_bytes = 2 * config.max_read_bytes + (std::size_t{1} << 20);
   return options;
+}
+
+/// Reads take at most this long on the server (max_execution_time), under the client's own timeout.
+constexpr long kReadExecutionMs = 10000;
+/// How often the daemon checks that the rollup was not rebuilt under it (one small read).
+constexpr int kRebuildCheckTicks = 10;
+
+EngineConfig engine_config(const Config& config) {
+  EngineConfig engine;
+  engine.windows_s = config.windows_s;
+  engine.tick_s = config.tick_s;
+  engine.correction_memory_s = config.correction_memory_s;
+  return engine;
+}
+
+nlohmann::json row_json(std::int64_t ts, const WindowStats& row, std::uint64_t version, std::uint64_t floor) {
+  return {
+      {"ts", ts},
+      {"window_s", row.window_s},
+      {"service", row.key.service},
+      {"method", row.key.method},
+      {"count", row.count},
+      {"errors", row.errors},
+      {"rps", row.rps},
+      {"error_rate", row.error_rate},
+      {"p50_us", row.p50_us},
+      {"p90_us", row.p90_us},
+      {"p95_us", row.p95_us},
+      {"p99_us", row.p99_us},
+      {"p999_us", row.p999_us},
+      {"max_us", row.max_us},
+      {"version", version},
+      {"ingest_floor_seq", floor},
+  };
+}
+
+std::uint64_t now_ms() {
+  return static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
 }
 
 int run_once(const Config& config, std::ostream& out, std::ostream& err) {
   try {
-    RollingEngine engine(rolling_config(config));
+    check_windows(config.windows_s);
     ClickHouseClient client(clickhouse_options(config));
-    ClickHouseSource source(client, config.database);
+    ClickHouseStore store(client, config.database, config.max_read_bytes, kReadExecutionMs);
     const std::int64_t now = config.now ? *config.now : static_cast<std::int64_t>(std::time(nullptr));
-    TickTiming timing;
-    SecondsBatch batch;
-    const auto rows = one_tick(engine, source, now, batch, timing);
-    if (config.insert && !rows.empty()) {
-      const auto start = Clock::now();
-      client.insert(percentile_insert_statement(config.database), percentile_rows_rowbinary(now, rows));
+    const std::int64_t from = now - *std::max_element(config.windows_s.begin(), config.windows_s.end());
+    OnceTiming timing;
+    timing.from = from;
+    timing.to = now;
+    // Every row that completed in the largest window, whatever its batch: no feed, no finality.
+    std::vector<RollupRow> rows, chunk;
+    auto start = Clock::now();
+    timing.splits = read_halving<std::int64_t>(from, now - 1, [&](std::int64_t a, std::int64_t b) {
+      store.read_seconds(std::nullopt, a, b + 1, chunk);
+      rows.insert(rows.end(), std::make_move_iterator(chunk.begin()), std::make_move_iterator(chunk.end()));
+    });
+    timing.read_ms = ms_since(start);
+    timing.http_ms = store.stats().http_ms;
+    timing.parse_ms = store.stats().parse_ms;
+    timing.response_bytes = store.stats().bytes;
+    timing.reads = store.stats().queries;
+    timing.rows = rows.size();
+    for (const auto& row : rows) timing.histogram_rows += row.buckets.size();
+    start = Clock::now();
+    const auto windows = windows_at(config.windows_s, now, rows);
+    timing.compute_ms = ms_since(start);
+    std::uint64_t version = 0;
+    if (config.insert && !windows.empty()) {
+      start = Clock::now();
+      // Above every version in the table, so these rows are the latest of their (ts, window, key).
+      const StartPoint point = store.start_point(now);
+      version = std::max(point.v_last + 1, now_ms());
+      std::vector<PercentileRow> out_rows;
+      for (const auto& row : windows) out_rows.push_back({now, row, version, 0});
+      ClickHouseSink sink(client, config.database);
+      sink.insert(version, out_rows);
       timing.insert_ms = ms_since(start);
     }
-    if (config.json) out << snapshot_json(config, now, rows, timing) << std::endl;
+    if (config.json) out << snapshot_json(config, now, windows, version, timing) << std::endl;
     return 0;
   } catch (const std::exception& error) {
     err << "tailwatch-profiler: " << error.what() << std::endl;
@@ -129,102 +159,229 @@ int run_once(const Config& config, std::ostream& out, std::ostream& err) {
   }
 }
 
+/// The daemon: startup (retried until it succeeds), then one tick whenever one is due.
+class Daemon {
+ public:
+  Daemon(const Config& config, std::ostream& err)
+      : config_(config),
+        err_(err),
+        client_(clickhouse_options(config)),
+        store_(client_, config.database, config.max_read_bytes, kReadExecutionMs),
+        sink_(client_, config.database),
+        schedule_(config.tick_s, config.settle_s) {}
+
+  int run() {
+    err_ << "tailwatch-profiler: reading " << config_.database << " at " << config_.clickhouse_url << ", windows";
+    for (const auto w : config_.windows_s) err_ << ' ' << w << 's';
+    err_ << ", tick " << config_.tick_s << "s, settle " << config_.settle_s << "s, correction memory "
+         << config_.correction_memory_s << "s" << std::endl;
+    while (g_stop == 0 && !engine_) {
+      try {
+        start();
+        healthy();
+      } catch (const std::exception& error) {
+        engine_.reset();
+        failed(std::string("startup: ") + error.what());
+      }
+    }
+    while (g_stop == 0) {
+      const auto due = schedule_.due(engine_->last_published(), unix_now(), mono_now(), last_publication_mono_);
+      if (!due) {
+        sleep_for(schedule_.wait(engine_->last_published(), unix_now(), mono_now(), last_publication_mono_));
+        continue;
+      }
+      if (due->by_monotonic) {
+        if (!stepped_back_logged_) {
+          err_ << "tailwatch-profiler: the wall clock is behind the last tick published ("
+               << engine_->last_published() << "); publishing one tick per " << config_.tick_s + 1
+               << " s of monotonic time until it catches up" << std::endl;
+          stepped_back_logged_ = true;
+        }
+      } else {
+        stepped_back_logged_ = false;
+      }
+      try {
+        tick(due->target);
+        healthy();
+      } catch (const std::exception& error) {
+        failed(error.what());
+      }
+    }
+    if (publisher_ && publisher_->pending_rows() > 0) {
+      try {
+        publisher_->flush();
+      } catch (const std::exception& error) {
+        err_ << "tailwatch-profiler: last flush failed: " << error.what() << std::endl;
+      }
+    }
+    err_ << "tailwatch-profiler: stopping";
+    if (publisher_ && publisher_->pending_rows() > 0) err_ << " (" << publisher_->pending_rows() << " rows not written)";
+    err_ << std::endl;
+    return 0;
+  }
+
+ private:
+  void start() {
+    const double wall = unix_now();
+    const auto now = static_cast<std::int64_t>(wall);
+    const StartPoint point = store_.start_point(now);
+    const std::uint64_t floor = point.f_prev > 0 ? point.f_prev : store_.newest_partition_floor();
+    const std::int64_t t_start = schedule_.wall_tick(wall);
+    auto engine = std::make_unique<Engine>(engine_config(config_), store_);
+    engine->start(point.t_last, floor, t_start);
+    engine_ = std::move(engine);
+    PublisherOptions options;
+    options.sleep = sleep_for;  // a stop signal ends the wait for a running INSERT
+    publisher_ = std::make_unique<Publisher>(sink_, point.v_last, options);
+    err_ << "tailwatch-profiler: started at tick " << t_start << ": last tick in the table "
+         << (point.t_last ? std::to_string(*point.t_last) : std::string("none")) << ", floor " << floor
+         << ", publishing from " << engine_->last_published() + config_.tick_s << std::endl;
+    last_publication_mono_ = mono_now();
+  }
+
+  void tick(std::int64_t target) {
+    const ReadStats before = store_.stats();
+    const std::int64_t published_before = engine_->last_published();
+    TickReport report = engine_->tick(target);
+    if (engine_->last_published() != published_before) last_publication_mono_ = mono_now();
+    if (report.skipped_ticks > 0) {
+      err_ << "tailwatch-profiler: catch-up capped at " << engine_->config().max_catch_up_ticks << " ticks: "
+           << report.skipped_ticks << " ticks before " << engine_->last_published() << " skipped" << std::endl;
+    }
+    const std::uint64_t dropped = publisher_->dropped_rows();
+    publisher_->add(report.rows, engine_->floor());
+    if (publisher_->dropped_rows() > dropped) {
+      err_ << "tailwatch-profiler: " << publisher_->dropped_rows() - dropped
+           << " oldest pending rows dropped (more than 200000 waiting)" << std::endl;
+    }
+    const auto start = Clock::now();
+    try {
+      publisher_->flush();
+    } catch (...) {
+      log_timing(target, report, before, ms_since(start));
+      throw;
+    }
+    log_timing(target, report, before, ms_since(start));
+    if (report.shrunk) {
+      start_over("a batch read again holds fewer requests than before");
+    } else {
+      check_rebuilt();
+    }
+  }
+
+  /// Every kRebuildCheckTicks ticks: does latency_profile_1s still hold what the engine read of the last
+  /// batch that turned final? A rebuild cuts the replayed requests into other batches, some above the floor,
+  /// which would count twice (engine.h, REBUILDS): then a new engine starts from the table's current floor
+  /// and rewrites every row its memory reaches.
+  void check_rebuilt() {
+    if (++ticks_since_check_ < kRebuildCheckTicks) return;
+    ticks_since_check_ = 0;
+    const auto sentinel = engine_->sentinel();
+    if (!sentinel) return;
+    const std::uint64_t now = store_.batch_requests(sentinel->batch);
+    if (now == sentinel->requests) return;
+    start_over("batch " + std::to_string(sentinel->batch) + " holds " + std::to_string(now) +
+               " requests, it held " + std::to_string(sentinel->requests) + " when it became final");
+  }
+
+  /// latency_profile_1s was truncated or rebuilt: a new engine from its current floor, rewriting every row
+  /// the engine's memory reaches (engine.h, REBUILDS).
+  void start_over(const std::string& why) {
+    const std::int64_t last = engine_->last_published();
+    const std::uint64_t floor = store_.newest_partition_floor();
+    err_ << "tailwatch-profiler: latency_profile_1s was truncated or rebuilt (" << why << "): starting over "
+         << "from its floor " << floor << ", rewriting the rows of the last "
+         << engine_->max_window() + config_.correction_memory_s << " s" << std::endl;
+    auto engine = std::make_unique<Engine>(engine_config(config_), store_);
+    engine->start(last, floor, last, true);
+    engine_ = std::move(engine);
+    ticks_since_check_ = 0;
+  }
+
+  void log_timing(std::int64_t target, const TickReport& report, const ReadStats& before, double insert_ms) {
+    if (!config_.log_timing) return;
+    const ReadStats& after = store_.stats();
+    const nlohmann::json timing = {
+        {"read_ms", report.read_ms},
+        {"http_ms", after.http_ms - before.http_ms},
+        {"parse_ms", after.parse_ms - before.parse_ms},
+        {"compute_ms", std::max(0.0, report.total_ms - report.read_ms)},
+        {"insert_ms", insert_ms},
+        {"response_bytes", after.bytes - before.bytes},
+        {"rows", report.rows_read},
+        {"histogram_rows", report.bucket_entries},
+        {"batches", report.batches_read},
+        {"reads", report.reads},
+        {"splits", report.splits},
+        {"ticks", report.ticks},
+        {"published", report.published},
+        {"corrections", report.corrections},
+        {"reloaded_seconds", report.reloaded_seconds},
+        {"floor", engine_->floor()},
+        {"pending", publisher_->pending_rows()},
+    };
+    err_ << nlohmann::json{{"now", target}, {"timing", timing}}.dump() << std::endl;
+  }
+
+  void healthy() {
+    if (failing_) {
+      err_ << "tailwatch-profiler: ClickHouse is back; published up to " << engine_->last_published() << std::endl;
+      failing_ = false;
+    }
+    backoff_s_ = 0.5;
+  }
+
+  void failed(const std::string& what) {
+    // ClickHouse may have restarted and lost what its Buffer held: the rows stored lately are checked again.
+    if (publisher_) publisher_->suspect_held();
+    err_ << "tailwatch-profiler: " << what;
+    if (publisher_) err_ << "; " << publisher_->pending_rows() << " rows pending";
+    err_ << "; retrying in " << backoff_s_ << "s" << std::endl;
+    failing_ = true;
+    sleep_for(backoff_s_);
+    backoff_s_ = std::min(backoff_s_ * 2, 30.0);
+  }
+
+  const Config& config_;
+  std::ostream& err_;
+  ClickHouseClient client_;
+  ClickHouseStore store_;
+  ClickHouseSink sink_;
+  TickSchedule schedule_;
+  std::unique_ptr<Engine> engine_;
+  std::unique_ptr<Publisher> publisher_;
+  double last_publication_mono_ = 0;
+  double backoff_s_ = 0.5;
+  int ticks_since_check_ = 0;
+  bool failing_ = false;
+  bool stepped_back_logged_ = false;
+};
+
 int run_daemon(const Config& config, std::ostream& err) {
   block_stop_signals();  // before the client exists: no thread of it may take the signals
-  RollingEngine engine(rolling_config(config));
-  ClickHouseClient client(clickhouse_options(config));
-  ClickHouseSource source(client, config.database);
-  err << "tailwatch-profiler: reading " << config.database << " at " << config.clickhouse_url << " every "
-      << config.tick_s << "s" << std::endl;
-
-  constexpr std::size_t kMaxPendingRows = 200000;  // unsent rows kept across a ClickHouse outage
-  // The INSERT's body, built in place: the statement, a newline, then the RowBinary rows not sent yet (one
-  // tick's, or every tick's since ClickHouse became unreachable); their sizes, to drop the oldest.
-  const std::string statement = percentile_insert_statement(config.database) + "\n";
-  std::string pending = statement;
-  std::deque<std::size_t> pending_sizes;
-  SecondsBatch batch;  // the tick's rows, their buffers reused from tick to tick
-  std::size_t dropped = 0;
-  double backoff_s = 0.5;
-  bool failing = false;
-  const auto tick = static_cast<std::int64_t>(config.tick_s);
-
-  while (g_stop == 0) {
-    const auto now = static_cast<std::int64_t>(unix_now());
-    if (engine.end() != std::numeric_limits<std::int64_t>::min() && now <= engine.end()) {
-      sleep_until_unix(static_cast<double>((now / tick + 1) * tick));
-      continue;
-    }
-    std::string failure;
-    try {
-      TickTiming timing;
-      const auto rows = one_tick(engine, source, now, batch, timing);
-      for (const auto& row : rows) {
-        const std::size_t before = pending.size();
-        append_percentile_row(pending, now, row);
-        pending_sizes.push_back(pending.size() - before);
-      }
-      if (pending_sizes.size() > kMaxPendingRows) {
-        std::size_t bytes = 0;
-        while (pending_sizes.size() > kMaxPendingRows) {
-          bytes += pending_sizes.front();
-          pending_sizes.pop_front();
-          ++dropped;
-        }
-        pending.erase(statement.size(), bytes);
-      }
-      if (!pending_sizes.empty()) {
-        const auto start = Clock::now();
-        client.execute(pending);
-        timing.insert_ms = ms_since(start);
-        pending.resize(statement.size());
-        pending_sizes.clear();
-      }
-      if (config.log_timing) {
-        err << nlohmann::json{{"now", now}, {"timing", timing_object(timing)}}.dump() << std::endl;
-      }
-    } catch (const std::exception& error) {
-      failure = error.what();
-    }
-    if (!failure.empty()) {
-      err << "tailwatch-profiler: " << failure << "; " << pending_sizes.size() << " rows pending";
-      if (dropped > 0) err << ", " << dropped << " oldest rows dropped";
-      err << "; retrying in " << backoff_s << "s" << std::endl;
-      failing = true;
-      sleep_until_unix(unix_now() + backoff_s);
-      backoff_s = std::min(backoff_s * 2, 30.0);
-      continue;
-    }
-    if (failing) {
-      err << "tailwatch-profiler: ClickHouse is back; caught up to " << now << std::endl;
-      failing = false;
-    }
-    backoff_s = 0.5;
-    sleep_until_unix(static_cast<double>((now / tick + 1) * tick));
-  }
-  err << "tailwatch-profiler: stopping";
-  if (!pending_sizes.empty()) err << " (" << pending_sizes.size() << " rows not written)";
-  err << std::endl;
-  return 0;
+  check_windows(config.windows_s);
+  Daemon daemon(config, err);
+  return daemon.run();
 }
 
 }  // namespace
 
 std::string snapshot_json(const Config& config, std::int64_t now, const std::vector<WindowStats>& rows,
-                          const TickTiming& timing) {
+                          std::uint64_t version, const OnceTiming& timing) {
   nlohmann::json doc;
   doc["now"] = now;
   doc["database"] = config.database;
   doc["windows_s"] = config.windows_s;
-  doc["late_margin_s"] = config.late_margin_s;
-  doc["inserted"] = config.insert && !rows.empty();
-  doc["timing"] = timing_object(timing);
+  doc["inserted"] = version != 0;
+  doc["version"] = version;
+  doc["timing"] = {{"read_ms", timing.read_ms},       {"http_ms", timing.http_ms},
+                   {"parse_ms", timing.parse_ms},     {"compute_ms", timing.compute_ms},
+                   {"insert_ms", timing.insert_ms},   {"response_bytes", timing.response_bytes},
+                   {"rows", timing.rows},             {"histogram_rows", timing.histogram_rows},
+                   {"reads", timing.reads},           {"splits", timing.splits},
+                   {"from", timing.from},             {"to", timing.to}};
   doc["rows"] = nlohmann::json::array();
-  for (const auto& row : rows) {
-    auto line = percentile_row(now, row);
-    line["errors"] = row.errors;
-    doc["rows"].push_back(std::move(line));
-  }
+  for (const auto& row : rows) doc["rows"].push_back(row_json(now, row, version, 0));
   return doc.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 

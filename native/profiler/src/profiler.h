@@ -1,4 +1,4 @@
-// The tailwatch-profiler program (private): one tick, the daemon loop, the JSON snapshot.
+// The tailwatch-profiler program (private): --once, the daemon loop, their JSON.
 #pragma once
 
 #include <cstdint>
@@ -7,25 +7,29 @@
 #include <vector>
 
 #include "tailwatch/config.h"
-#include "tailwatch/rolling.h"
+#include "tailwatch/engine.h"
 
 namespace tailwatch {
 
-struct TickTiming {
-  double read_ms = 0;     ///< the SELECT, including parsing (http_ms + parse_ms, nearly)
-  double http_ms = 0;     ///< the SELECT's round trip
-  double parse_ms = 0;    ///< its answer -> rows
-  double compute_ms = 0;  ///< advance + snapshot
+/// Where --once spent its time (the "timing" member of its JSON).
+struct OnceTiming {
+  double read_ms = 0;   ///< the reads, parsing included
+  double http_ms = 0;   ///< their round trips
+  double parse_ms = 0;  ///< their answers -> rows
+  double compute_ms = 0;
   double insert_ms = 0;
   std::size_t response_bytes = 0;
-  std::size_t rows = 0;            ///< latency_profile_1s rows read (one per second, key and unmerged part)
-  std::size_t histogram_rows = 0;  ///< (bucket, count) entries read
-  std::int64_t from = 0, to = 0;   ///< seconds read
+  std::size_t rows = 0;            ///< latency_profile_1s rows read
+  std::size_t histogram_rows = 0;  ///< their (bucket, count) entries
+  std::size_t reads = 0;           ///< SELECTs
+  std::size_t splits = 0;          ///< reads refused for their size and split
+  std::int64_t from = 0, to = 0;   ///< end seconds read
 };
 
-/// The --once --json document.
+/// The --once --json document: {"now", "database", "windows_s", "inserted", "version", "timing", "rows"};
+/// each row has the latency_percentiles columns (version 0 when not inserted).
 std::string snapshot_json(const Config& config, std::int64_t now, const std::vector<WindowStats>& rows,
-                          const TickTiming& timing);
+                          std::uint64_t version, const OnceTiming& timing);
 
 /// Runs the program; returns the exit status. Messages go to `err`, the JSON snapshot to `out`.
 int run_profiler(const Config& config, std::ostream& out, std::ostream& err);

@@ -84,29 +84,25 @@ const char* RowBinaryReader::bytes(std::size_t n, std::size_t element_size, cons
   return take(n * element_size, what);
 }
 
-std::vector<ProfileRow> parse_profile_rowbinary(std::string_view body) {
-  std::vector<ProfileRow> rows;
-  parse_profile_rowbinary(body, rows);
-  return rows;
-}
-
-void parse_profile_rowbinary(std::string_view body, std::vector<ProfileRow>& rows) {
+void parse_rollup_rowbinary(std::string_view body, std::vector<RollupRow>& rows) {
   RowBinaryReader in(body);
   std::size_t count = 0;
   // Rows past `count` are kept until the end (their buffers are reused the next time), then dropped.
   struct Trim {
-    std::vector<ProfileRow>& rows;
+    std::vector<RollupRow>& rows;
     std::size_t& count;
     ~Trim() { rows.resize(count); }
   } trim{rows, count};
   while (!in.done()) {
     if (count == rows.size()) rows.emplace_back();
-    ProfileRow& row = rows[count++];
-    row.ts = in.u32("ts");
+    RollupRow& row = rows[count++];
+    row.batch = in.u64("ingest_batch_seq");
+    row.end_s = in.u32("end_ts");
     row.service.assign(in.string("service"));
     row.method.assign(in.string("method"));
     row.errors = in.u64("errors");
     row.max_us = in.u64("max");
+    row.floor = in.u64("floor");
     const std::size_t n = in.array_size(2, "buckets");
     row.buckets.resize(n);
     const char* buckets = in.bytes(n, 2, "buckets");
@@ -123,15 +119,45 @@ void parse_profile_rowbinary(std::string_view body, std::vector<ProfileRow>& row
   }
 }
 
-void append_percentile_row(std::string& out, std::int64_t now, const WindowStats& row) {
-  put_u32(out, static_cast<std::uint32_t>(now));
-  put_u32(out, row.window_s);
-  put_string(out, row.key.service);
-  put_string(out, row.key.method);
-  put_u64(out, row.count);
-  put_f64(out, row.rps);
-  put_f64(out, row.error_rate);
-  for (const std::uint64_t value : {row.p50_us, row.p90_us, row.p95_us, row.p99_us, row.p999_us, row.max_us}) {
+std::vector<std::pair<std::int64_t, Key>> parse_published_rowbinary(std::string_view body) {
+  RowBinaryReader in(body);
+  std::vector<std::pair<std::int64_t, Key>> rows;
+  while (!in.done()) {
+    const std::int64_t ts = in.u32("ts");
+    Key key;
+    key.service.assign(in.string("service"));
+    key.method.assign(in.string("method"));
+    rows.emplace_back(ts, std::move(key));
+  }
+  return rows;
+}
+
+std::vector<RowId> parse_row_ids_rowbinary(std::string_view body) {
+  RowBinaryReader in(body);
+  std::vector<RowId> rows;
+  while (!in.done()) {
+    RowId id;
+    id.ts = in.u32("ts");
+    id.window_s = in.u32("window_s");
+    id.service.assign(in.string("service"));
+    id.method.assign(in.string("method"));
+    rows.push_back(std::move(id));
+  }
+  return rows;
+}
+
+void append_percentile_row(std::string& out, const PercentileRow& row) {
+  const WindowStats& stats = row.stats;
+  put_u32(out, static_cast<std::uint32_t>(row.ts));
+  put_u32(out, stats.window_s);
+  put_string(out, stats.key.service);
+  put_string(out, stats.key.method);
+  put_u64(out, stats.count);
+  put_u64(out, stats.errors);
+  put_f64(out, stats.rps);
+  put_f64(out, stats.error_rate);
+  for (const std::uint64_t value :
+       {stats.p50_us, stats.p90_us, stats.p95_us, stats.p99_us, stats.p999_us, stats.max_us, row.version, row.floor}) {
     put_u64(out, value);
   }
 }

@@ -1,11 +1,11 @@
-// ClickHouse's RowBinary format (private): the tick's SELECT answer and the INSERT body.
+// ClickHouse's RowBinary format (private): the answers the profiler reads and the INSERT body it writes.
 //
 // RowBinary is what ClickHouse reads and writes with the least work (no digits, quotes or escapes): numbers
 // little-endian at their fixed width, DateTime as UInt32 seconds, String as a LEB128 length and the raw bytes,
 // Array(T) as a LEB128 element count and the elements. Names are sent byte for byte (no UTF-8 repair needed,
 // nothing to escape). A RowBinary body carries no types: the reader and writer here hold the columns'
-// types, and the statements that go with them (tick_query, percentile_insert_statement in clickhouse.h)
-// name the columns explicitly.
+// types, and the statements that go with them (feed_query, seconds_query, published_rows_query,
+// stored_rows_query, percentile_insert_statement in clickhouse.h) name the columns explicitly.
 #pragma once
 
 #include <cstdint>
@@ -13,7 +13,8 @@
 #include <string_view>
 #include <vector>
 
-#include "tailwatch/rolling.h"
+#include "tailwatch/publisher.h"
+#include "tailwatch/rollup.h"
 
 namespace tailwatch {
 
@@ -48,15 +49,21 @@ class RowBinaryReader {
   std::size_t pos_ = 0;
 };
 
-/// Parses the answer to tick_query (clickhouse.h): per row ts UInt32, service String, method String,
-/// errors UInt64, max UInt64, buckets Array(UInt16), counts Array(UInt64) (the two arrays of equal length,
-/// buckets < kBucketCount). Throws std::runtime_error for anything else (truncated, trailing bytes).
-std::vector<ProfileRow> parse_profile_rowbinary(std::string_view body);
-/// The same into `rows` (replaced): its elements, their strings and arrays are reused, so a steady stream
-/// of answers of one shape parses without allocating. On an exception `rows` holds what was read so far.
-void parse_profile_rowbinary(std::string_view body, std::vector<ProfileRow>& rows);
+/// Parses the answer to feed_query / seconds_query (clickhouse.h): per row ingest_batch_seq UInt64, end
+/// second UInt32, service String, method String, errors UInt64, max UInt64, floor UInt64, buckets
+/// Array(UInt16), counts Array(UInt64) (the arrays of equal length, buckets < kBucketCount), into `rows`
+/// (replaced; its elements, their strings and arrays are reused, so a steady stream of answers of one shape
+/// parses without allocating). Throws std::runtime_error for anything else (truncated, trailing bytes); `rows`
+/// then holds what was read so far.
+void parse_rollup_rowbinary(std::string_view body, std::vector<RollupRow>& rows);
 
-/// Appends one latency_percentiles row in the column order of kPercentileColumns (clickhouse.h), ts = now.
-void append_percentile_row(std::string& out, std::int64_t now, const WindowStats& row);
+/// Parses the answer to published_rows_query: per row ts UInt32, service String, method String.
+std::vector<std::pair<std::int64_t, Key>> parse_published_rowbinary(std::string_view body);
+
+/// Parses the answer to stored_rows_query: per row ts UInt32, window_s UInt32, service String, method String.
+std::vector<RowId> parse_row_ids_rowbinary(std::string_view body);
+
+/// Appends one latency_percentiles row in the column order of kPercentileColumns (clickhouse.h).
+void append_percentile_row(std::string& out, const PercentileRow& row);
 
 }  // namespace tailwatch

@@ -7,15 +7,22 @@
 //   --database NAME        TAILWATCH_CLICKHOUSE_DATABASE  default "profiler" ([A-Za-z_][A-Za-z0-9_]*)
 //   --windows LIST         TAILWATCH_WINDOWS              default 10,60,300 (durations, see below)
 //   --tick DURATION        TAILWATCH_TICK                 default 1s (whole seconds, >= 1s)
-//   --late-margin DURATION TAILWATCH_LATE_MARGIN          default 5s (0s allowed)
-//   --once                 one tick, then exit
+//   --settle DURATION      TAILWATCH_SETTLE               default 1s (0s allowed): tick T is published once
+//                                                         the wall clock reaches T + settle
+//   --correction-memory DURATION TAILWATCH_CORRECTION_MEMORY default 300s (0s allowed): seconds of
+//                                                         per-second data held beyond the largest window
+//   --max-read-bytes BYTES TAILWATCH_MAX_READ_BYTES       default 67108864 (>= 4096): ClickHouse's
+//                                                         max_result_bytes for every read; a larger read is
+//                                                         split
+//   --once                 compute the windows at one time from all rows, then exit
 //   --json                 with --once: print the snapshot as JSON on stdout; no INSERT unless --insert
 //   --insert               with --once --json: insert as well
 //   --now UNIX_SECONDS     with --once: evaluate as of this time instead of the clock
 //   --log-timing           daemon: after each tick, one JSON line on stderr with the tick's timing
 //   --help                 usage on stdout, exit 0
 // Durations are whole seconds: "5", "5s", "2m", "1h". Flags take their value as "--flag value" or
-// "--flag=value".
+// "--flag=value". --late-margin and TAILWATCH_LATE_MARGIN (the old model) are refused with a message that
+// names --settle.
 #pragma once
 
 #include <cstdint>
@@ -40,7 +47,9 @@ struct Config {
   std::string database = "profiler";
   std::vector<std::uint32_t> windows_s{10, 60, 300};
   std::uint32_t tick_s = 1;
-  std::uint32_t late_margin_s = 5;
+  std::uint32_t settle_s = 1;
+  std::uint32_t correction_memory_s = 300;
+  std::size_t max_read_bytes = std::size_t{64} << 20;
   bool once = false;
   bool json = false;
   bool insert = true;  ///< false for --once --json without --insert

@@ -33,6 +33,17 @@ void normalize(SparseHistogram& sparse);
 /// keep it between calls to save allocations).
 void normalize(SparseHistogram& sparse, SparseHistogram& scratch);
 
+/// into += add, bucket by bucket (both normalized; the result is normalized). O(|into| + |add|) through
+/// `scratch` (overwritten). Throws std::out_of_range for a bucket >= kBucketCount in `add`.
+void sparse_add(SparseHistogram& into, const SparseHistogram& add, SparseHistogram& scratch);
+/// from -= remove, bucket by bucket (both normalized; zero counts are dropped). `remove` must be contained in
+/// `from`; otherwise throws std::logic_error and leaves `from` unchanged.
+void sparse_subtract(SparseHistogram& from, const SparseHistogram& remove, SparseHistogram& scratch);
+/// What turns `before` into `now` (both normalized): plus = max(now - before, 0) and minus =
+/// max(before - now, 0), bucket by bucket, both normalized (replaced).
+void sparse_diff(const SparseHistogram& now, const SparseHistogram& before, SparseHistogram& plus,
+                 SparseHistogram& minus);
+
 /// Sum of the counts of a sparse histogram.
 std::uint64_t total_count(const SparseHistogram& sparse) noexcept;
 
