@@ -32,8 +32,9 @@ export interface ReconcileScope {
   /**
    * What the repair rows of latency_profile_1s carry as `ingest_batch_seq` and `ingest_floor_seq`: the batch
    * being committed and the current floor, so that the profiler reads them as an arrival that is not final
-   * yet (native/profiler/README.md). 0 and 0 outside the worker (a repair seen as final at once: restart the
-   * profiler after a manual reconcile so it reloads those seconds).
+   * yet (native/profiler/README.md). Outside the worker (reconcile, rebuild) the batch defaults to one above
+   * the highest floor in the table and the floor to 0: the profiler reads that batch like any new arrival,
+   * and it becomes final once ingest's next floor passes it.
    */
   batchSeq?: number;
   floorSeq?: number;
@@ -122,6 +123,14 @@ export async function writeFloorMarker(
   );
 }
 
+/** One above the highest floor latency_profile_1s holds: a batch sequence the profiler has not finalized. */
+async function aboveHighestFloor(clickhouse: ClickHouse, database: string): Promise<number> {
+  const [row] = await clickhouse.query<{ floor: string | number }>(
+    sql`SELECT maxMerge(ingest_floor_seq) AS floor FROM ${ident(database, "latency_profile_1s")}`,
+  );
+  return Number(row?.floor ?? 0) + 1;
+}
+
 /**
  * Inserts into each rollup what it lacks against the raw rows, cell by cell, for the start seconds and
  * services of `scope`. Idempotent: a second run finds nothing to add. See the module comment for when the
@@ -153,16 +162,14 @@ export async function reconcileRollups(
   );
   const profileCellsRepaired = Number(profileCount.short);
   if (profileCellsRepaired > 0) {
+    const batchSeq = scope.batchSeq ?? await aboveHighestFloor(clickhouse, scope.database);
+    const floorSeq = scope.floorSeq ?? 0;
     await clickhouse.exec(
       sql`INSERT INTO ${ident(scope.database, "latency_profile_1s")}
         (ingest_batch_seq, end_ts, ts, service, method, requests, errors, duration_max_us, ingest_floor_seq,
           histogramMap.bucket, histogramMap.count)
-        SELECT ${
-        scope.batchSeq ?? 0
-      }, end_ts, ts, service, method, toUInt64(requests_delta), toUInt64(errors_delta),
-          arrayReduce('maxState', [duration_max]), arrayReduce('maxState', [toUInt64(${
-        scope.floorSeq ?? 0
-      })]),
+        SELECT ${batchSeq}, end_ts, ts, service, method, toUInt64(requests_delta), toUInt64(errors_delta),
+          arrayReduce('maxState', [duration_max]), arrayReduce('maxState', [toUInt64(${floorSeq})]),
           arrayFilter((b, c) -> c != 0, histogram_delta.1, histogram_delta.2),
           arrayMap(c -> toUInt64(c), arrayFilter(c -> c != 0, histogram_delta.2))
         FROM (${profileCells})
