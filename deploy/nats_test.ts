@@ -6,11 +6,14 @@
  *   the stream's configuration, and it cannot read events;
  * - ingest consumes (durable pull consumer, fetch, ack) and dead-letters, but cannot publish events or change
  *   the stream;
- * - a connection without a user (the web app, the profiler) is refused.
+ * - a connection without a user (the web app, the profiler) is refused;
+ * - each user receives replies on its own inboxes (`_INBOX_<user>`, the clients' default prefix) and may not
+ *   subscribe to another's, nor to the shared `_INBOX.>`.
  * The stream's per-subject counts prove what was stored, whatever the client reports.
  */
 import { AckPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { natsConfig, natsJsOptions } from "@tailwatch/kit";
 import {
   assert,
   assertEquals,
@@ -19,7 +22,7 @@ import {
   startClickHouseServer,
   startNatsServer,
 } from "@tailwatch/testing";
-import { applyStream, loadSetupSettings, natsConnectOptions, streamConfig } from "./setup.ts";
+import { applyStream, loadSetupSettings, streamConfig } from "./setup.ts";
 import { ROOT } from "./test_helpers.ts";
 
 /** Rejected the way the server refuses: a permissions or authorization violation (or no answer at all). */
@@ -55,7 +58,8 @@ Deno.test("NATS users and permissions (deploy/nats) and the setup step's stream"
   const connections: NatsConnection[] = [];
   const as = async (user: string) => {
     const password = PASSWORDS[`NATS_${user.toUpperCase()}_PASSWORD` as keyof typeof PASSWORDS];
-    const nc = await connect({ ...natsConnectOptions(urlAs(user, password)), timeout: 3000 });
+    // As every process connects: the kit's options (credentials, the user's own inbox prefix).
+    const nc = await connect({ ...natsJsOptions(natsConfig(urlAs(user, password))), timeout: 3000 });
     connections.push(nc);
     return nc;
   };
@@ -172,6 +176,42 @@ Deno.test("NATS users and permissions (deploy/nats) and the setup step's stream"
       },
     );
 
+    await t.step("each user's replies come to its own inboxes; nobody may listen on another's", async () => {
+      const orders = await as("orders");
+      // The default prefix is the user's own: a request (the stream's info) is answered there.
+      const info = await (await jetstreamManager(orders)).streams.info("REQUEST_EVENTS");
+      assertEquals(info.config.name, "REQUEST_EVENTS");
+      // Listening on another user's inboxes, or on the shared prefix: refused by the server.
+      const errors: string[] = [];
+      (async () => {
+        for await (const status of orders.status()) {
+          if (status.type === "error") errors.push(String(status.error));
+        }
+      })().catch(() => {});
+      for (const subject of ["_INBOX_ingest.>", "_INBOX.>", "_INBOX_catalog.x"]) {
+        const sub = orders.subscribe(subject);
+        (async () => {
+          for await (const _ of sub) { /* nothing may come */ }
+        })().catch(() => {});
+      }
+      await orders.flush();
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      for (const subject of ["_INBOX_ingest.>", "_INBOX.>", "_INBOX_catalog.x"]) {
+        assert(
+          errors.some((error) => error.includes(`Subscription to "${subject}"`)),
+          `subscribing to ${subject} refused: ${errors}`,
+        );
+      }
+      // A client that keeps the shared prefix gets no answers at all (its inbox subscription is refused).
+      const shared = await connect({
+        ...natsJsOptions(natsConfig(urlAs("orders", PASSWORDS.NATS_ORDERS_PASSWORD))),
+        inboxPrefix: "_INBOX",
+        timeout: 3000,
+      });
+      connections.push(shared);
+      await refused(() => shared.request("$JS.API.STREAM.INFO.REQUEST_EVENTS", undefined, { timeout: 1500 }));
+    });
+
     await t.step("without a user (web, profiler) or with a wrong password: refused", async () => {
       // Spoken on a raw socket: nats.js leaks an uncaught ECONNRESET when the server closes a refused connection.
       const attempt = async (credentials: string) => {
@@ -225,7 +265,10 @@ Deno.test("the setup step end to end: stream and migrations on a fresh deploymen
   await Deno.copyFile(`${ROOT}deploy/nats/auth.conf`, `${dir}/auth.conf`);
   await using nats = await startNatsServer({ dir, configFile: `${dir}/nats.conf`, env: PASSWORDS });
   const env = {
-    NATS_URL: nats.url.replace("nats://", `nats://setup:${PASSWORDS.NATS_SETUP_PASSWORD}@`),
+    // As compose and the k8s Job give them: the user and password apart from the URL.
+    NATS_URL: nats.url,
+    NATS_USER: "setup",
+    NATS_PASSWORD: PASSWORDS.NATS_SETUP_PASSWORD,
     CLICKHOUSE_URL: clickhouse.url,
     CLICKHOUSE_USER: CLICKHOUSE_ADMIN.username,
     CLICKHOUSE_PASSWORD: CLICKHOUSE_ADMIN.password,

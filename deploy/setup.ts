@@ -11,39 +11,37 @@
  *
  * Exit 0 when all is in place, 1 when something failed (the log says what), 2 for a bad setting.
  *
- *   NATS_URL=nats://setup:<password>@nats:4222 CLICKHOUSE_URL=http://clickhouse:8123 \
+ *   NATS_URL=nats://nats:4222 NATS_USER=setup NATS_PASSWORD=... CLICKHOUSE_URL=http://clickhouse:8123 \
  *   CLICKHOUSE_USER=tailwatch_admin CLICKHOUSE_PASSWORD=... deno run -A deploy/setup.ts
  *
- * STREAM_REPLICAS (1), STREAM_SUBJECTS (events.requests.*), STREAM_MAX_AGE_S (604800), STREAM_MAX_BYTES
- * (10737418240), STREAM_DUPLICATE_WINDOW_S (600): the same defaults as the services' own
- * ensureRequestEventsStream until that becomes a check only (issue 27, point 6).
+ * NATS credentials as every process takes them (the kit's nats_config.ts): NATS_USER and NATS_PASSWORD, or
+ * NATS_TOKEN, or in NATS_URL. STREAM_REPLICAS (1), STREAM_SUBJECTS (events.requests.*), STREAM_MAX_AGE_S
+ * (604800), STREAM_MAX_BYTES (10737418240), STREAM_DUPLICATE_WINDOW_S (600): the kit's
+ * DEFAULT_REQUEST_EVENTS_STREAM. The stream is applied by the kit's `applyRequestEventsStream`, the one
+ * function that configures it (`./dev up` runs this program; the tests call the function); the services and
+ * ingest only check it.
  */
 import {
-  DiscardPolicy,
-  jetstreamManager,
-  RetentionPolicy,
-  StorageType,
-  type StreamConfig,
-} from "@nats-io/jetstream";
-import { connect } from "@nats-io/transport-node";
-import { REQUEST_EVENTS_STREAM, REQUEST_EVENTS_SUBJECTS } from "@tailwatch/kit";
+  applyRequestEventsStream,
+  ConfigError,
+  DEFAULT_REQUEST_EVENTS_STREAM,
+  describeNats,
+  type NatsConfig,
+  natsConfig,
+  REQUEST_EVENTS_STREAM,
+  requestEventsStreamConfig,
+  type RequestEventsStreamSettings,
+} from "@tailwatch/kit";
 import { createClickHouse } from "@tailwatch/ingest";
 import { splitStatements } from "@tailwatch/ingest/migrations";
 import { trustedSqlText } from "@tailwatch/ingest/sql";
 
 const ROOT = new URL("../", import.meta.url).pathname;
-const NANOS = 1_000_000_000;
 
-export interface StreamSettings {
-  replicas: number;
-  subjects: string[];
-  maxAgeS: number;
-  maxBytes: number;
-  duplicateWindowS: number;
-}
+export type StreamSettings = RequestEventsStreamSettings;
 
 export interface SetupSettings {
-  natsUrl: string;
+  nats: NatsConfig;
   clickhouseUrl: string;
   clickhouseUser: string;
   clickhousePassword: string;
@@ -68,14 +66,14 @@ export function loadSetupSettings(env: Record<string, string | undefined>): Setu
     }
     return value;
   };
+  const defaults = DEFAULT_REQUEST_EVENTS_STREAM;
   const stream: StreamSettings = {
-    replicas: integer("STREAM_REPLICAS", 1, 1, 5),
-    subjects: (env.STREAM_SUBJECTS ?? REQUEST_EVENTS_SUBJECTS).split(",").map((s) => s.trim()).filter((s) =>
-      s
-    ),
-    maxAgeS: integer("STREAM_MAX_AGE_S", 7 * 24 * 3600, 60, 10 * 365 * 24 * 3600),
-    maxBytes: integer("STREAM_MAX_BYTES", 10 * 1024 ** 3, 1024 ** 2, Number.MAX_SAFE_INTEGER),
-    duplicateWindowS: integer("STREAM_DUPLICATE_WINDOW_S", 600, 1, 24 * 3600),
+    replicas: integer("STREAM_REPLICAS", defaults.replicas, 1, 5),
+    subjects: (env.STREAM_SUBJECTS ?? defaults.subjects.join(",")).split(",").map((s) => s.trim())
+      .filter((s) => s),
+    maxAgeS: integer("STREAM_MAX_AGE_S", defaults.maxAgeS, 60, 10 * 365 * 24 * 3600),
+    maxBytes: integer("STREAM_MAX_BYTES", defaults.maxBytes, 1024 ** 2, Number.MAX_SAFE_INTEGER),
+    duplicateWindowS: integer("STREAM_DUPLICATE_WINDOW_S", defaults.duplicateWindowS, 1, 24 * 3600),
   };
   if (stream.subjects.length === 0) problems.push("STREAM_SUBJECTS must name at least one subject");
   if (stream.duplicateWindowS > stream.maxAgeS) {
@@ -88,9 +86,16 @@ export function loadSetupSettings(env: Record<string, string | undefined>): Setu
   for (const name of ["NATS_URL", "CLICKHOUSE_URL", "CLICKHOUSE_PASSWORD"]) {
     if (!env[name]) problems.push(`${name} must be set`);
   }
+  let nats: NatsConfig | undefined;
+  try {
+    nats = natsConfig(env);
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    problems.push(...error.problems);
+  }
   if (problems.length > 0) throw new SettingsError(problems.join("; "));
   return {
-    natsUrl: env.NATS_URL!,
+    nats: nats!,
     clickhouseUrl: env.CLICKHOUSE_URL!,
     clickhouseUser: env.CLICKHOUSE_USER ?? "tailwatch_admin",
     clickhousePassword: env.CLICKHOUSE_PASSWORD!,
@@ -101,54 +106,14 @@ export function loadSetupSettings(env: Record<string, string | undefined>): Setu
   };
 }
 
-/** The stream's configuration: file storage, limits retention, oldest discarded first, dedup by Nats-Msg-Id. */
-export function streamConfig(settings: StreamSettings): Partial<StreamConfig> & { name: string } {
-  return {
-    name: REQUEST_EVENTS_STREAM,
-    subjects: settings.subjects,
-    storage: StorageType.File,
-    retention: RetentionPolicy.Limits,
-    discard: DiscardPolicy.Old,
-    max_age: settings.maxAgeS * NANOS,
-    max_bytes: settings.maxBytes,
-    duplicate_window: settings.duplicateWindowS * NANOS,
-    num_replicas: settings.replicas,
-  };
-}
+/** The stream's configuration (the kit's): file storage, limits retention, oldest discarded first, dedup. */
+export const streamConfig = requestEventsStreamConfig;
 
 function log(level: "info" | "warn" | "error", msg: string, fields: Record<string, unknown> = {}): void {
   console.error(
     JSON.stringify({ time: new Date().toISOString(), level, component: "setup", msg, ...fields }),
   );
 }
-
-/**
- * nats.js connection options for NATS_URL: comma-separated servers, the user and password (or token) of the first
- * URL that has them passed as options, because nats.js 3 ignores credentials in URLs (checked against
- * nats-server: `nats://user:pass@host` alone is an Authorization Violation). The kit's wire client reads them
- * from the URL itself.
- */
-export function natsConnectOptions(
-  natsUrl: string,
-): { servers: string[]; user?: string; pass?: string; token?: string } {
-  let user: string | undefined;
-  let pass: string | undefined;
-  const servers = natsUrl.split(",").map((text) => text.trim()).filter((text) => text).map((text) => {
-    const url = new URL(text.includes("://") ? text : `nats://${text}`);
-    if (url.username && user === undefined) {
-      user = decodeURIComponent(url.username);
-      pass = url.password ? decodeURIComponent(url.password) : undefined;
-    }
-    url.username = "";
-    url.password = "";
-    return url.toString().replace(/\/$/, "");
-  });
-  if (user !== undefined && pass === undefined) return { servers, token: user };
-  return { servers, user, pass };
-}
-
-/** Credentials never reach the log. */
-const redact = (url: string) => url.replace(/\/\/[^@/]*@/g, "//***@");
 
 async function retry<T>(what: string, waitS: number, attempt: () => Promise<T>): Promise<T> {
   const deadline = Date.now() + waitS * 1000;
@@ -165,44 +130,27 @@ async function retry<T>(what: string, waitS: number, attempt: () => Promise<T>):
   }
 }
 
-/** Creates the stream or updates it to `settings`; returns what was done. */
+/**
+ * Creates the stream or updates it to `settings` (the kit's applyRequestEventsStream), waiting up to `waitS` for
+ * NATS to answer; returns what was done.
+ */
 export async function applyStream(
-  natsUrl: string,
+  nats: NatsConfig | string,
   settings: StreamSettings,
   waitS = 0,
 ): Promise<"created" | "updated" | "unchanged"> {
-  const nc = await retry(
-    `connect to NATS at ${redact(natsUrl)}`,
+  const config = typeof nats === "string" ? natsConfig(nats) : nats;
+  const outcome = await retry(
+    `apply the stream on NATS at ${describeNats(config)}`,
     waitS,
-    () => connect({ ...natsConnectOptions(natsUrl), name: "tailwatch-setup", timeout: 5000 }),
+    () => applyRequestEventsStream(config, settings),
   );
-  try {
-    const jsm = await jetstreamManager(nc);
-    const wanted = streamConfig(settings);
-    let current: StreamConfig | undefined;
-    try {
-      current = (await jsm.streams.info(REQUEST_EVENTS_STREAM)).config;
-    } catch (error) {
-      if (!/not found/i.test(String(error))) throw error;
-    }
-    if (!current) {
-      await jsm.streams.add(wanted);
-      log("info", "stream created", { stream: REQUEST_EVENTS_STREAM, replicas: settings.replicas });
-      return "created";
-    }
-    const differs = (Object.keys(wanted) as Array<keyof typeof wanted>).filter((key) =>
-      JSON.stringify(current![key as keyof StreamConfig]) !== JSON.stringify(wanted[key])
-    );
-    if (differs.length === 0) {
-      log("info", "stream up to date", { stream: REQUEST_EVENTS_STREAM });
-      return "unchanged";
-    }
-    await jsm.streams.update(REQUEST_EVENTS_STREAM, { ...current, ...wanted });
-    log("info", "stream updated", { stream: REQUEST_EVENTS_STREAM, changed: differs });
-    return "updated";
-  } finally {
-    await nc.close();
-  }
+  log("info", outcome === "unchanged" ? "stream up to date" : `stream ${outcome}`, {
+    stream: REQUEST_EVENTS_STREAM,
+    replicas: settings.replicas,
+    subjects: settings.subjects,
+  });
+  return outcome;
 }
 
 /** Runs a file of `;`-terminated statements (the prod overlay's replicated schema) as the admin user. */
@@ -221,7 +169,7 @@ async function runInitSql(settings: SetupSettings): Promise<void> {
 }
 
 export async function setup(settings: SetupSettings): Promise<void> {
-  await applyStream(settings.natsUrl, settings.stream, settings.waitS);
+  await applyStream(settings.nats, settings.stream, settings.waitS);
   const clickhouse = createClickHouse({
     url: settings.clickhouseUrl,
     username: settings.clickhouseUser,

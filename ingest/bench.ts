@@ -31,7 +31,7 @@ import {
   waitUntil,
 } from "@tailwatch/testing";
 import {
-  ensureRequestEventsStream,
+  applyRequestEventsStream,
   eventsOfMessage,
   REQUEST_EVENTS_STREAM,
   requestEventSubject,
@@ -246,7 +246,7 @@ export async function runIngestBench(options: { quick?: boolean } = {}): Promise
   const ch = createClickHouse({ url: clickhouse.url, ...CLICKHOUSE_ADMIN, timeoutMs: 120_000 });
   const logDir = await Deno.makeTempDir({ prefix: "tailwatch-ingest-bench-" });
   try {
-    await ensureRequestEventsStream(nc, { duplicateWindowSeconds: 60 });
+    await applyRequestEventsStream(nc, { duplicateWindowS: 60 });
     const js = jetstream(nc);
     const jsm = await jetstreamManager(nc);
 

@@ -3,11 +3,16 @@
  * the kit's `createEnvReader`. Bad values make one `ConfigError` naming every variable at fault; main.ts
  * prints it and exits with code 2.
  */
-import { ConfigError, createEnvReader, type Env } from "@tailwatch/kit";
+import { ConfigError, createEnvReader, type Env, type NatsConfig, readNatsConfig } from "@tailwatch/kit";
 
 export interface IngestConfig {
-  /** NATS_URL: NATS server(s), comma-separated. Default "nats://127.0.0.1:4222". */
-  natsUrl: string[];
+  /**
+   * NATS_URL (server(s), comma-separated, `nats://` or `tls://`; default "nats://127.0.0.1:4222"), NATS_USER
+   * and NATS_PASSWORD or NATS_TOKEN (or credentials in the URL, once), NATS_INBOX_PREFIX (default
+   * `_INBOX_<user>`): the kit's nats_config.ts. Both of the worker's connections (nats.js for the consumer and
+   * dead letters, the wire client for pulls and acks) use them.
+   */
+  nats: NatsConfig;
   /** CLICKHOUSE_URL: ClickHouse HTTP interface. Default "http://127.0.0.1:8123". */
   clickhouseUrl: string;
   /** CLICKHOUSE_USER: the admin user (migrations, inserts, retention). Default "tailwatch_admin". */
@@ -94,8 +99,7 @@ export function loadConfig(env: Env = Deno.env.toObject()): IngestConfig {
     if (!pattern.test(value)) read.problems.push(`${name} must be ${what}, got ${JSON.stringify(value)}`);
     return value;
   };
-  const natsUrl = read.url("NATS_URL", "nats://127.0.0.1:4222", ["nats:", "tls:"]).split(",")
-    .map((u) => u.trim()).filter(Boolean);
+  const nats = readNatsConfig(read);
   const batchMax = read.integer("INGEST_BATCH_MAX", 20_000, 1, 1_000_000);
   const insertTimeoutMs = read.integer("INGEST_INSERT_TIMEOUT_MS", 20_000, 100, 3_600_000);
   const ackWaitMs = read.integer("INGEST_ACK_WAIT_MS", 60_000, 1_000, 3_600_000);
@@ -137,7 +141,7 @@ export function loadConfig(env: Env = Deno.env.toObject()): IngestConfig {
     );
   }
   const config: IngestConfig = {
-    natsUrl,
+    nats,
     clickhouseUrl: read.url("CLICKHOUSE_URL", "http://127.0.0.1:8123", ["http:", "https:"]),
     clickhouseUser: read.string("CLICKHOUSE_USER", "tailwatch_admin"),
     clickhousePassword: env.CLICKHOUSE_PASSWORD ?? "",

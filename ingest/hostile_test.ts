@@ -10,10 +10,10 @@ import { AckPolicy, DeliverPolicy, jetstreamManager } from "@nats-io/jetstream";
 import { connect, type Msg, type NatsConnection } from "@nats-io/transport-node";
 import { type RequestEvent, RequestEventBatchSchema, RequestEventSchema } from "@tailwatch/proto/events/v1";
 import {
+  applyRequestEventsStream,
   createLogger,
   createNatsWire,
   DEAD_LETTER_SUBJECT_PREFIX,
-  ensureRequestEventsStream,
   type NatsWire,
   parseNatsUrl,
   REQUEST_EVENTS_STREAM,
@@ -176,7 +176,7 @@ async function withFixture(
   const database = uniqueDatabase("hostile");
   const clickhouse = createClickHouse({ url: server.url, ...CLICKHOUSE_ADMIN });
   try {
-    await ensureRequestEventsStream(nc);
+    await applyRequestEventsStream(nc);
     await applyMigrations({ clickhouse, database });
     await body({ nats, nc, clickhouse, database });
   } finally {
@@ -642,13 +642,13 @@ Deno.test("ingest survives any message, and a consumer, a stream and a ClickHous
       const nc = await connect({ servers: nats.url });
       const raw = await rawPublisher(nats.url);
       try {
-        await ensureRequestEventsStream(nc);
+        await applyRequestEventsStream(nc);
         const jsm = await jetstreamManager(nc);
         const receiverFor = (durable: string) => {
           const troubles: [PullTrouble, string][] = [];
           const received: Delivery[] = [];
           const receiver = createPullReceiver({
-            servers: [nats.url],
+            nats: nats.url,
             name: `hostile-${durable}`,
             stream: REQUEST_EVENTS_STREAM,
             durable,
@@ -765,7 +765,7 @@ Deno.test("ingest survives any message, and a consumer, a stream and a ClickHous
           await sleep(2_500);
           await nats.start();
           await eventually("the stream there again", async () => {
-            await ensureRequestEventsStream(nc);
+            await applyRequestEventsStream(nc);
             return true;
           }, 20_000);
           await publish(400);

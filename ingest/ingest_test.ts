@@ -19,9 +19,9 @@ import {
   startNatsServer,
 } from "@tailwatch/testing";
 import {
+  applyRequestEventsStream,
   createLogger,
   DEAD_LETTER_SUBJECT_PREFIX,
-  ensureRequestEventsStream,
   REQUEST_EVENTS_STREAM,
   REQUEST_EVENTS_SUBJECTS,
   requestEventSubject,
@@ -97,7 +97,7 @@ async function withFixture(
   const database = uniqueDatabase("ingest");
   const clickhouse = createClickHouse({ url: server.url, ...CLICKHOUSE_ADMIN });
   try {
-    await ensureRequestEventsStream(nc);
+    await applyRequestEventsStream(nc);
     await applyMigrations({ clickhouse, database });
     await body({ nats, nc, clickhouse, database });
   } finally {

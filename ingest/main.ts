@@ -84,7 +84,12 @@ export async function main(args: string[]): Promise<number> {
     });
     switch (command) {
       case "migrate": {
-        const applied = await applyMigrations({ clickhouse, database: config.database });
+        const applied = await applyMigrations({ clickhouse, database: config.database }, {
+          lock: {
+            onWait: (holder, ageS) =>
+              logger.info("waiting for the migration lock", { holder, heartbeatAgeS: ageS }),
+          },
+        });
         logger.info("migrations up to date", { applied });
         return 0;
       }

@@ -1,8 +1,12 @@
 export {
+  acquireMigrationLock,
   appliedVersions,
   applyMigrations,
   loadMigrations,
   type Migration,
+  MIGRATION_LOCK_TABLE,
+  type MigrationLockOptions,
+  type MigrationOptions,
   type MigrationTarget,
   splitStatements,
 } from "./migrations.ts";

@@ -14,12 +14,7 @@ import {
   startClickHouseServer,
   startNatsServer,
 } from "@tailwatch/testing";
-import {
-  createLogger,
-  ensureRequestEventsStream,
-  type Registry,
-  REQUEST_EVENTS_STREAM,
-} from "@tailwatch/kit";
+import { applyRequestEventsStream, createLogger, type Registry, REQUEST_EVENTS_STREAM } from "@tailwatch/kit";
 import { readAllEvents, startStack } from "../services/tests/stack.ts";
 import { createClickHouse } from "./clickhouse.ts";
 import { applyMigrations } from "./migrations.ts";
@@ -58,7 +53,7 @@ Deno.test({
       const database = uniqueDatabase("pipe");
       await applyMigrations({ clickhouse, database });
       const nc = await connect({ servers: nats.url, maxReconnectAttempts: -1, reconnectTimeWait: 250 });
-      await ensureRequestEventsStream(nc);
+      await applyRequestEventsStream(nc);
       await nc.close();
       const worker = createIngestWorker({
         config: testConfig(nats.url, server.url, CLICKHOUSE_ADMIN.password, database),

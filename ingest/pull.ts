@@ -33,9 +33,11 @@ import {
   createNatsWire,
   EVENT_COUNT_HEADER,
   type Logger,
+  type NatsConfig,
+  natsConfig,
   type NatsWire,
-  parseNatsUrl,
   type WireMessage,
+  wireServers,
 } from "@tailwatch/kit";
 
 const CR = 0x0d;
@@ -337,8 +339,8 @@ export function readPullMessage(message: WireMessage, ack: AckInfo): Delivery | 
 export type PullTrouble = "continuity" | "missing" | "unusable";
 
 export interface PullReceiverOptions {
-  /** nats:// or tls:// URLs (user and password or a token in the URL are sent in CONNECT). */
-  servers: string[];
+  /** Servers, credentials (sent in CONNECT) and inbox prefix (of the pull requests' replies); a URL is read as NATS_URL. */
+  nats: NatsConfig | string;
   name: string;
   stream: string;
   durable: string;
@@ -363,6 +365,11 @@ export interface PullReceiverOptions {
   onMessage: (delivery: Delivery) => void;
   /** Called once when the receiver stopped pulling (see PullTrouble); `restart` resumes. */
   onTrouble: (trouble: PullTrouble, reason: string) => void;
+  /**
+   * A `-ERR` from the server: a refused connection, or a pull request or ack the NATS user may not publish
+   * (`Permissions Violation for Publish to "$JS.ACK..."`). Without it the error is only logged.
+   */
+  onServerError?: (text: string) => void;
 }
 
 export interface PullReceiver {
@@ -405,7 +412,8 @@ const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve,
 
 export function createPullReceiver(options: PullReceiverOptions): PullReceiver {
   const { logger } = options;
-  const servers = options.servers.map(parseNatsUrl);
+  const nats = typeof options.nats === "string" ? natsConfig(options.nats) : options.nats;
+  const servers = wireServers(nats);
   const expiresMs = options.expiresMs ?? 30_000;
   const heartbeatMs = options.heartbeatMs ?? Math.min(15_000, Math.max(500, Math.floor(expiresMs / 2)));
   const reconnectWaitMs = options.reconnectWaitMs ?? 500;
@@ -432,7 +440,7 @@ export function createPullReceiver(options: PullReceiverOptions): PullReceiver {
   let lastRefusalLog = 0;
 
   const newInbox = () => {
-    inbox = `_INBOX.${crypto.randomUUID().replaceAll("-", "")}`;
+    inbox = `${nats.inboxPrefix}.${crypto.randomUUID().replaceAll("-", "")}`;
   };
 
   const connected = () => wire?.connected === true;
@@ -646,6 +654,7 @@ export function createPullReceiver(options: PullReceiverOptions): PullReceiver {
           firstConnect();
         },
         onMessage,
+        ...(options.onServerError ? { onServerError: options.onServerError } : {}),
       });
       silenceTimer = setInterval(replaceSilentPulls, Math.max(1_000, Math.min(5_000, heartbeatMs)));
       // Until the first connection or close(), whichever comes first.

@@ -7,8 +7,7 @@
  * be running meanwhile: rebuild refuses when the consumer has waiting pull requests.
  */
 import { jetstreamManager } from "@nats-io/jetstream";
-import { connect } from "@nats-io/transport-node";
-import { type Logger, REQUEST_EVENTS_STREAM } from "@tailwatch/kit";
+import { connectNats, type Logger, REQUEST_EVENTS_STREAM } from "@tailwatch/kit";
 import { type ClickHouse, createClickHouse } from "./clickhouse.ts";
 import type { IngestConfig } from "./config.ts";
 import { applyMigrations } from "./migrations.ts";
@@ -159,7 +158,7 @@ export async function rebuild(
   });
   await applyMigrations({ clickhouse, database: config.database });
   const before = await projectionCounts(clickhouse, config.database);
-  const nc = await connect({ servers: config.natsUrl, name: "tailwatch-ingest-rebuild" });
+  const nc = await connectNats(config.nats, { name: "tailwatch-ingest-rebuild" }, logger);
   let lost: Unreplayable;
   try {
     const jsm = await jetstreamManager(nc);

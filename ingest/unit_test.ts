@@ -59,7 +59,27 @@ Deno.test("configuration: defaults, overrides, and a clear error for a bad value
   assertEquals(defaults.batchWaitMs, 250);
   assertEquals(defaults.metricsPort, 9464);
   assertEquals(defaults.database, "profiler");
-  assertEquals(defaults.natsUrl, ["nats://127.0.0.1:4222"]);
+  assertEquals(defaults.nats, { servers: ["nats://127.0.0.1:4222"], inboxPrefix: "_INBOX" });
+  // Credentials from NATS_USER/NATS_PASSWORD or from the URL (taken out of it), once; a per-user inbox prefix.
+  const ingestUser = {
+    servers: ["nats://n1:4222", "tls://n2:4333"],
+    user: "ingest",
+    pass: "p@ss",
+    inboxPrefix: "_INBOX_ingest",
+  };
+  assertEquals(
+    loadConfig({ NATS_URL: "nats://n1:4222,tls://n2:4333", NATS_USER: "ingest", NATS_PASSWORD: "p@ss" }).nats,
+    ingestUser,
+  );
+  assertEquals(
+    loadConfig({ NATS_URL: "nats://ingest:p%40ss@n1:4222,tls://ingest:p%40ss@n2:4333" }).nats,
+    ingestUser,
+  );
+  assertEquals(loadConfig({ NATS_TOKEN: "t0k" }).nats.token, "t0k");
+  assertEquals(
+    loadConfig({ NATS_USER: "u", NATS_PASSWORD: "p", NATS_INBOX_PREFIX: "_I.x" }).nats.inboxPrefix,
+    "_I.x",
+  );
   assertEquals(loadConfig({ INGEST_BATCH_MAX: "500", INGEST_METRICS_PORT: "0" }).batchMax, 500);
   const bad: Record<string, string>[] = [
     { INGEST_BATCH_MAX: "abc" },
@@ -71,6 +91,12 @@ Deno.test("configuration: defaults, overrides, and a clear error for a bad value
     { INGEST_MIGRATE_ON_START: "maybe" },
     { INGEST_LOG_LEVEL: "loud" },
     { NATS_URL: "not a url" },
+    { NATS_USER: "ingest" },
+    { NATS_PASSWORD: "secret" },
+    { NATS_USER: "ingest", NATS_PASSWORD: "p", NATS_TOKEN: "t" },
+    { NATS_URL: "nats://a:b@n1:4222", NATS_USER: "a", NATS_PASSWORD: "b" },
+    { NATS_URL: "nats://a:b@n1:4222,nats://a:c@n2:4222" },
+    { NATS_USER: "u", NATS_PASSWORD: "p", NATS_INBOX_PREFIX: "_INBOX.>" },
   ];
   for (const env of bad) assertThrows(() => loadConfig(env), ConfigError, JSON.stringify(env));
 });

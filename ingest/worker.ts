@@ -14,12 +14,15 @@ import {
   jetstreamManager,
   type StreamInfo,
 } from "@nats-io/jetstream";
-import { connect, headers, nanos, type NatsConnection } from "@nats-io/transport-node";
+import { headers, nanos, type NatsConnection } from "@nats-io/transport-node";
 import {
+  checkRequestEventsStream,
+  connectNats,
   createRegistry,
   DEAD_LETTER_SUBJECT_PREFIX,
-  ensureRequestEventsStream,
+  describeNats,
   type Logger,
+  natsErrorKind,
   type Registry,
   REQUEST_EVENTS_STREAM,
 } from "@tailwatch/kit";
@@ -338,6 +341,11 @@ const RECREATIONS_NOT_READY = 3;
 const RECREATION_WINDOW_MS = 60_000;
 /** A receiver connection down this long makes the worker not ready (a reconnect takes well under it). */
 const DISCONNECTED_NOT_READY_MS = 2_000;
+/**
+ * A refusal from the NATS server (-ERR: a permission the user lacks) makes the worker not ready this long; a
+ * lasting mistake repeats with every ack or pull request and keeps it so.
+ */
+const REFUSAL_NOT_READY_MS = 30_000;
 
 /** Creates the worker; nothing connects until run(). */
 export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
@@ -416,6 +424,11 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
     ),
     retentionDropped: registry.counter("ingest_retention_partitions_dropped_total", "Partitions dropped."),
     up: registry.gauge("ingest_ready", "1 while /readyz answers 200."),
+    natsServerErrors: registry.counter(
+      "ingest_nats_server_errors_total",
+      "Errors (-ERR) the NATS server sent: a permission the user lacks, a refused connection, ...",
+      ["kind"],
+    ),
     rollupRepaired: registry.counter(
       "ingest_rollup_cells_repaired_total",
       "Rollup cells found short of the raw rows after a failed INSERT and completed (rollups.ts).",
@@ -493,6 +506,33 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
   /** The receiver's connection, and since when it has been down (0: up). */
   let receiverConnected: () => boolean = () => true;
   let disconnectedSince = 0;
+  /** What the worker waits for, while it has to (the stream missing or unfit, NATS refusing the connection). */
+  let waitingFor: string | undefined;
+  /** The NATS server's latest refusal (-ERR) on either connection, and when. */
+  let refusal: { text: string; at: number } | undefined;
+  const refusalLogged = new Map<string, number>();
+
+  /** A -ERR from NATS: counted, logged as an error (each text at most every 10 s), not ready for a while. */
+  function onServerError(text: string): void {
+    const kind = natsErrorKind(text);
+    metrics.natsServerErrors.inc({ kind });
+    const now = Date.now();
+    refusal = { text, at: now };
+    const last = refusalLogged.get(text);
+    if (last === undefined || now - last >= 10_000) {
+      if (refusalLogged.size > 100) refusalLogged.clear();
+      refusalLogged.set(text, now);
+      logger.error("NATS refused", {
+        error: text,
+        kind,
+        nats: describeNats(config.nats),
+        hint: kind === "permissions"
+          ? `the NATS user needs its consumer API, $JS.ACK.${REQUEST_EVENTS_STREAM}.>, ` +
+            `${DEAD_LETTER_SUBJECT_PREFIX}.> and ${config.nats.inboxPrefix}.> (deploy/nats/auth.conf)`
+          : undefined,
+      });
+    }
+  }
 
   const stop = () => {
     if (stopping) return;
@@ -503,17 +543,19 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
   };
 
   function readiness(): Readiness {
-    if (!consuming) {
-      return { ready: false, reason: stopping ? "stopped" : "starting (connecting, migrating)" };
-    }
-    if (consumerProblem !== undefined) return { ready: false, reason: `consumer: ${consumerProblem}` };
     const now = Date.now();
-    if (disconnectedSince > 0 && now - disconnectedSince >= DISCONNECTED_NOT_READY_MS) {
-      return {
-        ready: false,
-        reason: `not connected to NATS for ${Math.round((now - disconnectedSince) / 1000)} s`,
-      };
+    const refused = refusal !== undefined && now - refusal.at < REFUSAL_NOT_READY_MS
+      ? `NATS refused: ${refusal.text}`
+      : undefined;
+    if (!consuming) {
+      if (stopping) return { ready: false, reason: "stopped" };
+      const waiting = [waitingFor, refused].filter((text) => text !== undefined).join("; ");
+      return { ready: false, reason: `starting (connecting, migrating)${waiting ? `: ${waiting}` : ""}` };
     }
+    if (refused) return { ready: false, reason: refused };
+    if (waitingFor !== undefined) return { ready: false, reason: waitingFor };
+    // A consumer that keeps being recreated first: the trouble of the moment (consumerProblem, until the
+    // latest recreation resumed pulling) is only its latest instance.
     const recent = recreatedAt.filter((r) => now - r.at < RECREATION_WINDOW_MS);
     if (recent.length >= RECREATIONS_NOT_READY) {
       return {
@@ -521,6 +563,13 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
         reason: `the consumer was recreated ${recent.length} times in the last ${
           RECREATION_WINDOW_MS / 1000
         } s (last: ${recent.at(-1)!.reason})`,
+      };
+    }
+    if (consumerProblem !== undefined) return { ready: false, reason: `consumer: ${consumerProblem}` };
+    if (disconnectedSince > 0 && now - disconnectedSince >= DISCONNECTED_NOT_READY_MS) {
+      return {
+        ready: false,
+        reason: `not connected to NATS for ${Math.round((now - disconnectedSince) / 1000)} s`,
       };
     }
     if (stalled) {
@@ -582,7 +631,10 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       } catch (error) {
         stats.retries++;
         metrics.retries.inc();
-        if (stopping && Date.now() >= stopDeadline) throw new AbandonBatch(`${what}: ${error}`);
+        // A stop before consuming gives up at once (nothing is in hand); while consuming, after the grace.
+        if (stopping && (!consuming || Date.now() >= stopDeadline)) {
+          throw new AbandonBatch(`${what}: ${error}`);
+        }
         const delay = Math.min(config.retryMaxMs, config.retryBaseMs * 2 ** Math.min(attempt, 20));
         const jittered = Math.round(delay / 2 + Math.random() * delay / 2);
         logger.warn(`${what} failed; retrying`, { attempt: attempt + 1, retryInMs: jittered, error });
@@ -922,8 +974,50 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
     });
   }
 
+  /** What this worker needs of the stream (stream.ts, requestEventsStreamProblems). */
+  const streamNeeds = { consumeSubject: config.filterSubject, keepsAcked: true };
+
+  /**
+   * Waits until the stream exists and fits this worker (the setup step creates and configures it; the worker
+   * never does): not ready meanwhile, with the reason in /readyz and an error in the log when it changes (and
+   * every minute). Checked at start and after the receiver stopped (the stream may have gone with NATS's store).
+   */
+  async function awaitStream(conn: NatsConnection): Promise<boolean> {
+    let problem: string | undefined;
+    let loggedAt = 0;
+    for (let attempt = 0;; attempt++) {
+      let problems: string[];
+      try {
+        problems = await checkRequestEventsStream(conn, streamNeeds);
+      } catch (error) {
+        problems = [`the stream check failed: ${error instanceof Error ? error.message : error}`];
+      }
+      if (problems.length === 0) {
+        if (problem !== undefined) logger.info("the stream is there and fits; going on");
+        waitingFor = undefined;
+        return true;
+      }
+      const now = Date.now();
+      const next = problems.join("; ");
+      if (next !== problem || now - loggedAt >= 60_000) {
+        loggedAt = now;
+        logger.error("waiting for the stream (the setup step creates and configures it)", { problem: next });
+      }
+      problem = next;
+      waitingFor = next;
+      checkHealth();
+      if (stopping) return false;
+      await sleep(Math.min(5_000, 250 * 2 ** Math.min(attempt, 5)));
+    }
+  }
+
   function run(): Promise<IngestStats> {
-    return runInner().finally(() => {
+    return runInner().catch((error) => {
+      // Only the start-up steps let an AbandonBatch through: a stop asked for while they still retried.
+      if (!(error instanceof AbandonBatch)) throw error;
+      logger.info("stopped before consuming", { while: error.message });
+      return stats;
+    }).finally(() => {
       consuming = false;
       metrics.up.set(0);
     });
@@ -935,26 +1029,53 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
     const timers: ReturnType<typeof setInterval>[] = [];
     try {
       // Start-up steps retry until they succeed or a stop is asked for: servers may come up after us.
-      nc = await withRetry("connect to NATS", () =>
-        connect({
-          servers: config.natsUrl,
-          name: `tailwatch-ingest:${config.durable}`,
-          maxReconnectAttempts: -1,
-          reconnectTimeWait: 500,
-        }));
+      nc = await withRetry("connect to NATS", async () => {
+        try {
+          const connection = await connectNats(config.nats, {
+            name: `tailwatch-ingest:${config.durable}`,
+            maxReconnectAttempts: -1,
+            reconnectTimeWait: 500,
+            // A refused reconnect (a password being rotated) is tried again, not given up for good.
+            ignoreAuthErrorAbort: true,
+          }, logger);
+          waitingFor = undefined;
+          return connection;
+        } catch (error) {
+          const text = String(error instanceof Error ? error.message : error);
+          // A refusal of the credentials is the server's -ERR: counted and said like any other.
+          if (/authori[sz]ation|authentication/i.test(text)) onServerError(text);
+          waitingFor = `connecting to NATS at ${describeNats(config.nats)}: ${text}`;
+          throw error;
+        }
+      });
       const conn = nc;
       (async () => {
         for await (const status of conn.status()) {
           if (status.type === "disconnect" || status.type === "reconnect") logger.warn(`nats ${status.type}`);
+          if (status.type === "error") {
+            const text = String(status.error instanceof Error ? status.error.message : status.error);
+            if (/violation/i.test(text)) onServerError(text);
+          }
         }
       })().catch(() => {});
-      await withRetry("ensure stream", () => ensureRequestEventsStream(conn));
+      if (!await awaitStream(conn)) return stats;
       const jsm = await jetstreamManager(conn);
       if (config.migrateOnStart) {
+        // Under the migration lock (migrations.ts): workers that start together on a fresh database take
+        // turns, and the second finds nothing left to do.
         const applied = await withRetry(
           "migrate",
-          () => applyMigrations({ clickhouse, database: config.database }),
+          () =>
+            applyMigrations({ clickhouse, database: config.database }, {
+              lock: {
+                onWait: (holder, ageS) => {
+                  waitingFor = `migrating: waiting for the migration lock held by ${holder}`;
+                  logger.info("waiting for the migration lock", { holder, heartbeatAgeS: ageS });
+                },
+              },
+            }),
         );
+        waitingFor = undefined;
         if (applied.length > 0) logger.info("migrations applied", { versions: applied });
       }
       // A pull request asks for at most requestBytes (max_bytes), which must let the largest message through.
@@ -978,7 +1099,7 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       metrics.floor.set(committedFloor);
       await announceFloor();
       const receiver: PullReceiver = createPullReceiver({
-        servers: config.natsUrl,
+        nats: config.nats,
         name: `tailwatch-ingest-pull:${config.durable}`,
         stream: REQUEST_EVENTS_STREAM,
         durable: config.durable,
@@ -988,6 +1109,7 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
         heldBytes: () => heldBytes,
         expiresMs: pullLimits.expiresMs,
         logger,
+        onServerError,
         onMessage: (msg) => {
           heldBytes += msg.size;
           if (heldBytes > stats.bytesInFlightMax) stats.bytesInFlightMax = heldBytes;
@@ -1016,8 +1138,9 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
        */
       const resync = async () => {
         await receiver.flush().catch(() => {});
-        // The stream too may be gone (a NATS server that lost its store): created again first.
-        await withRetry("ensure stream", () => ensureRequestEventsStream(conn));
+        // The stream too may be gone (a NATS server that lost its store): the setup step creates it again;
+        // until then the worker waits, not ready, and says why.
+        if (!await awaitStream(conn)) throw new AbandonBatch("stopped while waiting for the stream");
         await withRetry("recreate the consumer", () => ensureConsumer(jsm, true));
         const info = await withRetry("read the consumer", consumerInfo);
         if (info.delivered.stream_seq > highWater) highWater = info.delivered.stream_seq;

@@ -6,7 +6,7 @@
  *     their ratio; CPU seconds per 1000 requests of the service and of nats-server.
  *  2. orders.CreateOrder (fanning out to catalog and payments) at 1000 rps for 60 s, twice back to back (fresh
  *     and steady state): success, p50, p99.
- *  3. ingest and the profiler, when their benchmarks are present.
+ *  3. ingest, the profiler and the web dashboard, when their benchmarks are present.
  *  4. capacity (`./dev capacity [METHOD]` runs it alone): the highest rate through a method that keeps the SLO,
  *     on the local stack (./dev up), with the process that limits it (capacity.ts).
  *
@@ -14,6 +14,7 @@
  * beyond the spread this run measured for it (regress.ts). JSON, Markdown and an offline HTML report.
  */
 import { startNatsServer } from "@tailwatch/testing";
+import { applyRequestEventsStream } from "@tailwatch/kit";
 import {
   cancelledByGhz,
   childrenCpuSeconds,
@@ -74,6 +75,7 @@ function pidOfPort(monitorPort: number): number | undefined {
 
 async function benchEvents() {
   await using nats = await startNatsServer();
+  await applyRequestEventsStream(nats.url); // the setup step's stream: the services only check it
   const natsPid = pidOfPort(nats.monitorPort);
   const total = quick ? 5000 : 150_000;
   const run = (port: number, n: number) =>
@@ -204,6 +206,7 @@ async function benchEvents() {
 
 async function benchOrders() {
   await using nats = await startNatsServer();
+  await applyRequestEventsStream(nats.url); // the setup step's stream: the services only check it
   const env = { NATS_URL: nats.url };
   await using stack = await startStackProcesses(env, logDir);
   const { catalog, payments, orders } = stack;
@@ -420,6 +423,7 @@ const sections: Array<[string, () => Promise<void>]> = [
   ["orders", benchOrders],
   ["ingest", () => benchOptional("ingest", "ingest/bench.ts", "runIngestBench")],
   ["profiler", () => benchOptional("profiler", "native/profiler/bench/run.ts", "runProfilerBench")],
+  ["web", () => benchOptional("web", "web/bench.ts", "runWebBench")],
   ["capacity", benchCapacity],
 ];
 const only = args.filter((a) => !a.startsWith("--"));

@@ -3,6 +3,7 @@
  * migrations, the ingest worker, catalog, payments and orders), as a StackTarget a load run can drive and check.
  */
 import { applyMigrations } from "@tailwatch/ingest";
+import { applyRequestEventsStream } from "@tailwatch/kit";
 import { CLICKHOUSE_ADMIN, spawnLogged, startClickHouseServer, startNatsServer } from "@tailwatch/testing";
 import { startStackProcesses } from "./processes.ts";
 import type { StackTarget } from "./target.ts";
@@ -22,6 +23,7 @@ export async function startTestPipeline(env: Record<string, string> = {}): Promi
   try {
     stack.defer(() => Deno.remove(logDir, { recursive: true }).catch(() => {}));
     const nats = stack.use(await startNatsServer());
+    await applyRequestEventsStream(nats.url); // the setup step's stream: ingest and the services only check it
     const clickhouse = stack.use(await startClickHouseServer());
     const database = `tw_load_${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
     await applyMigrations({ url: clickhouse.url, ...CLICKHOUSE_ADMIN, database });

@@ -28,6 +28,11 @@ export interface Component {
   ready(): Promise<string | undefined>;
   /** How long a component without a probe must stay alive before it counts as ready. */
   settleMs?: number;
+  /**
+   * A step, not a process: run to its end at its place in the order (every `up`), done when it exits 0. The
+   * setup step (deploy/setup.ts: the stream, then the migrations), as compose's one-shot and the k8s Job.
+   */
+  oneShot?: boolean;
 }
 
 /** undefined when `url` answers 2xx, else the status and the start of the body (or the connection error). */
@@ -93,6 +98,23 @@ const components: Component[] = [
     },
     command: ["clickhouse-server", `--config-file=${DATA}/clickhouse/config.xml`],
     ready: () => probe("http://127.0.0.1:8123/ping"),
+  },
+  // The stream and the schema are configuration applied by this step, as in compose and k8s: the services
+  // and ingest only check the stream (services/README.md, ingest/README.md). Every `up` runs it again (a no-op
+  // when nothing changed).
+  {
+    name: "setup",
+    available: () => exists(`${ROOT}/deploy/setup.ts`) && exists(`${ROOT}/ingest/main.ts`),
+    oneShot: true,
+    command: [deno, "run", "-A", `${ROOT}/deploy/setup.ts`],
+    env: {
+      NATS_URL: "nats://127.0.0.1:4222",
+      CLICKHOUSE_URL: "http://127.0.0.1:8123",
+      CLICKHOUSE_USER: "tailwatch_admin",
+      CLICKHOUSE_PASSWORD: LOCAL.clickhouseAdminPassword,
+      SETUP_WAIT_S: "60",
+    },
+    ready: () => Promise.resolve(undefined),
   },
   {
     name: "ingest",
@@ -287,7 +309,39 @@ export async function waitReady(
   }
 }
 
+/** Runs a one-shot step to its end, its output appended to its log; NotReady (with the log's end) unless 0. */
+export async function runStep(component: Component, logDir = LOGS): Promise<void> {
+  const log = `${logDir}/${component.name}.log`;
+  const file = await Deno.open(log, { create: true, append: true });
+  try {
+    const [command, ...args] = component.command;
+    const child = new Deno.Command(command, {
+      args,
+      env: { ...Deno.env.toObject(), ...component.env },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const copy = async (stream: ReadableStream<Uint8Array>) => {
+      for await (const chunk of stream) await file.write(chunk);
+    };
+    const [status] = await Promise.all([child.status, copy(child.stdout), copy(child.stderr)]);
+    if (!status.success) {
+      const tail = (await Deno.readTextFile(log).catch(() => "")).split("\n").slice(-15).join("\n");
+      throw new NotReady(component.name, `exited with code ${status.code}`, `last lines of ${log}:\n${tail}`);
+    }
+  } finally {
+    file.close();
+  }
+}
+
 async function start(component: Component): Promise<void> {
+  if (component.oneShot) {
+    await component.prepare?.();
+    await runStep(component);
+    console.log(`${component.name}: done (log ${LOGS}/${component.name}.log)`);
+    return;
+  }
   const running = pidOf(component.name);
   if (running) {
     // Running already, but perhaps not ready (ingest waiting for a ClickHouse just started again): waited for too.
@@ -315,7 +369,7 @@ async function start(component: Component): Promise<void> {
  * a little time for what the later ones started (an INSERT retried, a consumer created).
  */
 async function checkAll(started: Component[]): Promise<void> {
-  for (const component of started) {
+  for (const component of started.filter((c) => !c.oneShot)) {
     const pid = pidOf(component.name);
     if (pid === undefined) {
       throw new NotReady(component.name, "its process exited", await logTail(component.name));
@@ -325,6 +379,7 @@ async function checkAll(started: Component[]): Promise<void> {
 }
 
 async function stop(component: Component): Promise<void> {
+  if (component.oneShot) return;
   const pid = pidOf(component.name);
   if (!pid) return;
   Deno.kill(pid, "SIGTERM");

@@ -3,7 +3,7 @@
  * (or, without a probe, its process stays alive); one that does not is named, with the probe's answer.
  */
 import { assert, assertEquals, freePort } from "@tailwatch/testing";
-import { type Component, NotReady, probe, waitReady } from "./stack.ts";
+import { type Component, NotReady, probe, runStep, waitReady } from "./stack.ts";
 
 const component = (name: string, ready: () => Promise<string | undefined>, settleMs?: number): Component => ({
   name,
@@ -65,4 +65,27 @@ Deno.test("waitReady names a component whose probe keeps saying no, or whose pro
     waitReady(component("profiler", () => Promise.resolve(undefined), 5_000), quitter.pid, 10_000),
   );
   assertEquals([exited.component, exited.reason], ["profiler", "its process exited"]);
+});
+
+Deno.test("a one-shot step (setup) is done when it exits 0; otherwise it is named with its exit code and log", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const step = (script: string): Component => ({
+      name: "setup",
+      available: () => true,
+      oneShot: true,
+      command: ["bash", "-c", script],
+      ready: () => Promise.resolve(undefined),
+    });
+    await runStep(step("echo stream created; echo migrations up to date >&2"), dir);
+    const log = await Deno.readTextFile(`${dir}/setup.log`);
+    assert(log.includes("stream created") && log.includes("migrations up to date"), log);
+    const failed = await expectNotReady(
+      runStep(step("echo 'NATS refused: Authorization Violation' >&2; exit 1"), dir),
+    );
+    assertEquals([failed.component, failed.reason], ["setup", "exited with code 1"]);
+    assert(failed.message.includes("Authorization Violation"), failed.message);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -5,7 +5,10 @@ export {
   type NatsServer,
   natsServerBinary,
   type NatsServerOptions,
+  type SecuredNatsServer,
   startNatsServer,
+  startSecuredNatsServer,
+  TEST_NATS_PASSWORDS,
 } from "./nats_server.ts";
 export {
   CLICKHOUSE_ADMIN,
@@ -18,4 +21,4 @@ export {
 } from "./clickhouse_server.ts";
 export { assert, assertEquals, AssertionError, assertRejects } from "./assert.ts";
 export { seededRandom } from "./random.ts";
-export { readStreamMessages, type StoredMessage } from "./stream_reader.ts";
+export { readStreamMessages, type StoredMessage, type StreamReaderAuth } from "./stream_reader.ts";

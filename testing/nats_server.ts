@@ -117,3 +117,70 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
     },
   };
 }
+
+/** The passwords of deploy/nats/auth.conf's users in tests (the server reads them from its environment). */
+export const TEST_NATS_PASSWORDS: Readonly<Record<string, string>> = Object.freeze({
+  setup: "setup-pw",
+  catalog: "catalog-pw",
+  orders: "orders-pw",
+  payments: "payments-pw",
+  ingest: "ingest-pw",
+});
+
+/** A nats-server with the shipped users and permissions; `envOf` gives a process's NATS_* for a user. */
+export interface SecuredNatsServer extends NatsServer {
+  /** The directory of the configuration (nats.conf, auth.conf), the store and the server's log (nats.log). */
+  readonly dir: string;
+  /** NATS_URL, NATS_USER and NATS_PASSWORD of `user` (a password of its own when given: a wrong one). */
+  envOf(user: string, password?: string): Record<string, string>;
+  /** The server's log so far. */
+  log(): Promise<string>;
+  /** Replaces auth.conf with `edit(the shipped text)` and makes the running server reload its configuration. */
+  reloadAuth(edit: (authConf: string) => string): Promise<void>;
+}
+
+const REPO = new URL("../", import.meta.url).pathname;
+
+/**
+ * Starts nats-server with deploy/nats/nats.conf and auth.conf as shipped (only the store directory moved into a
+ * temporary one), passwords TEST_NATS_PASSWORDS: the users and subject permissions of a deployment.
+ */
+export async function startSecuredNatsServer(): Promise<SecuredNatsServer> {
+  const dir = await Deno.makeTempDir({ prefix: "tailwatch-nats-auth-" });
+  const shipped = await Deno.readTextFile(`${REPO}deploy/nats/nats.conf`);
+  if (!shipped.includes("store_dir: /data/jetstream")) throw new Error("nats.conf: no store_dir to move");
+  await Deno.writeTextFile(
+    `${dir}/nats.conf`,
+    shipped.replace("store_dir: /data/jetstream", `store_dir: "${dir}/jetstream"`),
+  );
+  const auth = await Deno.readTextFile(`${REPO}deploy/nats/auth.conf`);
+  await Deno.writeTextFile(`${dir}/auth.conf`, auth);
+  const env: Record<string, string> = { NATS_SERVER_NAME: "tailwatch-test" };
+  for (const [user, password] of Object.entries(TEST_NATS_PASSWORDS)) {
+    env[`NATS_${user.toUpperCase()}_PASSWORD`] = password;
+  }
+  const server = await startNatsServer({ dir, configFile: `${dir}/nats.conf`, env });
+  return Object.assign(server, {
+    dir,
+    envOf: (user: string, password?: string) => ({
+      NATS_URL: server.url,
+      NATS_USER: user,
+      NATS_PASSWORD: password ?? TEST_NATS_PASSWORDS[user] ?? "",
+    }),
+    log: () => Deno.readTextFile(`${dir}/nats.log`).catch(() => ""),
+    async reloadAuth(edit: (authConf: string) => string) {
+      await Deno.writeTextFile(`${dir}/auth.conf`, edit(auth));
+      const before = (await Deno.readTextFile(`${dir}/nats.log`).catch(() => "")).split("Reloaded").length;
+      Deno.kill(server.pid!, "SIGHUP");
+      await waitUntil(
+        "nats-server reloaded its configuration",
+        async () => (await Deno.readTextFile(`${dir}/nats.log`)).split("Reloaded").length > before,
+        10_000,
+      );
+    },
+    async [Symbol.asyncDispose]() {
+      await server.stop();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    },
+  });
+}

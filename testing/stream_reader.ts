@@ -8,12 +8,24 @@ export interface StoredMessage {
   eventCount: string | undefined;
 }
 
+/** Who reads, on a server with users (e.g. deploy/nats's `setup`, with its inbox prefix `_INBOX_setup`). */
+export interface StreamReaderAuth {
+  user?: string;
+  pass?: string;
+  token?: string;
+  inboxPrefix?: string;
+}
+
 /**
  * Every message of `stream`, in stream order, read by an ephemeral consumer (deleted afterwards); an empty
  * list when the stream has none. Throws when the stream does not exist.
  */
-export async function readStreamMessages(natsUrl: string, stream: string): Promise<StoredMessage[]> {
-  const nc = await connect({ servers: natsUrl });
+export async function readStreamMessages(
+  natsUrl: string,
+  stream: string,
+  auth: StreamReaderAuth = {},
+): Promise<StoredMessage[]> {
+  const nc = await connect({ servers: natsUrl, ...auth });
   try {
     const jsm = await jetstreamManager(nc);
     const total = (await jsm.streams.info(stream)).state.messages;

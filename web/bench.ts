@@ -26,6 +26,7 @@ import {
 } from "@tailwatch/testing";
 import { applyMigrations } from "@tailwatch/ingest";
 import { startServiceProcess } from "@tailwatch/load";
+import { applyRequestEventsStream } from "@tailwatch/kit";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 
@@ -188,6 +189,7 @@ export async function runWebBench(options: { quick?: boolean } = {}): Promise<We
   const webPort = freePort();
   const base = `http://127.0.0.1:${webPort}`;
   const nats = await startNatsServer();
+  await applyRequestEventsStream(nats.url); // the setup step's stream: ingest and the services only check it
   const ingestPort = freePort();
   const ingest = await spawnLogged(
     Deno.execPath(),

@@ -4,6 +4,7 @@
  */
 import { type Faults, parseFaults } from "./faults.ts";
 import type { LogLevel } from "./log.ts";
+import { type NatsConfig, readNatsConfig } from "./nats_config.ts";
 
 export type Env = Record<string, string | undefined>;
 
@@ -101,8 +102,12 @@ export interface ServiceConfig {
   grpcPort: number;
   /** HTTP_PORT: REST shim, /metrics, /healthz, /readyz, /openapi.json; 0 picks a free one. Default 8081-8083. */
   httpPort: number;
-  /** NATS_URL: comma-separated NATS server URLs. Default "nats://127.0.0.1:4222". */
-  natsUrl: string;
+  /**
+   * NATS_URL (comma-separated `nats://` or `tls://` URLs; default "nats://127.0.0.1:4222"), NATS_USER and
+   * NATS_PASSWORD or NATS_TOKEN (or credentials in the URL, once), NATS_INBOX_PREFIX (default `_INBOX_<user>`):
+   * see nats_config.ts.
+   */
+  nats: NatsConfig;
   /** EVENTS_ENABLED: publish one event per request. Default true. */
   eventsEnabled: boolean;
   /** EVENT_BUFFER_CAPACITY: events held in memory while NATS is slow or down; past it they are dropped. Default 100000. */
@@ -179,7 +184,7 @@ export function loadServiceConfig<T extends object = Record<never, never>>(
     host: read.string("HOST", "0.0.0.0"),
     grpcPort: read.integer("GRPC_PORT", ports.grpc, 0, 65535),
     httpPort: read.integer("HTTP_PORT", ports.http, 0, 65535),
-    natsUrl: read.url("NATS_URL", "nats://127.0.0.1:4222", ["nats:", "tls:"]),
+    nats: readNatsConfig(read),
     eventsEnabled: read.boolean("EVENTS_ENABLED", true),
     eventBufferCapacity: read.integer("EVENT_BUFFER_CAPACITY", 100_000, 1, 10_000_000),
     eventPublishConcurrency: read.integer("EVENT_PUBLISH_CONCURRENCY", 4096, 1, 65_536),

@@ -6,17 +6,19 @@
  * message with the same Nats-Msg-Id, so the stream's duplicate window turns a retry of a message that did
  * arrive into a no-op.
  */
-import { connect } from "@nats-io/transport-node";
 import type { RequestEvent } from "@tailwatch/proto/events/v1";
 import { encodeRequestEventView, type RequestEventFields } from "./event_codec.ts";
 import type { Logger } from "./log.ts";
 import type { Registry } from "./metrics.ts";
-import { createNatsWire, type NatsWire, parseDecimal, parseNatsUrl, type WireMessage } from "./nats_wire.ts";
+import { describeNats, type NatsConfig, natsConfig, wireServers } from "./nats_config.ts";
+import { createNatsWire, natsErrorKind, type NatsWire, parseDecimal, type WireMessage } from "./nats_wire.ts";
 import {
   BATCH_EVENT_TAG,
-  ensureRequestEventsStream,
   EVENT_COUNT_HEADER,
+  REQUEST_EVENTS_STREAM,
+  requestEventsStreamProblems,
   requestEventSubject,
+  type StreamConfigLike,
 } from "./stream.ts";
 
 export type { RequestEvent };
@@ -81,9 +83,20 @@ class Ring<T> {
   }
 }
 
+/** Whether events are being published, and if not, why (the reason in a 503 /readyz). */
+export interface EventsReadiness {
+  ready: boolean;
+  reason: string;
+}
+
 export interface EventSink {
   /** Queues an event; never blocks, never throws. Returns false when it was dropped. */
   emit(event: RequestEventInit): boolean;
+  /**
+   * Ready while events reach JetStream: connected, the stream checked and fit, no refusal from the server since
+   * the last stored message, nothing waiting long for its ack. Otherwise not ready, with the reason.
+   */
+  readiness(): EventsReadiness;
   /** Events accepted but not yet acknowledged by JetStream (being batched, queued, in flight). */
   pending(): number;
   /** Waits until every accepted event is acknowledged, or the timeout; true when nothing is left. */
@@ -94,7 +107,8 @@ export interface EventSink {
 
 export interface EventSinkOptions {
   service: string;
-  natsUrl: string;
+  /** Servers, credentials and inbox prefix (a URL is read as NATS_URL alone). */
+  nats: NatsConfig | string;
   /** Events held at most (queued plus in flight). */
   capacity: number;
   /** Events awaiting their ack at once (a message larger than this still goes when nothing else is awaited). */
@@ -126,6 +140,7 @@ export function createDisabledEventSink(metrics: Registry): EventSink {
   );
   return {
     emit: () => (disabled.inc(), true),
+    readiness: () => ({ ready: true, reason: "events disabled" }),
     pending: () => 0,
     flush: () => Promise.resolve(true),
     close: () => Promise.resolve(),
@@ -147,12 +162,20 @@ export function createDisabledEventSink(metrics: Registry): EventSink {
  * The frames are written by hand on a connection of the sink's own (`nats_wire.ts`): through nats.js, a
  * publish and its ack cost a service about 25 us of CPU per event, a quarter of serving the request. A message
  * whose ack does not come within the timeout, or comes back as an error, is published again with the same
- * Nats-Msg-Ids, which the stream's duplicate window turns into no-ops for the copies that were stored. The
- * stream itself is created (or updated) through nats.js at each connect, before anything is published.
+ * Nats-Msg-Ids, which the stream's duplicate window turns into no-ops for the copies that were stored.
+ *
+ * The stream is not created here (stream.ts: the setup step does it). At each connect, and after JetStream
+ * refused a message, the sink asks for the stream's configuration on its own connection (`$JS.API.STREAM.INFO`)
+ * and publishes only once the stream exists and fits (its subjects take this service's, file storage, a
+ * duplicate window covering a retry); until then events wait in the buffer, the check is repeated, and
+ * `readiness()` says what is wrong. A `-ERR` from the server (a permission the NATS user lacks, a refused
+ * connection) is counted (`events_nats_server_errors_total{kind}`), logged as an error and makes the sink not
+ * ready until a message is stored again; the refused messages are published again after their ack timeout.
  */
 export function createEventSink(options: EventSinkOptions): EventSink {
   const { logger, metrics } = options;
-  const servers = options.natsUrl.split(",").map(parseNatsUrl);
+  const nats = typeof options.nats === "string" ? natsConfig(options.nats) : options.nats;
+  const servers = wireServers(nats);
   const timeoutMs = options.publishTimeoutMs ?? 5000;
   const publishIntervalMs = options.publishIntervalMs ?? 0;
   const eventsPerMessage = Math.max(1, options.eventsPerMessage ?? 256);
@@ -171,8 +194,16 @@ export function createEventSink(options: EventSinkOptions): EventSink {
   let retryTimer: ReturnType<typeof setTimeout> | undefined;
   let backoffMs = 0;
   let closed = false;
-  /** True once the stream is known to exist on the server of the current connection. */
+  /** True once the stream is known to exist and fit, on the server of the current connection. */
   let streamReady = false;
+  /** Why the stream is not ready (missing, unfit, no answer), once a check said so. */
+  let streamProblem: string | undefined;
+  /** The server's latest refusal (-ERR), until a message is stored again or a new connection is made. */
+  let refusal: { text: string; at: number } | undefined;
+  /** Why the latest connection attempt failed. */
+  let lastConnectError: string | undefined;
+  /** When events last made progress: an ack that stored a message, or the first event after none pending. */
+  let lastProgressAt = Date.now();
   const idleWaiters = new Set<() => void>();
 
   const published = metrics.counter(
@@ -203,8 +234,23 @@ export function createEventSink(options: EventSinkOptions): EventSink {
     "events_nats_disconnects_total",
     "Times the connection to NATS was lost.",
   );
+  const serverErrors = metrics.counter(
+    "events_nats_server_errors_total",
+    "Errors (-ERR) the NATS server sent: a permission the user lacks, a refused connection, ...",
+    ["kind"],
+  );
+  metrics.gaugeFn(
+    "events_ready",
+    "1 while events reach JetStream (/readyz says why not).",
+    () => readiness().ready ? 1 : 0,
+  );
 
-  const inbox = `_INBOX.${crypto.randomUUID().replaceAll("-", "")}`;
+  const inbox = `${nats.inboxPrefix}.${crypto.randomUUID().replaceAll("-", "")}`;
+  /** The shortest duplicate window that drops a retried copy of a stored message: see `minDuplicateWindowMs`. */
+  const needs = {
+    publishSubject: requestEventSubject(options.service),
+    minDuplicateWindowMs: minDuplicateWindowMs(timeoutMs),
+  };
   const INBOX_SID = 1;
   const subjectPrefix = textEncoder.encode(`HPUB ${requestEventSubject(options.service)} `);
   /** `HPUB <subject> <inbox>.`: every frame is sent with it, its token follows. */
@@ -313,46 +359,157 @@ export function createEventSink(options: EventSinkOptions): EventSink {
     onConnected(reconnected) {
       wire.writeText(`SUB ${inbox}.* ${INBOX_SID}\r\n`);
       connectedGauge.set(1);
-      logger.info("events: connected to NATS", { url: options.natsUrl });
+      lastConnectError = undefined;
+      refusal = undefined;
+      lastProgressAt = Date.now();
+      logger.info("events: connected to NATS", { nats: describeNats(nats) });
       // After a reconnect, acks for publishes sent before the disconnect may never come (the server may have
       // restarted); they are published again once the stream is checked, rather than after their timeout.
       if (reconnected) requeueUnacknowledged();
-      void ensureStream();
+      checkStream();
     },
     onDisconnected() {
       connectedGauge.set(0);
       disconnects.inc();
       streamReady = false;
+      cancelCheck();
     },
-    onMessage: onAck,
+    onMessage: onInboxMessage,
+    onServerError,
+    onConnectFailed(reason) {
+      lastConnectError = reason;
+    },
   });
 
-  let ensuring = false;
-  /** Creates or updates the stream through nats.js (a short-lived connection), then starts publishing. */
-  async function ensureStream(): Promise<void> {
-    if (ensuring) return;
-    ensuring = true;
-    try {
-      for (let attempt = 0; !closed && wire.connected && !streamReady; attempt++) {
-        try {
-          const nc = await connect({ servers: options.natsUrl.split(","), timeout: 2000, reconnect: false });
-          try {
-            await ensureRequestEventsStream(nc);
-          } finally {
-            await nc.close().catch(() => {});
-          }
-          streamReady = true;
-        } catch (error) {
-          if (attempt % 20 === 0) {
-            logger.warn("events: stream not ready yet, buffering", { error: String(error) });
-          }
-          await new Promise((resolve) => setTimeout(resolve, 250));
-        }
-      }
-    } finally {
-      ensuring = false;
+  /** Distinct refusal texts logged, and when, so that a refusal repeated every retry is logged every 10 s. */
+  const refusalLogged = new Map<string, number>();
+  function onServerError(text: string): void {
+    const kind = natsErrorKind(text);
+    serverErrors.inc({ kind });
+    const now = Date.now();
+    refusal = { text, at: now };
+    const last = refusalLogged.get(text);
+    if (last === undefined || now - last >= 10_000) {
+      if (refusalLogged.size > 100) refusalLogged.clear();
+      refusalLogged.set(text, now);
+      logger.error("events: NATS refused", {
+        error: text,
+        kind,
+        nats: describeNats(nats),
+        pending: pendingEvents(),
+        hint: kind === "permissions"
+          ? `the NATS user may publish to ${needs.publishSubject}, read $JS.API.STREAM.INFO.${REQUEST_EVENTS_STREAM} ` +
+            `and subscribe to ${nats.inboxPrefix}.> (deploy/nats/auth.conf)`
+          : undefined,
+      });
     }
-    pump();
+  }
+
+  // The stream check: `$JS.API.STREAM.INFO.REQUEST_EVENTS` on this connection, answered on `<inbox>.s<n>`.
+  let checkSerial = 0;
+  /** The check awaiting its answer (its serial), or 0. */
+  let checkAwaited = 0;
+  let checkTimer: ReturnType<typeof setTimeout> | undefined;
+  let checkFailures = 0;
+  let lastProblemLog = 0;
+  const cancelCheck = () => {
+    checkAwaited = 0;
+    clearTimeout(checkTimer);
+    checkTimer = undefined;
+  };
+  /** Asks for the stream's configuration (again after a failed check: 0.5 s, doubling, at most 5 s). */
+  function checkStream(): void {
+    if (closed || !wire.connected || checkAwaited !== 0) return;
+    clearTimeout(checkTimer);
+    const serial = ++checkSerial;
+    checkAwaited = serial;
+    wire.writeText(`PUB $JS.API.STREAM.INFO.${REQUEST_EVENTS_STREAM} ${inbox}.s${serial} 0\r\n\r\n`);
+    checkTimer = setTimeout(() => {
+      if (checkAwaited !== serial) return;
+      checkAwaited = 0;
+      streamChecked([
+        `no answer to the stream check within ${CHECK_TIMEOUT_MS / 1000} s` +
+        (refusal ? ` (the server refused: ${refusal.text})` : ""),
+      ]);
+    }, CHECK_TIMEOUT_MS);
+  }
+  /** The answer to a stream check: the StreamInfo JSON, a JetStream error, or a 503 status (no JetStream). */
+  function onCheckAnswer(message: WireMessage, serial: number): void {
+    if (serial !== checkAwaited) return; // an earlier check's late answer
+    cancelCheck();
+    const headers = textDecoder.decode(message.buf.subarray(message.payloadStart, message.headerEnd));
+    const body = textDecoder.decode(message.buf.subarray(message.headerEnd, message.end));
+    if (/^NATS\/1\.0 503/.test(headers)) {
+      streamChecked(["JetStream did not answer the stream check (503 no responders: is JetStream enabled?)"]);
+      return;
+    }
+    let answer: {
+      config?: StreamConfigLike;
+      error?: { code?: number; err_code?: number; description?: string };
+    };
+    try {
+      answer = JSON.parse(body);
+    } catch {
+      streamChecked([`the stream check got an answer that is not JSON: ${body.slice(0, 200)}`]);
+      return;
+    }
+    if (answer.error) {
+      if (answer.error.err_code === STREAM_NOT_FOUND || answer.error.code === 404) {
+        streamChecked(requestEventsStreamProblems(undefined, needs));
+      } else {
+        streamChecked([
+          `the stream check failed: ${answer.error.description ?? JSON.stringify(answer.error)}`,
+        ]);
+      }
+      return;
+    }
+    streamChecked(requestEventsStreamProblems(answer.config ?? {}, needs));
+  }
+  function streamChecked(problems: string[]): void {
+    if (problems.length === 0) {
+      if (streamProblem !== undefined) logger.info("events: the stream is there and fits; publishing");
+      streamReady = true;
+      streamProblem = undefined;
+      checkFailures = 0;
+      lastProgressAt = Date.now();
+      pump();
+      return;
+    }
+    streamReady = false;
+    const problem = problems.join("; ");
+    const now = Date.now();
+    if (problem !== streamProblem || now - lastProblemLog >= 60_000) {
+      lastProblemLog = now;
+      logger.error("events: waiting for the stream to be there and fit (events wait in the buffer)", {
+        problem,
+        pending: pendingEvents(),
+      });
+    }
+    streamProblem = problem;
+    const delay = Math.min(5_000, 500 * 2 ** Math.min(checkFailures++, 4));
+    checkTimer = setTimeout(checkStream, delay);
+  }
+
+  function readiness(): EventsReadiness {
+    if (closed) return { ready: false, reason: "events: closed" };
+    if (!wire.connected) {
+      return {
+        ready: false,
+        reason: `events: not connected to NATS${lastConnectError ? ` (${lastConnectError})` : ""}`,
+      };
+    }
+    if (refusal) return { ready: false, reason: `events: NATS refused: ${refusal.text}` };
+    if (!streamReady) return { ready: false, reason: `events: ${streamProblem ?? "checking the stream"}` };
+    const waited = Date.now() - lastProgressAt;
+    if (pendingEvents() > 0 && waited >= Math.max(2 * timeoutMs, 10_000)) {
+      return {
+        ready: false,
+        reason: `events: ${pendingEvents()} events pending, none acknowledged by JetStream for ${
+          Math.round(waited / 1000)
+        } s`,
+      };
+    }
+    return { ready: true, reason: "events: publishing" };
   }
 
   const notifyIfIdle = () => {
@@ -378,7 +535,7 @@ export function createEventSink(options: EventSinkOptions): EventSink {
     const now = Date.now();
     // A failed round (many messages failing together) raises the backoff once.
     if (now >= retryAt) {
-      backoffMs = Math.min(1000, backoffMs === 0 ? 50 : backoffMs * 2);
+      backoffMs = Math.min(MAX_RETRY_BACKOFF_MS, backoffMs === 0 ? 50 : backoffMs * 2);
       retryAt = now + backoffMs;
     }
     if (now - lastWarning > 5000) {
@@ -402,12 +559,18 @@ export function createEventSink(options: EventSinkOptions): EventSink {
   /**
    * A JetStream ack on `<inbox>.<token>`: {"stream":..,"seq":..[,"duplicate": true]}. Anything else (an error
    * object such as a full stream, a 503 "no responders" status as an HMSG with an empty body) means the
-   * message is not stored: it is published again, and counted only once an ack says it is stored.
+   * message is not stored: it is published again, and counted only once an ack says it is stored. The answer
+   * to a stream check comes on `<inbox>.s<serial>`.
    */
-  function onAck(message: WireMessage) {
+  function onInboxMessage(message: WireMessage) {
     if (message.sid !== INBOX_SID) return;
     const { buf } = message;
-    const token = parseDecimal(buf, message.subjectStart + ackSubjectTokenStart, message.subjectEnd);
+    const tokenStart = message.subjectStart + ackSubjectTokenStart;
+    if (buf[tokenStart] === 0x73 /* s */) {
+      onCheckAnswer(message, parseDecimal(buf, tokenStart + 1, message.subjectEnd));
+      return;
+    }
+    const token = parseDecimal(buf, tokenStart, message.subjectEnd);
     // Unknown: already published again after a timeout; that copy's own ack will count it.
     const acked = takeAwaited(token);
     if (acked === undefined) return;
@@ -417,6 +580,11 @@ export function createEventSink(options: EventSinkOptions): EventSink {
       !contains(buf, message.headerEnd, message.end, ERROR_KEY)
     ) {
       backoffMs = 0;
+      lastProgressAt = Date.now();
+      if (refusal !== undefined) {
+        logger.info("events: stored again after the server's refusal", { refusal: refusal.text });
+        refusal = undefined;
+      }
       published.inc(undefined, acked.count);
       if (isTrue(buf, message.headerEnd, message.end, DUPLICATE_KEY)) duplicates.inc();
       // Only messages held back by the concurrency limit go now; the open message waits for its timer, or acks
@@ -427,10 +595,10 @@ export function createEventSink(options: EventSinkOptions): EventSink {
       refusals.inc();
       const reason = textDecoder.decode(buf.subarray(message.payloadStart, message.end)).trim();
       retry([acked], reason || "empty answer");
-      // The stream may be gone (deleted, or a server that restarted without its store): check it, create
-      // it again if needed, before the next write.
+      // The stream may be gone (deleted, or a server that restarted without its store) or changed: check it
+      // before the next write (publishing waits while it is missing or unfit).
       streamReady = false;
-      void ensureStream();
+      checkStream();
     }
   }
 
@@ -505,10 +673,12 @@ export function createEventSink(options: EventSinkOptions): EventSink {
 
   return {
     emit(init) {
-      if (pendingEvents() >= options.capacity || closed) {
+      const pendingBefore = pendingEvents();
+      if (pendingBefore >= options.capacity || closed) {
         dropped.inc();
         return false;
       }
+      if (pendingBefore === 0) lastProgressAt = Date.now();
       appendEvent(init.eventId, encodeRequestEventView(init));
       if (awaitingEvents >= options.concurrency) {
         // The next ack pumps: with no timer pending, nothing else would.
@@ -523,6 +693,7 @@ export function createEventSink(options: EventSinkOptions): EventSink {
       }
       return true;
     },
+    readiness,
     pending: () => pendingEvents(),
     async flush(timeoutMs) {
       if (pendingEvents() === 0) return true;
@@ -543,12 +714,31 @@ export function createEventSink(options: EventSinkOptions): EventSink {
         });
       }
       closed = true;
+      cancelCheck();
       clearTimeout(retryTimer);
       clearTimeout(batchTimer);
       clearInterval(sweeper);
       await wire.close();
     },
   };
+}
+
+/** How long a stream check waits for its answer before it counts as failed (and is asked again). */
+const CHECK_TIMEOUT_MS = 5_000;
+/** JetStream's error code for "stream not found". */
+const STREAM_NOT_FOUND = 10059;
+/** The longest backoff between two publishes of a message (see `retry`). */
+const MAX_RETRY_BACKOFF_MS = 1_000;
+
+/**
+ * The duplicate window the stream needs for a publisher whose acks time out after `publishTimeoutMs`: a copy
+ * published again after the timeout and the backoff must still fall within the window of the first, or both
+ * are stored (ingest would then drop the second by event id, but the stream would hold it twice). Twice that
+ * delay, so a retry after a reconnect fits too: 12 s with the default 5 s timeout; the setup step's default is
+ * 10 minutes.
+ */
+export function minDuplicateWindowMs(publishTimeoutMs: number): number {
+  return 2 * (publishTimeoutMs + MAX_RETRY_BACKOFF_MS);
 }
 
 const CR = 0x0d;

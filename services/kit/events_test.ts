@@ -3,7 +3,7 @@
  * the connection, and the counters add up (accepted = published + pending; refused = dropped).
  */
 import { fromBinary } from "@bufbuild/protobuf";
-import { jetstreamManager } from "@nats-io/jetstream";
+import { jetstreamManager, StorageType } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { Protocol, RequestEventSchema } from "@tailwatch/proto/events/v1";
 import {
@@ -16,12 +16,32 @@ import {
 } from "@tailwatch/testing";
 import { createEventSink, type RequestEventInit } from "./events.ts";
 import { uuidv7 } from "./ids.ts";
-import { createLogger } from "./log.ts";
+import { createLogger, type Logger } from "./log.ts";
 import { createRegistry } from "./metrics.ts";
 import { createNatsWire, parseNatsUrl } from "./nats_wire.ts";
-import { eventsOfMessage, REQUEST_EVENTS_STREAM } from "./stream.ts";
+import { applyRequestEventsStream, eventsOfMessage, REQUEST_EVENTS_STREAM } from "./stream.ts";
 
 const options = { sanitizeOps: false, sanitizeResources: false };
+
+/** A nats-server with the stream, applied as the setup step does (the sink only checks it). */
+async function natsWithStream() {
+  const nats = await startNatsServer();
+  await applyRequestEventsStream(nats.url);
+  return nats;
+}
+
+/** A logger that keeps what it is told (level and message), for assertions on the log. */
+function capturingLogger(): Logger & { lines: { level: string; msg: string; fields: unknown }[] } {
+  const lines: { level: string; msg: string; fields: unknown }[] = [];
+  const make = (): Logger => ({
+    debug: (msg, fields) => void lines.push({ level: "debug", msg, fields }),
+    info: (msg, fields) => void lines.push({ level: "info", msg, fields }),
+    warn: (msg, fields) => void lines.push({ level: "warn", msg, fields }),
+    error: (msg, fields) => void lines.push({ level: "error", msg, fields }),
+    child: () => make(),
+  });
+  return Object.assign(make(), { lines });
+}
 
 function event(index: number): RequestEventInit {
   return {
@@ -67,32 +87,33 @@ async function storedEvents(natsUrl: string) {
 
 function sinkFor(
   natsUrl: string,
-  overrides: { capacity?: number; publishTimeoutMs?: number; eventsPerMessage?: number } = {},
+  overrides: { capacity?: number; publishTimeoutMs?: number; eventsPerMessage?: number; logger?: Logger } =
+    {},
 ) {
   const metrics = createRegistry();
   const sink = createEventSink({
     service: "catalog",
-    natsUrl,
+    nats: natsUrl,
     capacity: overrides.capacity ?? 100_000,
     concurrency: 64,
     publishIntervalMs: 5,
     publishTimeoutMs: overrides.publishTimeoutMs,
     eventsPerMessage: overrides.eventsPerMessage,
-    logger: createLogger("error"),
+    logger: overrides.logger ?? createLogger("error"),
     metrics,
   });
   const counter = (name: string) => {
     const line = metrics.render().split("\n").find((l) => l.startsWith(`${name} `));
     return line === undefined ? 0 : Number(line.split(" ")[1]);
   };
-  return { sink, counter };
+  return { sink, counter, metrics };
 }
 
 Deno.test(
   "every emitted event is stored once, with its fields, in messages of at most eventsPerMessage",
   options,
   async () => {
-    await using nats = await startNatsServer();
+    await using nats = await natsWithStream();
     const { sink, counter } = sinkFor(nats.url, { eventsPerMessage: 40 });
     const emitted = Array.from({ length: 3000 }, (_, i) => event(i));
     // In bursts across turns, as requests come: frames of one burst share a page and a socket write.
@@ -124,7 +145,7 @@ Deno.test(
 );
 
 Deno.test("with eventsPerMessage 1 every event is a message of its own under its id", options, async () => {
-  await using nats = await startNatsServer();
+  await using nats = await natsWithStream();
   const { sink, counter } = sinkFor(nats.url, { eventsPerMessage: 1 });
   const emitted = Array.from({ length: 300 }, (_, i) => event(i));
   for (const e of emitted) assert(sink.emit(e), "accepted");
@@ -140,7 +161,7 @@ Deno.test("with eventsPerMessage 1 every event is a message of its own under its
 });
 
 Deno.test("an event id published twice is stored once and counted as a duplicate", options, async () => {
-  await using nats = await startNatsServer();
+  await using nats = await natsWithStream();
   const { sink, counter } = sinkFor(nats.url);
   const first = event(1);
   sink.emit(first);
@@ -156,7 +177,7 @@ Deno.test("an event id published twice is stored once and counted as a duplicate
 });
 
 Deno.test("events emitted while NATS restarts are all stored, once", options, async () => {
-  await using nats = await startNatsServer();
+  await using nats = await natsWithStream();
   const { sink, counter } = sinkFor(nats.url, { publishTimeoutMs: 2000 });
   const emitted: RequestEventInit[] = [];
   const emitSome = async (rounds: number) => {
@@ -193,7 +214,7 @@ Deno.test(
   "batches whose ack does not come in time are published again, and stored once",
   options,
   async () => {
-    await using nats = await startNatsServer();
+    await using nats = await natsWithStream();
     const { sink, counter } = sinkFor(nats.url, { publishTimeoutMs: 400 });
     for (let i = 0; i < 50; i++) sink.emit(event(i));
     assert(await sink.flush(10_000), "first events flushed");
@@ -221,23 +242,83 @@ Deno.test(
 );
 
 Deno.test(
-  "a stream deleted under the sink is created again and the refused batches are published again",
+  "a stream deleted under the sink: not ready, named, events kept; published once the setup step creates it again",
   options,
   async () => {
-    await using nats = await startNatsServer();
+    await using nats = await natsWithStream();
     const { sink, counter } = sinkFor(nats.url);
     for (let i = 0; i < 100; i++) sink.emit(event(i));
     assert(await sink.flush(10_000), "first events flushed");
+    assertEquals(sink.readiness(), { ready: true, reason: "events: publishing" });
     const nc = await connect({ servers: nats.url });
     await (await jetstreamManager(nc)).streams.delete(REQUEST_EVENTS_STREAM);
-    await nc.close();
     const after = Array.from({ length: 300 }, (_, i) => event(i));
     for (const e of after) sink.emit(e);
+    // The sink never creates the stream: it waits, not ready, and says what is missing.
+    await waitUntil("not ready: the stream is missing", () => /does not exist/.test(sink.readiness().reason));
+    assertEquals(sink.readiness().ready, false);
+    assert(sink.readiness().reason.includes("setup step"), sink.readiness().reason);
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    assertEquals(sink.pending(), 300, "every event kept");
+    assertEquals(
+      await (await jetstreamManager(nc)).streams.info(REQUEST_EVENTS_STREAM).then(
+        () => "there",
+        () => "gone",
+      ),
+      "gone",
+      "nobody but the setup step creates it",
+    );
+    assertEquals(await applyRequestEventsStream(nc), "created");
+    await nc.close();
     assert(await sink.flush(20_000), `flushed (pending ${sink.pending()})`);
     const stored = await storedEvents(nats.url);
     assertEquals(stored.map((s) => s.eventId).sort(), after.map((e) => e.eventId).sort());
     assertEquals(counter("events_published_total"), 400);
     assert(counter("events_publish_retries_total") > 0, "the refused batch was published again");
+    await waitUntil("ready again", () => sink.readiness().ready);
+    await sink.close(5000);
+  },
+);
+
+Deno.test(
+  "a stream that does not fit the publisher is named in readiness and the log; nothing is published to it",
+  options,
+  async () => {
+    await using nats = await startNatsServer();
+    const nc = await connect({ servers: nats.url });
+    const jsm = await jetstreamManager(nc);
+    // Another service's subjects only, in memory, with a 2 s duplicate window: three mistakes.
+    await jsm.streams.add({
+      name: REQUEST_EVENTS_STREAM,
+      subjects: ["events.requests.orders"],
+      storage: StorageType.Memory,
+      duplicate_window: 2_000_000_000,
+    });
+    const logger = capturingLogger();
+    const { sink, counter } = sinkFor(nats.url, { logger });
+    for (let i = 0; i < 20; i++) sink.emit(event(i));
+    await waitUntil("the check's verdict", () => /do not take/.test(sink.readiness().reason));
+    const reason = sink.readiness().reason;
+    for (const words of ["events.requests.catalog", "storage is memory", "duplicate window is 2 s"]) {
+      assert(reason.includes(words), `${words} in: ${reason}`);
+    }
+    assert(
+      logger.lines.some((line) => line.level === "error" && /waiting for the stream/.test(line.msg)),
+      JSON.stringify(logger.lines),
+    );
+    assertEquals(counter("events_ready"), 0);
+    assertEquals(
+      (await jsm.streams.info(REQUEST_EVENTS_STREAM)).state.messages,
+      0,
+      "nothing published to it",
+    );
+    // The setup step replaces it (storage cannot be changed in place): the events go out.
+    await jsm.streams.delete(REQUEST_EVENTS_STREAM);
+    assertEquals(await applyRequestEventsStream(nc), "created");
+    assert(await sink.flush(20_000), `flushed (pending ${sink.pending()})`);
+    assertEquals((await storedEvents(nats.url)).length, 20);
+    assertEquals(counter("events_ready"), 1);
+    await nc.close();
     await sink.close(5000);
   },
 );
@@ -261,6 +342,10 @@ Deno.test(
       stderr: "null",
     }).spawn();
     try {
+      await waitUntil("NATS up and the stream there (the setup step)", async () => {
+        await applyRequestEventsStream(url);
+        return true;
+      }, 20_000);
       assert(await sink.flush(20_000), "flushed once NATS is up");
       assertEquals(counter("events_published_total"), 100);
       assertEquals((await storedEvents(url)).length, 100);
@@ -277,7 +362,7 @@ Deno.test(
   "the wire client reads a message larger than its read buffer and answers flush",
   options,
   async () => {
-    await using nats = await startNatsServer();
+    await using nats = await natsWithStream();
     const received: number[] = [];
     const big = new Uint8Array(1_000_000).map((_, i) => i % 251);
     let intact = true;
@@ -334,7 +419,7 @@ Deno.test(
     // without a word when it has no reply subject (here: over the stream's max_msg_size; in production a full
     // ingest queue, which answers 429 only to messages with a reply), and its events were counted as
     // published while the stream never had them.
-    await using nats = await startNatsServer();
+    await using nats = await natsWithStream();
     const { sink, counter } = sinkFor(nats.url, { eventsPerMessage: 2 });
     sink.emit(event(0));
     assert(await sink.flush(10_000), "warm-up flushed (the stream exists)");

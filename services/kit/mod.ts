@@ -9,7 +9,16 @@ export {
   type ServiceConfig,
 } from "./config.ts";
 export { type CallOptions, type ClientOptions, createClient, type ServiceClient } from "./client.ts";
-export { type EventSink, type RequestEvent, type RequestEventInit } from "./events.ts";
+export {
+  createDisabledEventSink,
+  createEventSink,
+  type EventSink,
+  type EventSinkOptions,
+  type EventsReadiness,
+  minDuplicateWindowMs,
+  type RequestEvent,
+  type RequestEventInit,
+} from "./events.ts";
 export { type Faults, parseFaults, sampleDelayMs, validateFaults } from "./faults.ts";
 export {
   newSpanId,
@@ -28,8 +37,23 @@ export {
   sampleProcess,
 } from "./metrics.ts";
 export {
+  connectNats,
+  defaultInboxPrefix,
+  describeNats,
+  guardNatsSocketErrors,
+  type NatsAuth,
+  type NatsConfig,
+  natsConfig,
+  natsJsOptions,
+  readNatsConfig,
+  wireServers,
+} from "./nats_config.ts";
+export {
   createNatsWire,
   MAX_WIRE_PAYLOAD,
+  type NatsErrorKind,
+  natsErrorKind,
+  natsErrorText,
   type NatsServerAddress,
   type NatsWire,
   type NatsWireOptions,
@@ -58,14 +82,23 @@ export { BoundedMap } from "./bounded_map.ts";
 export { listProcessThreads, type ProcessThread, procStatFields } from "./thread_priority.ts";
 export { bytesToLatin1, latin1ToBytes, PackedMessages } from "./packed_messages.ts";
 export {
+  applyRequestEventsStream,
   BATCH_EVENT_TAG,
+  checkRequestEventsStream,
   DEAD_LETTER_SUBJECT_PREFIX,
-  ensureRequestEventsStream,
+  DEFAULT_REQUEST_EVENTS_STREAM,
   EVENT_COUNT_HEADER,
   eventsOfMessage,
   REQUEST_EVENTS_STREAM,
   REQUEST_EVENTS_SUBJECTS,
+  requestEventsStreamConfig,
+  type RequestEventsStreamNeeds,
+  requestEventsStreamProblems,
+  type RequestEventsStreamSettings,
   requestEventSubject,
+  type StreamConfigLike,
+  subjectCovers,
+  subjectMatches,
 } from "./stream.ts";
 export {
   decodePageToken,

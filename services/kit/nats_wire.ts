@@ -82,6 +82,32 @@ export interface NatsWireOptions {
   onDisconnected?(reason: string): void;
   /** Every MSG and HMSG (the `message` object itself is reused: copy the offsets to keep them). */
   onMessage(message: WireMessage): void;
+  /**
+   * A `-ERR` from the server, on a connection or in answer to CONNECT (`'Authorization Violation'`,
+   * `'Permissions Violation for Publish to "<subject>"'`, ...): the server refused something. Without it the
+   * error is only logged. `natsErrorKind` classifies the text.
+   */
+  onServerError?(text: string): void;
+  /** A connection attempt failed (refused, unreachable, bad credentials); the client tries again. */
+  onConnectFailed?(reason: string): void;
+}
+
+/** What kind of refusal a server `-ERR` is: a label for metrics. */
+export type NatsErrorKind = "permissions" | "authorization" | "max_payload" | "slow_consumer" | "other";
+
+export function natsErrorKind(text: string): NatsErrorKind {
+  if (/permissions violation/i.test(text)) return "permissions";
+  if (/authori[sz]ation violation|authentication|user authentication expired/i.test(text)) {
+    return "authorization";
+  }
+  if (/maximum payload/i.test(text)) return "max_payload";
+  if (/slow consumer/i.test(text)) return "slow_consumer";
+  return "other";
+}
+
+/** A server error line without its `-ERR` and quotes: `Permissions Violation for Publish to "x"`. */
+export function natsErrorText(line: string): string {
+  return line.replace(/^-ERR\s*/, "").trim().replace(/^'(.*)'$/s, "$1");
 }
 
 export interface NatsWire {
@@ -96,6 +122,13 @@ export interface NatsWire {
 }
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+/** The server answered CONNECT with -ERR (bad credentials, a user it does not know). */
+class RefusedError extends Error {
+  constructor(readonly text: string) {
+    super(`the server refused the connection: ${text.slice(0, 200)}`);
+  }
+}
 
 /** Starts connecting in the background; `onConnected` tells when the connection is up. */
 export function createNatsWire(options: NatsWireOptions): NatsWire {
@@ -211,14 +244,30 @@ export function createNatsWire(options: NatsWireOptions): NatsWire {
       let written = 0;
       while (written < hello.length) written += await c.write(hello.subarray(written));
       // PONG, or -ERR (bad credentials); INFO updates before it are skipped.
-      const answer = await readUntil(c, (text) => text.includes("PONG\r\n") || text.includes("-ERR"), "PONG");
-      if (answer.includes("-ERR")) throw new Error(answer.trim().slice(0, 200));
+      const answer = await readUntil(
+        c,
+        (text) => text.includes("PONG\r\n") || /-ERR[^\n]*\n/.test(text),
+        "PONG",
+      );
+      const refusal = /-ERR[^\r\n]*/.exec(answer);
+      if (refusal) throw new RefusedError(natsErrorText(refusal[0]));
       return c;
     } catch (error) {
       try {
         c.close();
       } catch {
         // closed
+      }
+      // A refusal the server closed the connection right after: "connection closed waiting for PONG: -ERR ...".
+      const closedWith = /-ERR[^\r\n]*/.exec(error instanceof RefusedError ? "" : String(error));
+      const refused = error instanceof RefusedError
+        ? error
+        : closedWith
+        ? new RefusedError(natsErrorText(closedWith[0]))
+        : undefined;
+      if (refused) {
+        options.onServerError?.(refused.text);
+        throw refused;
       }
       throw error;
     }
@@ -232,6 +281,7 @@ export function createNatsWire(options: NatsWireOptions): NatsWire {
         conn = await handshake(server);
       } catch (error) {
         serverIndex++;
+        options.onConnectFailed?.(error instanceof Error ? error.message : String(error));
         if (failures++ % 20 === 0) {
           logger.warn("nats: connect failed; retrying", { name: options.name, error: String(error) });
         }
@@ -265,7 +315,10 @@ export function createNatsWire(options: NatsWireOptions): NatsWire {
       onMessage: options.onMessage,
       onPing: () => writeText("PONG\r\n"),
       onPong: () => pings.shift()?.resolve(),
-      onError: (error) => logger.warn("nats: server error", { name: options.name, error }),
+      onError: (line) => {
+        if (options.onServerError) options.onServerError(natsErrorText(line));
+        else logger.warn("nats: server error", { name: options.name, error: line });
+      },
     });
     for (;;) {
       const n = await c.read(reader.space());

@@ -69,7 +69,7 @@ export async function startService(setup: ServiceSetup): Promise<RunningService>
   const events = setup.events ?? (config.eventsEnabled
     ? createEventSink({
       service: config.service,
-      natsUrl: config.natsUrl,
+      nats: config.nats,
       capacity: config.eventBufferCapacity,
       concurrency: config.eventPublishConcurrency,
       publishIntervalMs: config.eventPublishIntervalMs,
@@ -109,10 +109,20 @@ export async function startService(setup: ServiceSetup): Promise<RunningService>
           return new Response(metrics.render(), { headers: { "content-type": PROMETHEUS_CONTENT_TYPE } });
         case "/healthz":
           return Response.json({ status: "alive" });
-        case "/readyz":
-          return health.isServing()
-            ? Response.json({ status: "SERVING" })
-            : Response.json({ status: "NOT_SERVING" }, { status: 503 });
+        case "/readyz": {
+          // The whole process: serving (not draining) and its events reaching JetStream. The gRPC health
+          // (what Kubernetes routes traffic by) says only whether requests are served: a NATS problem buffers
+          // events, it never stops requests.
+          const serving = health.isServing();
+          const eventsReadiness = events.readiness();
+          const ready = serving && eventsReadiness.ready;
+          return Response.json({
+            status: ready ? "SERVING" : "NOT_SERVING",
+            reason: serving ? eventsReadiness.reason : "draining",
+            requests: serving ? "SERVING" : "NOT_SERVING",
+            events: eventsReadiness.reason,
+          }, { status: ready ? 200 : 503 });
+        }
         case "/openapi.json":
           return new Response(openapi, { headers: { "content-type": "application/json" } });
         default:

@@ -1,9 +1,22 @@
 /**
- * The event stream's contract: stream REQUEST_EVENTS, subjects events.requests.<service>, and its creation.
- * Services and ingest both call `ensureRequestEventsStream`, so whichever starts first creates the stream.
+ * The event stream's contract: stream REQUEST_EVENTS, subjects events.requests.<service>, its configuration and
+ * the check of it.
+ *
+ * The stream is configuration applied by one explicit step (`applyRequestEventsStream`: deploy/setup.ts, which
+ * compose's one-shot and the k8s Job run, `./dev up`, and the tests), never by the processes that use it: a
+ * service or ingest that (re)applied its own idea of the stream on start would undo what the operator set
+ * (three replicas, partitioned subjects, limits). The processes only check it (`requestEventsStreamProblems`)
+ * and wait, not ready, while it is missing or does not fit what they do.
  */
-import { DiscardPolicy, jetstreamManager, RetentionPolicy, StorageType } from "@nats-io/jetstream";
+import {
+  DiscardPolicy,
+  jetstreamManager,
+  RetentionPolicy,
+  StorageType,
+  type StreamConfig,
+} from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
+import { connectNats, type NatsConfig, natsConfig } from "./nats_config.ts";
 import { fromBinary } from "@bufbuild/protobuf";
 import { type RequestEvent, RequestEventBatchSchema, RequestEventSchema } from "@tailwatch/proto/events/v1";
 
@@ -42,45 +55,199 @@ export function requestEventSubject(service: string): string {
   return `events.requests.${service}`;
 }
 
-/** Limits of the stream; every field has a default fit for a laptop or a small cluster. */
-export interface RequestEventsStreamOptions {
-  /** How long events are kept, in seconds. Default 7 days. */
-  maxAgeSeconds?: number;
-  /** How many bytes are kept; the oldest events go first. Default 10 GiB. */
-  maxBytes?: number;
-  /** Window in which a repeated Nats-Msg-Id is dropped as a duplicate, in seconds. Default 10 minutes. */
-  duplicateWindowSeconds?: number;
+/** The stream's settings: what the setup step applies (deploy/setup.ts reads them from STREAM_*). */
+export interface RequestEventsStreamSettings {
+  /** Replicas (1 on one node; 3 on a 3-node cluster). */
+  replicas: number;
+  /** Subjects the stream stores. */
+  subjects: string[];
+  /** How long events are kept, in seconds. */
+  maxAgeS: number;
+  /** How many bytes are kept; the oldest events go first. */
+  maxBytes: number;
+  /** Window in which a repeated Nats-Msg-Id is dropped as a duplicate, in seconds. */
+  duplicateWindowS: number;
 }
+
+/** One replica, `events.requests.*`, 7 days or 10 GiB, a 10-minute duplicate window. */
+export const DEFAULT_REQUEST_EVENTS_STREAM: Readonly<RequestEventsStreamSettings> = Object.freeze({
+  replicas: 1,
+  subjects: [REQUEST_EVENTS_SUBJECTS],
+  maxAgeS: 7 * 24 * 3600,
+  maxBytes: 10 * 1024 ** 3,
+  duplicateWindowS: 600,
+});
 
 const NANOS_PER_SECOND = 1_000_000_000;
 
-/** Creates the stream, or updates its limits when it exists; safe to call from every process at start. */
-export async function ensureRequestEventsStream(
-  nc: NatsConnection,
-  options: RequestEventsStreamOptions = {},
-): Promise<void> {
-  const jsm = await jetstreamManager(nc);
-  const config = {
+/** The stream's configuration: file storage, limits retention, oldest discarded first, dedup by Nats-Msg-Id. */
+export function requestEventsStreamConfig(
+  settings: RequestEventsStreamSettings,
+): Partial<StreamConfig> & { name: string } {
+  return {
     name: REQUEST_EVENTS_STREAM,
-    subjects: [REQUEST_EVENTS_SUBJECTS],
+    subjects: settings.subjects,
     storage: StorageType.File,
     retention: RetentionPolicy.Limits,
     discard: DiscardPolicy.Old,
-    max_age: (options.maxAgeSeconds ?? 7 * 24 * 3600) * NANOS_PER_SECOND,
-    max_bytes: options.maxBytes ?? 10 * 1024 ** 3,
-    duplicate_window: (options.duplicateWindowSeconds ?? 600) * NANOS_PER_SECOND,
-    num_replicas: 1,
+    max_age: settings.maxAgeS * NANOS_PER_SECOND,
+    max_bytes: settings.maxBytes,
+    duplicate_window: settings.duplicateWindowS * NANOS_PER_SECOND,
+    num_replicas: settings.replicas,
   };
-  try {
-    await jsm.streams.info(REQUEST_EVENTS_STREAM);
-  } catch {
+}
+
+const isConnection = (target: unknown): target is NatsConnection =>
+  typeof (target as NatsConnection).request === "function";
+
+/**
+ * The setup step's stream: creates REQUEST_EVENTS with `settings` (the defaults for what is not given), or
+ * updates it where it differs; returns what it did. The one function that configures the stream: deploy/setup.ts
+ * (compose, k8s), `./dev up` (through setup.ts) and every test that needs the stream call it. `target` is a
+ * connection, or a NatsConfig or NATS URL to connect with (and close after); it needs a NATS user that may
+ * manage streams (deploy/nats/auth.conf: `setup`).
+ */
+export async function applyRequestEventsStream(
+  target: NatsConnection | NatsConfig | string,
+  settings: Partial<RequestEventsStreamSettings> = {},
+): Promise<"created" | "updated" | "unchanged"> {
+  if (!isConnection(target)) {
+    const config = typeof target === "string" ? natsConfig(target) : target;
+    const nc = await connectNats(config, { name: "tailwatch-setup", timeout: 5000, reconnect: false });
     try {
-      await jsm.streams.add(config);
-      return;
-    } catch (error) {
-      // Another process created it between our info and add; fall through to the update.
-      if (!String(error).includes("already in use")) throw error;
+      return await applyRequestEventsStream(nc, settings);
+    } finally {
+      await nc.close().catch(() => {});
     }
   }
-  await jsm.streams.update(REQUEST_EVENTS_STREAM, config);
+  const jsm = await jetstreamManager(target);
+  const wanted = requestEventsStreamConfig({ ...DEFAULT_REQUEST_EVENTS_STREAM, ...settings });
+  let current: StreamConfig | undefined;
+  try {
+    current = (await jsm.streams.info(REQUEST_EVENTS_STREAM)).config;
+  } catch (error) {
+    if (!/not found/i.test(String(error))) throw error;
+  }
+  if (!current) {
+    try {
+      await jsm.streams.add(wanted);
+      return "created";
+    } catch (error) {
+      // Another setup created it between our info and add: compare with that one.
+      if (!/already in use/i.test(String(error))) throw error;
+      current = (await jsm.streams.info(REQUEST_EVENTS_STREAM)).config;
+    }
+  }
+  const differs = (Object.keys(wanted) as Array<keyof typeof wanted>).filter((key) =>
+    JSON.stringify(current![key as keyof StreamConfig]) !== JSON.stringify(wanted[key])
+  );
+  if (differs.length === 0) return "unchanged";
+  await jsm.streams.update(REQUEST_EVENTS_STREAM, { ...current, ...wanted });
+  return "updated";
+}
+
+/** What a process needs of the stream, for `requestEventsStreamProblems`. */
+export interface RequestEventsStreamNeeds {
+  /** A subject this process publishes to: some stream subject must match it. */
+  publishSubject?: string;
+  /** A consumer filter this process reads: every subject it matches must be stored. */
+  consumeSubject?: string;
+  /**
+   * The shortest duplicate window that covers this process's retries, in ms: a publisher's retry of a message
+   * that was stored after all is dropped by the stream only within the window.
+   */
+  minDuplicateWindowMs?: number;
+  /**
+   * True when the stream must keep messages after they are acked (limits retention): ingest's rebuild replays
+   * the stream from its start, and several durables read it.
+   */
+  keepsAcked?: boolean;
+}
+
+/** The part of a stream's configuration the check reads (a StreamInfo's `config`, or the JSON of one). */
+export type StreamConfigLike = Partial<
+  Pick<StreamConfig, "subjects" | "storage" | "retention" | "duplicate_window" | "no_ack" | "sealed">
+>;
+
+/**
+ * Why the stream does not fit `needs` (empty when it does): each problem says what is wrong and what the setup
+ * step must change. `config` undefined: the stream does not exist.
+ */
+export function requestEventsStreamProblems(
+  config: StreamConfigLike | undefined,
+  needs: RequestEventsStreamNeeds,
+): string[] {
+  if (config === undefined) {
+    return [
+      `stream ${REQUEST_EVENTS_STREAM} does not exist: the setup step creates it (deploy/setup.ts; ./dev up runs it)`,
+    ];
+  }
+  const problems: string[] = [];
+  const subjects = config.subjects ?? [];
+  const shown = JSON.stringify(subjects);
+  if (needs.publishSubject !== undefined && !subjects.some((s) => subjectMatches(s, needs.publishSubject!))) {
+    problems.push(`its subjects ${shown} do not take ${needs.publishSubject}, where this service publishes`);
+  }
+  if (needs.consumeSubject !== undefined && !subjects.some((s) => subjectCovers(s, needs.consumeSubject!))) {
+    problems.push(`its subjects ${shown} do not cover ${needs.consumeSubject}, which this worker consumes`);
+  }
+  if (config.storage !== undefined && config.storage !== StorageType.File) {
+    problems.push(`storage is ${config.storage}: events must survive a NATS restart (file storage)`);
+  }
+  if (config.no_ack === true) problems.push("no_ack is set: publishes would never be acknowledged");
+  if (config.sealed === true) problems.push("it is sealed: nothing more can be stored");
+  if (needs.keepsAcked && config.retention !== undefined && config.retention !== RetentionPolicy.Limits) {
+    problems.push(`retention is ${config.retention}: the stream must keep acked events (limits retention)`);
+  }
+  if (needs.minDuplicateWindowMs !== undefined) {
+    const windowMs = (config.duplicate_window ?? 0) / 1_000_000;
+    if (windowMs < needs.minDuplicateWindowMs) {
+      problems.push(
+        `its duplicate window is ${windowMs / 1000} s, shorter than the ${
+          needs.minDuplicateWindowMs / 1000
+        } s a retried publish needs to be dropped as a duplicate`,
+      );
+    }
+  }
+  return problems.map((problem) => `stream ${REQUEST_EVENTS_STREAM}: ${problem}`);
+}
+
+/**
+ * Reads the stream's configuration through nats.js and returns its problems for `needs` (a missing stream is
+ * one); throws only when NATS does not answer.
+ */
+export async function checkRequestEventsStream(
+  nc: NatsConnection,
+  needs: RequestEventsStreamNeeds,
+): Promise<string[]> {
+  const jsm = await jetstreamManager(nc);
+  let config: StreamConfig | undefined;
+  try {
+    config = (await jsm.streams.info(REQUEST_EVENTS_STREAM)).config;
+  } catch (error) {
+    if (!/not found/i.test(String(error))) throw error;
+  }
+  return requestEventsStreamProblems(config, needs);
+}
+
+/** Whether NATS subject pattern `pattern` (with `*` and `>`) matches the literal subject `subject`. */
+export function subjectMatches(pattern: string, subject: string): boolean {
+  return subjectCovers(pattern, subject);
+}
+
+/**
+ * Whether every subject that `filter` (a pattern) matches is matched by `pattern`: `events.requests.*` covers
+ * `events.requests.catalog` and itself; `events.requests.>` covers `events.requests.*`; not the other way round.
+ */
+export function subjectCovers(pattern: string, filter: string): boolean {
+  const p = pattern.split(".");
+  const f = filter.split(".");
+  for (let i = 0; i < p.length; i++) {
+    if (p[i] === ">") return i < f.length;
+    if (i >= f.length) return false;
+    if (f[i] === ">") return false;
+    if (p[i] === "*") continue;
+    if (f[i] === "*" || p[i] !== f[i]) return false;
+  }
+  return p.length === f.length;
 }

@@ -14,7 +14,7 @@ import { CatalogService } from "@tailwatch/proto/catalog/v1";
 import { PaymentService } from "@tailwatch/proto/payments/v1";
 import { Health, HealthCheckResponse_ServingStatus } from "@tailwatch/proto/grpc/health/v1";
 import { assert, assertEquals, startNatsServer, waitUntil } from "@tailwatch/testing";
-import { Code, createClient, ServiceError } from "@tailwatch/kit";
+import { applyRequestEventsStream, Code, createClient, ServiceError } from "@tailwatch/kit";
 import { runLoad } from "./load.ts";
 import { startServiceProcess } from "@tailwatch/load";
 import { readAllEvents, startStack } from "./stack.ts";
@@ -172,6 +172,7 @@ Deno.test(
   options,
   async () => {
     await using nats = await startNatsServer();
+    await applyRequestEventsStream(nats.url);
     const dir = await Deno.makeTempDir();
     const { grpcPort, process: service } = await startServiceProcess("catalog", {
       NATS_URL: nats.url,

@@ -8,6 +8,7 @@ import { OrderService } from "@tailwatch/proto/orders/v1";
 import { PaymentService } from "@tailwatch/proto/payments/v1";
 import { AdminService } from "@tailwatch/proto/admin/v1";
 import {
+  applyRequestEventsStream,
   createClient,
   eventsOfMessage,
   REQUEST_EVENTS_STREAM,
@@ -46,8 +47,12 @@ export interface Stack extends AsyncDisposable {
   rest(service: RunningService, path: string, init?: RequestInit): Promise<Response>;
 }
 
-/** Starts catalog, payments and orders (wired to the other two) with `env` added to every service's. */
+/**
+ * Starts catalog, payments and orders (wired to the other two) with `env` added to every service's. The stream is
+ * applied first by the setup step's function, as deploy/setup.ts and ./dev up do: the services only check it.
+ */
 export async function startStack(natsUrl: string, env: Record<string, string> = {}): Promise<Stack> {
+  await applyRequestEventsStream(natsUrl);
   const catalog = await startService(catalogSetup(quietEnv(natsUrl, env)));
   const payments = await startService(paymentsSetup(quietEnv(natsUrl, env)));
   const orders = await startService(ordersSetup(quietEnv(natsUrl, {

@@ -19,6 +19,7 @@ import {
   waitUntil,
 } from "@tailwatch/testing";
 import { startStackProcesses } from "@tailwatch/load";
+import { applyRequestEventsStream } from "@tailwatch/kit";
 import { createWebServer, type WebServer } from "../server.ts";
 import { migrate, readonlyCells, webConfig } from "./helpers.ts";
 
@@ -66,6 +67,7 @@ Deno.test({
     const out = await Deno.makeTempDir({ prefix: "tailwatch-web-browser-" });
     console.log(`screenshots and logs: ${out}`);
     await using nats = await startNatsServer();
+    await applyRequestEventsStream(nats.url); // the setup step's stream: ingest and the services only check it
     await using ch = await startClickHouseServer();
     await migrate(ch);
     const ingestPort = freePort();

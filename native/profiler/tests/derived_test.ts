@@ -28,7 +28,7 @@ import {
 } from "@tailwatch/ingest";
 import { trustedSqlText } from "@tailwatch/ingest/sql";
 import { publishEventBatch, publishEvents, testEnv, uniqueDatabase } from "@tailwatch/ingest/testing";
-import { createLogger, ensureRequestEventsStream } from "@tailwatch/kit";
+import { applyRequestEventsStream, createLogger } from "@tailwatch/kit";
 import {
   assert,
   CLICKHOUSE_ADMIN,
@@ -190,7 +190,7 @@ Deno.test("derived numbers equal the raw rows after merges, lag, slow requests, 
   await applyMigrations({ clickhouse: ch, database });
   const nc = await connect({ servers: nats.url, maxReconnectAttempts: -1, reconnectTimeWait: 250 });
   await using _nc = { [Symbol.asyncDispose]: () => nc.close() };
-  await ensureRequestEventsStream(nc);
+  await applyRequestEventsStream(nc);
   const env = testEnv(nats.url, clickhouse.url, CLICKHOUSE_ADMIN.password, database, {
     INGEST_LOG_LEVEL: "warn",
     INGEST_MIGRATE_ON_START: "false",

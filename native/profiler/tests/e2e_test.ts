@@ -14,7 +14,7 @@
  */
 import { AdminService } from "@tailwatch/proto/admin/v1";
 import { PaymentService } from "@tailwatch/proto/payments/v1";
-import { createClient } from "@tailwatch/kit";
+import { applyRequestEventsStream, createClient } from "@tailwatch/kit";
 import { applyMigrations } from "@tailwatch/ingest";
 import { connectionFlags, profilerBinaries } from "./binaries.ts";
 import {
@@ -88,6 +88,7 @@ Deno.test("e2e: injected log-normal latency in payments, measured through NATS, 
   const logDir = await Deno.makeTempDir({ prefix: "tailwatch-e2e-" });
   await using _logs = { [Symbol.asyncDispose]: () => Deno.remove(logDir, { recursive: true }) };
   await using nats = await startNatsServer();
+  await applyRequestEventsStream(nats.url); // the setup step's stream: the processes only check it
   await using clickhouse = await startClickHouseServer();
   const database = `tw_e2e_${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
   await applyMigrations({ url: clickhouse.url, ...CLICKHOUSE_ADMIN, database });
