@@ -13,6 +13,45 @@ import { decodeEvent, type DecodeResult, type RequestEventRow } from "./event_ro
 /** Bounds of `decodeEvent`: start time in [1971, 2100), see event_row.ts. */
 const MIN_MS = Date.UTC(1971, 0, 1);
 const MAX_MS = Date.UTC(2100, 0, 1);
+/**
+ * What the fast path reads of each RequestEvent field: its number and proto name, the proto type it reads it
+ * as (string: length-delimited ASCII, else decodeEvent's; int64, uint32, enum and bool: a varint of at most
+ * 56 bits, else decodeEvent's) and the `request_events` column (REQUEST_EVENT_COLUMNS) it writes it to, as
+ * decodeEvent's row does. A field number not here makes `scan` leave the payload to decodeEvent. Only the tests
+ * read it: contract_test.ts fails when proto/events/v1's RequestEvent has a field this table lacks or one that
+ * differs in number or type, and checks each field's way through the scanner, `appendScanned` and decodeEvent
+ * to its column.
+ */
+export const SCANNED_FIELDS = [
+  { number: 1, name: "event_id", type: "string", column: "event_id" },
+  { number: 2, name: "start_time_ms", type: "int64", column: "ts_ms" },
+  { number: 3, name: "duration_us", type: "int64", column: "duration_us" },
+  { number: 4, name: "service", type: "string", column: "service" },
+  { number: 5, name: "method", type: "string", column: "method" },
+  { number: 6, name: "protocol", type: "enum", column: "protocol" },
+  { number: 7, name: "route", type: "string", column: "route" },
+  { number: 8, name: "grpc_code", type: "uint32", column: "grpc_code" },
+  { number: 9, name: "http_status", type: "uint32", column: "http_status" },
+  { number: 10, name: "request_bytes", type: "int64", column: "request_bytes" },
+  { number: 11, name: "response_bytes", type: "int64", column: "response_bytes" },
+  { number: 12, name: "trace_id", type: "string", column: "trace_id" },
+  { number: 13, name: "span_id", type: "string", column: "span_id" },
+  { number: 14, name: "parent_span_id", type: "string", column: "parent_span_id" },
+  { number: 15, name: "instance", type: "string", column: "instance" },
+  { number: 16, name: "error_message", type: "string", column: "error_message" },
+  { number: 17, name: "fault_injected", type: "bool", column: "fault_injected" },
+  { number: 18, name: "start_time_us", type: "int64", column: "ts_us" },
+  { number: 19, name: "load_run_id", type: "string", column: "load_run_id" },
+] as const satisfies readonly ScannedField[];
+
+/** One field the fast path reads (see SCANNED_FIELDS). */
+export interface ScannedField {
+  readonly number: number;
+  readonly name: string;
+  readonly type: "string" | "int64" | "uint32" | "bool" | "enum";
+  readonly column: keyof RequestEventRow;
+}
+
 /** Field numbers of RequestEvent's string fields, in the order their offsets are kept. */
 const STRING_FIELDS = [1, 4, 5, 7, 12, 13, 14, 15, 16, 19] as const;
 const SLOT_OF_FIELD: number[] = [];

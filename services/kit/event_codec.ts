@@ -10,28 +10,42 @@ import type { RequestEvent } from "@tailwatch/proto/events/v1";
 
 export type RequestEventFields = Omit<RequestEvent, "$typeName" | "$unknown">;
 
-/** The field numbers written below, in order (the test checks them against the schema). */
-export const ENCODED_FIELD_NUMBERS = [
-  1,
-  2,
-  3,
-  4,
-  5,
-  6,
-  7,
-  8,
-  9,
-  10,
-  11,
-  12,
-  13,
-  14,
-  15,
-  16,
-  17,
-  18,
-  19,
-] as const;
+/**
+ * The fields `encodeRequestEventView` writes, in the order it writes them (number order, as protobuf-es does):
+ * number, protobuf-es's name of the property it reads (`localName`) and the proto type it writes the value as
+ * (which fixes the wire type and the encoding: int64 as a two's-complement varint, uint32 and enum as varints,
+ * bool as 0/1, string as length and UTF-8). Only the tests read it: event_codec_test.ts fails when
+ * proto/events/v1's RequestEvent has a field this table lacks or one that differs in number or type, and
+ * checks each field's bytes against protobuf-es's.
+ */
+export const ENCODED_FIELDS = [
+  { number: 1, name: "eventId", type: "string" },
+  { number: 2, name: "startTimeMs", type: "int64" },
+  { number: 3, name: "durationUs", type: "int64" },
+  { number: 4, name: "service", type: "string" },
+  { number: 5, name: "method", type: "string" },
+  { number: 6, name: "protocol", type: "enum" },
+  { number: 7, name: "route", type: "string" },
+  { number: 8, name: "grpcCode", type: "uint32" },
+  { number: 9, name: "httpStatus", type: "uint32" },
+  { number: 10, name: "requestBytes", type: "int64" },
+  { number: 11, name: "responseBytes", type: "int64" },
+  { number: 12, name: "traceId", type: "string" },
+  { number: 13, name: "spanId", type: "string" },
+  { number: 14, name: "parentSpanId", type: "string" },
+  { number: 15, name: "instance", type: "string" },
+  { number: 16, name: "errorMessage", type: "string" },
+  { number: 17, name: "faultInjected", type: "bool" },
+  { number: 18, name: "startTimeUs", type: "int64" },
+  { number: 19, name: "loadRunId", type: "string" },
+] as const satisfies readonly EncodedField[];
+
+/** One field the hand-written encoder writes (see ENCODED_FIELDS). */
+export interface EncodedField {
+  readonly number: number;
+  readonly name: keyof RequestEventFields;
+  readonly type: "string" | "int64" | "uint32" | "bool" | "enum";
+}
 
 const WIRE_VARINT = 0;
 /** Hoisted: BigInt(...) per call cost a fifth of the encoding. */

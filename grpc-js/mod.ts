@@ -1,0 +1,5 @@
+export {
+  createTailwatchInterceptor,
+  type TailwatchInterceptor,
+  type TailwatchInterceptorOptions,
+} from "./interceptor.ts";
