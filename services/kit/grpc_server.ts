@@ -18,15 +18,32 @@ import {
   type ByteStream,
   createHttp2Connection,
   type Http2Connection,
+  type Http2Handler,
+  type Http2Observer,
   type Http2Stream,
+  refuseConnection,
 } from "./http2/connection.ts";
+import { ErrorCode } from "./http2/frames.ts";
+import { DEFAULT_HTTP2_LIMITS, type Http2Limits } from "./http2/limits.ts";
 import type { Logger } from "./log.ts";
+import type { Registry } from "./metrics.ts";
 
 export interface GrpcServerOptions {
   /** Largest request message accepted; larger ones are refused with RESOURCE_EXHAUSTED. */
   maxReceiveBytes: number;
-  /** HTTP/2 streams (calls) one connection may have open at once. Default 1000. */
+  /** HTTP/2 streams (calls) one connection may have open at once. Default limits.maxConcurrentStreams. */
   maxConcurrentStreams?: number;
+  /**
+   * Unary calls one connection may start in one turn of the event loop; the rest of what one read brought
+   * start on the next turns, after the other connections' reads. So that one connection's burst cannot take
+   * every admission slot of the process (MAX_IN_FLIGHT) before another connection's call is even seen.
+   * Default: maxConcurrentStreams.
+   */
+  maxCallsPerTurn?: number;
+  /** The HTTP/2 defences (http2/limits.ts), over DEFAULT_HTTP2_LIMITS. */
+  limits?: Partial<Http2Limits>;
+  /** Where the connections' gauges and the limits hit are counted (`http2_*`); none when absent. */
+  metrics?: Registry;
   logger: Logger;
 }
 
@@ -162,6 +179,7 @@ class ServerCall implements GrpcCallInfo {
   unary: UnaryHandler | undefined = undefined;
 
   constructor(
+    readonly starts: CallStarts,
     readonly stream: Http2Stream,
     readonly path: string,
     readonly deadlineMs: number | undefined,
@@ -241,12 +259,141 @@ class ServerCall implements GrpcCallInfo {
   }
 }
 
+/**
+ * The unary calls of one connection whose request has ended, started in arrival order once the read that
+ * brought them has been handled (`afterRead`), at most `perTurn` in one turn of the event loop (the rest on
+ * the next turns, after other connections' reads). A call that ended before its start (the client reset it,
+ * its deadline passed) never starts: what a rapid reset (CVE-2023-44487) sends as HEADERS, DATA and
+ * RST_STREAM together then costs no handler, no admission slot and no event.
+ */
+class CallStarts {
+  readonly waiting: ServerCall[] = [];
+  head = 0;
+  scheduled = false;
+
+  constructor(
+    readonly perTurn: number,
+    readonly start: (call: ServerCall) => void,
+    readonly counts: { endedBeforeStart: number },
+  ) {}
+
+  add(call: ServerCall): void {
+    this.waiting.push(call);
+  }
+
+  pump(): void {
+    let started = 0;
+    while (this.head < this.waiting.length && started < this.perTurn) {
+      const call = this.waiting[this.head++];
+      if (call.ended) {
+        this.counts.endedBeforeStart++;
+        continue;
+      }
+      started++;
+      this.start(call);
+    }
+    if (this.head === this.waiting.length) {
+      this.waiting.length = 0;
+      this.head = 0;
+    } else if (!this.scheduled) {
+      this.scheduled = true;
+      setTimeout(() => {
+        this.scheduled = false;
+        this.pump();
+      }, 0);
+    }
+  }
+}
+
+/**
+ * The `http2_*` metrics of a server's connections: gauges summed over the open connections at scrape time
+ * (nothing is counted per call), and counters of the limits hit.
+ */
+function http2Metrics(
+  registry: Registry | undefined,
+  connections: Set<Http2Connection>,
+  counts: { endedBeforeStart: number },
+) {
+  if (!registry) return { observer: undefined, accepted: () => {}, refused: () => {} };
+  registry.counterFn(
+    "grpc_calls_ended_before_start_total",
+    "Unary gRPC calls reset by the client (or past their deadline) before their start: never run.",
+    () => counts.endedBeforeStart,
+  );
+  const sum = (read: (connection: Http2Connection) => number) => () => {
+    let total = 0;
+    for (const connection of connections) total += read(connection);
+    return total;
+  };
+  registry.gaugeFn("http2_connections", "HTTP/2 connections open.", () => connections.size);
+  registry.gaugeFn(
+    "http2_streams",
+    "HTTP/2 streams open, over every connection.",
+    sum((c) => c.activeStreams),
+  );
+  registry.gaugeFn(
+    "http2_output_buffered_bytes",
+    "Bytes of HTTP/2 output not yet taken by the peers' sockets (bounded by H2_MAX_OUTPUT_BYTES each).",
+    sum((c) => c.outputBytes),
+  );
+  registry.gaugeFn(
+    "http2_pending_data_bytes",
+    "Bytes of answers (DATA) waiting for the HTTP/2 peers' flow-control windows or for room in the output.",
+    sum((c) => c.pendingBytes),
+  );
+  registry.gaugeFn(
+    "http2_queued_control_frames",
+    "Answers owed to HTTP/2 peers (PING/SETTINGS acknowledgements, RST_STREAM) not yet taken by their sockets.",
+    sum((c) => c.queuedControlFrames),
+  );
+  registry.gaugeFn(
+    "http2_connections_reading_paused",
+    "HTTP/2 connections not read until their peer takes what it was sent (H2_MAX_OUTPUT_BYTES).",
+    sum((c) => c.readingPaused ? 1 : 0),
+  );
+  let accepted = 0;
+  registry.counterFn("http2_connections_accepted_total", "HTTP/2 connections accepted.", () => accepted);
+  const closed = registry.counter(
+    "http2_connections_closed_total",
+    "HTTP/2 connections closed (or refused) because of a limit (H2_*), by the limit.",
+    ["reason"],
+  );
+  const refusedStreams = registry.counter(
+    "http2_streams_refused_total",
+    "HTTP/2 streams refused or reset because of a limit, by the limit.",
+    ["reason"],
+  );
+  const paused = registry.counter(
+    "http2_reads_paused_total",
+    "Times an HTTP/2 connection stopped reading because its peer did not take its output.",
+  );
+  const observer: Http2Observer = {
+    closed: (reason) => closed.inc({ reason }),
+    streamRefused: (reason) => refusedStreams.inc({ reason }),
+    readingPaused: () => paused.inc(),
+  };
+  return {
+    observer,
+    accepted: () => void accepted++,
+    refused: () => closed.inc({ reason: "max_connections" }),
+  };
+}
+
 export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
   const { logger } = options;
+  const limits: Http2Limits = {
+    ...DEFAULT_HTTP2_LIMITS,
+    ...options.limits,
+    maxConcurrentStreams: options.maxConcurrentStreams ?? options.limits?.maxConcurrentStreams ??
+      DEFAULT_HTTP2_LIMITS.maxConcurrentStreams,
+  };
+  const maxCallsPerTurn = options.maxCallsPerTurn ?? limits.maxConcurrentStreams;
   const unary = new Map<string, UnaryHandler>();
   const streaming = new Map<string, StreamingHandler>();
   const unknownListeners: UnknownMethodListener[] = [];
   const connections = new Set<Http2Connection>();
+  const callCounts = { endedBeforeStart: 0 };
+  const counted = http2Metrics(options.metrics, connections, callCounts);
   const deadlines = createDeadlineQueue();
   let listener: Deno.TcpListener | undefined;
   let accepting = true;
@@ -257,7 +404,7 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
     error: (error, trailers) => call.end(error, trailers),
   });
 
-  function startCall(stream: Http2Stream, fields: string[], endStream: boolean): void {
+  function startCall(starts: CallStarts, stream: Http2Stream, fields: string[], endStream: boolean): void {
     const method = fieldValue(fields, ":method");
     const contentType = fieldValue(fields, "content-type") ?? "";
     if (method !== "POST" || !contentType.startsWith(GRPC_CONTENT_TYPE)) {
@@ -274,7 +421,7 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
     } catch (error) {
       timeoutError = error as ServiceError;
     }
-    const call = new ServerCall(stream, path, deadlineMs, fields, options.maxReceiveBytes, deadlines);
+    const call = new ServerCall(starts, stream, path, deadlineMs, fields, options.maxReceiveBytes, deadlines);
     stream.context = call;
     if (timeoutError) return call.end(timeoutError);
     if (!accepting) return call.end(new ServiceError(Code.UNAVAILABLE, "the server is shutting down"));
@@ -334,6 +481,10 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
       return;
     }
     if (call.failed || call.ended) return;
+    call.starts.add(call); // started once this read has been handled (afterRead)
+  }
+
+  function startUnary(call: ServerCall): void {
     const handler = call.unary;
     if (!handler) {
       for (const listener of unknownListeners) listener(call.path, call, call.requestBytes);
@@ -352,10 +503,11 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
     }
   }
 
-  const http2Handler = {
+  /** The handler of one connection's streams (with its own CallStarts). */
+  const http2Handler = (starts: CallStarts): Http2Handler => ({
     onHeaders(stream: Http2Stream, fields: string[], endStream: boolean) {
       const context = stream.context as ServerCall | PlainAnswer | undefined;
-      if (context === undefined) return startCall(stream, fields, endStream);
+      if (context === undefined) return startCall(starts, stream, fields, endStream);
       // Request trailers: gRPC has none to read; they end the request.
       if (!endStream) return;
       if (context instanceof PlainAnswer) context.requestEnded();
@@ -366,6 +518,7 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
       if (context instanceof ServerCall) onData(context, data, endStream);
       else if (endStream) context.requestEnded();
     },
+    afterRead: () => starts.pump(),
     onClose(stream: Http2Stream) {
       const call = stream.context;
       if (!(call instanceof ServerCall)) return;
@@ -375,7 +528,9 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
         call.cancel();
       }
     },
-  };
+  });
+
+  let refusedLoggedAt = -Infinity;
 
   function serveConnection(conn: Deno.TcpConn): void {
     try {
@@ -384,12 +539,34 @@ export function createGrpcServer(options: GrpcServerOptions): GrpcServer {
       // the socket may already be gone
     }
     const remote = conn.remoteAddr;
+    const label = `${remote.hostname}:${remote.port}`;
+    if (connections.size >= limits.maxConnections) {
+      counted.refused();
+      // Logged once per 10 s at most: a flood of connections must not become a flood of log lines.
+      if (Date.now() - refusedLoggedAt >= 10_000) {
+        refusedLoggedAt = Date.now();
+        logger.warn("http2: connections refused, at the connection limit (counted in /metrics)", {
+          connection: label,
+          maxConnections: limits.maxConnections,
+        });
+      }
+      void refuseConnection(
+        conn as ByteStream,
+        ErrorCode.ENHANCE_YOUR_CALM,
+        `this server is at its limit of ${limits.maxConnections} connections (H2_MAX_CONNECTIONS)`,
+      );
+      return;
+    }
+    counted.accepted();
+    const starts = new CallStarts(maxCallsPerTurn, startUnary, callCounts);
     const connection = createHttp2Connection(conn as ByteStream, {
       role: "server",
-      handler: http2Handler,
+      handler: http2Handler(starts),
       logger,
-      label: `${remote.hostname}:${remote.port}`,
-      maxConcurrentStreams: options.maxConcurrentStreams ?? 1000,
+      label,
+      maxConcurrentStreams: limits.maxConcurrentStreams,
+      limits,
+      observer: counted.observer,
     });
     connections.add(connection);
     void connection.closed.then(() => connections.delete(connection));

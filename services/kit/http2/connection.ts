@@ -28,12 +28,15 @@ import {
   Setting,
 } from "./frames.ts";
 import { createHpackDecoder, createHpackEncoder, HpackError } from "./hpack.ts";
+import { DEFAULT_HTTP2_LIMITS, type Http2LimitReason, type Http2Limits, NO_HTTP2_LIMITS } from "./limits.ts";
 
 /** What the connection needs of a socket (Deno.Conn has it). */
 export interface ByteStream {
   read(into: Uint8Array): Promise<number | null>;
   write(bytes: Uint8Array): Promise<number>;
   close(): void;
+  /** Sends FIN once what was written has left (shutdown(SHUT_WR)); the reading side stays open. */
+  closeWrite?(): Promise<void>;
 }
 
 /** The close code a stream gets when its connection is gone (not an HTTP/2 error code). */
@@ -77,6 +80,8 @@ export interface Http2Handler {
   onClose(stream: Http2Stream, code: number | undefined, reason: string): void;
   /** The peer sent GOAWAY: streams above `lastStreamId` were closed with REFUSED_STREAM (not processed). */
   onGoaway?(lastStreamId: number, code: number): void;
+  /** Every frame of one read has been handled (what arrived together has been seen together). */
+  afterRead?(): void;
 }
 
 export interface Http2ConnectionOptions {
@@ -93,6 +98,23 @@ export interface Http2ConnectionOptions {
   connectionWindow?: number;
   /** Largest header list accepted (RFC 9113 6.5.2 size); a larger one is answered 431. Default 64 KiB. */
   maxHeaderListSize?: number;
+  /**
+   * The defences against an abusive peer (limits.ts), over DEFAULT_HTTP2_LIMITS. Without it (the kit's client,
+   * which talks to services it trusts) there are none.
+   */
+  limits?: Partial<Http2Limits>;
+  /** Told of every limit hit, for the metrics. */
+  observer?: Http2Observer;
+}
+
+/** What a connection tells its owner about its limits (each call is rare: a limit was hit). */
+export interface Http2Observer {
+  /** The connection is being closed because of `reason`. */
+  closed(reason: Http2LimitReason, detail: string): void;
+  /** A stream was refused (REFUSED_STREAM) or reset because of `reason`. */
+  streamRefused(reason: "max_concurrent_streams" | "pending_data"): void;
+  /** The connection stopped reading: its peer does not take what it is sent. */
+  readingPaused(): void;
 }
 
 export interface Http2Connection {
@@ -109,6 +131,14 @@ export interface Http2Connection {
   destroy(reason: string): void;
   /** Resolves when the socket is closed, for whatever reason. */
   readonly closed: Promise<void>;
+  /** Bytes of output not yet taken by the socket. */
+  readonly outputBytes: number;
+  /** Bytes of DATA queued in streams, waiting for the peer's windows (or room in the output). */
+  readonly pendingBytes: number;
+  /** Answers owed to the peer (PING and SETTINGS acknowledgements, RST_STREAM) not yet taken by the socket. */
+  readonly queuedControlFrames: number;
+  /** Reading is paused until the peer takes what it was sent (limits.maxOutputBytes). */
+  readonly readingPaused: boolean;
   /**
    * Whether the peer still answers: a PING, and true if its ACK (or any frame) arrives within `timeoutMs`.
    * A connection whose peer vanished without closing it (host gone, network cut) only learns so this way.
@@ -116,17 +146,66 @@ export interface Http2Connection {
   ping(timeoutMs: number): Promise<boolean>;
 }
 
-/** A protocol violation of the whole connection: GOAWAY with `code`, then close. */
+/** A protocol violation of the whole connection (or a limit it went over): GOAWAY with `code`, then close. */
 class ConnectionError extends Error {
-  constructor(readonly code: number, message: string) {
+  constructor(readonly code: number, message: string, readonly limit?: Http2LimitReason) {
     super(message);
   }
 }
 
 const CHUNK_BYTES = 64 * 1024;
-/** A header block being assembled from CONTINUATION frames may not grow past this. */
-const MAX_HEADER_BLOCK_BYTES = 1024 * 1024;
 const RECENTLY_RESET_KEPT = 128;
+/** A frame that carries less than this without ending its part (a fragment, a window) is an overhead frame. */
+const SMALL_FRAME_BYTES = 1024;
+/** What must move in writeStallTimeoutMs for buffered output or pending DATA not to count as stalled. */
+const STALL_PROGRESS_BYTES = 16 * 1024;
+/** How long a connection closed with GOAWAY waits for it to be written before the socket is closed anyway. */
+const CLOSE_GRACE_MS = 5000;
+/** An output buffer larger than this is not kept once written (a burst should not pin its memory). */
+const KEPT_BUFFER_BYTES = 256 * 1024;
+const OUTPUT_BUFFER_BYTES = 16 * 1024;
+
+/** When each limit was last logged as a warning: at most once per 10 s each, the rest at debug level. */
+const limitLoggedAt = new Map<Http2LimitReason, number>();
+
+function logLimit(logger: Logger, limit: Http2LimitReason, fields: Record<string, unknown>): void {
+  const now = performance.now();
+  if (now - (limitLoggedAt.get(limit) ?? -Infinity) < 10_000) {
+    logger.debug("http2: closing a connection over a limit", fields);
+    return;
+  }
+  limitLoggedAt.set(limit, now);
+  logger.warn("http2: closing a connection over a limit (each counted in /metrics)", fields);
+}
+
+// --- housekeeping: one timer for every connection with limits ------------------------------------------------
+
+/** How often the timeouts and windows of connections are checked (their resolution). */
+const TICK_MS = 250;
+const tickers = new Set<(now: number) => void>();
+let tickTimer: ReturnType<typeof setInterval> | undefined;
+
+function runTicks(): void {
+  const now = performance.now();
+  for (const tick of tickers) tick(now);
+}
+
+function addTicker(tick: (now: number) => void): void {
+  tickers.add(tick);
+  if (tickTimer === undefined) {
+    const timer = setInterval(runTicks, TICK_MS);
+    Deno.unrefTimer(timer);
+    tickTimer = timer;
+  }
+}
+
+function removeTicker(tick: (now: number) => void): void {
+  tickers.delete(tick);
+  if (tickers.size === 0 && tickTimer !== undefined) {
+    clearInterval(tickTimer);
+    tickTimer = undefined;
+  }
+}
 const CONNECTION_SPECIFIC = new Set([
   "connection",
   "keep-alive",
@@ -220,15 +299,25 @@ function contentLength(fields: string[]): number {
 export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOptions): Http2Connection {
   const { handler, logger, role } = options;
   const isServer = role === "server";
-  const maxConcurrentStreams = options.maxConcurrentStreams ?? (isServer ? 1000 : 0);
+  const limited = options.limits !== undefined;
+  const limits: Readonly<Http2Limits> = limited
+    ? { ...DEFAULT_HTTP2_LIMITS, ...options.limits }
+    : NO_HTTP2_LIMITS;
+  const observer = options.observer;
+  const maxConcurrentStreams = options.maxConcurrentStreams ?? (isServer ? limits.maxConcurrentStreams : 0);
   const streamWindow = options.streamWindow ?? 1024 * 1024;
   const connectionWindow = options.connectionWindow ?? 16 * 1024 * 1024;
   const maxHeaderListSize = options.maxHeaderListSize ?? 64 * 1024;
+  /**
+   * A header block being assembled from CONTINUATION frames may not grow past this: its encoding is never
+   * larger than the list it decodes to, so past twice the list's limit it can only be refused anyway.
+   */
+  const maxHeaderBlockBytes = Math.max(2 * maxHeaderListSize, DEFAULT_MAX_FRAME_SIZE);
   const decoder = createHpackDecoder();
   const encoder = createHpackEncoder();
 
   const streams = new Map<number, Stream>();
-  /** Streams with DATA waiting for the connection's send window. */
+  /** Streams with DATA waiting for the connection's send window, or for room in the output buffer. */
   const blocked = new Set<Stream>();
   const recentlyReset = new Set<number>();
   const recentlyResetOrder: number[] = [];
@@ -249,20 +338,60 @@ export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOp
   let isClosed = false;
   let closing = false;
   let continuation:
-    | { streamId: number; flags: number; selfDependent: boolean; parts: Uint8Array[]; bytes: number }
+    | { streamId: number; flags: number; selfDependent: boolean; block: Uint8Array; bytes: number }
     | undefined;
+  /** The client's preface has arrived (a client has nothing to wait for). */
+  let prefaceSeen = !isServer;
+  /** The peer acknowledged our SETTINGS. */
+  let settingsAcked = false;
+
+  // What the limits count (limits.ts).
+  const createdAt = performance.now();
+  let windowStart = createdAt;
+  let resetsInWindow = 0;
+  let overheadInWindow = 0;
+  /** Answers owed to the peer in `out`, and in the write under way. */
+  let queuedControl = 0;
+  let writingControl = 0;
+  /** DATA bytes queued in streams, waiting for the peer's windows (or room in the output). */
+  let pendingTotal = 0;
+  /** Bytes handed to the socket so far, and DATA bytes moved from streams into the output so far. */
+  let bytesWritten = 0;
+  let dataBytesSent = 0;
+  let outputStallSince = createdAt;
+  let outputStallBase = 0;
+  let pendingStallSince = createdAt;
+  let pendingStallBase = 0;
+  let idleSince = createdAt;
+  let idleSeenStreamId = 0;
+  /** Set while reading waits for the output to drain. */
+  let resumeReading: (() => void) | undefined;
+  /** No more input is processed: the connection is being closed. */
+  let readingStopped = false;
+  /** The peer closed its side (or the socket failed): nothing more to read. */
+  let readDone = false;
+  /** Our FIN is on its way. */
+  let writeShut = false;
+  let hardCloseTimer: ReturnType<typeof setTimeout> | undefined;
 
   let resolveClosed!: () => void;
   const closed = new Promise<void>((resolve) => resolveClosed = resolve);
 
   // --- output: frames are appended here and leave in one write per turn ----------------------------------
 
-  let out = new Uint8Array(16 * 1024);
-  let spare = new Uint8Array(16 * 1024);
+  let out = new Uint8Array(OUTPUT_BUFFER_BYTES);
+  let spare = new Uint8Array(OUTPUT_BUFFER_BYTES);
   let outLen = 0;
+  /** What is left to write of the write under way. */
+  let writingBytes = 0;
   let flushScheduled = false;
   let writing = false;
   let closeAfterWrite = false;
+
+  /** Bytes not yet taken by the socket. */
+  function outputBytes(): number {
+    return outLen + writingBytes;
+  }
 
   function reserve(bytes: number): void {
     if (outLen + bytes <= out.length) return;
@@ -312,16 +441,79 @@ export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOp
         out = spare;
         spare = written;
         outLen = 0;
+        writingControl = queuedControl;
+        queuedControl = 0;
+        writingBytes = data.length;
         let sent = 0;
-        while (sent < data.length) sent += await io.write(data.subarray(sent));
+        while (sent < data.length) {
+          const n = await io.write(data.subarray(sent));
+          sent += n;
+          writingBytes -= n;
+          bytesWritten += n;
+        }
+        writingControl = 0;
+        if (spare.length > KEPT_BUFFER_BYTES) spare = new Uint8Array(OUTPUT_BUFFER_BYTES);
+        if (limited) afterWrite();
       }
     } catch (error) {
       writing = false;
+      writingBytes = 0;
       lost(`write failed: ${error}`);
       return;
     }
     writing = false;
-    if (closeAfterWrite) closeSocket();
+    if (closeAfterWrite) finishWriting();
+  }
+
+  /** Once a write is done: reading resumes below half the output limit, and queued DATA moves on. */
+  function afterWrite(): void {
+    if (resumeReading !== undefined && outLen <= limits.maxOutputBytes / 2) {
+      const resume = resumeReading;
+      resumeReading = undefined;
+      resume();
+    }
+    if (blocked.size > 0 && connSendWindow > 0 && outLen < limits.maxOutputBytes) {
+      const waiting = [...blocked];
+      blocked.clear();
+      for (const stream of waiting) pump(stream);
+    }
+  }
+
+  /** The connection goes over a limit of the window: a connection error (thrown from the frame's handler). */
+  function countReset(): void {
+    if (++resetsInWindow > limits.maxResetsPerWindow) {
+      throw new ConnectionError(
+        ErrorCode.ENHANCE_YOUR_CALM,
+        `more than ${limits.maxResetsPerWindow} streams reset in ${limits.abuseWindowMs} ms`,
+        "resets",
+      );
+    }
+  }
+
+  function countOverhead(what: string): void {
+    overheadInWindow++;
+    checkOverhead(what);
+  }
+
+  function checkOverhead(what: string): void {
+    if (overheadInWindow > limits.maxOverheadFramesPerWindow) {
+      throw new ConnectionError(
+        ErrorCode.ENHANCE_YOUR_CALM,
+        `more than ${limits.maxOverheadFramesPerWindow} frames without a request (${what}) in ${limits.abuseWindowMs} ms`,
+        "overhead_frames",
+      );
+    }
+  }
+
+  /** An answer the peer's frame asks for (ACK, RST_STREAM) is about to be queued. */
+  function controlFrameQueued(): void {
+    if (++queuedControl + writingControl > limits.maxQueuedControlFrames) {
+      throw new ConnectionError(
+        ErrorCode.ENHANCE_YOUR_CALM,
+        `more than ${limits.maxQueuedControlFrames} control frames queued for a peer that does not read them`,
+        "control_frame_flood",
+      );
+    }
   }
 
   function writeSettings(): void {
@@ -421,8 +613,21 @@ export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOp
     sendData(data: Uint8Array, endStream: boolean): void {
       if (this.localEnded || this.isClosed || isClosed) return;
       if (data.length > 0) {
+        if (this.pendingBytes > 0 && pendingTotal > limits.maxPendingBytes) {
+          // More on top of what this stream could not send yet, with the connection over its limit: the peer
+          // keeps its windows shut (or does not read) while asking for more.
+          observer?.streamRefused("pending_data");
+          logger.debug("http2: stream reset, too much DATA waiting for the peer's windows", {
+            connection: options.label,
+            streamId: this.id,
+            pendingBytes: pendingTotal,
+          });
+          this.reset(ErrorCode.ENHANCE_YOUR_CALM);
+          return;
+        }
         this.pending.push(data);
         this.pendingBytes += data.length;
+        pendingTotal += data.length;
       }
       if (endStream) {
         this.localEnded = true;
@@ -460,12 +665,20 @@ export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOp
   /** Writes what the windows allow of the stream's queue, then its end once the queue is empty. */
   function pump(stream: Stream): void {
     while (stream.pendingBytes > 0) {
+      if (outLen + writingBytes >= limits.maxOutputBytes) {
+        // The peer does not take what it was sent: the rest waits here, not in the output buffer.
+        blocked.add(stream);
+        return;
+      }
       const allowed = Math.min(stream.sendWindow, connSendWindow, peerMaxFrameSize);
       if (allowed <= 0) {
         if (connSendWindow <= 0) blocked.add(stream);
         return;
       }
       const length = Math.min(allowed, stream.pendingBytes);
+      // A window that lets out only a few bytes of more (the data dribble, CVE-2019-9511): an overhead frame,
+      // checked by the frame handler that opened the window (checkOverhead), or by the next tick.
+      if (length < SMALL_FRAME_BYTES && length < stream.pendingBytes) overheadInWindow++;
       const last = length === stream.pendingBytes;
       const flags = last && stream.endWithData ? Flag.END_STREAM : 0;
       frameHeader(length, FrameType.DATA, flags, stream.id);
@@ -488,6 +701,8 @@ export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOp
         }
       }
       stream.pendingBytes -= length;
+      pendingTotal -= length;
+      dataBytesSent += length;
       stream.sendWindow -= length;
       connSendWindow -= length;
       if (flags) {
@@ -524,6 +739,7 @@ export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOp
     streams.delete(stream.id);
     blocked.delete(stream);
     stream.pending = [];
+    pendingTotal -= stream.pendingBytes;
     stream.pendingBytes = 0;
     if (stream.announced) {
       try {
@@ -535,8 +751,13 @@ export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOp
     if ((goawaySent || goawayReceived) && streams.size === 0 && closing) finishClose();
   }
 
-  /** A stream error (RFC 9113 5.4.2): RST_STREAM, the stream is closed, the connection goes on. */
-  function streamError(streamId: number, code: number, reason: string): void {
+  /**
+   * A stream error (RFC 9113 5.4.2): RST_STREAM, the stream is closed, the connection goes on. Counted as a
+   * reset the peer caused unless `ours` (we refuse it for our own reasons).
+   */
+  function streamError(streamId: number, code: number, reason: string, ours = false): void {
+    if (!ours) countReset();
+    controlFrameQueued();
     logger.debug("http2: stream error", { connection: options.label, streamId, code, reason });
     writeRst(streamId, code);
     rememberReset(streamId);
@@ -575,6 +796,7 @@ export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOp
       case FrameType.HEADERS:
         return onHeadersFrame(flags, streamId, buf, start, length);
       case FrameType.PRIORITY:
+        countOverhead("PRIORITY");
         if (streamId === 0) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, "PRIORITY on stream 0");
         if (length !== 5) return streamError(streamId, ErrorCode.FRAME_SIZE_ERROR, "PRIORITY of a bad size");
         if (read31(buf, start) === streamId) {
@@ -591,6 +813,7 @@ export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOp
         if (streamId !== 0) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, "PING on a stream");
         if (length !== 8) throw new ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "PING of a bad size");
         if (!(flags & Flag.ACK)) {
+          controlFrameQueued();
           frameHeader(8, FrameType.PING, Flag.ACK, 0);
           out.set(buf.subarray(start, start + 8), outLen);
           outLen += 8;
@@ -634,6 +857,7 @@ export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOp
       dataStart++;
       dataEnd -= buf[start];
     }
+    if (dataEnd === dataStart && !(flags & Flag.END_STREAM)) countOverhead("empty DATA");
     const stream = streams.get(streamId);
     if (!stream) {
       if (isIdle(streamId)) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, "DATA on an idle stream");
@@ -711,7 +935,8 @@ export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOp
     if (flags & Flag.END_HEADERS) {
       onHeaderBlock(streamId, flags, fragment, selfDependent);
     } else {
-      continuation = { streamId, flags, selfDependent, parts: [fragment.slice()], bytes: fragment.length };
+      if (fragment.length < SMALL_FRAME_BYTES) countOverhead("a HEADERS fragment under 1 KiB");
+      continuation = { streamId, flags, selfDependent, block: fragment.slice(), bytes: fragment.length };
     }
   }
 
@@ -719,21 +944,29 @@ export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOp
     if (!continuation || continuation.streamId !== streamId) {
       throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, "CONTINUATION without a header block to continue");
     }
-    continuation.parts.push(buf.slice(start, start + length));
-    continuation.bytes += length;
-    if (continuation.bytes > MAX_HEADER_BLOCK_BYTES) {
-      throw new ConnectionError(ErrorCode.ENHANCE_YOUR_CALM, "header block too large");
+    const ended = (flags & Flag.END_HEADERS) !== 0;
+    if (!ended && length < SMALL_FRAME_BYTES) countOverhead("a CONTINUATION under 1 KiB");
+    const bytes = continuation.bytes + length;
+    if (bytes > maxHeaderBlockBytes) {
+      throw new ConnectionError(
+        ErrorCode.ENHANCE_YOUR_CALM,
+        `header block over ${maxHeaderBlockBytes} bytes`,
+      );
     }
-    if (!(flags & Flag.END_HEADERS)) return;
-    const block = new Uint8Array(continuation.bytes);
-    let at = 0;
-    for (const part of continuation.parts) {
-      block.set(part, at);
-      at += part.length;
+    // One buffer that grows, not a part per frame: a block of many tiny fragments costs only its bytes.
+    if (bytes > continuation.block.length) {
+      const grown = new Uint8Array(
+        Math.min(maxHeaderBlockBytes, Math.max(bytes, 2 * continuation.block.length)),
+      );
+      grown.set(continuation.block.subarray(0, continuation.bytes));
+      continuation.block = grown;
     }
+    continuation.block.set(buf.subarray(start, start + length), continuation.bytes);
+    continuation.bytes = bytes;
+    if (!ended) return;
     const first = continuation;
     continuation = undefined;
-    onHeaderBlock(streamId, first.flags, block, first.selfDependent);
+    onHeaderBlock(streamId, first.flags, first.block.subarray(0, first.bytes), first.selfDependent);
   }
 
   function onHeaderBlock(streamId: number, flags: number, block: Uint8Array, selfDependent: boolean): void {
@@ -765,10 +998,20 @@ export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOp
       lastPeerStreamId = streamId;
       if (selfDependent) return streamError(streamId, ErrorCode.PROTOCOL_ERROR, "a stream depends on itself");
       if (goawaySent || closing) {
-        return streamError(streamId, ErrorCode.REFUSED_STREAM, "the server is going away");
+        return streamError(streamId, ErrorCode.REFUSED_STREAM, "the server is going away", true);
       }
       if (streams.size >= maxConcurrentStreams) {
+        observer?.streamRefused("max_concurrent_streams");
         return streamError(streamId, ErrorCode.REFUSED_STREAM, "too many concurrent streams");
+      }
+      if (pendingTotal > limits.maxPendingBytes) {
+        observer?.streamRefused("pending_data");
+        return streamError(
+          streamId,
+          ErrorCode.REFUSED_STREAM,
+          "too much DATA waiting for the peer's windows",
+          true,
+        );
       }
       const problem = requestProblem(fields);
       if (problem) return streamError(streamId, ErrorCode.PROTOCOL_ERROR, `malformed request: ${problem}`);
@@ -823,6 +1066,7 @@ export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOp
       }
       return;
     }
+    countReset();
     const code = read32(buf, start);
     closeStream(stream, code, `reset by the peer: ${errorCodeName(code)}`);
   }
@@ -831,9 +1075,12 @@ export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOp
     if (streamId !== 0) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, "SETTINGS on a stream");
     if (flags & Flag.ACK) {
       if (length !== 0) throw new ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload");
+      settingsAcked = true;
       return;
     }
     if (length % 6 !== 0) throw new ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS of a bad size");
+    countOverhead("SETTINGS");
+    controlFrameQueued();
     let windowGrew = false;
     for (let at = start; at < start + length; at += 6) {
       const id = (buf[at] << 8) | buf[at + 1];
@@ -855,6 +1102,7 @@ export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOp
             throw new ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, `SETTINGS_INITIAL_WINDOW_SIZE ${value}`);
           }
           const delta = value - peerInitialWindow;
+          if (delta === 0) break;
           peerInitialWindow = value;
           for (const stream of streams.values()) {
             stream.sendWindow += delta;
@@ -876,7 +1124,10 @@ export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOp
       }
     }
     frameHeader(0, FrameType.SETTINGS, Flag.ACK, 0);
-    if (windowGrew) { for (const stream of [...streams.values()]) pump(stream); }
+    if (windowGrew) {
+      for (const stream of [...streams.values()]) pump(stream);
+      checkOverhead("DATA frames under 1 KiB, as far as the peer's windows let them");
+    }
   }
 
   function onGoaway(streamId: number, buf: Uint8Array, start: number, length: number): void {
@@ -908,6 +1159,8 @@ export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOp
   function onWindowUpdate(streamId: number, buf: Uint8Array, start: number, length: number): void {
     if (length !== 4) throw new ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "WINDOW_UPDATE of a bad size");
     const increment = read31(buf, start);
+    // Not counted by themselves: grpc-go sends one of a few bytes before each of its BDP PINGs, that is with
+    // most answers. What costs is a window that lets DATA out in frames of a few bytes (pump counts those).
     if (streamId === 0) {
       if (increment === 0) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0");
       connSendWindow += increment;
@@ -917,7 +1170,7 @@ export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOp
       const waiting = [...blocked];
       blocked.clear();
       for (const stream of waiting) pump(stream);
-      return;
+      return checkOverhead("DATA frames under 1 KiB, as far as the peer's windows let them");
     }
     const stream = streams.get(streamId);
     if (!stream) {
@@ -932,6 +1185,7 @@ export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOp
       return streamError(streamId, ErrorCode.FLOW_CONTROL_ERROR, "the stream's window overflowed");
     }
     pump(stream);
+    checkOverhead("DATA frames under 1 KiB, as far as the peer's windows let them");
   }
 
   /** Bumped by every frame received: what `ping` waits to see move. */
@@ -957,12 +1211,35 @@ export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOp
   }
 
   async function readLoop(): Promise<void> {
+    await readFrames();
+    if (isClosed) return;
+    // Our last frames are leaving: what the peer still sends is read and dropped until it closes too (or
+    // CLOSE_GRACE_MS). Closing a socket with unread input resets it, and the reset drops what we had not yet
+    // sent: the GOAWAY that says why (nginx's lingering close).
+    const sink = new Uint8Array(16 * 1024);
+    try {
+      while (!isClosed && (await io.read(sink)) !== null) {
+        // dropped
+      }
+    } catch {
+      // reset, or closed by the timer
+    }
+    readDone = true;
+    if (!writing && !flushScheduled) closeSocket(); // otherwise once the write loop is done
+  }
+
+  async function readFrames(): Promise<void> {
     let chunk = new Uint8Array(CHUNK_BYTES);
     let filled = 0;
     let pos = 0;
-    let prefaceSeen = !isServer;
     try {
       for (;;) {
+        if (outLen + writingBytes > limits.maxOutputBytes) {
+          // A slow reader: no new work from a peer that does not take its answers, until they drain.
+          observer?.readingPaused();
+          await new Promise<void>((resolve) => resumeReading = resolve);
+        }
+        if (readingStopped || isClosed) return;
         if (chunk.length - filled < DEFAULT_MAX_FRAME_SIZE + FRAME_HEADER_BYTES) {
           // A new chunk for the unparsed tail: DATA handed out as views stays as it was.
           const next = new Uint8Array(CHUNK_BYTES);
@@ -972,6 +1249,7 @@ export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOp
           chunk = next;
         }
         const n = await io.read(chunk.subarray(filled));
+        if (readingStopped) return;
         if (n === null) {
           lost("closed by the peer");
           return;
@@ -990,7 +1268,11 @@ export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOp
           pos = CLIENT_PREFACE.length;
           writeSettings();
         }
-        pos = parse(chunk, pos, filled);
+        try {
+          pos = parse(chunk, pos, filled);
+        } finally {
+          handler.afterRead?.();
+        }
         if (isClosed) return;
         if (pos === filled && chunk.length - filled < DEFAULT_MAX_FRAME_SIZE + FRAME_HEADER_BYTES) {
           filled = pos = 0;
@@ -1004,7 +1286,7 @@ export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOp
           code: error.code,
           reason: error.message,
         });
-        fail(error.code, error.message);
+        fail(error.code, error.message, error.limit);
       } else if (!isClosed) {
         lost(`read failed: ${error}`);
       }
@@ -1025,12 +1307,96 @@ export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOp
 
   // --- closing -------------------------------------------------------------------------------------------
 
-  /** A connection error: GOAWAY with the code, every stream closed, the socket closed once written. */
-  function fail(code: number, reason: string): void {
-    if (isClosed) return;
+  /**
+   * A connection error: GOAWAY with the code, every stream closed, no more input, the socket closed once
+   * written. For a limit, what was queued and not yet handed to the socket is dropped first: the peer asked
+   * for it and may never read it.
+   */
+  function fail(code: number, reason: string, limit?: Http2LimitReason): void {
+    if (isClosed || readingStopped) return;
+    if (limit) {
+      logLimit(logger, limit, { connection: options.label, limit, reason });
+      observer?.closed(limit, reason);
+      outLen = 0;
+      queuedControl = 0;
+    }
     if (!goawaySent || code !== ErrorCode.NO_ERROR) writeGoaway(code, reason);
     closeAllStreams(code, reason);
     closeGracefullyNow();
+  }
+
+  function stopWaitingForOutput(): void {
+    const resume = resumeReading;
+    resumeReading = undefined;
+    resume?.();
+  }
+
+  /** GOAWAY(NO_ERROR): no new streams; the connection closes once the streams in flight have ended. */
+  function goAway(): void {
+    if (isClosed || closing) return;
+    closing = true;
+    writeGoaway(ErrorCode.NO_ERROR, "");
+    if (streams.size === 0) finishClose();
+  }
+
+  /** The timeouts and windows of limits.ts, checked every TICK_MS. */
+  function tick(now: number): void {
+    if (isClosed || readingStopped) return;
+    if (overheadInWindow > limits.maxOverheadFramesPerWindow) {
+      return fail(
+        ErrorCode.ENHANCE_YOUR_CALM,
+        `more than ${limits.maxOverheadFramesPerWindow} frames without a request in ${limits.abuseWindowMs} ms`,
+        "overhead_frames",
+      );
+    }
+    if (now - windowStart >= limits.abuseWindowMs) {
+      windowStart = now;
+      resetsInWindow = 0;
+      overheadInWindow = 0;
+    }
+    if (!prefaceSeen || !peerSettingsSeen || !settingsAcked) {
+      if (limits.handshakeTimeoutMs > 0 && now - createdAt >= limits.handshakeTimeoutMs) {
+        if (!prefaceSeen) writeSettings(); // a server's first frame is its SETTINGS
+        fail(
+          ErrorCode.SETTINGS_TIMEOUT,
+          `no HTTP/2 handshake (preface, SETTINGS and the acknowledgement of ours) in ${limits.handshakeTimeoutMs} ms`,
+          "handshake_timeout",
+        );
+      }
+      return;
+    }
+    if (limits.writeStallTimeoutMs > 0) {
+      if (outputBytes() === 0 || bytesWritten - outputStallBase >= STALL_PROGRESS_BYTES) {
+        outputStallSince = now;
+        outputStallBase = bytesWritten;
+      } else if (now - outputStallSince >= limits.writeStallTimeoutMs) {
+        return fail(
+          ErrorCode.ENHANCE_YOUR_CALM,
+          `the peer took less than ${STALL_PROGRESS_BYTES} bytes of its ${outputBytes()} in ${limits.writeStallTimeoutMs} ms`,
+          "slow_reader",
+        );
+      }
+      if (pendingTotal === 0 || dataBytesSent - pendingStallBase >= STALL_PROGRESS_BYTES) {
+        pendingStallSince = now;
+        pendingStallBase = dataBytesSent;
+      } else if (now - pendingStallSince >= limits.writeStallTimeoutMs) {
+        return fail(
+          ErrorCode.ENHANCE_YOUR_CALM,
+          `flow-control windows let less than ${STALL_PROGRESS_BYTES} bytes of ${pendingTotal} leave in ${limits.writeStallTimeoutMs} ms`,
+          "flow_control_stall",
+        );
+      }
+    }
+    if (limits.idleTimeoutMs > 0 && isServer && !closing) {
+      if (streams.size > 0 || lastPeerStreamId !== idleSeenStreamId) {
+        idleSince = now;
+        idleSeenStreamId = lastPeerStreamId;
+      } else if (now - idleSince >= limits.idleTimeoutMs) {
+        logger.debug("http2: closing an idle connection", { connection: options.label });
+        observer?.closed("idle_timeout", `no stream for ${limits.idleTimeoutMs} ms`);
+        goAway();
+      }
+    }
   }
 
   /** The socket is gone (or unusable): every stream is closed with CONNECTION_LOST. */
@@ -1044,16 +1410,37 @@ export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOp
     for (const stream of [...streams.values()]) closeStream(stream, code, reason);
   }
 
-  /** Lets what is queued leave, then closes the socket. */
+  /**
+   * No more input; what is queued leaves, then FIN, and the socket is closed once the peer closes its side
+   * too, or after CLOSE_GRACE_MS whatever the peer does.
+   */
   function closeGracefullyNow(): void {
     closeAfterWrite = true;
-    if (!writing && !flushScheduled) closeSocket();
+    readingStopped = true;
+    stopWaitingForOutput();
+    if (hardCloseTimer === undefined) {
+      const timer = setTimeout(closeSocket, CLOSE_GRACE_MS);
+      Deno.unrefTimer(timer);
+      hardCloseTimer = timer;
+    }
+    if (!writing && !flushScheduled) finishWriting();
+  }
+
+  /** Everything queued has been written: FIN, or the socket closed when there is nothing to wait for. */
+  function finishWriting(): void {
+    if (readDone || !io.closeWrite) return closeSocket();
+    if (writeShut) return;
+    writeShut = true;
+    io.closeWrite().catch(() => closeSocket());
   }
 
   function closeSocket(): void {
     if (isClosed) return;
     isClosed = true;
     closing = true;
+    if (hardCloseTimer !== undefined) clearTimeout(hardCloseTimer);
+    if (limited) removeTicker(tick);
+    stopWaitingForOutput();
     try {
       io.close();
     } catch {
@@ -1076,6 +1463,7 @@ export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOp
     outLen += CLIENT_PREFACE.length;
     writeSettings();
   }
+  if (limited) addTicker(tick);
   void readLoop();
 
   const canOpen = () =>
@@ -1103,12 +1491,20 @@ export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOp
     get activeStreams() {
       return streams.size;
     },
+    get outputBytes() {
+      return outputBytes();
+    },
+    get pendingBytes() {
+      return pendingTotal;
+    },
+    get queuedControlFrames() {
+      return queuedControl + writingControl;
+    },
+    get readingPaused() {
+      return resumeReading !== undefined;
+    },
     close() {
-      if (!isClosed && !closing) {
-        closing = true;
-        writeGoaway(ErrorCode.NO_ERROR, "");
-        if (streams.size === 0) finishClose();
-      }
+      goAway();
       return closed;
     },
     async ping(timeoutMs) {
@@ -1135,3 +1531,42 @@ export function createHttp2Connection(io: ByteStream, options: Http2ConnectionOp
 
 /** The answer to a header list over the limit. */
 const HEADER_LIST_TOO_LARGE = [":status", "431"];
+
+/**
+ * A connection the server will not serve (over its connection limit): our SETTINGS (a server's first frame)
+ * and GOAWAY with `code` and `debug`, then the socket is closed, within a second whatever the peer does.
+ */
+export function refuseConnection(io: ByteStream, code: number, debug: string): Promise<void> {
+  const text = new TextEncoder().encode(debug.slice(0, 200));
+  const bytes = new Uint8Array(2 * FRAME_HEADER_BYTES + 8 + text.length);
+  bytes[3] = FrameType.SETTINGS; // an empty SETTINGS: the defaults
+  const goaway = bytes.subarray(FRAME_HEADER_BYTES);
+  const length = 8 + text.length;
+  goaway[0] = length >>> 16;
+  goaway[1] = (length >>> 8) & 0xff;
+  goaway[2] = length & 0xff;
+  goaway[3] = FrameType.GOAWAY;
+  // flags 0, stream 0, last stream id 0
+  new DataView(goaway.buffer, goaway.byteOffset + FRAME_HEADER_BYTES + 4, 4).setUint32(0, code);
+  goaway.set(text, FRAME_HEADER_BYTES + 8);
+  const close = () => {
+    clearTimeout(timer);
+    try {
+      io.close();
+    } catch {
+      // already closed
+    }
+  };
+  const timer = setTimeout(close, 1000);
+  Deno.unrefTimer(timer);
+  return (async () => {
+    try {
+      let sent = 0;
+      while (sent < bytes.length) sent += await io.write(bytes.subarray(sent));
+    } catch {
+      // the peer is gone already
+    } finally {
+      close();
+    }
+  })();
+}
