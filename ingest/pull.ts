@@ -28,6 +28,15 @@
  * consumer is gone (409 Consumer Deleted; 503 no responders: nothing answers pull requests for it) or cannot
  * serve these requests (409 Exceeded MaxRequestBatch / MaxRequestExpires / MaxRequestMaxBytes, Consumer is
  * push based): retrying the same request would fail the same way forever.
+ *
+ * Lame duck mode (a NATS server about to shut down says so in INFO): the wire connects to another server and
+ * writes go there (`onMoved`), while the old connection keeps reading until its server closes it. The open pull
+ * requests are carried over: their reply subjects are subscribed on the new connection too, so whatever the
+ * consumer sends them reaches this process whichever connection is still up (the cluster routes a message to
+ * every server with interest), and new requests go out on the new connection. During this handover a delivery
+ * may come twice (once per connection: the copy is dropped when its consumer and stream sequences match what
+ * was passed on), or ahead of one still on its way on the other connection (held, in order, until the gap
+ * fills). A gap still open a moment after the old connection closed was lost with it: trouble, as above.
  */
 import {
   createNatsWire,
@@ -408,6 +417,22 @@ interface OpenRequest {
 
 const isOpen = (request: OpenRequest) => request.messages > 0 && request.bytes > 0;
 
+/** A lame-duck move under way (see the module comment): what was passed on, and what came ahead. */
+interface Handover {
+  /** Consumer sequence → stream sequence of deliveries passed on during the handover (to spot the copies). */
+  seen: Map<number, number>;
+  /** Deliveries that came ahead of the next consumer sequence, by consumer sequence. */
+  ahead: Map<number, Delivery>;
+  aheadBytes: number;
+  endTimer?: ReturnType<typeof setTimeout>;
+}
+
+/** How long the handover lasts after the old connection closed (copies and late ones still on their way). */
+const HANDOVER_SETTLE_MS = 2_000;
+/** Deliveries held ahead of a gap at most, and deliveries remembered to spot copies. */
+const MAX_AHEAD = 10_000;
+const MAX_SEEN = 200_000;
+
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 export function createPullReceiver(options: PullReceiverOptions): PullReceiver {
@@ -438,6 +463,7 @@ export function createPullReceiver(options: PullReceiverOptions): PullReceiver {
   let pullRetryTimer: ReturnType<typeof setTimeout> | undefined;
   let silenceTimer: ReturnType<typeof setInterval> | undefined;
   let lastRefusalLog = 0;
+  let handover: Handover | undefined;
 
   const newInbox = () => {
     inbox = `${nats.inboxPrefix}.${crypto.randomUUID().replaceAll("-", "")}`;
@@ -491,7 +517,7 @@ export function createPullReceiver(options: PullReceiverOptions): PullReceiver {
   const pull = () => {
     while (connected() && !paused && trouble === undefined && !closed) {
       if (open.count >= 2 || open.messages > options.batch / 2) return;
-      const reserved = open.bytes;
+      const reserved = open.bytes + (handover?.aheadBytes ?? 0);
       const held = options.heldBytes();
       if (held + reserved > 0 && held + reserved + requestBytes > options.maxBytesInFlight) return;
       const sid = ++nextSid;
@@ -517,6 +543,7 @@ export function createPullReceiver(options: PullReceiverOptions): PullReceiver {
     if (trouble !== undefined) return;
     trouble = kind;
     paused = true;
+    endHandover(false);
     // Messages still coming to the open requests are dropped: restart() sends new ones.
     closeAll();
     logger.warn(
@@ -539,17 +566,30 @@ export function createPullReceiver(options: PullReceiverOptions): PullReceiver {
     request.lastActivity = now;
     const read = readPullMessage(message, ackScratch);
     if (read instanceof Delivery) {
+      const consumerSeq = ackScratch.consumerSeq;
+      if (handover !== undefined && isCopy(handover, consumerSeq, read.seq)) return;
       account(request, -1);
       request.messages--;
       request.bytes -= read.size;
       account(request, 1);
       if (request.messages <= 0) closeRequest(request.sid);
-      if (ackScratch.consumerSeq !== lastConsumerSeq + 1) {
-        stopFor("continuity", `consumer sequence ${ackScratch.consumerSeq} after ${lastConsumerSeq}`);
+      if (consumerSeq !== lastConsumerSeq + 1) {
+        if (handover !== undefined && consumerSeq > lastConsumerSeq + 1 && handover.ahead.size < MAX_AHEAD) {
+          // The one before it may still be on its way on the other connection.
+          handover.ahead.set(consumerSeq, read);
+          handover.aheadBytes += read.size;
+          return;
+        }
+        stopFor("continuity", `consumer sequence ${consumerSeq} after ${lastConsumerSeq}`);
         return;
       }
-      lastConsumerSeq = ackScratch.consumerSeq;
-      options.onMessage(read);
+      passOn(read, consumerSeq);
+      while (handover !== undefined && handover.ahead.has(lastConsumerSeq + 1)) {
+        const next = handover.ahead.get(lastConsumerSeq + 1)!;
+        handover.ahead.delete(lastConsumerSeq + 1);
+        handover.aheadBytes -= next.size;
+        passOn(next, lastConsumerSeq + 1);
+      }
       pull();
       return;
     }
@@ -602,6 +642,54 @@ export function createPullReceiver(options: PullReceiverOptions): PullReceiver {
     retryPullLater();
   }
 
+  /** A delivery that continues the consumer sequence goes to the worker. */
+  function passOn(delivery: Delivery, consumerSeq: number): void {
+    lastConsumerSeq = consumerSeq;
+    if (handover !== undefined) {
+      handover.seen.set(consumerSeq, delivery.seq);
+      if (handover.seen.size > MAX_SEEN) handover.seen.delete(handover.seen.keys().next().value!);
+    }
+    options.onMessage(delivery);
+  }
+
+  /** During a handover: the second copy of a delivery (the same consumer and stream sequence) came. */
+  function isCopy(h: Handover, consumerSeq: number, streamSeq: number): boolean {
+    if (consumerSeq <= lastConsumerSeq) return h.seen.get(consumerSeq) === streamSeq;
+    return h.ahead.get(consumerSeq)?.seq === streamSeq;
+  }
+
+  /** A lame-duck move: the open requests' replies are subscribed on the new connection too (module comment). */
+  function beginHandover(): void {
+    endHandover(false);
+    handover = { seen: new Map(), ahead: new Map(), aheadBytes: 0 };
+    for (const sid of requests.keys()) sendText(`SUB ${inbox}.${sid} ${sid}\r\n`);
+    logger.info("pull: moved to another NATS server (lame duck); open pull requests carried over", {
+      requests: requests.size,
+      server: wire?.server,
+    });
+    pull();
+  }
+
+  /**
+   * Ends the handover. With `check`, a delivery still held ahead of a gap means the gap was lost with the old
+   * connection: trouble (continuity), as for any gap.
+   */
+  function endHandover(check: boolean): void {
+    const h = handover;
+    if (h === undefined) return;
+    handover = undefined;
+    clearTimeout(h.endTimer);
+    if (check && h.ahead.size > 0 && trouble === undefined) {
+      const first = Math.min(...h.ahead.keys());
+      stopFor(
+        "continuity",
+        `consumer sequence ${first} after ${lastConsumerSeq} (lost with the lame-duck server)`,
+      );
+      return;
+    }
+    if (check) pull();
+  }
+
   /** Warnings about refused requests, at most one a second (a refusal repeats every reconnectWaitMs). */
   function logRefusal(message: string, fields: Record<string, unknown>): void {
     const now = Date.now();
@@ -630,6 +718,7 @@ export function createPullReceiver(options: PullReceiverOptions): PullReceiver {
 
   /** After a connect, reconnect or restart: requests of an earlier connection are gone; ask again. */
   const resume = () => {
+    endHandover(false); // what it held ahead of a gap is not passed on: the gap will show
     requests.clear(); // their subscriptions died with the connection, or were unsubscribed
     open.count = open.messages = open.bytes = 0;
     pull();
@@ -652,6 +741,12 @@ export function createPullReceiver(options: PullReceiverOptions): PullReceiver {
         onConnected() {
           resume();
           firstConnect();
+        },
+        onMoved: beginHandover,
+        onRetired() {
+          if (handover === undefined) return;
+          clearTimeout(handover.endTimer);
+          handover.endTimer = setTimeout(() => endHandover(true), HANDOVER_SETTLE_MS);
         },
         onMessage,
         ...(options.onServerError ? { onServerError: options.onServerError } : {}),
@@ -705,6 +800,7 @@ export function createPullReceiver(options: PullReceiverOptions): PullReceiver {
       paused = true;
       clearInterval(silenceTimer);
       if (pullRetryTimer !== undefined) clearTimeout(pullRetryTimer);
+      clearTimeout(handover?.endTimer);
       // Queued writes (acks) go out before the connection closes.
       await wire?.close();
     },

@@ -11,6 +11,13 @@ export {
   TEST_NATS_PASSWORDS,
 } from "./nats_server.ts";
 export {
+  type NatsCluster,
+  type NatsClusterNode,
+  type NatsClusterOptions,
+  startNatsCluster,
+} from "./nats_cluster.ts";
+export { type NatsOperatorSetup, natsOperatorSetup } from "./nats_jwt.ts";
+export {
   CLICKHOUSE_ADMIN,
   CLICKHOUSE_READONLY,
   clickhouseConfigXml,

@@ -48,6 +48,11 @@ export interface NatsServer extends AsyncDisposable {
   start(): Promise<void>;
   /** The running server's pid (for SIGSTOP/SIGCONT: a server that holds connections but answers nothing). */
   readonly pid: number | undefined;
+  /**
+   * Resolves with the exit code once the running server ends by itself (after lame duck mode, SIGUSR2), or
+   * at once when none runs; rejects after `timeoutMs`.
+   */
+  exited(timeoutMs?: number): Promise<number>;
 }
 
 export interface NatsServerOptions {
@@ -110,6 +115,26 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
     start,
     get pid() {
       return process?.pid;
+    },
+    async exited(timeoutMs = 60_000) {
+      const running = process;
+      if (running === undefined) return 0;
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      try {
+        const { code } = await Promise.race([
+          running.status,
+          new Promise<never>((_, reject) => {
+            timer = setTimeout(
+              () => reject(new Error(`nats-server did not exit within ${timeoutMs} ms`)),
+              timeoutMs,
+            );
+          }),
+        ]);
+        if (process === running) process = undefined;
+        return code;
+      } finally {
+        clearTimeout(timer);
+      }
     },
     async [Symbol.asyncDispose]() {
       await stop();

@@ -12,17 +12,29 @@
  * inbox subjects, and a user allowed to subscribe to `_INBOX.>` could read replies meant for another user.
  * With a user the prefix is `_INBOX_<user>`, so deploy/nats/auth.conf lets each user subscribe to its own
  * inboxes only.
+ *
+ * A `.creds` file (NATS_CREDS: a user JWT and its nkey seed, as `nsc` writes them for a server in operator mode)
+ * replaces user and password: the wire client signs the server's nonce with the seed (nkeys.ts) and nats.js
+ * gets `credsAuthenticator`. The file is read again at every connection (a renewed JWT is picked up without a
+ * restart); when a later read fails, what it held at start is used.
  */
-import { connect, type ConnectionOptions, type NatsConnection } from "@nats-io/transport-node";
+import {
+  connect,
+  type ConnectionOptions,
+  credsAuthenticator,
+  type NatsConnection,
+} from "@nats-io/transport-node";
 import { ConfigError, createEnvReader, type Env, type EnvReader } from "./config.ts";
 import type { Logger } from "./log.ts";
+import { currentCredentials, type NatsCredsFile, parseCredentials } from "./nkeys.ts";
 import { type NatsServerAddress, parseNatsUrl } from "./nats_wire.ts";
 
-/** user and password, or a token, or nothing (a server without authorization). */
+/** user and password, or a token, or a `.creds` file, or nothing (a server without authorization). */
 export interface NatsAuth {
   user?: string;
   pass?: string;
   token?: string;
+  creds?: NatsCredsFile;
 }
 
 export interface NatsConfig extends NatsAuth {
@@ -30,7 +42,7 @@ export interface NatsConfig extends NatsAuth {
   servers: string[];
   /**
    * NATS_INBOX_PREFIX: the first token(s) of this client's reply subjects. Default `_INBOX_<user>` with a user
-   * (a name of letters, digits, `_` and `-`), else `_INBOX`.
+   * (a name of letters, digits, `_` and `-`; with a `.creds` file, the user JWT's name), else `_INBOX`.
    */
   inboxPrefix: string;
 }
@@ -92,7 +104,14 @@ export function readNatsConfig(read: EnvReader, fallbackUrl = "nats://127.0.0.1:
       read.problems.push("NATS_URL: a user without a password");
     }
   }
-  const inboxPrefix = read.string("NATS_INBOX_PREFIX", defaultInboxPrefix(auth.user));
+  const creds = readCredsFile(read);
+  if (creds !== undefined && (auth.user !== undefined || auth.token !== undefined)) {
+    read.problems.push("NATS_CREDS excludes NATS_USER/NATS_PASSWORD, NATS_TOKEN and credentials in NATS_URL");
+  }
+  const inboxPrefix = read.string(
+    "NATS_INBOX_PREFIX",
+    defaultInboxPrefix(creds !== undefined ? creds.initial.name : auth.user),
+  );
   if (!SUBJECT_TOKENS.test(inboxPrefix)) {
     read.problems.push(
       `NATS_INBOX_PREFIX must be subject tokens of letters, digits, _ and - (no wildcards), got ${
@@ -105,12 +124,32 @@ export function readNatsConfig(read: EnvReader, fallbackUrl = "nats://127.0.0.1:
     ...(auth.user !== undefined ? { user: auth.user } : {}),
     ...(auth.pass !== undefined ? { pass: auth.pass } : {}),
     ...(auth.token !== undefined ? { token: auth.token } : {}),
+    ...(creds !== undefined ? { creds } : {}),
     inboxPrefix,
   };
 }
 
+/** NATS_CREDS: a readable `.creds` file holding a user JWT and a user seed (checked now, not at connect). */
+function readCredsFile(read: EnvReader): NatsCredsFile | undefined {
+  const path = read.string("NATS_CREDS", "");
+  if (path === "") return undefined;
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(path);
+  } catch (error) {
+    read.problems.push(`NATS_CREDS: cannot read ${path} (${error instanceof Error ? error.message : error})`);
+    return undefined;
+  }
+  try {
+    return { path, initial: parseCredentials(text) };
+  } catch (error) {
+    read.problems.push(`NATS_CREDS: ${path}: ${error instanceof Error ? error.message : error}`);
+    return undefined;
+  }
+}
+
 /**
- * The NATS configuration of `env` (NATS_URL, NATS_USER, NATS_PASSWORD, NATS_TOKEN, NATS_INBOX_PREFIX); throws a
+ * The NATS configuration of `env` (NATS_URL, NATS_USER, NATS_PASSWORD, NATS_TOKEN, NATS_CREDS, NATS_INBOX_PREFIX); throws a
  * ConfigError naming every problem. `natsConfig({ NATS_URL: url })` for a URL (with or without credentials).
  */
 export function natsConfig(env: Env | string): NatsConfig {
@@ -127,18 +166,34 @@ export function wireServers(config: NatsConfig): NatsServerAddress[] {
     ...(config.user !== undefined ? { user: config.user } : {}),
     ...(config.pass !== undefined ? { pass: config.pass } : {}),
     ...(config.token !== undefined ? { token: config.token } : {}),
+    ...(config.creds !== undefined ? { creds: config.creds } : {}),
   }));
 }
 
-/** nats.js connection options: servers, credentials, inbox prefix. */
+/**
+ * nats.js connection options: servers, credentials, inbox prefix. A `.creds` file becomes nats.js's
+ * `credsAuthenticator`, reading the file again at each connection as the wire client does.
+ */
 export function natsJsOptions(config: NatsConfig): ConnectionOptions {
+  const creds = config.creds;
   return {
     servers: config.servers,
     inboxPrefix: config.inboxPrefix,
     ...(config.user !== undefined ? { user: config.user } : {}),
     ...(config.pass !== undefined ? { pass: config.pass } : {}),
     ...(config.token !== undefined ? { token: config.token } : {}),
+    ...(creds !== undefined
+      ? { authenticator: credsAuthenticator(() => credsFileText(currentCredentials(creds))) }
+      : {}),
   };
+}
+
+/** A `.creds` file's text for `credentials` (what nats.js's credsAuthenticator parses). */
+function credsFileText(credentials: { jwt: string; seed: string }): Uint8Array {
+  return new TextEncoder().encode(
+    `-----BEGIN NATS USER JWT-----\n${credentials.jwt}\n------END NATS USER JWT------\n\n` +
+      `-----BEGIN USER NKEY SEED-----\n${credentials.seed}\n------END USER NKEY SEED------\n`,
+  );
 }
 
 /** The servers as a log may show them (never credentials) */
@@ -147,6 +202,8 @@ export function describeNats(config: NatsConfig): string {
     ? ` as ${config.user}`
     : config.token !== undefined
     ? " with a token"
+    : config.creds !== undefined
+    ? ` with ${config.creds.path}${config.creds.initial.name ? ` (${config.creds.initial.name})` : ""}`
     : "";
   return `${config.servers.join(",")}${who}`;
 }
@@ -200,4 +257,4 @@ export function connectNats(
   return connect({ ...natsJsOptions(config), ...options });
 }
 
-export { ConfigError };
+export { ConfigError, type NatsCredsFile };
