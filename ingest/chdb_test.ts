@@ -4,6 +4,7 @@
  * columns, is refused by current releases), applying them again changes nothing, both rollups equal the raw
  * rows after several parts and forced merges, and reconcileRollups completes rollups that missed rows.
  */
+import { ClickHouseError } from "./clickhouse.ts";
 import { applyMigrations } from "./migrations.ts";
 import { reconcileRollups } from "./rollups.ts";
 import { ident, sql, trustedSqlText } from "./sql.ts";
@@ -75,4 +76,22 @@ Deno.test("schema and rollups on a current ClickHouse (chDB)", async (t) => {
     const again = await reconcileRollups(chdb, { database: DATABASE, fromTs: 1765000000, toTs: 1765000100 });
     assertEquals(again.statsCellsRepaired + again.profileCellsRepaired, 0, "nothing left to repair");
   });
+});
+
+Deno.test("chDB's adapter: errors carry the engine's code, as the server client's do", async () => {
+  await using chdb = await startChdb();
+  for (
+    const [statement, code, type] of [
+      [sql`SELECT 1 FROM ${ident("nope_db", "t")}`, 81, "UNKNOWN_DATABASE"],
+      [sql`SELEKT 1`, 62, "SYNTAX_ERROR"],
+    ] as const
+  ) {
+    try {
+      await chdb.query(statement);
+      throw new Error(`${statement.text}: it resolved`);
+    } catch (error) {
+      assert(error instanceof ClickHouseError, `a ClickHouseError: ${error}`);
+      assertEquals([error.code, error.type, error.answered], [code, type, true], error.message);
+    }
+  }
 });

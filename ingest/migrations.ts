@@ -259,7 +259,11 @@ export async function applyMigrations(
   },
   options: MigrationOptions = {},
 ): Promise<number[]> {
-  const clickhouse = "clickhouse" in target ? target.clickhouse : createClickHouse(target);
+  if (!("clickhouse" in target)) {
+    await using own = createClickHouse(target);
+    return await applyMigrations({ clickhouse: own, database: target.database }, options);
+  }
+  const clickhouse = target.clickhouse;
   const db = target.database;
   const migrations = (await loadMigrations(db)).filter((m) =>
     options.through === undefined || m.version <= options.through
