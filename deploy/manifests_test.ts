@@ -2,8 +2,10 @@
  * The deployment manifests, checked offline:
  * - k8s: every overlay renders with `kubectl kustomize`, and every rendered resource validates strictly with
  *   kubernetes-validate against the oldest and the newest Kubernetes version we claim; then what an SRE expects
- *   of them (probes, resources, non-root, PDBs, HPAs, network policies, one ingest and one profiler per
- *   database, NATS and ClickHouse replicated in prod, every secret key documented, every ConfigMap there);
+ *   of them (probes, resources, non-root, PDBs, HPAs, network policies, one ingest worker per partition as a
+ *   StatefulSet (one pod per ordinal, as many partitions as pods and as the services publish to) and one
+ *   profiler per database, NATS and ClickHouse replicated in prod, every secret key documented, every ConfigMap
+ *   there);
  * - compose: the file validates against the compose specification (check-jsonschema), every ${VAR} is in
  *   .env.example with no value committed, start-up order and health checks;
  * - Dockerfiles: multi-stage, pinned images, non-root final stage; the images run the release the tests run
@@ -39,6 +41,8 @@ const named = (objs: Obj[], kind: string, name: string) => {
 const podSpec = (o: Obj) => o.spec.template.spec;
 const containerEnv = (o: Obj, name: string) =>
   podSpec(o).containers[0].env?.find((e: Obj) => e.name === name)?.value as string | undefined;
+const containerEnvRef = (o: Obj, name: string) =>
+  podSpec(o).containers[0].env?.find((e: Obj) => e.name === name)?.valueFrom as Obj | undefined;
 
 for (const overlay of ["dev", "prod"]) {
   Deno.test(`k8s overlay ${overlay}: renders and validates strictly against Kubernetes ${KUBERNETES_VERSIONS.join(" and ")}`, async () => {
@@ -137,15 +141,35 @@ for (const overlay of ["dev", "prod"]) {
       }
       assertEquals(pdb.spec.selector.matchLabels["app.kubernetes.io/name"], name);
     }
-    // One worker per durable and one profiler per database: never two at once, even during a rollout.
-    for (const name of ["ingest", "profiler"]) {
-      const d = named(objs, "Deployment", name);
-      assertEquals(d.spec.replicas, 1, `${name}: one replica`);
-      assertEquals(d.spec.strategy.type, "Recreate", `${name}: no overlap during a rollout`);
+    // One profiler per database: never two at once, even during a rollout.
+    const profilerDeployment = named(objs, "Deployment", "profiler");
+    assertEquals(profilerDeployment.spec.replicas, 1, "profiler: one replica");
+    assertEquals(profilerDeployment.spec.strategy.type, "Recreate", "profiler: no overlap during a rollout");
+    // ingest: one worker per partition, each its own durable: a StatefulSet (at most one pod per ordinal, so
+    // a rollout never runs two workers of one durable), the partition from the pod's name, as many partitions
+    // as pods, and the services publishing to exactly those partitions.
+    assert(
+      !objs.some((o) => o.kind === "Deployment" && o.metadata.name === "ingest"),
+      "ingest: no Deployment",
+    );
+    const ingest = named(objs, "StatefulSet", "ingest");
+    const partitions = overlay === "prod" ? 4 : 1;
+    assertEquals(ingest.spec.replicas, partitions, "ingest: one pod per partition");
+    assertEquals(containerEnv(ingest, "INGEST_PARTITIONS"), String(partitions), "ingest: INGEST_PARTITIONS");
+    assertEquals(
+      containerEnvRef(ingest, "INGEST_PARTITION")?.fieldRef?.fieldPath,
+      "metadata.name",
+      "ingest: the partition is the pod's ordinal",
+    );
+    assertEquals(ingest.spec.updateStrategy.type, "RollingUpdate", "ingest: one pod at a time");
+    assertEquals(named(objs, "Service", ingest.spec.serviceName).spec.clusterIP, "None", "governing Service");
+    assertEquals(containerEnv(ingest, "INGEST_MIGRATE_ON_START"), "false", "ingest: the setup Job migrates");
+    assertEquals(containerEnv(ingest, "INGEST_FILTER_SUBJECT"), undefined, "ingest: the partition decides");
+    for (const service of ["catalog", "orders", "payments"]) {
       assertEquals(
-        containerEnv(d, "INGEST_MIGRATE_ON_START") ?? "false",
-        "false",
-        `${name}: the setup Job migrates`,
+        containerEnv(named(objs, "Deployment", service), "EVENT_PARTITIONS") ?? "1",
+        String(partitions),
+        `${service} publishes to the ${partitions} partition(s) ingest reads`,
       );
     }
     assert(
@@ -185,7 +209,7 @@ for (const overlay of ["dev", "prod"]) {
       const pinned = "http://clickhouse-0.clickhouse-headless:8123";
       assertEquals(containerEnv(setup, "CLICKHOUSE_URL"), pinned, "setup on one replica");
       assertEquals(
-        containerEnv(named(objs, "Deployment", "ingest"), "CLICKHOUSE_URL"),
+        containerEnv(named(objs, "StatefulSet", "ingest"), "CLICKHOUSE_URL"),
         pinned,
         "ingest on one replica",
       );

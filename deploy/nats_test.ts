@@ -112,6 +112,14 @@ Deno.test("NATS users and permissions (deploy/nats) and the setup step's stream"
       await refused(() =>
         js.publish("events.requests.orders", new Uint8Array([9]), { msgID: "forged", timeout: 2000 })
       );
+      // Its own partitioned subjects (EVENT_PARTITIONS > 1): stored; another service's partition: refused.
+      const partitioned = await js.publish("events.requests.catalog.2", new Uint8Array([6]), {
+        msgID: "e-p",
+      });
+      assertEquals(partitioned.stream, "REQUEST_EVENTS");
+      await refused(() =>
+        js.publish("events.requests.orders.2", new Uint8Array([9]), { msgID: "forged-p", timeout: 2000 })
+      );
       // The stream's info: allowed (a service checks the stream exists); changing or deleting it: refused.
       const serviceJsm = await jetstreamManager(catalog);
       assertEquals((await serviceJsm.streams.info("REQUEST_EVENTS")).config.name, "REQUEST_EVENTS");
@@ -131,7 +139,11 @@ Deno.test("NATS users and permissions (deploy/nats) and the setup step's stream"
       await jetstream(orders).publish("events.requests.orders", new Uint8Array([4]), { msgID: "e-2" });
       await new Promise((resolve) => setTimeout(resolve, 300));
       assertEquals(seen, [], "catalog cannot read events");
-      assertEquals(await countsBySubject(), { "events.requests.catalog": 1, "events.requests.orders": 1 });
+      assertEquals(await countsBySubject(), {
+        "events.requests.catalog": 1,
+        "events.requests.catalog.2": 1,
+        "events.requests.orders": 1,
+      });
       assertEquals((await jsm.streams.info("REQUEST_EVENTS")).config.max_age, streamConfig(settings).max_age);
     });
 
@@ -150,15 +162,29 @@ Deno.test("NATS users and permissions (deploy/nats) and the setup step's stream"
         const subjects: string[] = [];
         for await (const m of messages) {
           subjects.push(m.subject);
-          if (subjects.length === 2) {
+          if (subjects.length === 3) {
             m.ack();
             break;
           }
         }
-        assertEquals(subjects.sort(), ["events.requests.catalog", "events.requests.orders"]);
+        assertEquals(subjects.sort(), [
+          "events.requests.catalog",
+          "events.requests.catalog.2",
+          "events.requests.orders",
+        ]);
         await ingest.flush();
         const info = await ingestJsm.consumers.info("REQUEST_EVENTS", "tailwatch-ingest");
-        assertEquals(info.ack_floor.stream_seq, 2, "the cumulative ack reached the server");
+        assertEquals(info.ack_floor.stream_seq, 3, "the cumulative ack reached the server");
+        // What the global floor of several partitions reads (ingest/floor.ts): the consumers, and the first
+        // message of a partition's subjects above a sequence.
+        const names: string[] = [];
+        for await (const consumer of ingestJsm.consumers.list("REQUEST_EVENTS")) names.push(consumer.name);
+        assertEquals(names, ["tailwatch-ingest"]);
+        const next = await ingestJsm.streams.getMessage(
+          "REQUEST_EVENTS",
+          { seq: 1, next_by_subj: "events.requests.*.2" } as unknown as { seq: number },
+        );
+        assertEquals(next?.subject, "events.requests.catalog.2");
         // Dead letters: allowed (outside the stream, so they are not stored in it).
         ingest.publish("events.deadletter.undecodable", new Uint8Array([7]));
         await ingest.flush();
@@ -172,7 +198,11 @@ Deno.test("NATS users and permissions (deploy/nats) and the setup step's stream"
         const current = (await ingestJsm.streams.info("REQUEST_EVENTS")).config;
         await refused(() => ingestJsm.streams.update("REQUEST_EVENTS", { ...current, max_age: 1e9 }));
         await ingestJsm.consumers.delete("REQUEST_EVENTS", "tailwatch-ingest");
-        assertEquals(await countsBySubject(), { "events.requests.catalog": 1, "events.requests.orders": 1 });
+        assertEquals(await countsBySubject(), {
+          "events.requests.catalog": 1,
+          "events.requests.catalog.2": 1,
+          "events.requests.orders": 1,
+        });
       },
     );
 

@@ -15,7 +15,7 @@
  *   CLICKHOUSE_USER=tailwatch_admin CLICKHOUSE_PASSWORD=... deno run -A deploy/setup.ts
  *
  * NATS credentials as every process takes them (the kit's nats_config.ts): NATS_USER and NATS_PASSWORD, or
- * NATS_TOKEN, or in NATS_URL. STREAM_REPLICAS (1), STREAM_SUBJECTS (events.requests.*), STREAM_MAX_AGE_S
+ * NATS_TOKEN, or in NATS_URL. STREAM_REPLICAS (1), STREAM_SUBJECTS (events.requests.>), STREAM_MAX_AGE_S
  * (604800), STREAM_MAX_BYTES (10737418240), STREAM_DUPLICATE_WINDOW_S (600): the kit's
  * DEFAULT_REQUEST_EVENTS_STREAM. The stream is applied by the kit's `applyRequestEventsStream`, the one
  * function that configures it (`./dev up` runs this program; the tests call the function); the services and

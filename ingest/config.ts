@@ -3,7 +3,16 @@
  * the kit's `createEnvReader`. Bad values make one `ConfigError` naming every variable at fault; main.ts
  * prints it and exits with code 2.
  */
-import { ConfigError, createEnvReader, type Env, type NatsConfig, readNatsConfig } from "@tailwatch/kit";
+import {
+  ConfigError,
+  createEnvReader,
+  type Env,
+  MAX_EVENT_PARTITIONS,
+  type NatsConfig,
+  partitionFilterSubjects,
+  readNatsConfig,
+  REQUEST_EVENTS_SUBJECTS,
+} from "@tailwatch/kit";
 
 export interface IngestConfig {
   /**
@@ -21,10 +30,36 @@ export interface IngestConfig {
   clickhousePassword: string;
   /** CLICKHOUSE_DATABASE: database of the projections. Default "profiler". */
   database: string;
-  /** INGEST_DURABLE: durable consumer name on stream REQUEST_EVENTS. Default "tailwatch-ingest". */
+  /**
+   * This worker's durable consumer on stream REQUEST_EVENTS: INGEST_DURABLE (default "tailwatch-ingest") for
+   * partition 0 (and with one partition), `<INGEST_DURABLE>-<partition>` for the others (`partitionDurable`).
+   */
   durable: string;
-  /** INGEST_FILTER_SUBJECT: subjects this worker's consumer reads. Default "events.requests.*". */
+  /** INGEST_DURABLE: the name every partition's durable is made from (the workers find each other by it). */
+  durableBase: string;
+  /**
+   * INGEST_PARTITIONS: how many workers share the stream, one partition each (1 to 1024). Default 1: one
+   * worker reads every event. Independent of the services: they publish to at most this many partitions
+   * (EVENT_PARTITIONS; a publisher with fewer leaves some workers idle, one with 1 is read by partition 0).
+   */
+  partitions: number;
+  /**
+   * INGEST_PARTITION: the partition this worker reads, 0..INGEST_PARTITIONS-1: a number, or a StatefulSet pod
+   * name (`ingest-3`), whose ordinal is taken (k8s: the downward API's metadata.name). Default 0.
+   */
+  partition: number;
+  /**
+   * INGEST_FILTER_SUBJECT: with one partition, the subjects this worker's consumer reads. Default
+   * "events.requests.>" (every event, unpartitioned or partitioned). Not allowed with INGEST_PARTITIONS > 1,
+   * where the partition decides.
+   */
   filterSubject: string;
+  /**
+   * What this worker's durable consumes: [filterSubject] with one partition, else the partition's subjects
+   * (`events.requests.*.<partition>`, and for partition 0 also `events.requests.*`: the kit's
+   * partitionFilterSubjects).
+   */
+  filterSubjects: string[];
   /**
    * INGEST_BATCH_MAX: most events per batch and per INSERT (1..1,000,000; ClickHouse writes an INSERT of up to
    * max_insert_block_size = 1,048,576 rows as one part). A batch message counts for its events. Default 20000.
@@ -91,6 +126,19 @@ const NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const CONSUMER_NAME = /^[A-Za-z0-9_-]+$/;
 const SUBJECT = /^[A-Za-z0-9_*>-]+(\.[A-Za-z0-9_*>-]+)*$/;
 
+/** The durable consumer of `partition`: the base name for partition 0 (and with one partition), else `<base>-<p>`. */
+export function partitionDurable(base: string, partition: number): string {
+  return partition === 0 ? base : `${base}-${partition}`;
+}
+
+/** INGEST_PARTITION's value: a number, or a StatefulSet pod name ending in `-<ordinal>`; undefined if neither. */
+export function parsePartition(text: string): number | undefined {
+  const match = /^(?:\d+|.*-(\d+))$/.exec(text.trim());
+  if (!match) return undefined;
+  const value = Number(match[1] ?? text.trim());
+  return Number.isSafeInteger(value) ? value : undefined;
+}
+
 /** Reads and validates the configuration; throws one ConfigError naming every bad value. */
 export function loadConfig(env: Env = Deno.env.toObject()): IngestConfig {
   const read = createEnvReader(env);
@@ -140,19 +188,41 @@ export function loadConfig(env: Env = Deno.env.toObject()): IngestConfig {
       `INGEST_RETRY_MAX_MS=${retryMaxMs} is smaller than INGEST_RETRY_BASE_MS=${retryBaseMs}`,
     );
   }
+  const partitions = read.integer("INGEST_PARTITIONS", 1, 1, MAX_EVENT_PARTITIONS);
+  const partitionText = read.string("INGEST_PARTITION", "0");
+  let partition = parsePartition(partitionText);
+  if (partition === undefined || partition >= partitions) {
+    read.problems.push(
+      `INGEST_PARTITION must be a partition from 0 to ${partitions - 1} (INGEST_PARTITIONS=${partitions}), ` +
+        `or a StatefulSet pod name ending in one (ingest-3), got ${JSON.stringify(partitionText)}`,
+    );
+    partition = 0;
+  }
+  const filterSubject = matching("INGEST_FILTER_SUBJECT", REQUEST_EVENTS_SUBJECTS, SUBJECT, "a NATS subject");
+  if (partitions > 1 && (env.INGEST_FILTER_SUBJECT ?? "").trim() !== "") {
+    read.problems.push(
+      `INGEST_FILTER_SUBJECT cannot be set with INGEST_PARTITIONS=${partitions}: the partition decides the ` +
+        "subjects (events.requests.*.<partition>)",
+    );
+  }
+  const durableBase = matching(
+    "INGEST_DURABLE",
+    "tailwatch-ingest",
+    CONSUMER_NAME,
+    "a consumer name ([A-Za-z0-9_-]+)",
+  );
   const config: IngestConfig = {
     nats,
     clickhouseUrl: read.url("CLICKHOUSE_URL", "http://127.0.0.1:8123", ["http:", "https:"]),
     clickhouseUser: read.string("CLICKHOUSE_USER", "tailwatch_admin"),
     clickhousePassword: env.CLICKHOUSE_PASSWORD ?? "",
     database: matching("CLICKHOUSE_DATABASE", "profiler", NAME, "a database name ([A-Za-z_][A-Za-z0-9_]*)"),
-    durable: matching(
-      "INGEST_DURABLE",
-      "tailwatch-ingest",
-      CONSUMER_NAME,
-      "a consumer name ([A-Za-z0-9_-]+)",
-    ),
-    filterSubject: matching("INGEST_FILTER_SUBJECT", "events.requests.*", SUBJECT, "a NATS subject"),
+    durable: partitionDurable(durableBase, partition),
+    durableBase,
+    partitions,
+    partition,
+    filterSubject,
+    filterSubjects: partitions === 1 ? [filterSubject] : partitionFilterSubjects(partition, partitions),
     batchMax,
     batchMaxBytes,
     maxBytesInFlight,

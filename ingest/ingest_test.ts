@@ -26,7 +26,8 @@ import {
   REQUEST_EVENTS_SUBJECTS,
   requestEventSubject,
 } from "@tailwatch/kit";
-import { type ClickHouse, createClickHouse } from "./clickhouse.ts";
+import { ClickHouseLogLevel, createClient } from "@clickhouse/client";
+import { type ClickHouse, ClickHouseError, createClickHouse } from "./clickhouse.ts";
 import { serveMetrics } from "./metrics.ts";
 import { appliedVersions, applyMigrations } from "./migrations.ts";
 import { projectionCounts, rebuild, RebuildRefused } from "./rebuild.ts";
@@ -984,14 +985,23 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
         sql`SET readonly = 0`,
       ];
       for (const statement of refused) {
+        // 164: READONLY, the server's code, carried by the error (@clickhouse/client's command underneath).
         await assertRejects(
           () => reader.exec(statement),
-          (error) => /readonly|Cannot|not allowed|denied/i.test(String(error)),
+          (error) =>
+            error instanceof ClickHouseError && error.code === 164 && error.answered &&
+            /readonly|Cannot|not allowed|denied/i.test(error.message),
           statement.text,
         );
       }
-      for (const param of ["max_result_rows=0", "max_execution_time=0", "max_memory_usage=0", "readonly=0"]) {
-        const response = await fetch(`${server.url}/?${param}`, {
+      const settings = {
+        max_result_rows: "0",
+        max_execution_time: "0",
+        max_memory_usage: "0",
+        readonly: "0",
+      };
+      for (const [name, value] of Object.entries(settings)) {
+        const response = await fetch(`${server.url}/?${name}=${value}`, {
           method: "POST",
           body: "SELECT 1",
           headers: {
@@ -1000,7 +1010,28 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
           },
         });
         const body = await response.text();
-        assert(!response.ok, `?${param} must be refused, got ${response.status} ${body}`);
+        assert(!response.ok, `?${name}=${value} must be refused, got ${response.status} ${body}`);
+        // The same through @clickhouse/client's clickhouse_settings (as a Grafana or analyst's client sends
+        // them): refused too. ingest's client sends none, or every read above would have been refused.
+        const client = createClient({
+          url: server.url,
+          ...CLICKHOUSE_READONLY,
+          log: { level: ClickHouseLogLevel.OFF },
+        });
+        try {
+          await assertRejects(
+            () =>
+              client.query({
+                query: "SELECT 1",
+                format: "JSONEachRow",
+                clickhouse_settings: { [name]: value },
+              }),
+            (error) => /Code: 164/.test(String(error)),
+            `clickhouse_settings ${name}=${value}`,
+          );
+        } finally {
+          await client.close();
+        }
       }
       const limits = await reader.query<{ name: string; value: string }>(
         sql`SELECT name, value FROM system.settings
@@ -1014,13 +1045,92 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
       ]);
       await assertRejects(
         () => reader.query(sql`SELECT number FROM system.numbers LIMIT ${2_000_000}`),
-        (error) => /Limit for result|TOO_MANY_ROWS/i.test(String(error)),
-        "result size limit",
+        (error) =>
+          error instanceof ClickHouseError && error.code === 396 &&
+          /Limit for result|TOO_MANY_ROWS/i.test(error.message),
+        "result size limit (396: TOO_MANY_ROWS_OR_BYTES)",
       );
     } finally {
       await admin.exec(sql`DROP DATABASE IF EXISTS ${ident(database)}`);
     }
   });
+
+  await step(
+    "the client: the server's codes, failures mid-answer, deadlines, JSONEachRow round trips",
+    async () => {
+      const clickhouse = createClickHouse({ url: server.url, ...CLICKHOUSE_ADMIN });
+      const database = uniqueDatabase("client");
+      const rejection = async (fn: () => Promise<unknown>, what: string): Promise<ClickHouseError> => {
+        try {
+          await fn();
+        } catch (error) {
+          assert(error instanceof ClickHouseError, `${what}: a ClickHouseError, got ${error}`);
+          return error;
+        }
+        throw new Error(`${what}: it resolved`);
+      };
+      try {
+        await clickhouse.exec(sql`CREATE DATABASE ${ident(database)}`);
+        const table = ident(database, "t");
+        await clickhouse.exec(sql`CREATE TABLE ${table} (id UInt32, s String, n UInt64) ENGINE = Memory`);
+        const rows = [
+          { id: 1, s: "it's \\ a\ttab\nnewline é 日本 😀 \u0000", n: "18446744073709551615" },
+          { id: 2, s: "", n: "0" },
+        ];
+        await clickhouse.insertJsonEachRow({ database, table: "t" }, ["id", "s", "n"], rows);
+        assertEquals(await clickhouse.query(sql`SELECT id, s, n FROM ${table} ORDER BY id`), rows);
+        for (
+          const [what, call, code] of [
+            [
+              "query of a missing table",
+              () => clickhouse.query(sql`SELECT 1 FROM ${ident(database, "nope")}`),
+              60,
+            ],
+            [
+              "exec on a missing database",
+              () => clickhouse.exec(sql`DROP TABLE ${ident("nope_db", "t")}`),
+              81,
+            ],
+            [
+              "CREATE of a table that exists",
+              () => clickhouse.exec(sql`CREATE TABLE ${table} (id UInt32) ENGINE = Memory`),
+              57,
+            ],
+            ["a syntax error", () => clickhouse.query(sql`SELEKT 1`), 62],
+            [
+              "an insert into a missing column",
+              () => clickhouse.insertJsonEachRow({ database, table: "t" }, ["nope"], [{ nope: 1 }]),
+              16,
+            ],
+          ] as const
+        ) {
+          const error = await rejection(call, what);
+          assertEquals([error.code, error.answered], [code, true], `${what}: ${error.message}`);
+        }
+        // 18.16 answers 200 with the first rows and then the exception, as text, in the body.
+        const midway = await rejection(
+          () =>
+            clickhouse.query(
+              sql`SELECT throwIf(number = 300000) AS t FROM system.numbers LIMIT ${400_000}`,
+            ),
+          "throwIf after 300,000 rows",
+        );
+        assertEquals(midway.code, 395, midway.message);
+        assert(midway.message.includes("mid-answer"), midway.message);
+        const started = performance.now();
+        const late = await rejection(
+          () => clickhouse.query(sql`SELECT sleep(2)`, { timeoutMs: 500 }),
+          "a query past its deadline",
+        );
+        assertEquals([late.code, late.answered], [undefined, false], late.message);
+        assert(performance.now() - started < 1_500, "gave up at its deadline");
+        assert(await clickhouse.ping(), "ping");
+      } finally {
+        await clickhouse.exec(sql`DROP DATABASE IF EXISTS ${ident(database)}`);
+        await clickhouse.close();
+      }
+    },
+  );
 
   await step(
     "binder fuzz: random strings round-trip unchanged and never change the query's shape",

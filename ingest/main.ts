@@ -76,12 +76,13 @@ export async function main(args: string[]): Promise<number> {
     throw error;
   }
   const logger = createLogger(config.logLevel, { component: "ingest", command });
+  // The one-shot commands' client (@clickhouse/client underneath); run and rebuild make their own.
+  await using clickhouse = createClickHouse({
+    url: config.clickhouseUrl,
+    username: config.clickhouseUser,
+    password: config.clickhousePassword,
+  });
   try {
-    const clickhouse = createClickHouse({
-      url: config.clickhouseUrl,
-      username: config.clickhouseUser,
-      password: config.clickhousePassword,
-    });
     switch (command) {
       case "migrate": {
         const applied = await applyMigrations({ clickhouse, database: config.database }, {

@@ -3,11 +3,22 @@
  * far as the stream still holds their messages (7 days, 10 GiB). Deletes the durable consumer, empties the
  * projections and replays REQUEST_EVENTS from its first message through the normal worker (same batching,
  * dedup and dead-lettering) until nothing is pending. Rows the stream can no longer give back are never
- * destroyed silently: the rebuild refuses, or keeps them (`keepOlder`), and says which. The worker must not
- * be running meanwhile: rebuild refuses when the consumer has waiting pull requests.
+ * destroyed silently: the rebuild refuses, or keeps them (`keepOlder`), and says which. The workers must not
+ * be running meanwhile: rebuild refuses when a consumer of theirs has waiting pull requests. With several
+ * partitions (INGEST_PARTITIONS) every partition's durable is deleted, one worker replays the whole stream, and
+ * the partitions' durables are then created at the message after the last one it replayed.
  */
-import { jetstreamManager } from "@nats-io/jetstream";
-import { connectNats, type Logger, REQUEST_EVENTS_STREAM } from "@tailwatch/kit";
+import { AckPolicy, type ConsumerInfo, DeliverPolicy, jetstreamManager } from "@nats-io/jetstream";
+import { nanos } from "@nats-io/transport-node";
+import {
+  connectNats,
+  type Logger,
+  partitionFilterSubjects,
+  REQUEST_EVENTS_STREAM,
+  REQUEST_EVENTS_SUBJECTS,
+} from "@tailwatch/kit";
+import { partitionDurable } from "./config.ts";
+import { ackFloor } from "./floor.ts";
 import { type ClickHouse, createClickHouse } from "./clickhouse.ts";
 import type { IngestConfig } from "./config.ts";
 import { applyMigrations } from "./migrations.ts";
@@ -95,6 +106,38 @@ export async function unreplayable(
   return { streamFirstSeq, rawRows: Number(raw.old), rollupRows, replayFromTs };
 }
 
+/**
+ * After a replay on the base durable: every message up to its ack floor is committed, so the durables of
+ * partitions 1..N-1 start after it (the worker of partition 0 recreates the base durable with its own filters
+ * at the same place); without this each would read the whole stream again, every message checked by id.
+ */
+async function handOverToPartitions(config: IngestConfig, logger: Logger): Promise<void> {
+  const nc = await connectNats(config.nats, { name: "tailwatch-ingest-rebuild" }, logger);
+  try {
+    const jsm = await jetstreamManager(nc);
+    const replayed = ackFloor(await jsm.consumers.info(REQUEST_EVENTS_STREAM, config.durableBase));
+    for (let partition = 1; partition < config.partitions; partition++) {
+      const filters = partitionFilterSubjects(partition, config.partitions);
+      await jsm.consumers.add(REQUEST_EVENTS_STREAM, {
+        durable_name: partitionDurable(config.durableBase, partition),
+        ack_policy: AckPolicy.All,
+        deliver_policy: DeliverPolicy.StartSequence,
+        opt_start_seq: replayed + 1,
+        ack_wait: nanos(config.ackWaitMs),
+        max_ack_pending: config.maxAckPending,
+        max_deliver: -1,
+        ...(filters.length === 1 ? { filter_subject: filters[0] } : { filter_subjects: filters }),
+      });
+    }
+    logger.info("the partitions' durables start after the replayed messages", {
+      partitions: config.partitions,
+      startSeq: replayed + 1,
+    });
+  } finally {
+    await nc.close();
+  }
+}
+
 /** Deletes rows by condition (a mutation) and waits until ClickHouse has applied it. */
 async function deleteWhere(clickhouse: ClickHouse, database: string, table: string, condition: Sql) {
   await clickhouse.exec(sql`ALTER TABLE ${ident(database, table)} DELETE WHERE ${condition}`);
@@ -166,14 +209,21 @@ export async function rebuild(
     // An empty stream reports first_seq = last_seq + 1: nothing in it, everything in the tables is older.
     lost = await unreplayable(clickhouse, config.database, stream.state.first_seq);
     if ((lost.rawRows > 0 || lost.rollupRows > 0) && !options.keepOlder) throw new RebuildRefused(lost);
-    const info = await jsm.consumers.info(REQUEST_EVENTS_STREAM, config.durable).catch(() => undefined);
-    if (info && info.num_waiting > 0 && !options.force) {
-      throw new Error(
-        `consumer ${config.durable} has ${info.num_waiting} waiting pull requests: a worker seems to be running; ` +
-          "stop it first (or pass --force)",
-      );
+    // Every durable of this ingest: INGEST_DURABLE and its partitions' (`<INGEST_DURABLE>-<n>`).
+    const family = new RegExp(`^${config.durableBase}(-\\d+)?$`);
+    const durables: ConsumerInfo[] = [];
+    for await (const info of jsm.consumers.list(REQUEST_EVENTS_STREAM)) {
+      if (family.test(info.name)) durables.push(info);
     }
-    if (info) await jsm.consumers.delete(REQUEST_EVENTS_STREAM, config.durable);
+    for (const info of durables) {
+      if (info.num_waiting > 0 && !options.force) {
+        throw new Error(
+          `consumer ${info.name} has ${info.num_waiting} waiting pull requests: a worker seems to be running; ` +
+            "stop every worker first (or pass --force)",
+        );
+      }
+    }
+    for (const info of durables) await jsm.consumers.delete(REQUEST_EVENTS_STREAM, info.name);
   } finally {
     await nc.close();
   }
@@ -199,13 +249,25 @@ export async function rebuild(
       kept: lost,
     });
   }
+  // One worker replays every partition, on the base durable, reading every event subject (with one partition,
+  // what the worker reads: INGEST_FILTER_SUBJECT).
+  const replayed = config.partitions > 1 ? REQUEST_EVENTS_SUBJECTS : config.filterSubject;
   const worker = createIngestWorker({
-    config: { ...config, migrateOnStart: false },
+    config: {
+      ...config,
+      migrateOnStart: false,
+      partitions: 1,
+      partition: 0,
+      durable: config.durableBase,
+      filterSubject: replayed,
+      filterSubjects: [replayed],
+    },
     logger,
     mode: "drain",
     deliverFromStart: true,
   });
   const replay = await worker.run();
+  if (config.partitions > 1) await handOverToPartitions(config, logger);
   if (mode === "newer" && lost.replayFromTs !== undefined) {
     // The rollups of the kept raw rows from that second on were deleted with the rest: add them back.
     const [{ last }] = await clickhouse.query<{ last: string }>(

@@ -122,7 +122,7 @@ Deno.test("setup is a step: the stream, the migrations, the NATS users", async (
         });
         await eventually("not ready: the stream does not fit", () => {
           const { reason } = worker.readiness();
-          return reason.includes("do not cover events.requests.*") && reason.includes("storage is memory");
+          return reason.includes("do not cover events.requests.>") && reason.includes("storage is memory");
         }, 20_000);
         assert(
           logger.records.some((r) => r.level === "error" && /waiting for the stream/.test(String(r.msg))),

@@ -15,7 +15,7 @@ import type { RequestEventRow } from "./event_row.ts";
 import { EVENT_COUNT_HEADER, requestEventSubject } from "@tailwatch/kit";
 import { AssertionError } from "@tailwatch/testing";
 import { type IngestConfig, loadConfig } from "./config.ts";
-import type { ClickHouse } from "./clickhouse.ts";
+import { type ClickHouse, ClickHouseError, exceptionDetails, parseJsonEachRow } from "./clickhouse.ts";
 import { END_SECOND_OF_EVENT } from "./rollups.ts";
 import { ident, type Sql, sql, sqlJoin } from "./sql.ts";
 
@@ -440,7 +440,11 @@ export async function startChdb(): Promise<ClickHouse & AsyncDisposable & { vers
         error?: string;
       };
       if (answer.id !== id) throw new Error(`chDB runner answered ${answer.id} for ${id}`);
-      if (!answer.ok) throw new Error(`chDB: ${answer.error}`);
+      if (!answer.ok) {
+        // The engine's exception text, as a server's: its code (and name) on the error, as clickhouse.ts does.
+        const error = answer.error ?? "unknown error";
+        throw new ClickHouseError(`chDB: ${error}`, { ...exceptionDetails(error), answered: true });
+      }
       return answer.body ?? "";
     });
     queue = result.catch(() => {});
@@ -456,8 +460,7 @@ export async function startChdb(): Promise<ClickHouse & AsyncDisposable & { vers
       await run(statement.text);
     },
     async query<T>(statement: Sql): Promise<T[]> {
-      const body = await run(`${statement.text}\nFORMAT JSONEachRow`);
-      return body.split("\n").filter((line) => line.length > 0).map((line) => JSON.parse(line) as T);
+      return parseJsonEachRow<T>(await run(`${statement.text}\nFORMAT JSONEachRow`));
     },
     async insertJsonEachRow(table, columns, rows) {
       if (rows.length === 0) return;

@@ -25,6 +25,8 @@ import {
   natsErrorKind,
   type Registry,
   REQUEST_EVENTS_STREAM,
+  subjectCovers,
+  subjectsOverlap,
 } from "@tailwatch/kit";
 import { type ClickHouse, ClickHouseError, createClickHouse } from "./clickhouse.ts";
 import type { IngestConfig } from "./config.ts";
@@ -34,6 +36,7 @@ import { appendEvent, BatchRanges, EventScanner, RowWriter, splitBatch } from ".
 import { applyMigrations } from "./migrations.ts";
 import { createPullReceiver, type Delivery, type PullReceiver, type PullTrouble } from "./pull.ts";
 import { applyRetention } from "./retention.ts";
+import { ackFloor, consumerFilters, createGlobalFloorTracker, type GlobalFloorTracker } from "./floor.ts";
 import { reconcileRollups, writeFloorMarker } from "./rollups.ts";
 import { ident, sql, sqlJoin } from "./sql.ts";
 
@@ -121,22 +124,10 @@ interface PreparedBatch {
 }
 
 /** True when both lists hold the same subjects, in any order. */
-function sameSubjects(a: string[] | undefined, b: string[]): boolean {
-  const left = [...(a ?? [])].sort();
+function sameSubjects(a: readonly string[], b: readonly string[]): boolean {
+  const left = [...a].sort();
   const right = [...b].sort();
   return left.length === right.length && left.every((subject, i) => subject === right[i]);
-}
-
-/**
- * The stream sequence below which a consumer has everything acked. A consumer made to start at sequence S
- * reports ack floor 0 until it acks something, but everything below S was acked by the consumer it replaced
- * (it starts at that one's ack floor + 1): recreating it from 1 would replay the whole stream.
- */
-function ackFloor(info: ConsumerInfo): number {
-  const start = info.config.deliver_policy === DeliverPolicy.StartSequence
-    ? info.config.opt_start_seq ?? 1
-    : 1;
-  return Math.max(info.ack_floor.stream_seq, start - 1);
 }
 
 /** True for JetStream's "consumer not found" (any other failure is not evidence that it is gone). */
@@ -332,6 +323,12 @@ function headerText(text: string, max: number): string {
   return escaped.length > max ? `${escaped.slice(0, max - 3)}...` : escaped;
 }
 
+/**
+ * The start of every ingest INSERT's query_id (each is `tailwatch-ingest-<durable>-<uuid>`): a rollup repair
+ * waits for all of them that run, every partition's and every other durable's (rollups.ts).
+ */
+const INSERT_QUERY_FAMILY = "tailwatch-ingest-";
+
 /** Literal bytes ClickHouse reads as a query at most (max_query_size, 256 KiB): the dedup query stays below. */
 const QUERY_BUDGET = 200 * 1024;
 /** Event ids per dedup query (each about 40 bytes as a literal). */
@@ -441,7 +438,13 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
     ),
     floor: registry.gauge(
       "ingest_committed_floor_seq",
-      "Every stream message at or below this sequence is committed (rows and rollups) or dead-lettered.",
+      "Every message of this worker's partition at or below this sequence is committed (rows and rollups) or " +
+        "dead-lettered.",
+    ),
+    globalFloor: registry.gauge(
+      "ingest_global_floor_seq",
+      "Every stream message, of any partition, at or below this sequence is committed: the floor stamped on " +
+        "rows and markers (with one partition, the committed floor).",
     ),
   };
   const stats: IngestStats = {
@@ -478,6 +481,20 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
   let committedFloor = 0;
   /** The highest floor an INSERT or a marker has carried to ClickHouse. */
   let floorAnnounced = 0;
+  /**
+   * With several partitions, the floor of the whole stream (floor.ts): what rows and markers carry, since the
+   * profiler treats every batch at or below any floor it sees as final, whichever worker wrote it.
+   */
+  let tracker: GlobalFloorTracker | undefined;
+  /**
+   * The floor stamped on rows (ingest_floor_seq) and written as a marker: every stream message at or below it
+   * is committed. With one partition, the committed floor; with several, G over all partitions (floor.ts).
+   */
+  const stampFloor = (): number => {
+    const floor = tracker === undefined ? committedFloor : tracker.value();
+    metrics.globalFloor.set(floor);
+    return floor;
+  };
   const gate = createWriteGate();
   /** Batches taken from the queue and not yet acked (at most three: two being inserted, one decoded). */
   let inHand: { batch: Delivery[]; since: number }[] = [];
@@ -653,13 +670,16 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
    * (and the earlier one, should it start late, while the retry runs).
    */
   const insertQueryPrefix = `tailwatch-ingest-${config.durable}-`;
+  // Exactly this durable's: `<prefix><uuid>` (36 characters), not those of a durable whose name continues this
+  // one's (partition 1's `tailwatch-ingest-1` after partition 0's `tailwatch-ingest`), which keep inserting.
 
   async function awaitNoInsertsInFlight(): Promise<void> {
     const deadline = Date.now() + 2 * config.insertTimeoutMs;
     for (;;) {
       const [running] = await clickhouse.query<{ n: string | number }>(
         sql`SELECT count() AS n FROM system.processes
-          WHERE substring(query_id, 1, ${insertQueryPrefix.length}) = ${insertQueryPrefix}`,
+          WHERE substring(query_id, 1, ${insertQueryPrefix.length}) = ${insertQueryPrefix}
+            AND length(query_id) = ${insertQueryPrefix.length + 36}`,
       );
       if (Number(running.n) === 0) return;
       if (Date.now() > deadline) {
@@ -725,6 +745,7 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
    * rollups with the raw rows over the group's seconds and services and inserts what they lack, with every
    * other INSERT of this worker held and none of its durable running in ClickHouse.
    */
+  let unsettledLoggedAt = 0;
   async function repairRollups(group: RowGroup, batchSeq: number): Promise<void> {
     await gate.exclusive(async () => {
       await awaitNoInsertsInFlight();
@@ -735,7 +756,22 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
         toTs: group.maxTs,
         ...(services === undefined ? {} : { services }),
         batchSeq,
-        floorSeq: committedFloor,
+        floorSeq: stampFloor(),
+        // Other workers (partitions, or other durables) insert the same seconds meanwhile: the repair counts
+        // only cells no INSERT was half done in (rollups.ts).
+        concurrentInsertPrefix: INSERT_QUERY_FAMILY,
+        onUnsettled: (cells, round) => {
+          const now = Date.now();
+          if (now - unsettledLoggedAt < 10_000) return;
+          unsettledLoggedAt = now;
+          logger.info(
+            "rollup repair: cells that differ were touched by other INSERTs meanwhile; looking again",
+            {
+              cells,
+              round,
+            },
+          );
+        },
       });
       metrics.rollupRepaired.inc({ table: "request_stats_1s" }, result.statsCellsRepaired);
       metrics.rollupRepaired.inc({ table: "latency_profile_1s" }, result.profileCellsRepaired);
@@ -782,7 +818,7 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       if (writer.rows === 0) return;
       // ingested_at_ms: the worker's clock when it sends the INSERT that carries the row (see README).
       const sentAt = Date.now();
-      const floorSeq = committedFloor;
+      const floorSeq = stampFloor();
       writer.stamp({ ingestedAtMs: sentAt, batchSeq, floorSeq });
       const started = performance.now();
       try {
@@ -809,7 +845,7 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
    * a marker that fails only makes the profiler re-read the last batches until the next one.
    */
   async function announceFloor(): Promise<void> {
-    const floor = committedFloor;
+    const floor = stampFloor();
     if (floor <= floorAnnounced) return;
     try {
       await writeFloorMarker(clickhouse, config.database, floor);
@@ -850,6 +886,7 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
     );
     committedFloor = 0;
     floorAnnounced = 0;
+    tracker?.reset();
     metrics.floor.set(0);
     return true;
   }
@@ -878,9 +915,17 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
     const stream = await jsm.streams.info(REQUEST_EVENTS_STREAM);
     const reset = noteStream(stream);
     // nats-server matches every message's subject against a consumer's filter (a quarter of its CPU per
-    // delivered message in the ingest bench, ingest/README.md): a filter that is the stream's only subject
-    // selects everything anyway, so the consumer gets none.
-    const filter = sameSubjects(stream.config.subjects, [config.filterSubject]) ? "" : config.filterSubject;
+    // delivered message in the ingest bench, ingest/README.md): filters that cover every subject of the stream
+    // select everything anyway, so the consumer gets none.
+    const streamSubjects = stream.config.subjects ?? [];
+    const filters = streamSubjects.length > 0 &&
+        streamSubjects.every((subject) => config.filterSubjects.some((f) => subjectCovers(f, subject)))
+      ? []
+      : config.filterSubjects;
+    // Two workers whose durables read the same subjects would both insert what they both get: while another
+    // durable of this ingest that reads some of these subjects has a live worker (INGEST_PARTITIONS being
+    // changed while the old workers still run), wait.
+    await awaitNoOverlappingWorker(jsm, filters);
     // Acks are cumulative (AckPolicy.All: the last message of a batch acks the batch and everything
     // before it). Such an ack is safe only if this process saw every message below it, so messages that
     // an earlier process was handed and never acked must come again, in order, before anything new. The
@@ -903,7 +948,7 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
     const recreate = info !== undefined && (
       info.config.ack_policy !== AckPolicy.All || info.num_ack_pending > 0 ||
       info.delivered.stream_seq > ackFloor(info) ||
-      (info.config.filter_subject ?? "") !== filter || unusable !== undefined
+      !sameSubjects(consumerFilters(info), filters) || unusable !== undefined
     );
     // A durable that was recreated (by this code: start sequence = the old one's ack floor + 1) no longer
     // knows what its earlier incarnations delivered: a process killed after recreating it (caught by the kill
@@ -947,6 +992,29 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       // Everything up to what the old consumer delivered may have been inserted already.
       if (info.delivered.stream_seq > highWater) highWater = info.delivered.stream_seq;
       startSeq = ackFloor(info) + 1;
+      // Filters that now read subjects the old ones did not (fewer partitions, down to one): messages of those
+      // subjects above the ack floors of the durables that read them until now are not committed. Start at
+      // the lowest of those floors (what comes again is checked by id: highWater is the stream's last).
+      const before = consumerFilters(info);
+      const widened = before.length > 0 &&
+        (filters.length === 0 || filters.some((f) => !before.some((old) => subjectCovers(old, f))));
+      if (widened) {
+        for (const other of await familyConsumers(jsm)) {
+          if (other.name === config.durable) continue;
+          const otherFilters = consumerFilters(other);
+          const reads = filters.length === 0 || otherFilters.length === 0 ||
+            otherFilters.some((o) => filters.some((f) => subjectsOverlap(o, f)));
+          if (reads && ackFloor(other) + 1 < startSeq) startSeq = ackFloor(other) + 1;
+        }
+        logger.info(
+          "the durable now reads subjects other durables read: starting at their lowest ack floor",
+          {
+            startSeq,
+            filters,
+            before,
+          },
+        );
+      }
     } else if (whileRunning) {
       // Gone while this worker consumed: everything at or below its committed floor is in the table; the rest
       // comes again (checked by id). From the stream's start if the stream itself started over.
@@ -970,12 +1038,62 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       ack_wait: nanos(config.ackWaitMs),
       max_ack_pending: config.maxAckPending,
       max_deliver: -1,
-      ...(filter === "" ? {} : { filter_subject: filter }),
+      ...(filters.length === 1 ? { filter_subject: filters[0] } : {}),
+      ...(filters.length > 1 ? { filter_subjects: filters } : {}),
     });
   }
 
+  /** The durables of this ingest: INGEST_DURABLE and its partitions' (`<INGEST_DURABLE>-<n>`). */
+  async function familyConsumers(jsm: JetStreamManager): Promise<ConsumerInfo[]> {
+    const family = new RegExp(`^${config.durableBase}(-\\d+)?$`);
+    const found: ConsumerInfo[] = [];
+    for await (const info of jsm.consumers.list(REQUEST_EVENTS_STREAM)) {
+      if (family.test(info.name)) found.push(info);
+    }
+    return found;
+  }
+
+  /**
+   * Waits while another durable of this ingest reads some of `filters`' subjects and has a live worker: one
+   * with a pull request waiting, or that took a message within the last minute and holds it unacked (a dead
+   * worker's pull request expires within 30 s). That happens only while workers of two partition counts run
+   * at once (INGEST_PARTITIONS changed without stopping the old ones first), with one partition too.
+   */
+  async function awaitNoOverlappingWorker(jsm: JetStreamManager, filters: string[]): Promise<void> {
+    let loggedAt = 0;
+    for (let attempt = 0;; attempt++) {
+      const live = (await familyConsumers(jsm)).filter((other) => {
+        if (other.name === config.durable) return false;
+        const otherFilters = consumerFilters(other);
+        const overlaps = filters.length === 0 || otherFilters.length === 0 ||
+          otherFilters.some((o) => filters.some((f) => subjectsOverlap(o, f)));
+        const lastActive = Date.parse(String(other.delivered.last_active ?? ""));
+        const active = other.num_waiting > 0 ||
+          (Number.isFinite(lastActive) && Date.now() - lastActive < 60_000 && other.num_ack_pending > 0);
+        return overlaps && active;
+      });
+      if (live.length === 0) {
+        if (attempt > 0) waitingFor = undefined;
+        return;
+      }
+      const names = live.map((other) => other.name).join(", ");
+      waitingFor = `durable ${names} reads some of the same subjects and its worker is alive: stop the old ` +
+        "workers before changing INGEST_PARTITIONS (two workers would insert the same messages)";
+      if (Date.now() - loggedAt >= 30_000) {
+        loggedAt = Date.now();
+        logger.error("waiting: another worker reads some of this partition's subjects", {
+          durables: names,
+          filters,
+        });
+      }
+      checkHealth();
+      if (stopping) throw new AbandonBatch("stopped while another worker read the same subjects");
+      await sleep(2_000);
+    }
+  }
+
   /** What this worker needs of the stream (stream.ts, requestEventsStreamProblems). */
-  const streamNeeds = { consumeSubject: config.filterSubject, keepsAcked: true };
+  const streamNeeds = { consumeSubjects: config.filterSubjects, keepsAcked: true };
 
   /**
    * Waits until the stream exists and fits this worker (the setup step creates and configures it; the worker
@@ -1097,6 +1215,51 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       // Everything at or below the ack floor was committed by whoever acked it.
       committedFloor = ackFloor(startInfo);
       metrics.floor.set(committedFloor);
+      if (config.partitions > 1) {
+        // The floor of the whole stream (floor.ts): looked at once before anything is stamped, then every
+        // second from the sibling partitions' consumers.
+        const floors = createGlobalFloorTracker({
+          source: {
+            stream: async () => {
+              const info = await jsm.streams.info(REQUEST_EVENTS_STREAM);
+              return { lastSeq: info.state.last_seq, created: info.created };
+            },
+            consumer: (name) =>
+              jsm.consumers.info(REQUEST_EVENTS_STREAM, name).catch((error) => {
+                if (isConsumerNotFound(error)) return undefined;
+                throw error;
+              }),
+            consumerNames: async () => {
+              const names: string[] = [];
+              for await (const info of jsm.consumers.list(REQUEST_EVENTS_STREAM)) names.push(info.name);
+              return names;
+            },
+            firstAfter: async (filter, afterSeq) => {
+              // MSG.GET with next_by_subj: the first message at or after `seq` whose subject matches.
+              const found = await jsm.streams.getMessage(
+                REQUEST_EVENTS_STREAM,
+                { seq: afterSeq + 1, next_by_subj: filter } as unknown as { seq: number },
+              );
+              return found?.seq;
+            },
+          },
+          durableBase: config.durableBase,
+          partitions: config.partitions,
+          self: config.partition,
+          ownFloor: () => committedFloor,
+          logger,
+        });
+        await withRetry("compute the global floor", () => floors.refresh());
+        tracker = floors;
+        let refreshing = false;
+        timers.push(setInterval(() => {
+          if (refreshing) return;
+          refreshing = true;
+          floors.refresh().then(stampFloor).catch((error) =>
+            logger.debug("could not refresh the global floor; keeping it", { error })
+          ).finally(() => refreshing = false);
+        }, 1_000));
+      }
       await announceFloor();
       const receiver: PullReceiver = createPullReceiver({
         nats: config.nats,
@@ -1201,7 +1364,14 @@ export function createIngestWorker(options: IngestWorkerOptions): IngestWorker {
       consuming = true;
       lastCommitAt = Date.now();
       checkHealth();
-      logger.info("consuming", { durable: config.durable, database: config.database, mode, timeZone });
+      logger.info("consuming", {
+        durable: config.durable,
+        database: config.database,
+        mode,
+        timeZone,
+        partition: config.partitions > 1 ? `${config.partition} of ${config.partitions}` : "all",
+        filters: config.filterSubjects,
+      });
       // Three batches in hand at most: while batches k and k+1 are inserted, batch k+2 is decoded. A batch of
       // first deliveries (no dedup check) is inserted alongside the one before it; a batch that needs the
       // dedup check waits until every batch before it is committed, so its query sees their rows. Acks stay

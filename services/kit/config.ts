@@ -4,7 +4,9 @@
  */
 import { type Faults, parseFaults } from "./faults.ts";
 import type { LogLevel } from "./log.ts";
+import { type Http2Limits, readHttp2Limits } from "./http2/limits.ts";
 import { type NatsConfig, readNatsConfig } from "./nats_config.ts";
+import { MAX_EVENT_PARTITIONS } from "./stream.ts";
 
 export type Env = Record<string, string | undefined>;
 
@@ -127,6 +129,13 @@ export interface ServiceConfig {
    * batch wait.
    */
   eventPublishIntervalMs: number;
+  /**
+   * EVENT_PARTITIONS: partitions the events are spread over, one ingest worker each (1 to 1024). Default 1:
+   * `events.requests.<service>`, read by one worker. N > 1: each message goes to `events.requests.<service>.<p>`,
+   * p in 0..N-1, to the partition this process has given the fewest events (events.ts); keep it at most
+   * ingest's INGEST_PARTITIONS (a partition no worker reads is never ingested: services/README.md).
+   */
+  eventPartitions: number;
   /** MAX_IN_FLIGHT: requests handled at once; past it requests are refused at once. Default 512. */
   maxInFlight: number;
   /** MAX_BODY_BYTES: largest request body or gRPC message accepted. Default 1048576 (1 MiB). */
@@ -147,6 +156,8 @@ export interface ServiceConfig {
    * says why, with the measurement). 0 leaves them as they are. Default 19.
    */
   v8WorkerNice: number;
+  /** H2_*: the gRPC port's HTTP/2 defences (http2/limits.ts has each variable, its default and why). */
+  http2: Http2Limits;
 }
 
 export const DEFAULT_PORTS: Record<string, { grpc: number; http: number }> = {
@@ -190,6 +201,7 @@ export function loadServiceConfig<T extends object = Record<never, never>>(
     eventPublishConcurrency: read.integer("EVENT_PUBLISH_CONCURRENCY", 4096, 1, 65_536),
     eventPublishIntervalMs: read.integer("EVENT_PUBLISH_INTERVAL_MS", 20, 0, 1000),
     eventsPerMessage: read.integer("EVENTS_PER_MESSAGE", 256, 1, 4096),
+    eventPartitions: read.integer("EVENT_PARTITIONS", 1, 1, MAX_EVENT_PARTITIONS),
     maxInFlight: read.integer("MAX_IN_FLIGHT", 512, 1, 1_000_000),
     maxBodyBytes: read.integer("MAX_BODY_BYTES", 1024 * 1024, 1024, 64 * 1024 * 1024),
     adminToken: read.string("ADMIN_TOKEN", ""),
@@ -198,6 +210,7 @@ export function loadServiceConfig<T extends object = Record<never, never>>(
     instanceId: read.string("INSTANCE_ID", `${service}-${hostname}-${Deno.pid}`),
     logLevel: read.oneOf("LOG_LEVEL", "info", ["debug", "info", "warn", "error"] as const),
     v8WorkerNice: read.integer("V8_WORKER_NICE", 19, 0, 19),
+    http2: readHttp2Limits(read),
     ...(extend ? extend(read) : {} as T),
   };
   read.done();

@@ -12,9 +12,11 @@ import type { Logger } from "./log.ts";
 import type { Registry } from "./metrics.ts";
 import { describeNats, type NatsConfig, natsConfig, wireServers } from "./nats_config.ts";
 import { createNatsWire, natsErrorKind, type NatsWire, parseDecimal, type WireMessage } from "./nats_wire.ts";
+import { splitFrame } from "./message_split.ts";
 import {
   BATCH_EVENT_TAG,
   EVENT_COUNT_HEADER,
+  MAX_EVENT_PARTITIONS,
   REQUEST_EVENTS_STREAM,
   requestEventsStreamProblems,
   requestEventSubject,
@@ -36,6 +38,10 @@ interface QueuedMessage {
   end: number;
   /** Events in the message. */
   count: number;
+  /** Its partition (the subject's last token when partitioned), fixed when it is sealed: a retry goes there too. */
+  partition: number;
+  /** Its headers and body: what the server's max_payload limits. */
+  payloadBytes: number;
 }
 
 /** A message written and awaiting its ack on `<inbox>.<token>`. */
@@ -120,6 +126,13 @@ export interface EventSinkOptions {
    * request; a message of many events costs it little more than a message of one.
    */
   eventsPerMessage?: number;
+  /**
+   * Partitions the events are spread over (EVENT_PARTITIONS): 1 (default) publishes on
+   * `events.requests.<service>`; N > 1 publishes each message on `events.requests.<service>.<p>`, p in
+   * 0..N-1, which ingest worker p reads (stream.ts, `partitionFilterSubjects`). Per message: a message's events
+   * stay together.
+   */
+  partitions?: number;
   /** How long one publish waits for its ack before it is retried. Default 5000 ms. */
   publishTimeoutMs?: number;
   /**
@@ -179,6 +192,7 @@ export function createEventSink(options: EventSinkOptions): EventSink {
   const timeoutMs = options.publishTimeoutMs ?? 5000;
   const publishIntervalMs = options.publishIntervalMs ?? 0;
   const eventsPerMessage = Math.max(1, options.eventsPerMessage ?? 256);
+  const partitions = Math.max(1, Math.min(MAX_EVENT_PARTITIONS, Math.floor(options.partitions ?? 1)));
   let batchTimer: ReturnType<typeof setTimeout> | undefined;
   /** Sealed messages, oldest first; `queuedEvents` events in all. */
   const queue = new Ring<QueuedMessage>(options.capacity);
@@ -218,7 +232,14 @@ export function createEventSink(options: EventSinkOptions): EventSink {
     "events_publish_refused_total",
     "Messages JetStream answered with an error (stream full, queue full, no stream): published again.",
   );
-  const dropped = metrics.counter("events_dropped_total", "Events dropped because the buffer was full.");
+  const dropped = metrics.counter(
+    "events_dropped_total",
+    "Events dropped: the buffer was full, or an event larger than the server's max_payload (events_too_large_total).",
+  );
+  const tooLarge = metrics.counter(
+    "events_too_large_total",
+    "Events dropped because no message the server's max_payload allows could hold them.",
+  );
   const retries = metrics.counter(
     "events_publish_retries_total",
     "Events published again after an error, a timeout or a reconnect.",
@@ -247,19 +268,53 @@ export function createEventSink(options: EventSinkOptions): EventSink {
 
   const inbox = `${nats.inboxPrefix}.${crypto.randomUUID().replaceAll("-", "")}`;
   /** The shortest duplicate window that drops a retried copy of a stored message: see `minDuplicateWindowMs`. */
+  /** The subject of each partition: unpartitioned with one partition. */
+  const subjects = partitions === 1
+    ? [requestEventSubject(options.service)]
+    : Array.from({ length: partitions }, (_, p) => requestEventSubject(options.service, p));
   const needs = {
-    publishSubject: requestEventSubject(options.service),
+    publishSubjects: subjects,
     minDuplicateWindowMs: minDuplicateWindowMs(timeoutMs),
   };
   const INBOX_SID = 1;
+  /**
+   * Room for `HPUB <subject> ` at the start of each message in its page (`seal` writes the unpartitioned
+   * subject there; what is sent starts after it, behind the reply line of the message's partition).
+   */
   const subjectPrefix = textEncoder.encode(`HPUB ${requestEventSubject(options.service)} `);
-  /** `HPUB <subject> <inbox>.`: every frame is sent with it, its token follows. */
-  const replyLineStart = `HPUB ${requestEventSubject(options.service)} ${inbox}.`;
+  /** `HPUB <subject> <inbox>.` per partition: every frame is sent with its partition's, its token follows. */
+  const replyLineStarts = subjects.map((subject) => `HPUB ${subject} ${inbox}.`);
   const ackSubjectTokenStart = inbox.length + 1;
+  /**
+   * The partition of the next message: the one this publisher has given the fewest events so far, ties in turn
+   * from a random start. Why not round-robin over messages: messages differ in size (a write's last message is
+   * partial, sealed by the publish interval), so counting events keeps the workers' loads equal within one
+   * message; why not a hash of the message id: a hash is even only on average, this is even at every moment.
+   * The random start keeps many replicas that each publish little from all beginning with partition 0.
+   */
+  const partitionEvents = new Float64Array(partitions);
+  let partitionTurn = Math.floor(Math.random() * partitions);
+  function choosePartition(count: number): number {
+    if (partitions === 1) return 0;
+    let best = partitionTurn;
+    for (let i = 1; i < partitions; i++) {
+      const p = (partitionTurn + i) % partitions;
+      if (partitionEvents[p] < partitionEvents[best]) best = p;
+    }
+    partitionEvents[best] += count;
+    partitionTurn = (best + 1) % partitions;
+    return best;
+  }
 
   const PAGE_BYTES = 256 * 1024;
   /** Bytes of events one message holds at most (nats-server refuses payloads over 1 MiB by default). */
   const MAX_MESSAGE_BYTES = 256 * 1024;
+  /**
+   * Bytes of events one message holds at most now: 256 KiB, or less when the server's max_payload (from its
+   * INFO; nats_wire.ts `maxPayload`) leaves less room after the headers. A message sealed larger than the
+   * server it is sent to takes (sealed before the first INFO, or for another server) is split in `pump`.
+   */
+  const maxMessageBytes = () => Math.min(MAX_MESSAGE_BYTES, wire.maxPayload - MESSAGE_HEADER_ROOM);
   let page = new Uint8Array(PAGE_BYTES);
   let pageUsed = 0;
 
@@ -292,7 +347,7 @@ export function createEventSink(options: EventSinkOptions): EventSink {
     const need = 6 + event.length + 2;
     if (
       openCount > 0 &&
-      (pageUsed + need > page.length || pageUsed - openPayloadStart + need > MAX_MESSAGE_BYTES)
+      (pageUsed + need > page.length || pageUsed - openPayloadStart + need > maxMessageBytes())
     ) {
       seal();
     }
@@ -346,7 +401,14 @@ export function createEventSink(options: EventSinkOptions): EventSink {
     page.set(headers, start + subjectPrefix.length + line.length);
     page[pageUsed++] = CR;
     page[pageUsed++] = LF;
-    queue.pushBack({ page, start, end: pageUsed, count: openCount });
+    queue.pushBack({
+      page,
+      start,
+      end: pageUsed,
+      count: openCount,
+      payloadBytes: totalBytes,
+      partition: choosePartition(openCount),
+    });
     queuedEvents += openCount;
     openCount = 0;
     openFirstId = "";
@@ -367,6 +429,18 @@ export function createEventSink(options: EventSinkOptions): EventSink {
       // restarted); they are published again once the stream is checked, rather than after their timeout.
       if (reconnected) requeueUnacknowledged();
       checkStream();
+    },
+    onMoved() {
+      // A lame-duck move: the old server is going. Acks of what was sent there may still come on the old
+      // connection, but every message awaiting one is sent again here at once under its Nats-Msg-Id (the
+      // stream drops the copies it stored), rather than after its ack timeout.
+      wire.writeText(`SUB ${inbox}.* ${INBOX_SID}\r\n`);
+      logger.info("events: moved to another NATS server (the old one is in lame duck mode)", {
+        server: wire.server,
+        awaiting: awaitingEvents,
+      });
+      requeueUnacknowledged();
+      pump(publishIntervalMs === 0);
     },
     onDisconnected() {
       connectedGauge.set(0);
@@ -398,7 +472,9 @@ export function createEventSink(options: EventSinkOptions): EventSink {
         nats: describeNats(nats),
         pending: pendingEvents(),
         hint: kind === "permissions"
-          ? `the NATS user may publish to ${needs.publishSubject}, read $JS.API.STREAM.INFO.${REQUEST_EVENTS_STREAM} ` +
+          ? `the NATS user may publish to ${
+            partitions === 1 ? subjects[0] : `${requestEventSubject(options.service)}.>`
+          }, read $JS.API.STREAM.INFO.${REQUEST_EVENTS_STREAM} ` +
             `and subscribe to ${nats.inboxPrefix}.> (deploy/nats/auth.conf)`
           : undefined,
       });
@@ -591,6 +667,10 @@ export function createEventSink(options: EventSinkOptions): EventSink {
       // arriving one by one would seal and send it a few events per message. (Without a timer, at once.)
       if (heldBack) pump(publishIntervalMs === 0);
       notifyIfIdle();
+    } else if (contains(buf, message.headerEnd, message.end, IN_PROCESS_CODE)) {
+      // "duplicate message id is in process": a copy sent again (after a lame-duck move, a timeout) while the
+      // server still stores the first. Not a refusal: sent again after the backoff, it is acked as a duplicate.
+      retry([acked], "duplicate message id is in process");
     } else {
       refusals.inc();
       const reason = textDecoder.decode(buf.subarray(message.payloadStart, message.end)).trim();
@@ -649,6 +729,10 @@ export function createEventSink(options: EventSinkOptions): EventSink {
     let room = options.concurrency - awaitingEvents;
     while (queue.size > 0) {
       const next = queue.peekFront()!;
+      if (next.payloadBytes > wire.maxPayload) {
+        fitToServer();
+        continue;
+      }
       if (next.count > room && (messages.length > 0 || awaitingEvents > 0)) break;
       queue.popFront();
       queuedEvents -= next.count;
@@ -664,10 +748,53 @@ export function createEventSink(options: EventSinkOptions): EventSink {
     // ingest queue that is full answers 429 only to messages with a reply) is published again, never counted.
     for (const message of messages) {
       const token = nextToken++;
-      wire.writeText(`${replyLineStart}${token} `);
+      wire.writeText(`${replyLineStarts[message.partition]}${token} `);
       wire.write(message.page.subarray(message.start + subjectPrefix.length, message.end));
       awaiting.set(token, { message, sentAt: now });
       awaitingEvents += message.count;
+    }
+  }
+
+  /**
+   * The message at the front of the queue is larger than the server's max_payload: it is split into messages
+   * that fit (message_split.ts), and an event too large for any message is dropped and counted.
+   */
+  function fitToServer(): void {
+    const message = queue.popFront()!;
+    queuedEvents -= message.count;
+    const pieces = splitFrame(
+      message.page.subarray(message.start, message.end),
+      message.count,
+      wire.maxPayload,
+    );
+    const fitting = pieces.filter((piece) => piece.payloadBytes <= wire.maxPayload);
+    const lost = message.count - fitting.reduce((sum, piece) => sum + piece.count, 0);
+    for (let i = fitting.length - 1; i >= 0; i--) {
+      const piece = fitting[i];
+      queue.pushFront({
+        page: piece.frame,
+        start: 0,
+        end: piece.frame.length,
+        count: piece.count,
+        payloadBytes: piece.payloadBytes,
+        partition: message.partition,
+      });
+      queuedEvents += piece.count;
+    }
+    logger.info("events: a message larger than the server's max_payload split", {
+      maxPayload: wire.maxPayload,
+      bytes: message.payloadBytes,
+      events: message.count,
+      messages: fitting.length,
+    });
+    if (lost > 0) {
+      dropped.inc(undefined, lost);
+      tooLarge.inc(undefined, lost);
+      logger.error("events: an event larger than the server's max_payload dropped", {
+        maxPayload: wire.maxPayload,
+        events: lost,
+      });
+      notifyIfIdle();
     }
   }
 
@@ -729,6 +856,8 @@ const CHECK_TIMEOUT_MS = 5_000;
 const STREAM_NOT_FOUND = 10059;
 /** The longest backoff between two publishes of a message (see `retry`). */
 const MAX_RETRY_BACKOFF_MS = 1_000;
+/** Room for a message's headers (Nats-Msg-Id, Tailwatch-Events) within max_payload. */
+const MESSAGE_HEADER_ROOM = 512;
 
 /**
  * The duplicate window the stream needs for a publisher whose acks time out after `publishTimeoutMs`: a copy
@@ -753,6 +882,8 @@ const textDecoder = new TextDecoder();
 const SEQ_KEY = textEncoder.encode(`"seq"`);
 const ERROR_KEY = textEncoder.encode(`"error"`);
 const DUPLICATE_KEY = textEncoder.encode(`"duplicate"`);
+/** JetStream's err_code for "duplicate message id is in process" (JSStreamDuplicateMessageConflict). */
+const IN_PROCESS_CODE = textEncoder.encode(`"err_code":10158`);
 
 /** Whether the JSON in buf[start, end) has `key` set to true (nats-server writes `"duplicate": true`). */
 function isTrue(buf: Uint8Array, start: number, end: number, key: Uint8Array): boolean {

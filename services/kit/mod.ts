@@ -62,6 +62,9 @@ export {
   ProtocolReader,
   type WireMessage,
 } from "./nats_wire.ts";
+// NATS client completeness (issue 28, point 4): INFO, discovered servers, .creds.
+export { DEFAULT_MAX_PAYLOAD, type NatsServerInfo, parseConnectUrl, serverKey } from "./nats_wire.ts";
+export { type NatsCredentials, type NatsCredsFile, parseCredentials } from "./nkeys.ts";
 export {
   bindService,
   type CallContext,
@@ -89,6 +92,8 @@ export {
   DEFAULT_REQUEST_EVENTS_STREAM,
   EVENT_COUNT_HEADER,
   eventsOfMessage,
+  MAX_EVENT_PARTITIONS,
+  partitionFilterSubjects,
   REQUEST_EVENTS_STREAM,
   REQUEST_EVENTS_SUBJECTS,
   requestEventsStreamConfig,
@@ -99,6 +104,8 @@ export {
   type StreamConfigLike,
   subjectCovers,
   subjectMatches,
+  subjectsOverlap,
+  UNPARTITIONED_EVENT_SUBJECTS,
 } from "./stream.ts";
 export {
   decodePageToken,

@@ -74,6 +74,7 @@ export async function startService(setup: ServiceSetup): Promise<RunningService>
       concurrency: config.eventPublishConcurrency,
       publishIntervalMs: config.eventPublishIntervalMs,
       eventsPerMessage: config.eventsPerMessage,
+      partitions: config.eventPartitions,
       logger,
       metrics,
     })
@@ -90,7 +91,15 @@ export async function startService(setup: ServiceSetup): Promise<RunningService>
   const apiBindings = setup.bindings({ metrics, logger });
   const bindings = [...apiBindings, createAdminBinding(pipeline, config.adminToken)];
 
-  const grpcServer = createGrpcServer({ maxReceiveBytes: config.maxBodyBytes, logger });
+  const grpcServer = createGrpcServer({
+    maxReceiveBytes: config.maxBodyBytes,
+    limits: config.http2,
+    // A burst on one connection starts half the process's admission slots a turn at most: the other
+    // connections' calls are seen in between.
+    maxCallsPerTurn: Math.max(1, Math.ceil(config.maxInFlight / 2)),
+    metrics,
+    logger,
+  });
   addBindings(grpcServer, pipeline, bindings);
   const health = createHealth(grpcServer, bindings.map((b) => b.service.typeName));
   addReflection(grpcServer, bindings.map((b) => b.service), [Health]);

@@ -1,6 +1,6 @@
 /**
- * The event stream's contract: stream REQUEST_EVENTS, subjects events.requests.<service>, its configuration and
- * the check of it.
+ * The event stream's contract: stream REQUEST_EVENTS, subjects events.requests.<service> (one ingest worker) or
+ * events.requests.<service>.<partition> (one ingest worker per partition), its configuration and the check of it.
  *
  * The stream is configuration applied by one explicit step (`applyRequestEventsStream`: deploy/setup.ts, which
  * compose's one-shot and the k8s Job run, `./dev up`, and the tests), never by the processes that use it: a
@@ -21,7 +21,16 @@ import { fromBinary } from "@bufbuild/protobuf";
 import { type RequestEvent, RequestEventBatchSchema, RequestEventSchema } from "@tailwatch/proto/events/v1";
 
 export const REQUEST_EVENTS_STREAM = "REQUEST_EVENTS";
-export const REQUEST_EVENTS_SUBJECTS = "events.requests.*";
+/**
+ * The stream's subjects: every service's events, unpartitioned (`events.requests.<service>`) or partitioned
+ * (`events.requests.<service>.<partition>`). Until 2026-12 the stream took `events.requests.*` only; the setup
+ * step widens an existing stream to this (a superset: nothing it holds changes).
+ */
+export const REQUEST_EVENTS_SUBJECTS = "events.requests.>";
+/** The unpartitioned subjects, `events.requests.<service>` (EVENT_PARTITIONS=1, and every message before 2026-12). */
+export const UNPARTITIONED_EVENT_SUBJECTS = "events.requests.*";
+/** The most partitions a deployment may split its events into (EVENT_PARTITIONS, INGEST_PARTITIONS). */
+export const MAX_EVENT_PARTITIONS = 1024;
 /** Where ingest puts events it cannot decode (outside the stream's subjects, so never re-ingested). */
 export const DEAD_LETTER_SUBJECT_PREFIX = "events.deadletter";
 
@@ -50,9 +59,25 @@ export function eventsOfMessage(data: Uint8Array, eventCountHeader: string | und
   return events;
 }
 
-/** The subject a service's events are published on. */
-export function requestEventSubject(service: string): string {
-  return `events.requests.${service}`;
+/**
+ * The subject a service's events are published on: `events.requests.<service>`, or with a partition (0, 1, ...)
+ * `events.requests.<service>.<partition>`, which ingest worker `<partition>` reads (`partitionFilterSubjects`).
+ */
+export function requestEventSubject(service: string, partition?: number): string {
+  return partition === undefined ? `events.requests.${service}` : `events.requests.${service}.${partition}`;
+}
+
+/**
+ * The subjects ingest worker `partition` of `partitions` consumes (its durable's filters): with one partition,
+ * every event (`events.requests.>`); otherwise `events.requests.*.<partition>`, and partition 0 also the
+ * unpartitioned `events.requests.*`: messages stored before the stream was partitioned, and those of a publisher
+ * left at EVENT_PARTITIONS=1, are read too. Every event subject a publisher with at most `partitions`
+ * partitions uses is read by exactly one worker, so every stream sequence has exactly one writer.
+ */
+export function partitionFilterSubjects(partition: number, partitions: number): string[] {
+  if (partitions <= 1) return [REQUEST_EVENTS_SUBJECTS];
+  const own = `events.requests.*.${partition}`;
+  return partition === 0 ? [UNPARTITIONED_EVENT_SUBJECTS, own] : [own];
 }
 
 /** The stream's settings: what the setup step applies (deploy/setup.ts reads them from STREAM_*). */
@@ -69,7 +94,7 @@ export interface RequestEventsStreamSettings {
   duplicateWindowS: number;
 }
 
-/** One replica, `events.requests.*`, 7 days or 10 GiB, a 10-minute duplicate window. */
+/** One replica, `events.requests.>`, 7 days or 10 GiB, a 10-minute duplicate window. */
 export const DEFAULT_REQUEST_EVENTS_STREAM: Readonly<RequestEventsStreamSettings> = Object.freeze({
   replicas: 1,
   subjects: [REQUEST_EVENTS_SUBJECTS],
@@ -150,8 +175,12 @@ export async function applyRequestEventsStream(
 export interface RequestEventsStreamNeeds {
   /** A subject this process publishes to: some stream subject must match it. */
   publishSubject?: string;
+  /** Subjects this process publishes to (its partitions): some stream subject must match each. */
+  publishSubjects?: readonly string[];
   /** A consumer filter this process reads: every subject it matches must be stored. */
   consumeSubject?: string;
+  /** Consumer filters this process reads (a partition's): every subject each matches must be stored. */
+  consumeSubjects?: readonly string[];
   /**
    * The shortest duplicate window that covers this process's retries, in ms: a publisher's retry of a message
    * that was stored after all is dropped by the stream only within the window.
@@ -185,11 +214,20 @@ export function requestEventsStreamProblems(
   const problems: string[] = [];
   const subjects = config.subjects ?? [];
   const shown = JSON.stringify(subjects);
-  if (needs.publishSubject !== undefined && !subjects.some((s) => subjectMatches(s, needs.publishSubject!))) {
-    problems.push(`its subjects ${shown} do not take ${needs.publishSubject}, where this service publishes`);
+  const published = [
+    ...(needs.publishSubject === undefined ? [] : [needs.publishSubject]),
+    ...(needs.publishSubjects ?? []),
+  ].filter((subject) => !subjects.some((s) => subjectMatches(s, subject)));
+  if (published.length > 0) {
+    const named = published.length > 4 ? `${published.slice(0, 3).join(", ")}, ...` : published.join(", ");
+    problems.push(`its subjects ${shown} do not take ${named}, where this service publishes`);
   }
-  if (needs.consumeSubject !== undefined && !subjects.some((s) => subjectCovers(s, needs.consumeSubject!))) {
-    problems.push(`its subjects ${shown} do not cover ${needs.consumeSubject}, which this worker consumes`);
+  const consumed = [
+    ...(needs.consumeSubject === undefined ? [] : [needs.consumeSubject]),
+    ...(needs.consumeSubjects ?? []),
+  ].filter((filter) => !subjects.some((s) => subjectCovers(s, filter)));
+  if (consumed.length > 0) {
+    problems.push(`its subjects ${shown} do not cover ${consumed.join(", ")}, which this worker consumes`);
   }
   if (config.storage !== undefined && config.storage !== StorageType.File) {
     problems.push(`storage is ${config.storage}: events must survive a NATS restart (file storage)`);
@@ -228,6 +266,17 @@ export async function checkRequestEventsStream(
     if (!/not found/i.test(String(error))) throw error;
   }
   return requestEventsStreamProblems(config, needs);
+}
+
+/** Whether some subject matches both patterns (`events.requests.*.1` and `events.requests.orders.>` do). */
+export function subjectsOverlap(a: string, b: string): boolean {
+  const x = a.split(".");
+  const y = b.split(".");
+  for (let i = 0;; i++) {
+    if (i >= x.length || i >= y.length) return x.length === y.length;
+    if (x[i] === ">" || y[i] === ">") return true;
+    if (x[i] !== "*" && y[i] !== "*" && x[i] !== y[i]) return false;
+  }
 }
 
 /** Whether NATS subject pattern `pattern` (with `*` and `>`) matches the literal subject `subject`. */
