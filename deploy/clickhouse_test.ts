@@ -9,7 +9,7 @@
  *   freshness gauges in Prometheus' text format (`promtool check metrics` accepts it) with the newest rows' times;
  * - the read-only profile of the deployed users file has the limits of the tested one (testing/clickhouse_server.ts).
  */
-import { applyMigrations, splitStatements } from "@tailwatch/ingest";
+import { applyMigrations, splitStatements } from "@tailwatch/ingest/migrations";
 import { assert, assertEquals, clickhouseUsersXml } from "@tailwatch/testing";
 import { asIngestClickHouse, ROOT, startChdbEngine } from "./test_helpers.ts";
 

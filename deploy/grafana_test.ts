@@ -10,7 +10,7 @@
  * are what deploy/grafana/dashboards.ts makes, every datasource uid is provisioned, every macro is allowed.
  * PromQL panels are run against a real Prometheus in deploy/prometheus_test.ts.
  */
-import { applyMigrations } from "@tailwatch/ingest";
+import { applyMigrations } from "@tailwatch/ingest/migrations";
 import {
   assert,
   assertEquals,

@@ -13,7 +13,7 @@
  */
 import { AckPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { natsConfig, natsJsOptions } from "@tailwatch/kit";
+import { natsConfig, natsJsOptions } from "@tailwatch/nats";
 import {
   assert,
   assertEquals,

@@ -83,7 +83,9 @@ function metricNames(expr: string): string[] {
 
 Deno.test("every metric the rules and dashboards read is exported by the code", async () => {
   const sources: string[] = [];
-  for (const dir of ["services/kit", "ingest", "web"]) {
+  for (
+    const dir of ["services/kit", "runtime", "events", "net/http2", "net/grpc", "net/nats", "ingest", "web"]
+  ) {
     for await (const entry of Deno.readDir(`${ROOT}${dir}`)) {
       if (entry.isFile && entry.name.endsWith(".ts") && !entry.name.endsWith("_test.ts")) {
         sources.push(await Deno.readTextFile(`${ROOT}${dir}/${entry.name}`));

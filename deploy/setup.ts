@@ -21,17 +21,14 @@
  * function that configures it (`./dev up` runs this program; the tests call the function); the services and
  * ingest only check it.
  */
+import { applyRequestEventsStream, describeNats, type NatsConfig, natsConfig } from "@tailwatch/nats";
+import { ConfigError } from "@tailwatch/runtime";
 import {
-  applyRequestEventsStream,
-  ConfigError,
   DEFAULT_REQUEST_EVENTS_STREAM,
-  describeNats,
-  type NatsConfig,
-  natsConfig,
   REQUEST_EVENTS_STREAM,
   requestEventsStreamConfig,
   type RequestEventsStreamSettings,
-} from "@tailwatch/kit";
+} from "@tailwatch/events";
 import { createClickHouse } from "@tailwatch/ingest";
 import { splitStatements } from "@tailwatch/ingest/migrations";
 import { trustedSqlText } from "@tailwatch/ingest/sql";

@@ -10,8 +10,11 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import { Buffer } from "node:buffer";
-import { applyRequestEventsStream, createLogger, type Registry } from "@tailwatch/kit";
-import { applyMigrations, createClickHouse, createIngestWorker, ident, sql } from "@tailwatch/ingest";
+import { applyRequestEventsStream } from "@tailwatch/nats";
+import { createLogger, type Registry } from "@tailwatch/runtime";
+import { applyMigrations } from "@tailwatch/ingest/migrations";
+import { createClickHouse, createIngestWorker } from "@tailwatch/ingest";
+import { ident, sql } from "@tailwatch/ingest/sql";
 import { testConfig } from "@tailwatch/ingest/testing";
 import {
   assert,
@@ -22,7 +25,7 @@ import {
   startNatsServer,
   waitUntil,
 } from "@tailwatch/testing";
-import { createTailwatchInterceptor } from "./mod.ts";
+import { createTailwatchInterceptor } from "./interceptor.ts";
 import {
   callInventory,
   type CallSettings,

@@ -39,24 +39,19 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import { Protocol } from "@tailwatch/proto/events/v1";
+import { Code, codeName } from "@tailwatch/grpc";
+import { createEventSink, type EventSink, type NatsConfig, natsConfig } from "@tailwatch/nats";
 import {
-  Code,
-  codeName,
-  createEventSink,
   createLogger,
   createRegistry,
-  type EventSink,
-  LOAD_RUN_HEADER,
-  loadRunIdOf,
   type Logger,
-  type NatsConfig,
-  natsConfig,
   type Registry,
   type SpanContext,
   spanFromTraceparent,
   traceparentOf,
   uuidv7,
-} from "@tailwatch/kit";
+} from "@tailwatch/runtime";
+import { LOAD_RUN_HEADER, loadRunIdOf } from "@tailwatch/events";
 
 export interface TailwatchInterceptorOptions {
   /**

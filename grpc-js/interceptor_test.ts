@@ -8,10 +8,10 @@
 import * as grpc from "@grpc/grpc-js";
 import { Buffer } from "node:buffer";
 import { Protocol } from "@tailwatch/proto/events/v1";
-import { createRegistry, type EventSink, type RequestEventInit } from "@tailwatch/kit";
+import { createRegistry } from "@tailwatch/runtime";
+import type { EventSink, RequestEventInit } from "@tailwatch/nats";
 import { assert, assertEquals } from "@tailwatch/testing";
-import { createTailwatchInterceptor, type TailwatchInterceptor } from "./mod.ts";
-import { MessageByteCounter } from "./interceptor.ts";
+import { createTailwatchInterceptor, MessageByteCounter, type TailwatchInterceptor } from "./interceptor.ts";
 import {
   callInventory,
   type CallSettings,

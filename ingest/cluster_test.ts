@@ -29,17 +29,13 @@ import {
 import {
   applyRequestEventsStream,
   createEventSink,
-  createLogger,
-  createRegistry,
   type EventSink,
   type NatsConfig,
   natsConfig,
   natsJsOptions,
-  type Registry,
-  REQUEST_EVENTS_STREAM,
-  requestEventSubject,
-  uuidv7,
-} from "@tailwatch/kit";
+} from "@tailwatch/nats";
+import { createLogger, createRegistry, type Registry, uuidv7 } from "@tailwatch/runtime";
+import { REQUEST_EVENTS_STREAM, requestEventSubject } from "@tailwatch/events";
 import { createClickHouse } from "./clickhouse.ts";
 import { applyMigrations } from "./migrations.ts";
 import { ident, sql } from "./sql.ts";

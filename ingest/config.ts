@@ -3,16 +3,9 @@
  * the kit's `createEnvReader`. Bad values make one `ConfigError` naming every variable at fault; main.ts
  * prints it and exits with code 2.
  */
-import {
-  ConfigError,
-  createEnvReader,
-  type Env,
-  MAX_EVENT_PARTITIONS,
-  type NatsConfig,
-  partitionFilterSubjects,
-  readNatsConfig,
-  REQUEST_EVENTS_SUBJECTS,
-} from "@tailwatch/kit";
+import { ConfigError, createEnvReader, type Env } from "@tailwatch/runtime";
+import { MAX_EVENT_PARTITIONS, partitionFilterSubjects, REQUEST_EVENTS_SUBJECTS } from "@tailwatch/events";
+import { type NatsConfig, readNatsConfig } from "@tailwatch/nats";
 
 export interface IngestConfig {
   /**

@@ -26,8 +26,15 @@ import {
 } from "@bufbuild/protobuf/wkt";
 import { file_events_v1_events, Protocol, RequestEventSchema } from "@tailwatch/proto/events/v1";
 import { assert, assertEquals } from "@tailwatch/testing";
-import { decodeEvent, REQUEST_EVENT_COLUMNS, type RequestEventRow } from "./event_row.ts";
-import { EventScanner, RowWriter, SCANNED_FIELDS, type ScannedField } from "./row_writer.ts";
+import {
+  decodeEvent,
+  EventScanner,
+  REQUEST_EVENT_COLUMNS,
+  type RequestEventRow,
+  SCANNED_FIELDS,
+  type ScannedField,
+} from "@tailwatch/events";
+import { RowWriter } from "./row_writer.ts";
 import { readRowBinary } from "./test_helpers.ts";
 
 /** A field's proto type as SCANNED_FIELDS names it: the scalar's name, "enum", or the kind ("message", ...). */

@@ -19,7 +19,8 @@
  * sequences over resets it), and with one partition the worker stamps its own committed floor, as before.
  */
 import { type ConsumerInfo, DeliverPolicy } from "@nats-io/jetstream";
-import { type Logger, partitionFilterSubjects, REQUEST_EVENTS_SUBJECTS } from "@tailwatch/kit";
+import type { Logger } from "@tailwatch/runtime";
+import { partitionFilterSubjects, REQUEST_EVENTS_SUBJECTS } from "@tailwatch/events";
 import { partitionDurable } from "./config.ts";
 
 /**

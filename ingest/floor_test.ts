@@ -4,14 +4,14 @@
  * up, missing, left by a larger count; a stream that starts over), and INGEST_PARTITIONS / INGEST_PARTITION.
  */
 import type { ConsumerInfo } from "@nats-io/jetstream";
+import { createLogger } from "@tailwatch/runtime";
 import {
-  createLogger,
   partitionFilterSubjects,
   requestEventsStreamProblems,
   requestEventSubject,
   subjectCovers,
   subjectsOverlap,
-} from "@tailwatch/kit";
+} from "@tailwatch/events";
 import { assert, assertEquals } from "@tailwatch/testing";
 import { ConfigError, loadConfig, parsePartition, partitionDurable } from "./config.ts";
 import {

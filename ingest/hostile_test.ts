@@ -11,14 +11,20 @@ import { connect, type Msg, type NatsConnection } from "@nats-io/transport-node"
 import { type RequestEvent, RequestEventBatchSchema, RequestEventSchema } from "@tailwatch/proto/events/v1";
 import {
   applyRequestEventsStream,
-  createLogger,
   createNatsWire,
-  DEAD_LETTER_SUBJECT_PREFIX,
+  createPullReceiver,
+  type Delivery,
   type NatsWire,
   parseNatsUrl,
+  type PullTrouble,
+} from "@tailwatch/nats";
+import { createLogger } from "@tailwatch/runtime";
+import {
+  DEAD_LETTER_SUBJECT_PREFIX,
+  decodeEvent,
   REQUEST_EVENTS_STREAM,
   requestEventSubject,
-} from "@tailwatch/kit";
+} from "@tailwatch/events";
 import {
   assert,
   assertEquals,
@@ -30,10 +36,8 @@ import {
   startNatsServer,
 } from "@tailwatch/testing";
 import { type ClickHouse, createClickHouse } from "./clickhouse.ts";
-import { decodeEvent } from "./event_row.ts";
 import { applyMigrations } from "./migrations.ts";
 import { serveMetrics } from "./metrics.ts";
-import { createPullReceiver, type Delivery, type PullTrouble } from "./pull.ts";
 import { ident, sql } from "./sql.ts";
 import {
   eventually,

@@ -18,14 +18,18 @@ import {
   startClickHouseServer,
   startNatsServer,
 } from "@tailwatch/testing";
+import { applyRequestEventsStream } from "@tailwatch/nats";
+import { createLogger } from "@tailwatch/runtime";
 import {
-  applyRequestEventsStream,
-  createLogger,
   DEAD_LETTER_SUBJECT_PREFIX,
+  decodeEvent,
+  EventScanner,
+  INSERT_COLUMNS,
   REQUEST_EVENTS_STREAM,
   REQUEST_EVENTS_SUBJECTS,
   requestEventSubject,
-} from "@tailwatch/kit";
+  ROW_FORMAT,
+} from "@tailwatch/events";
 import { ClickHouseLogLevel, createClient } from "@clickhouse/client";
 import { type ClickHouse, ClickHouseError, createClickHouse } from "./clickhouse.ts";
 import { serveMetrics } from "./metrics.ts";
@@ -47,8 +51,7 @@ import {
   uniqueDatabase,
 } from "./test_helpers.ts";
 import { createIngestWorker } from "./worker.ts";
-import { decodeEvent, INSERT_COLUMNS, ROW_FORMAT } from "./event_row.ts";
-import { appendEvent, EventScanner, RowWriter } from "./row_writer.ts";
+import { appendEvent, RowWriter } from "./row_writer.ts";
 import { Protocol, RequestEventSchema } from "@tailwatch/proto/events/v1";
 import { toBinary } from "@bufbuild/protobuf";
 

@@ -12,7 +12,7 @@
  *
  * Configuration comes from the environment (see config.ts and README.md); a bad value exits with code 2.
  */
-import { createLogger, type Logger, registerProcessMetrics } from "@tailwatch/kit";
+import { createLogger, type Logger, registerProcessMetrics } from "@tailwatch/runtime";
 import { createClickHouse } from "./clickhouse.ts";
 import { ConfigError, type IngestConfig, loadConfig } from "./config.ts";
 import { serveMetrics } from "./metrics.ts";

@@ -1,5 +1,5 @@
 /** The worker's HTTP endpoints: /metrics (the kit's Prometheus registry), /healthz and /readyz. */
-import type { Registry } from "@tailwatch/kit";
+import type { Registry } from "@tailwatch/runtime";
 
 export interface MetricsServer extends AsyncDisposable {
   readonly port: number;

@@ -11,8 +11,7 @@
  * and then find nothing left to do.
  */
 import { type ClickHouse, createClickHouse } from "./clickhouse.ts";
-import { ident, literal, sql, trustedSqlText } from "./sql.ts";
-import type { Sql } from "./sql.ts";
+import { ident, literal, type Sql, sql, trustedSqlText } from "./sql.ts";
 
 /** Where and as whom to apply the migrations. */
 export interface MigrationTarget {

@@ -45,3 +45,4 @@ export {
   type ReconcileScope,
   writeFloorMarker,
 } from "./rollups.ts";
+export { appendEvent, RowWriter } from "./row_writer.ts";

@@ -28,15 +28,9 @@ import { create } from "@bufbuild/protobuf";
 import { DeliverPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { Protocol, RequestEventSchema } from "@tailwatch/proto/events/v1";
-import {
-  applyRequestEventsStream,
-  createEventSink,
-  createLogger,
-  createRegistry,
-  type EventSink,
-  type Logger,
-  REQUEST_EVENTS_STREAM,
-} from "@tailwatch/kit";
+import { applyRequestEventsStream, createEventSink, type EventSink } from "@tailwatch/nats";
+import { createLogger, createRegistry, type Logger } from "@tailwatch/runtime";
+import { REQUEST_EVENTS_STREAM } from "@tailwatch/events";
 import {
   assert,
   assertEquals,
@@ -60,6 +54,7 @@ import {
   uniqueDatabase,
 } from "./test_helpers.ts";
 import { createIngestWorker } from "./worker.ts";
+import { checkDerived } from "@tailwatch/profiler/derived";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const PARTITIONS = 4;
@@ -331,7 +326,6 @@ Deno.test("four partition workers, SIGKILL under load: counts add up, the floor 
     assert(wouldFail > 0, "the check would catch a floor of one partition");
 
     if (profiler) {
-      const { checkDerived } = await import("../native/profiler/tests/derived.ts");
       const deadline = Date.now() + 60_000;
       for (;;) {
         const check = await checkDerived(ch, database, WINDOWS);

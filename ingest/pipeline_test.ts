@@ -1,5 +1,5 @@
 /**
- * The whole pipeline against real servers: the three services (in this process, services/tests/stack.ts)
+ * The whole pipeline against real servers: the three services (in this process, testing/stack.ts)
  * publish one event per request, the worker ingests them. The checks are the design's counts: requests
  * served (the services' requests_total) = events in the stream = rows in ClickHouse = distinct event ids,
  * with no event dropped; once under plain load, once through a NATS crash (SIGKILL) and restart.
@@ -14,8 +14,10 @@ import {
   startClickHouseServer,
   startNatsServer,
 } from "@tailwatch/testing";
-import { applyRequestEventsStream, createLogger, type Registry, REQUEST_EVENTS_STREAM } from "@tailwatch/kit";
-import { readAllEvents, startStack } from "../services/tests/stack.ts";
+import { applyRequestEventsStream } from "@tailwatch/nats";
+import { createLogger, type Registry } from "@tailwatch/runtime";
+import { REQUEST_EVENTS_STREAM } from "@tailwatch/events";
+import { readAllEvents, startStack } from "@tailwatch/testing/stack";
 import { createClickHouse } from "./clickhouse.ts";
 import { applyMigrations } from "./migrations.ts";
 import { ident, sql } from "./sql.ts";

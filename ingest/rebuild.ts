@@ -10,17 +10,12 @@
  */
 import { AckPolicy, type ConsumerInfo, DeliverPolicy, jetstreamManager } from "@nats-io/jetstream";
 import { nanos } from "@nats-io/transport-node";
-import {
-  connectNats,
-  type Logger,
-  partitionFilterSubjects,
-  REQUEST_EVENTS_STREAM,
-  REQUEST_EVENTS_SUBJECTS,
-} from "@tailwatch/kit";
-import { partitionDurable } from "./config.ts";
+import { connectNats } from "@tailwatch/nats";
+import type { Logger } from "@tailwatch/runtime";
+import { partitionFilterSubjects, REQUEST_EVENTS_STREAM, REQUEST_EVENTS_SUBJECTS } from "@tailwatch/events";
+import { type IngestConfig, partitionDurable } from "./config.ts";
 import { ackFloor } from "./floor.ts";
 import { type ClickHouse, createClickHouse } from "./clickhouse.ts";
-import type { IngestConfig } from "./config.ts";
 import { applyMigrations } from "./migrations.ts";
 import { reconcileRollups } from "./rollups.ts";
 import { ident, type Sql, sql } from "./sql.ts";

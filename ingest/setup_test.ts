@@ -8,15 +8,9 @@
  *   permission it lacks shows in its metrics, /readyz and log.
  */
 import { jetstream, jetstreamManager, StorageType } from "@nats-io/jetstream";
-import {
-  applyRequestEventsStream,
-  connectNats,
-  createLogger,
-  type Logger,
-  natsConfig,
-  REQUEST_EVENTS_STREAM,
-  requestEventSubject,
-} from "@tailwatch/kit";
+import { applyRequestEventsStream, connectNats, natsConfig } from "@tailwatch/nats";
+import { createLogger, type Logger } from "@tailwatch/runtime";
+import { REQUEST_EVENTS_STREAM, requestEventSubject } from "@tailwatch/events";
 import {
   assert,
   assertEquals,

@@ -11,8 +11,7 @@ import {
   RequestEventBatchSchema,
   RequestEventSchema,
 } from "@tailwatch/proto/events/v1";
-import type { RequestEventRow } from "./event_row.ts";
-import { EVENT_COUNT_HEADER, requestEventSubject } from "@tailwatch/kit";
+import { EVENT_COUNT_HEADER, type RequestEventRow, requestEventSubject } from "@tailwatch/events";
 import { AssertionError } from "@tailwatch/testing";
 import { type IngestConfig, loadConfig } from "./config.ts";
 import { type ClickHouse, ClickHouseError, exceptionDetails, parseJsonEachRow } from "./clickhouse.ts";

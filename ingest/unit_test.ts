@@ -2,14 +2,14 @@
 import { create, toBinary } from "@bufbuild/protobuf";
 import { RequestEventBatchSchema, RequestEventSchema } from "@tailwatch/proto/events/v1";
 import { ConfigError, loadConfig } from "./config.ts";
-import { decodeEvent } from "./event_row.ts";
-import { appendEvent, BatchRanges, EventScanner, RowWriter, splitBatch } from "./row_writer.ts";
+import { BatchRanges, decodeEvent, EventScanner, splitBatch } from "@tailwatch/events";
+import { appendEvent, RowWriter } from "./row_writer.ts";
 import { ident, literal, sql, SqlBindError, sqlJoin } from "./sql.ts";
 import { assert, assertEquals, seededRandom } from "@tailwatch/testing";
 import { makeEvent, randomEvent, readRowBinary } from "./test_helpers.ts";
 
 const STAMP = { ingestedAtMs: 1_234_567_890_123, batchSeq: 77, floorSeq: 70 };
-import { Delivery, parseAckReply } from "./pull.ts";
+import { Delivery, parseAckReply } from "@tailwatch/nats";
 
 function assertThrows(fn: () => unknown, type: new (...args: never[]) => Error, message: string): void {
   try {

@@ -18,23 +18,31 @@ import { headers, nanos, type NatsConnection } from "@nats-io/transport-node";
 import {
   checkRequestEventsStream,
   connectNats,
-  createRegistry,
-  DEAD_LETTER_SUBJECT_PREFIX,
+  createPullReceiver,
+  type Delivery,
   describeNats,
-  type Logger,
   natsErrorKind,
-  type Registry,
+  type PullReceiver,
+  type PullTrouble,
+} from "@tailwatch/nats";
+import { createRegistry, type Logger, type Registry } from "@tailwatch/runtime";
+import {
+  BatchRanges,
+  DEAD_LETTER_SUBJECT_PREFIX,
+  EventScanner,
+  INSERT_COLUMNS,
+  type PoisonReason,
   REQUEST_EVENTS_STREAM,
+  ROW_FORMAT,
+  splitBatch,
   subjectCovers,
   subjectsOverlap,
-} from "@tailwatch/kit";
+} from "@tailwatch/events";
 import { type ClickHouse, ClickHouseError, createClickHouse } from "./clickhouse.ts";
 import type { IngestConfig } from "./config.ts";
-import { INSERT_COLUMNS, type PoisonReason, ROW_FORMAT } from "./event_row.ts";
 import type { Readiness } from "./metrics.ts";
-import { appendEvent, BatchRanges, EventScanner, RowWriter, splitBatch } from "./row_writer.ts";
+import { appendEvent, RowWriter } from "./row_writer.ts";
 import { applyMigrations } from "./migrations.ts";
-import { createPullReceiver, type Delivery, type PullReceiver, type PullTrouble } from "./pull.ts";
 import { applyRetention } from "./retention.ts";
 import { ackFloor, consumerFilters, createGlobalFloorTracker, type GlobalFloorTracker } from "./floor.ts";
 import { reconcileRollups, writeFloorMarker } from "./rollups.ts";

@@ -7,7 +7,7 @@
 import type { Quantiles } from "./latency.ts";
 import { requestKey } from "./metrics_text.ts";
 
-/** Canonical gRPC code names by number (services/kit/errors.ts). */
+/** Canonical gRPC code names by number (net/grpc/errors.ts). */
 export const CODE_NAMES = [
   "OK",
   "CANCELLED",

@@ -1,5 +1,5 @@
 /** Runs ghz (https://ghz.sh) against a local gRPC server through reflection and reads its JSON report. */
-import { procStatFields } from "@tailwatch/kit";
+import { procStatFields } from "@tailwatch/runtime";
 import { quantiles } from "./latency.ts";
 
 export interface GhzRun {

@@ -1,7 +1,7 @@
 /**
  * The services' Prometheus text (/metrics) as numbers: the names come from services/kit/pipeline.ts
  * (requests_total{method,protocol,code}, request_duration_seconds{method,protocol}, requests_in_flight) and
- * services/kit/events.ts (events_published_total, events_dropped_total, events_buffer_depth).
+ * net/nats/publisher.ts (events_published_total, events_dropped_total, events_buffer_depth).
  */
 
 export interface Sample {

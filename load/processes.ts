@@ -1,6 +1,6 @@
 /** Service processes on free loopback ports, for benchmarks (the same `main.ts` that ./dev up runs). */
 import { freePort, type ManagedProcess, spawnLogged, waitUntil } from "@tailwatch/testing";
-import { procStatFields, SERVICE_DENO_FLAGS } from "@tailwatch/kit";
+import { procStatFields, SERVICE_DENO_FLAGS } from "@tailwatch/runtime";
 
 export interface ServiceProcess extends AsyncDisposable {
   name: string;

@@ -2,8 +2,8 @@
  * For load's tests: the whole pipeline on free ports, as processes (nats-server, clickhouse-server with the
  * migrations, the ingest worker, catalog, payments and orders), as a StackTarget a load run can drive and check.
  */
-import { applyMigrations } from "@tailwatch/ingest";
-import { applyRequestEventsStream } from "@tailwatch/kit";
+import { applyMigrations } from "@tailwatch/ingest/migrations";
+import { applyRequestEventsStream } from "@tailwatch/nats";
 import { CLICKHOUSE_ADMIN, spawnLogged, startClickHouseServer, startNatsServer } from "@tailwatch/testing";
 import { startStackProcesses } from "./processes.ts";
 import type { StackTarget } from "./target.ts";

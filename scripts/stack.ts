@@ -7,7 +7,7 @@
  */
 import { clickhouseConfigXml, clickhouseUsersXml, natsServerBinary } from "@tailwatch/testing";
 import { LOCAL } from "./local.ts";
-import { SERVICE_DENO_FLAGS } from "@tailwatch/kit";
+import { SERVICE_DENO_FLAGS } from "@tailwatch/runtime";
 
 const ROOT = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
 const DATA = `${ROOT}/.data`;

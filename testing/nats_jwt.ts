@@ -4,7 +4,7 @@
  *
  * Why not `nsc`: it is not reachable through this machine's Go module proxy (403), so the JWTs are built here.
  * The keys come from nats.js's own nkeys implementation (`nkeys` of @nats-io/transport-node: Ed25519 over
- * tweetnacl), on purpose not from the kit's (services/kit/nkeys.ts, WebCrypto), so that a test in which the
+ * tweetnacl), on purpose not from the kit's (net/nats/nkeys.ts, WebCrypto), so that a test in which the
  * kit signs the server's nonce with a seed made here checks two implementations against each other, and
  * nats-server checks both: it verifies every JWT's signature up the chain (user ← account ← operator) and the
  * nonce's signature against the user's public key. The JWT layout is nats-io/jwt v2's: header

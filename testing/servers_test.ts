@@ -1,4 +1,6 @@
-import { assertEquals, NATS_SERVER_VERSION, startClickHouseServer, startNatsServer } from "./mod.ts";
+import { assertEquals } from "./assert.ts";
+import { NATS_SERVER_VERSION, startNatsServer } from "./nats_server.ts";
+import { startClickHouseServer } from "./clickhouse_server.ts";
 
 Deno.test("a private nats-server answers, restarts on the same port, and is gone after dispose", async () => {
   let port: number;

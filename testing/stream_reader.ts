@@ -48,7 +48,7 @@ export async function readStreamMessages(
           data: message.data,
           msgId: message.headers?.get("Nats-Msg-Id"),
           // nats.js answers "" for a header that is not there.
-          // EVENT_COUNT_HEADER of services/kit/stream.ts (this package sits below the kit).
+          // EVENT_COUNT_HEADER of events/stream.ts (this package sits below the kit).
           eventCount: message.headers?.get("Tailwatch-Events") || undefined,
         });
         got++;

@@ -12,12 +12,10 @@
  */
 import { DatabaseSync } from "node:sqlite";
 import { sql } from "@tailwatch/ingest/sql";
-import type { Logger } from "@tailwatch/kit";
-import type { Reader } from "./clickhouse.ts";
-import { num } from "./clickhouse.ts";
+import type { Logger } from "@tailwatch/runtime";
+import { num, type Reader } from "./clickhouse.ts";
 import type { AlertEventView, Block, FiringAlert, RuleView } from "./islands/model.ts";
-import { toCells } from "./queries.ts";
-import type { Tables } from "./queries.ts";
+import { type Tables, toCells } from "./queries.ts";
 
 export type RuleKind = "p99_above" | "error_rate_above";
 

@@ -1,5 +1,5 @@
 /** What every route gets: the server's parts, and per request who asks and the CSRF token of its forms. */
-import type { Logger, Registry } from "@tailwatch/kit";
+import type { Logger, Registry } from "@tailwatch/runtime";
 import { renderToString } from "preact-render-to-string";
 import type { VNode } from "preact";
 import type { AlertEngine } from "./alerts.ts";

@@ -3,7 +3,7 @@
  * with the kit's `createEnvReader` (every problem at once, with the variable's name); main.ts prints a
  * `ConfigError` and exits with code 2.
  */
-import { ConfigError, createEnvReader, type Env } from "@tailwatch/kit";
+import { ConfigError, createEnvReader, type Env } from "@tailwatch/runtime";
 
 export type Role = "readonly" | "admin";
 

@@ -5,7 +5,7 @@
  * client that does not read (its queue past 1 MiB) is dropped: memory stays bounded however long pages stay
  * open or however often they come and go.
  */
-import type { Logger, Registry } from "@tailwatch/kit";
+import type { Logger, Registry } from "@tailwatch/runtime";
 import { viewKey, type ViewSpec } from "./params.ts";
 import type { Views } from "./views.ts";
 

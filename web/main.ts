@@ -3,7 +3,7 @@
  * `deno run -A web/main.ts hash-password` (reads a password on stdin, prints a hash for WEB_USERS).
  * Configuration comes from the environment (config.ts, README.md); a bad value exits with code 2.
  */
-import { createLogger } from "@tailwatch/kit";
+import { createLogger } from "@tailwatch/runtime";
 import { hashPassword } from "./auth.ts";
 import { ConfigError, loadWebConfig } from "./config.ts";
 import { createWebServer } from "./server.ts";

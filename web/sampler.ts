@@ -3,7 +3,7 @@
  * `sampleIntervalMs`, and keeps a bounded history of CPU and memory per process for the overview. The
  * pipeline's health (events published and dropped, ingest's consumer lag) comes from the latest scrape.
  */
-import { sampleProcess } from "@tailwatch/kit";
+import { sampleProcess } from "@tailwatch/runtime";
 import type { MetricsTarget } from "./config.ts";
 
 /** `name{labels} value` lines, each metric summed over its label sets. */

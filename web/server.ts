@@ -2,7 +2,7 @@
  * The web server: Deno.serve, one handler, routes by path. Every route's bad input is a 400 that says what
  * was wrong (HTML for pages, JSON for /api); ClickHouse failures are states the pages show, not errors.
  */
-import { createLogger, createRegistry, type Logger, registerProcessMetrics } from "@tailwatch/kit";
+import { createLogger, createRegistry, type Logger, registerProcessMetrics } from "@tailwatch/runtime";
 import { type App, json, type RequestContext, SECURITY_HEADERS } from "./app.ts";
 import { createAlertEngine } from "./alerts.ts";
 import { createAuth } from "./auth.ts";

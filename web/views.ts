@@ -4,10 +4,9 @@
  * first render and /api/view go through the same one-second cache the live hub fills), and the parts that
  * are costly and slow to change (fault markers, histogram, known keys) are refreshed less often.
  */
-import type { Logger } from "@tailwatch/kit";
+import type { Logger } from "@tailwatch/runtime";
 import type { AlertEngine } from "./alerts.ts";
-import type { Reader } from "./clickhouse.ts";
-import { num } from "./clickhouse.ts";
+import { num, type Reader } from "./clickhouse.ts";
 import type {
   AlertsData,
   Block,

@@ -8,9 +8,10 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import process from "node:process";
-import { applyRequestEventsStream, createLogger } from "@tailwatch/kit";
+import { applyRequestEventsStream } from "@tailwatch/nats";
+import { createLogger } from "@tailwatch/runtime";
 import { startNatsServer, waitUntil } from "@tailwatch/testing";
-import { createTailwatchInterceptor } from "../mod.ts";
+import { createTailwatchInterceptor } from "../interceptor.ts";
 import { callInventory, requestOf, RESERVE, startInventoryServer } from "../test_service.ts";
 
 const CALLS = Number(Deno.args[0] ?? 20_000);

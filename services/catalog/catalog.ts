@@ -10,8 +10,6 @@ import {
 import { create } from "@bufbuild/protobuf";
 import {
   bindService,
-  BoundedMap,
-  Code,
   decodePageToken,
   encodePageToken,
   PackedMessages,
@@ -21,8 +19,9 @@ import {
   requireRange,
   requireText,
   type ServiceBinding,
-  ServiceError,
 } from "@tailwatch/kit";
+import { BoundedMap } from "@tailwatch/runtime";
+import { Code, ServiceError } from "@tailwatch/grpc";
 
 export interface CatalogOptions {
   /** Products held at most; creating more is refused with RESOURCE_EXHAUSTED. */

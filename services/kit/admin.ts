@@ -1,8 +1,7 @@
 /** The admin service every process serves: run-time fault injection behind a bearer token. */
-import { AdminService } from "@tailwatch/proto/admin/v1";
+import { AdminService, FaultsSchema } from "@tailwatch/proto/admin/v1";
 import { create } from "@bufbuild/protobuf";
-import { FaultsSchema } from "@tailwatch/proto/admin/v1";
-import { Code, ServiceError } from "./errors.ts";
+import { Code, ServiceError } from "@tailwatch/grpc";
 import { bindService, type CallContext, type Pipeline, type ServiceBinding } from "./pipeline.ts";
 
 function timingSafeEqual(a: string, b: string): boolean {

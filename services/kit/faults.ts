@@ -4,7 +4,7 @@
  */
 import { create } from "@bufbuild/protobuf";
 import { type Faults, FaultsSchema } from "@tailwatch/proto/admin/v1";
-import { Code, ServiceError } from "./errors.ts";
+import { Code, ServiceError } from "@tailwatch/grpc";
 
 export type { Faults };
 

@@ -4,15 +4,15 @@
  * INVALID_ARGUMENT with an event).
  */
 import { create, type DescMethod, fromBinary, isMessage, toBinary } from "@bufbuild/protobuf";
-import { Code, ServiceError } from "./errors.ts";
-import type { GrpcCallInfo, GrpcServer, UnaryResponder } from "./grpc_server.ts";
 import {
-  type CallOutcome,
-  type IncomingCall,
+  Code,
+  type GrpcCallInfo,
+  type GrpcServer,
   methodPath,
-  type Pipeline,
-  type ServiceBinding,
-} from "./pipeline.ts";
+  ServiceError,
+  type UnaryResponder,
+} from "@tailwatch/grpc";
+import type { CallOutcome, IncomingCall, Pipeline, ServiceBinding } from "./pipeline.ts";
 
 /** What the client saw of a call that ended before the handler answered: its deadline, or its cancel. */
 function endedEarlyOutcome(deadlineMs: number | undefined): CallOutcome {

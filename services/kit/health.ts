@@ -9,9 +9,7 @@ import {
   HealthCheckResponse_ServingStatus as ServingStatus,
   HealthCheckResponseSchema,
 } from "@tailwatch/proto/grpc/health/v1";
-import { Code, ServiceError } from "./errors.ts";
-import type { GrpcServer, GrpcStream } from "./grpc_server.ts";
-import { methodPath } from "./pipeline.ts";
+import { Code, type GrpcServer, type GrpcStream, methodPath, ServiceError } from "@tailwatch/grpc";
 
 export { ServingStatus };
 

@@ -3,12 +3,17 @@ import { create } from "@bufbuild/protobuf";
 import { CatalogService } from "@tailwatch/proto/catalog/v1";
 import { FaultsSchema } from "@tailwatch/proto/admin/v1";
 import { assert, assertEquals, seededRandom } from "@tailwatch/testing";
-import { BoundedMap } from "./bounded_map.ts";
-import { ConfigError, loadServiceConfig } from "./config.ts";
-import { Code, httpStatusFromCode, ServiceError } from "./errors.ts";
+import {
+  BoundedMap,
+  ConfigError,
+  createRegistry,
+  spanFromTraceparent,
+  traceparentOf,
+  uuidv7,
+} from "@tailwatch/runtime";
+import { loadServiceConfig } from "./config.ts";
+import { Code, httpStatusFromCode, ServiceError } from "@tailwatch/grpc";
 import { parseFaults, sampleDelayMs, sampleError, validateFaults } from "./faults.ts";
-import { spanFromTraceparent, traceparentOf, uuidv7 } from "./ids.ts";
-import { createRegistry } from "./metrics.ts";
 import { bindService } from "./pipeline.ts";
 import { compileRoutes, matchRoute } from "./routes.ts";
 

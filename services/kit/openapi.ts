@@ -1,6 +1,6 @@
 /** An OpenAPI 3.0 document generated from the same descriptors and routes the REST shim serves. */
 import { type DescEnum, type DescField, type DescMessage, ScalarType } from "@bufbuild/protobuf";
-import { Code, codeName, httpStatusFromCode } from "./errors.ts";
+import { Code, codeName, httpStatusFromCode } from "@tailwatch/grpc";
 import type { Route } from "./routes.ts";
 
 type Schema = Record<string, unknown>;

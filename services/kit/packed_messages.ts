@@ -8,7 +8,7 @@
  * never looks inside. A read decodes a fresh message (a few microseconds); a change is written back with `set`.
  */
 import { type DescMessage, fromBinary, type MessageShape, toBinary } from "@bufbuild/protobuf";
-import { BoundedMap } from "./bounded_map.ts";
+import { BoundedMap } from "@tailwatch/runtime";
 
 /** Bytes as a string of the same char codes (0-255). */
 export function bytesToLatin1(bytes: Uint8Array): string {

@@ -2,36 +2,28 @@
  * The one path every request takes, whatever its transport: admission, decoding, injected faults, the
  * handler, then exactly one event and the metrics. gRPC and REST only translate bytes and statuses.
  */
-import { toJson } from "@bufbuild/protobuf";
-import { FaultsSchema } from "@tailwatch/proto/admin/v1";
-import type {
-  DescMessage,
-  DescMethod,
-  DescService,
-  MessageInitShape,
-  MessageShape,
+import {
+  type DescMessage,
+  type DescMethod,
+  type DescService,
+  type MessageInitShape,
+  type MessageShape,
+  toJson,
 } from "@bufbuild/protobuf";
+import { FaultsSchema } from "@tailwatch/proto/admin/v1";
 import { Protocol } from "@tailwatch/proto/events/v1";
-import { Code, codeName, ServiceError } from "./errors.ts";
-import type { EventSink } from "./events.ts";
+import { Code, codeName, methodPath, ServiceError } from "@tailwatch/grpc";
+import type { EventSink } from "@tailwatch/nats";
 import { type Faults, NO_FAULTS, sampleDelayMs, sampleError, validateFaults } from "./faults.ts";
-import { type SpanContext, spanFromTraceparent, traceparentOf, uuidv7 } from "./ids.ts";
-import type { Logger } from "./log.ts";
-import type { Registry } from "./metrics.ts";
-
-/**
- * The request header (REST) and gRPC metadata key naming the load run that sent a request: its value is copied
- * into the event's `load_run_id` and sent on with every downstream call, so that a run's rows in every service
- * are selected exactly, whatever else the stack serves (load/README.md).
- */
-export const LOAD_RUN_HEADER = "tailwatch-load-run";
-
-const LOAD_RUN_ID = /^[A-Za-z0-9._:-]{1,64}$/;
-
-/** The load run id a header value names: a plain id of 1-64 characters of [A-Za-z0-9._:-], else "". */
-export function loadRunIdOf(value: string | undefined): string {
-  return value !== undefined && LOAD_RUN_ID.test(value) ? value : "";
-}
+import {
+  type Logger,
+  type Registry,
+  type SpanContext,
+  spanFromTraceparent,
+  traceparentOf,
+  uuidv7,
+} from "@tailwatch/runtime";
+import { LOAD_RUN_HEADER, loadRunIdOf } from "@tailwatch/events";
 
 /** What a handler knows about the call it serves. */
 export interface CallContext {
@@ -82,11 +74,6 @@ export function bindService<S extends DescService>(
     }
   }
   return { service, handlers: handlers as ServiceBinding["handlers"], kind };
-}
-
-/** The gRPC path of a method: "/catalog.v1.CatalogService/GetProduct". */
-export function methodPath(method: DescMethod): string {
-  return `/${method.parent.typeName}/${method.name}`;
 }
 
 /** The request as a transport sees it before the handler runs. */

@@ -6,9 +6,7 @@ import { create, type DescFile, type DescService, fromBinary, toBinary } from "@
 import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
 import * as v1 from "@tailwatch/proto/grpc/reflection/v1";
 import * as v1alpha from "@tailwatch/proto/grpc/reflection/v1alpha";
-import { Code, ServiceError } from "./errors.ts";
-import type { GrpcServer, GrpcStream } from "./grpc_server.ts";
-import { methodPath } from "./pipeline.ts";
+import { Code, type GrpcServer, type GrpcStream, methodPath, ServiceError } from "@tailwatch/grpc";
 
 type ReflectionModule = typeof v1 | typeof v1alpha;
 

@@ -4,7 +4,7 @@
  * HTTP status from `httpStatusFromCode`; the few statuses that are HTTP's own (405, 413) say so.
  */
 import { create, type DescField, fromJson, type JsonValue, ScalarType, toJson } from "@bufbuild/protobuf";
-import { Code, codeName, httpStatusFromCode, ServiceError } from "./errors.ts";
+import { Code, codeName, httpStatusFromCode, ServiceError } from "@tailwatch/grpc";
 import type { CallOutcome, IncomingCall, Pipeline } from "./pipeline.ts";
 import { matchRoute, type Route } from "./routes.ts";
 

@@ -1,5 +1,5 @@
 /** Request validation shared by the services: each failure is an INVALID_ARGUMENT naming the field. */
-import { Code, ServiceError } from "./errors.ts";
+import { Code, ServiceError } from "@tailwatch/grpc";
 
 const ID = /^[A-Za-z0-9_-]{1,64}$/;
 

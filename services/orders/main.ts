@@ -1,7 +1,8 @@
 /** The orders service process. Configuration: services/README.md. */
 import { CatalogService } from "@tailwatch/proto/catalog/v1";
 import { PaymentService } from "@tailwatch/proto/payments/v1";
-import { createClient, loadServiceConfig, runServiceMain, type ServiceSetup } from "@tailwatch/kit";
+import { createClient } from "@tailwatch/grpc";
+import { loadServiceConfig, runServiceMain, type ServiceSetup } from "@tailwatch/kit";
 import { createOrders } from "./orders.ts";
 
 export function ordersSetup(env: Record<string, string | undefined>): ServiceSetup {

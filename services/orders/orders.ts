@@ -16,19 +16,16 @@ import type { PaymentService } from "@tailwatch/proto/payments/v1";
 import {
   bindService,
   type CallContext,
-  Code,
   decodePageToken,
   encodePageToken,
-  type Logger,
   PackedMessages,
   pageSize,
   requireId,
   requireRange,
   type ServiceBinding,
-  type ServiceClient,
-  ServiceError,
-  uuidv7,
 } from "@tailwatch/kit";
+import { Code, type ServiceClient, ServiceError } from "@tailwatch/grpc";
+import { type Logger, uuidv7 } from "@tailwatch/runtime";
 
 export interface OrdersOptions {
   /** Orders remembered; the oldest are forgotten first. */

@@ -3,15 +3,14 @@ import { create } from "@bufbuild/protobuf";
 import { PaymentSchema, PaymentService, PaymentStatus } from "@tailwatch/proto/payments/v1";
 import {
   bindService,
-  BoundedMap,
-  Code,
   PackedMessages,
   requireCurrency,
   requireId,
   requireRange,
   type ServiceBinding,
-  ServiceError,
 } from "@tailwatch/kit";
+import { BoundedMap } from "@tailwatch/runtime";
+import { Code, ServiceError } from "@tailwatch/grpc";
 
 export interface PaymentsOptions {
   /** Payments remembered; the oldest are forgotten first (then NOT_FOUND). */

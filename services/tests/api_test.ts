@@ -5,10 +5,10 @@
 import { Buffer } from "node:buffer";
 import * as grpc from "@grpc/grpc-js";
 import { assert, assertEquals, assertRejects, startNatsServer } from "@tailwatch/testing";
-import { Code, ServiceError } from "@tailwatch/kit";
+import { Code, ServiceError } from "@tailwatch/grpc";
 import { OrderStatus } from "@tailwatch/proto/orders/v1";
 import { PaymentStatus } from "@tailwatch/proto/payments/v1";
-import { ADMIN_TOKEN, startStack } from "./stack.ts";
+import { ADMIN_TOKEN, startStack } from "@tailwatch/testing/stack";
 
 const GOOD_CARD = "4242 4242 4242 4242";
 const DECLINED_CARD = "4000000000000002";

@@ -2,9 +2,10 @@
 import { Buffer } from "node:buffer";
 import * as grpc from "@grpc/grpc-js";
 import { assert, assertEquals, startNatsServer } from "@tailwatch/testing";
-import { Code, LOAD_RUN_HEADER, loadRunIdOf, ServiceError } from "@tailwatch/kit";
+import { Code, ServiceError } from "@tailwatch/grpc";
+import { LOAD_RUN_HEADER, loadRunIdOf } from "@tailwatch/events";
 import { Protocol, type RequestEvent } from "@tailwatch/proto/events/v1";
-import { readAllEvents, startStack } from "./stack.ts";
+import { readAllEvents, startStack } from "@tailwatch/testing/stack";
 
 const options = { sanitizeOps: false, sanitizeResources: false };
 const GOOD_CARD = "4242424242424242";

@@ -14,10 +14,11 @@ import { CatalogService } from "@tailwatch/proto/catalog/v1";
 import { PaymentService } from "@tailwatch/proto/payments/v1";
 import { Health, HealthCheckResponse_ServingStatus } from "@tailwatch/proto/grpc/health/v1";
 import { assert, assertEquals, startNatsServer, waitUntil } from "@tailwatch/testing";
-import { applyRequestEventsStream, Code, createClient, ServiceError } from "@tailwatch/kit";
+import { applyRequestEventsStream } from "@tailwatch/nats";
+import { Code, createClient, ServiceError } from "@tailwatch/grpc";
 import { runLoad } from "./load.ts";
 import { startServiceProcess } from "@tailwatch/load";
-import { readAllEvents, startStack } from "./stack.ts";
+import { readAllEvents, startStack } from "@tailwatch/testing/stack";
 
 const options = { sanitizeOps: false, sanitizeResources: false };
 

@@ -10,11 +10,18 @@ import {
   GetProductRequestSchema,
   ListProductsRequestSchema,
 } from "@tailwatch/proto/catalog/v1";
-import { createClient } from "@tailwatch/kit";
+import { createClient } from "@tailwatch/grpc";
 import { startServiceProcess } from "@tailwatch/load";
-import { createHpackEncoder } from "../kit/http2/hpack.ts";
+import {
+  CLIENT_PREFACE,
+  createHpackEncoder,
+  ErrorCode,
+  errorCodeName,
+  Flag,
+  FrameType,
+  Setting,
+} from "@tailwatch/http2";
 import type { ClientReport } from "./h2_client.ts";
-import { CLIENT_PREFACE, ErrorCode, errorCodeName, Flag, FrameType, Setting } from "../kit/http2/frames.ts";
 
 export { type ClientReport, ErrorCode, errorCodeName };
 

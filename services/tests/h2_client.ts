@@ -8,7 +8,7 @@
  *   deno run -A services/tests/h2_client.ts PORT [INTERVAL_MS]
  */
 import { CatalogService } from "@tailwatch/proto/catalog/v1";
-import { createClient } from "@tailwatch/kit";
+import { createClient } from "@tailwatch/grpc";
 
 /** What the client saw in a window: every call's outcome, and the latencies (reported, never asserted). */
 export interface ClientReport {

@@ -31,7 +31,7 @@ import {
   wellBehavedClient,
   zeroWindow,
 } from "./h2_attacks.ts";
-import { CLIENT_PREFACE } from "../kit/http2/frames.ts";
+import { CLIENT_PREFACE } from "@tailwatch/http2";
 
 const options = { sanitizeOps: false, sanitizeResources: false, ignore: Deno.build.os !== "linux" };
 const MiB = 1024 * 1024;

@@ -1,5 +1,5 @@
 /** A bounded closed-loop load generator for tests: `total` calls, at most `concurrency` at once. */
-import { Code, ServiceError } from "@tailwatch/kit";
+import { Code, ServiceError } from "@tailwatch/grpc";
 
 export interface LoadResult {
   ok: number;

@@ -17,13 +17,9 @@ import {
   TEST_NATS_PASSWORDS,
   waitUntil,
 } from "@tailwatch/testing";
-import {
-  applyRequestEventsStream,
-  eventsOfMessage,
-  natsConfig,
-  REQUEST_EVENTS_STREAM,
-  SERVICE_DENO_FLAGS,
-} from "@tailwatch/kit";
+import { applyRequestEventsStream, natsConfig } from "@tailwatch/nats";
+import { eventsOfMessage, REQUEST_EVENTS_STREAM } from "@tailwatch/events";
+import { SERVICE_DENO_FLAGS } from "@tailwatch/runtime";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const options = { sanitizeOps: false, sanitizeResources: false };

@@ -1,6 +1,6 @@
 /** What a service process does to itself at start, seen from outside through /proc. */
 import { assert, assertEquals } from "@tailwatch/testing";
-import { listProcessThreads } from "@tailwatch/kit";
+import { listProcessThreads } from "@tailwatch/runtime";
 import { startServiceProcess } from "@tailwatch/load";
 
 const options = { sanitizeOps: false, sanitizeResources: false };

@@ -16,8 +16,8 @@ import {
   HealthCheckResponseSchema,
 } from "@tailwatch/proto/grpc/health/v1";
 import { assert, assertEquals, startNatsServer } from "@tailwatch/testing";
-import { Code, createClient, ServiceError } from "@tailwatch/kit";
-import { startStack } from "./stack.ts";
+import { Code, createClient, ServiceError } from "@tailwatch/grpc";
+import { startStack } from "@tailwatch/testing/stack";
 
 const options = { sanitizeOps: false, sanitizeResources: false };
 

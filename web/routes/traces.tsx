@@ -3,8 +3,7 @@ import { html, pageContext, type RequestContext } from "../app.ts";
 import { RangeControls } from "../components/Controls.tsx";
 import { Island } from "../components/Island.tsx";
 import { Layout } from "../components/Layout.tsx";
-import type { TracesData } from "../islands/model.ts";
-import { grpcCodeName } from "../islands/model.ts";
+import { grpcCodeName, type TracesData } from "../islands/model.ts";
 import { parseTraces, viewQuery } from "../params.ts";
 
 export async function tracesPage(rc: RequestContext): Promise<Response> {

@@ -19,7 +19,7 @@ import {
   waitUntil,
 } from "@tailwatch/testing";
 import { startStackProcesses } from "@tailwatch/load";
-import { applyRequestEventsStream } from "@tailwatch/kit";
+import { applyRequestEventsStream } from "@tailwatch/nats";
 import { createWebServer, type WebServer } from "../server.ts";
 import { migrate, readonlyCells, webConfig } from "./helpers.ts";
 

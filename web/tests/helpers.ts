@@ -1,5 +1,5 @@
 /** What the web tests share: a migrated ClickHouse, rows they write, a web server on it. */
-import { applyMigrations } from "@tailwatch/ingest";
+import { applyMigrations } from "@tailwatch/ingest/migrations";
 import { CLICKHOUSE_ADMIN, CLICKHOUSE_READONLY, type ClickHouseServer } from "@tailwatch/testing";
 import { loadWebConfig, type WebConfig } from "../config.ts";
 import { toCells } from "../queries.ts";

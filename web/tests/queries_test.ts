@@ -4,8 +4,8 @@
  * SQL runs as the read-only user with the same result; bad input is a 400 saying what was wrong; alerts fire,
  * resolve and never flap on a missing read; access control and CSRF.
  */
-import { assert, assertEquals, startClickHouseServer } from "@tailwatch/testing";
-import { createRegistry, registerProcessMetrics } from "@tailwatch/kit";
+import { assert, assertEquals, CLICKHOUSE_READONLY, startClickHouseServer } from "@tailwatch/testing";
+import { createLogger, createRegistry, registerProcessMetrics } from "@tailwatch/runtime";
 import { createAlertEngine, validateRule } from "../alerts.ts";
 import { hashPassword } from "../auth.ts";
 import { ConfigError, loadWebConfig } from "../config.ts";
@@ -18,10 +18,8 @@ import {
 } from "../islands/model.ts";
 import { createWebServer } from "../server.ts";
 import { buildTree } from "../routes/trace.tsx";
-import { createLogger } from "@tailwatch/kit";
 import { tables } from "../queries.ts";
 import { createReader } from "../clickhouse.ts";
-import { CLICKHOUSE_READONLY } from "@tailwatch/testing";
 import {
   bucketOf,
   insertJson,

@@ -24,8 +24,8 @@ import {
   startClickHouseServer,
   waitUntil,
 } from "@tailwatch/testing";
-import { applyMigrations } from "@tailwatch/ingest";
-import { connectionFlags, profilerBinaries } from "./binaries.ts";
+import { applyMigrations } from "@tailwatch/ingest/migrations";
+import { connectionFlags, profilerBinaries } from "../binaries.ts";
 
 async function run(
   cmd: string,

@@ -12,7 +12,8 @@
  *
  * New derived tables join here when they are added.
  */
-import { type ClickHouse, END_SECOND_OF_EVENT, ident, sql } from "@tailwatch/ingest";
+import { type ClickHouse, END_SECOND_OF_EVENT } from "@tailwatch/ingest";
+import { ident, sql } from "@tailwatch/ingest/sql";
 import { compareMaps, rollupDifferences } from "@tailwatch/ingest/testing";
 
 type Row = Record<string, string | number | string[] | number[]>;

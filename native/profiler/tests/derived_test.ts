@@ -17,18 +17,12 @@
 import { create } from "@bufbuild/protobuf";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { Protocol, type RequestEvent, RequestEventSchema } from "@tailwatch/proto/events/v1";
-import {
-  applyMigrations,
-  type ClickHouse,
-  createClickHouse,
-  ident,
-  loadConfig,
-  rebuild,
-  sql,
-} from "@tailwatch/ingest";
-import { trustedSqlText } from "@tailwatch/ingest/sql";
+import { applyMigrations } from "@tailwatch/ingest/migrations";
+import { type ClickHouse, createClickHouse, loadConfig, rebuild } from "@tailwatch/ingest";
+import { ident, sql, trustedSqlText } from "@tailwatch/ingest/sql";
 import { publishEventBatch, publishEvents, testEnv, uniqueDatabase } from "@tailwatch/ingest/testing";
-import { applyRequestEventsStream, createLogger } from "@tailwatch/kit";
+import { applyRequestEventsStream } from "@tailwatch/nats";
+import { createLogger } from "@tailwatch/runtime";
 import {
   assert,
   CLICKHOUSE_ADMIN,
@@ -40,7 +34,7 @@ import {
   startNatsServer,
   waitUntil,
 } from "@tailwatch/testing";
-import { connectionFlags, profilerBinaries } from "./binaries.ts";
+import { connectionFlags, profilerBinaries } from "../binaries.ts";
 import { checkDerived } from "./derived.ts";
 
 const ROOT = new URL("../../../", import.meta.url).pathname;

@@ -14,9 +14,10 @@
  */
 import { AdminService } from "@tailwatch/proto/admin/v1";
 import { PaymentService } from "@tailwatch/proto/payments/v1";
-import { applyRequestEventsStream, createClient } from "@tailwatch/kit";
-import { applyMigrations } from "@tailwatch/ingest";
-import { connectionFlags, profilerBinaries } from "./binaries.ts";
+import { applyRequestEventsStream } from "@tailwatch/nats";
+import { createClient } from "@tailwatch/grpc";
+import { applyMigrations } from "@tailwatch/ingest/migrations";
+import { connectionFlags, profilerBinaries } from "../binaries.ts";
 import {
   assert,
   CLICKHOUSE_ADMIN,

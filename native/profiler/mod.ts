@@ -1,0 +1,1 @@
+export { connectionFlags, PROFILER_DIR, type ProfilerBinaries, profilerBinaries } from "./binaries.ts";
