@@ -93,7 +93,8 @@ export function createDeadlineQueue(): DeadlineQueue {
     armedAt = earliest;
     timer = setTimeout(fire, Math.max(0, earliest - Date.now()));
     // The timer must not keep a process alive by itself: what waits on a deadline holds a socket open.
-    if (typeof timer === "number") Deno.unrefTimer(timer);
+    // Deno.unrefTimer takes what setTimeout returns: a number on older Deno, a Timeout object since 2.x.
+    Deno.unrefTimer(timer);
   };
 
   return {
