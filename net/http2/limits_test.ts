@@ -1,11 +1,12 @@
 /** The HTTP/2 limits from the environment: safe defaults, every variable read, bad values named. */
 import { assert, assertEquals } from "@tailwatch/testing";
 import { ConfigError, createEnvReader } from "@tailwatch/runtime";
-import { loadServiceConfig } from "@tailwatch/kit";
 import { DEFAULT_HTTP2_LIMITS, readHttp2Limits } from "./limits.ts";
 
 Deno.test("HTTP/2 limits: the defaults when nothing is set, each H2_* variable when it is", () => {
-  assertEquals(loadServiceConfig("catalog", {}).http2, { ...DEFAULT_HTTP2_LIMITS });
+  const defaults = createEnvReader({});
+  assertEquals(readHttp2Limits(defaults), { ...DEFAULT_HTTP2_LIMITS });
+  assertEquals(defaults.problems, []);
   const read = createEnvReader({
     H2_MAX_CONCURRENT_STREAMS: "100",
     H2_MAX_CONNECTIONS: "64",
@@ -38,7 +39,9 @@ Deno.test("HTTP/2 limits: the defaults when nothing is set, each H2_* variable w
 Deno.test("HTTP/2 limits: a bad value stops the start, named with the others", () => {
   let error: unknown;
   try {
-    loadServiceConfig("catalog", { H2_MAX_RESETS: "0", H2_MAX_OUTPUT_BYTES: "lots" });
+    const read = createEnvReader({ H2_MAX_RESETS: "0", H2_MAX_OUTPUT_BYTES: "lots" });
+    readHttp2Limits(read);
+    read.done();
   } catch (caught) {
     error = caught;
   }

@@ -4,7 +4,6 @@
  */
 import { assert, assertEquals, AssertionError } from "@tailwatch/testing";
 import { ConfigError } from "@tailwatch/runtime";
-import { loadServiceConfig } from "@tailwatch/kit";
 import { minDuplicateWindowMs } from "./publisher.ts";
 import { natsConfig, natsJsOptions, wireServers } from "./config.ts";
 import { natsErrorKind, natsErrorText } from "./wire.ts";
@@ -125,14 +124,6 @@ Deno.test("NATS settings: credentials once (variables or URL), taken out of the 
   ) {
     assertThrows(() => natsConfig(env), ConfigError, JSON.stringify(env));
   }
-  // A service's configuration carries them, and names every problem at once.
-  const service = loadServiceConfig("catalog", { NATS_USER: "catalog", NATS_PASSWORD: "pw" });
-  assertEquals(service.nats.inboxPrefix, "_INBOX_catalog");
-  const error = assertThrows(
-    () => loadServiceConfig("catalog", { NATS_USER: "catalog", GRPC_PORT: "x" }),
-    ConfigError,
-  );
-  assert(/NATS_USER is set without NATS_PASSWORD/.test(error.message) && /GRPC_PORT/.test(error.message));
 });
 
 Deno.test("a server's -ERR is classified for the metrics", () => {

@@ -5,6 +5,7 @@ import { FaultsSchema } from "@tailwatch/proto/admin/v1";
 import { assert, assertEquals, seededRandom } from "@tailwatch/testing";
 import { ConfigError } from "@tailwatch/runtime";
 import { Code, type ServiceError } from "@tailwatch/grpc";
+import { DEFAULT_HTTP2_LIMITS } from "@tailwatch/http2";
 import { loadServiceConfig } from "./config.ts";
 import { parseFaults, sampleDelayMs, sampleError, validateFaults } from "./faults.ts";
 import { bindService } from "./pipeline.ts";
@@ -117,4 +118,29 @@ Deno.test("REST routes come from the google.api.http options, literal paths befo
   const wrongMethod = matchRoute(routes, "DELETE", "/v1/products");
   assert(wrongMethod.kind === "method-not-allowed" && wrongMethod.allowed.join() === "GET,POST");
   assertEquals(matchRoute(routes, "GET", "/v1/products/a/b").kind, "none");
+});
+
+Deno.test("a service's configuration carries the HTTP/2 limits, and a bad one stops the start", () => {
+  assertEquals(loadServiceConfig("catalog", {}).http2, { ...DEFAULT_HTTP2_LIMITS });
+  assertEquals(loadServiceConfig("catalog", { H2_MAX_RESETS: "200" }).http2.maxResetsPerWindow, 200);
+  let error: unknown;
+  try {
+    loadServiceConfig("catalog", { H2_MAX_RESETS: "0" });
+  } catch (caught) {
+    error = caught;
+  }
+  assert(error instanceof ConfigError && /H2_MAX_RESETS/.test(error.message), String(error));
+});
+
+Deno.test("a service's configuration carries the NATS settings, and names every problem at once", () => {
+  const service = loadServiceConfig("catalog", { NATS_USER: "catalog", NATS_PASSWORD: "pw" });
+  assertEquals(service.nats.inboxPrefix, "_INBOX_catalog");
+  let error: unknown;
+  try {
+    loadServiceConfig("catalog", { NATS_USER: "catalog", GRPC_PORT: "x" });
+  } catch (caught) {
+    error = caught;
+  }
+  assert(error instanceof ConfigError, String(error));
+  assert(/NATS_USER is set without NATS_PASSWORD/.test(error.message) && /GRPC_PORT/.test(error.message));
 });
