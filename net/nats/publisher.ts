@@ -8,86 +8,22 @@
  */
 import type { RequestEvent } from "@tailwatch/proto/events/v1";
 import {
-  BATCH_EVENT_TAG,
   encodeRequestEventView,
-  EVENT_COUNT_HEADER,
   MAX_EVENT_PARTITIONS,
   REQUEST_EVENTS_STREAM,
   type RequestEventFields,
-  requestEventsStreamProblems,
   requestEventSubject,
-  splitFrame,
-  type StreamConfigLike,
 } from "@tailwatch/events";
 import type { Logger, Registry } from "@tailwatch/runtime";
+import { ackOutcome, AckTracker } from "./acks.ts";
+import { MessageBuilder, MessageQueue, Partitioner, type QueuedMessage, splitFront } from "./outbox.ts";
 import { describeNats, type NatsConfig, natsConfig, wireServers } from "./config.ts";
-import { createNatsWire, natsErrorKind, type NatsWire, parseDecimal, type WireMessage } from "./wire.ts";
+import { parseDecimal, type WireMessage } from "./protocol.ts";
+import { StreamCheck } from "./stream_check.ts";
+import { createNatsWire, natsErrorKind, type NatsWire } from "./wire.ts";
 
 export type { RequestEvent };
 export type RequestEventInit = RequestEventFields;
-
-/**
- * A sealed message as it waits for JetStream: its whole HPUB frame without a reply subject (subject, headers,
- * protobuf body), built in a shared page as its events are emitted and sent from there, again on a retry.
- * Why pages: a buffer of its own per event (over V8's 64-byte limit for on-heap arrays) is a malloc, a free and
- * GC bookkeeping each, which cost more than building the frame.
- */
-interface QueuedMessage {
-  page: Uint8Array;
-  start: number;
-  end: number;
-  /** Events in the message. */
-  count: number;
-  /** Its partition (the subject's last token when partitioned), fixed when it is sealed: a retry goes there too. */
-  partition: number;
-  /** Its headers and body: what the server's max_payload limits. */
-  payloadBytes: number;
-}
-
-/** A message written and awaiting its ack on `<inbox>.<token>`. */
-interface Awaited {
-  message: QueuedMessage;
-  sentAt: number;
-}
-
-/** A fixed-capacity FIFO that can also put an item back at the front (for retries). */
-class Ring<T> {
-  #items: (T | undefined)[];
-  #head = 0;
-  #size = 0;
-  constructor(capacity: number) {
-    this.#items = new Array(capacity);
-  }
-  get size() {
-    return this.#size;
-  }
-  get capacity() {
-    return this.#items.length;
-  }
-  pushBack(item: T): boolean {
-    if (this.#size === this.#items.length) return false;
-    this.#items[(this.#head + this.#size++) % this.#items.length] = item;
-    return true;
-  }
-  pushFront(item: T): boolean {
-    if (this.#size === this.#items.length) return false;
-    this.#head = (this.#head - 1 + this.#items.length) % this.#items.length;
-    this.#items[this.#head] = item;
-    this.#size++;
-    return true;
-  }
-  peekFront(): T | undefined {
-    return this.#size === 0 ? undefined : this.#items[this.#head];
-  }
-  popFront(): T | undefined {
-    if (this.#size === 0) return undefined;
-    const item = this.#items[this.#head];
-    this.#items[this.#head] = undefined;
-    this.#head = (this.#head + 1) % this.#items.length;
-    this.#size--;
-    return item;
-  }
-}
 
 /** Whether events are being published, and if not, why (the reason in a 503 /readyz). */
 export interface EventsReadiness {
@@ -172,9 +108,9 @@ export function createDisabledEventSink(metrics: Registry): EventSink {
  * while they were lost. A message holds up to 256 events by default, so an ack per message is little next to
  * the ack per event it replaced earlier (about a third more nats-server CPU per event then).
  *
- * The frames are written by hand on a connection of the sink's own (`nats_wire.ts`): through nats.js, a
- * publish and its ack cost a service about 25 us of CPU per event, a quarter of serving the request. A message
- * whose ack does not come within the timeout, or comes back as an error, is published again with the same
+ * The frames are written by hand on a connection of the sink's own (`wire.ts`): through nats.js, a publish
+ * and its ack cost a service about 25 us of CPU per event, a quarter of serving the request. A message whose
+ * ack does not come within the timeout, or comes back as an error, is published again with the same
  * Nats-Msg-Ids, which the stream's duplicate window turns into no-ops for the copies that were stored.
  *
  * The stream is not created here (stream.ts: the setup step does it). At each connect, and after JetStream
@@ -184,42 +120,67 @@ export function createDisabledEventSink(metrics: Registry): EventSink {
  * `readiness()` says what is wrong. A `-ERR` from the server (a permission the NATS user lacks, a refused
  * connection) is counted (`events_nats_server_errors_total{kind}`), logged as an error and makes the sink not
  * ready until a message is stored again; the refused messages are published again after their ack timeout.
+ *
+ * How an event travels, and the steps that move it: `emit` appends it to the open message (`MessageBuilder`,
+ * outbox.ts), sealed into the queue (`MessageQueue`) when full or when `pump` sends; `pump` (the flush loop)
+ * writes queued messages up to `concurrency` events awaiting acks (`AckTracker`, acks.ts), splitting one too
+ * large for the server (`fitToServer`); `onInboxMessage` takes each ack (`stored`, or `retry` after a backoff,
+ * with `refused` asking for a new stream check, stream_check.ts); `sweep` retries what timed out, and a
+ * reconnect or a lame-duck move (`onConnected`, `onMoved`) requeues everything awaited at once. `readiness`
+ * and the metrics (`sinkCounters`) say how it goes.
  */
 export function createEventSink(options: EventSinkOptions): EventSink {
-  const { logger, metrics } = options;
   const nats = typeof options.nats === "string" ? natsConfig(options.nats) : options.nats;
   const servers = wireServers(nats);
-  const timeoutMs = options.publishTimeoutMs ?? 5000;
-  const publishIntervalMs = options.publishIntervalMs ?? 0;
-  const eventsPerMessage = Math.max(1, options.eventsPerMessage ?? 256);
-  const partitions = Math.max(1, Math.min(MAX_EVENT_PARTITIONS, Math.floor(options.partitions ?? 1)));
-  let batchTimer: ReturnType<typeof setTimeout> | undefined;
-  /** Sealed messages, oldest first; `queuedEvents` events in all. */
-  const queue = new Ring<QueuedMessage>(options.capacity);
-  let queuedEvents = 0;
-  /** Messages written and awaiting their ack, by token, in the order sent. */
-  const awaiting = new Map<number, Awaited>();
-  /** Events in `awaiting`. */
-  let awaitingEvents = 0;
-  let nextToken = 0;
-  /** True when events wait because `concurrency` events awaited their acks (an ack then pumps at once). */
-  let heldBack = false;
-  let retryAt = 0;
-  let retryTimer: ReturnType<typeof setTimeout> | undefined;
-  let backoffMs = 0;
-  let closed = false;
-  /** True once the stream is known to exist and fit, on the server of the current connection. */
-  let streamReady = false;
-  /** Why the stream is not ready (missing, unfit, no answer), once a check said so. */
-  let streamProblem: string | undefined;
-  /** The server's latest refusal (-ERR), until a message is stored again or a new connection is made. */
-  let refusal: { text: string; at: number } | undefined;
-  /** Why the latest connection attempt failed. */
-  let lastConnectError: string | undefined;
-  /** When events last made progress: an ack that stored a message, or the first event after none pending. */
-  let lastProgressAt = Date.now();
-  const idleWaiters = new Set<() => void>();
+  const counters = sinkCounters(
+    options.metrics,
+    options.capacity,
+    () => pendingEvents(sink),
+    () => readiness(sink).ready,
+  );
+  const inbox = `${nats.inboxPrefix}.${crypto.randomUUID().replaceAll("-", "")}`;
+  // The wire calls back only once a connection attempt has ended (never before this function returns), so
+  // `sink` is set by then.
+  const wire: NatsWire = createNatsWire({
+    servers,
+    name: `${options.service}-events`,
+    logger: options.logger,
+    onConnected: (reconnected) => onConnected(sink, reconnected),
+    onMoved: () => onMoved(sink),
+    onDisconnected: () => onDisconnected(sink),
+    onMessage: (message) => onInboxMessage(sink, message),
+    onServerError: (text) => onServerError(sink, text),
+    onConnectFailed(reason) {
+      sink.lastConnectError = reason;
+    },
+  });
+  const sink = sinkState(options, nats, inbox, counters, wire);
+  const sweeper = setInterval(() => sweep(sink), Math.min(1000, sink.timeoutMs / 2));
+  return sinkHandle(sink, sweeper);
+}
 
+/** The sink's counters and gauges (registered in this order; the gauges read the sink at scrape time). */
+interface SinkCounters {
+  published: Counter;
+  duplicates: Counter;
+  refusals: Counter;
+  dropped: Counter;
+  tooLarge: Counter;
+  retries: Counter;
+  connected: Gauge;
+  disconnects: Counter;
+  serverErrors: Counter;
+}
+type Counter = ReturnType<Registry["counter"]>;
+type Gauge = ReturnType<Registry["gauge"]>;
+
+/** Registers the sink's metrics: `pending` and `ready` are read at each scrape. */
+function sinkCounters(
+  metrics: Registry,
+  capacity: number,
+  pending: () => number,
+  ready: () => boolean,
+): SinkCounters {
   const published = metrics.counter(
     "events_published_total",
     "Events acknowledged by JetStream (each message is counted when its own ack comes).",
@@ -244,13 +205,9 @@ export function createEventSink(options: EventSinkOptions): EventSink {
     "events_publish_retries_total",
     "Events published again after an error, a timeout or a reconnect.",
   );
-  metrics.gaugeFn(
-    "events_buffer_depth",
-    "Events accepted and not yet acknowledged.",
-    () => pendingEvents(),
-  );
-  metrics.gaugeFn("events_buffer_capacity", "Events the buffer holds at most.", () => options.capacity);
-  const connectedGauge = metrics.gauge("events_nats_connected", "1 while connected to NATS.");
+  metrics.gaugeFn("events_buffer_depth", "Events accepted and not yet acknowledged.", pending);
+  metrics.gaugeFn("events_buffer_capacity", "Events the buffer holds at most.", () => capacity);
+  const connected = metrics.gauge("events_nats_connected", "1 while connected to NATS.");
   const disconnects = metrics.counter(
     "events_nats_disconnects_total",
     "Times the connection to NATS was lost.",
@@ -263,601 +220,492 @@ export function createEventSink(options: EventSinkOptions): EventSink {
   metrics.gaugeFn(
     "events_ready",
     "1 while events reach JetStream (/readyz says why not).",
-    () => readiness().ready ? 1 : 0,
+    () => ready() ? 1 : 0,
   );
+  return {
+    published,
+    duplicates,
+    refusals,
+    dropped,
+    tooLarge,
+    retries,
+    connected,
+    disconnects,
+    serverErrors,
+  };
+}
 
-  const inbox = `${nats.inboxPrefix}.${crypto.randomUUID().replaceAll("-", "")}`;
-  /** The shortest duplicate window that drops a retried copy of a stored message: see `minDuplicateWindowMs`. */
+/** The inbox subscription's sid: acks on `<inbox>.<token>`, stream checks on `<inbox>.s<serial>`. */
+const INBOX_SID = 1;
+
+/** Everything one sink holds; the steps below share it. */
+interface SinkState {
+  readonly options: EventSinkOptions;
+  readonly logger: Logger;
+  readonly nats: NatsConfig;
+  /** How long one publish waits for its ack before it is retried. */
+  readonly timeoutMs: number;
+  readonly publishIntervalMs: number;
+  readonly partitions: number;
   /** The subject of each partition: unpartitioned with one partition. */
+  readonly subjects: string[];
+  readonly inbox: string;
+  /** `HPUB <subject> <inbox>.` per partition: every frame is sent with its partition's, its token follows. */
+  readonly replyLineStarts: string[];
+  /** Where the token starts in an inbox subject (`<inbox>.<token>`). */
+  readonly ackSubjectTokenStart: number;
+  readonly wire: NatsWire;
+  readonly counters: SinkCounters;
+  // The buffer: the open message, then sealed messages queued, then messages awaiting their acks.
+  readonly builder: MessageBuilder;
+  readonly queue: MessageQueue;
+  readonly acks: AckTracker;
+  readonly check: StreamCheck;
+  // The flush loop.
+  batchTimer: ReturnType<typeof setTimeout> | undefined;
+  /** True when events wait because `concurrency` events awaited their acks (an ack then pumps at once). */
+  heldBack: boolean;
+  /** No write before this time (epoch ms): the backoff after a failed publish. */
+  retryAt: number;
+  retryTimer: ReturnType<typeof setTimeout> | undefined;
+  backoffMs: number;
+  /** When a retry was last logged (one warning per 5 s). */
+  lastWarning: number;
+  closed: boolean;
+  // Readiness.
+  /** The server's latest refusal (-ERR), until a message is stored again or a new connection is made. */
+  refusal: { text: string; at: number } | undefined;
+  /** Distinct refusal texts logged, and when, so that a refusal repeated every retry is logged every 10 s. */
+  readonly refusalLogged: Map<string, number>;
+  /** Why the latest connection attempt failed. */
+  lastConnectError: string | undefined;
+  /** When events last made progress: an ack that stored a message, or the first event after none pending. */
+  lastProgressAt: number;
+  /** `flush` calls waiting for nothing to be pending. */
+  readonly idleWaiters: Set<() => void>;
+}
+
+/** The sink's settings with their defaults, its empty buffer, and its stream check (not asked yet). */
+function sinkState(
+  options: EventSinkOptions,
+  nats: NatsConfig,
+  inbox: string,
+  counters: SinkCounters,
+  wire: NatsWire,
+): SinkState {
+  const timeoutMs = options.publishTimeoutMs ?? 5000;
+  const eventsPerMessage = Math.max(1, options.eventsPerMessage ?? 256);
+  const partitions = Math.max(1, Math.min(MAX_EVENT_PARTITIONS, Math.floor(options.partitions ?? 1)));
   const subjects = partitions === 1
     ? [requestEventSubject(options.service)]
     : Array.from({ length: partitions }, (_, p) => requestEventSubject(options.service, p));
+  /** What the stream must be for this sink: its subjects stored, a duplicate window that drops a retry. */
   const needs = {
     publishSubjects: subjects,
     minDuplicateWindowMs: minDuplicateWindowMs(timeoutMs),
   };
-  const INBOX_SID = 1;
-  /**
-   * Room for `HPUB <subject> ` at the start of each message in its page (`seal` writes the unpartitioned
-   * subject there; what is sent starts after it, behind the reply line of the message's partition).
-   */
-  const subjectPrefix = textEncoder.encode(`HPUB ${requestEventSubject(options.service)} `);
-  /** `HPUB <subject> <inbox>.` per partition: every frame is sent with its partition's, its token follows. */
-  const replyLineStarts = subjects.map((subject) => `HPUB ${subject} ${inbox}.`);
-  const ackSubjectTokenStart = inbox.length + 1;
-  /**
-   * The partition of the next message: the one this publisher has given the fewest events so far, ties in turn
-   * from a random start. Why not round-robin over messages: messages differ in size (a write's last message is
-   * partial, sealed by the publish interval), so counting events keeps the workers' loads equal within one
-   * message; why not a hash of the message id: a hash is even only on average, this is even at every moment.
-   * The random start keeps many replicas that each publish little from all beginning with partition 0.
-   */
-  const partitionEvents = new Float64Array(partitions);
-  let partitionTurn = Math.floor(Math.random() * partitions);
-  function choosePartition(count: number): number {
-    if (partitions === 1) return 0;
-    let best = partitionTurn;
-    for (let i = 1; i < partitions; i++) {
-      const p = (partitionTurn + i) % partitions;
-      if (partitionEvents[p] < partitionEvents[best]) best = p;
-    }
-    partitionEvents[best] += count;
-    partitionTurn = (best + 1) % partitions;
-    return best;
-  }
-
-  const PAGE_BYTES = 256 * 1024;
-  /** Bytes of events one message holds at most (nats-server refuses payloads over 1 MiB by default). */
-  const MAX_MESSAGE_BYTES = 256 * 1024;
-  /**
-   * Bytes of events one message holds at most now: 256 KiB, or less when the server's max_payload (from its
-   * INFO; nats_wire.ts `maxPayload`) leaves less room after the headers. A message sealed larger than the
-   * server it is sent to takes (sealed before the first INFO, or for another server) is split in `pump`.
-   */
-  const maxMessageBytes = () => Math.min(MAX_MESSAGE_BYTES, wire.maxPayload - MESSAGE_HEADER_ROOM);
-  let page = new Uint8Array(PAGE_BYTES);
-  let pageUsed = 0;
-
-  /**
-   * The message being filled: its events are written into the page as they come, each as field 1 of a
-   * RequestEventBatch (tag, length, event), after room left for the frame's start (`HPUB` line and headers),
-   * which `seal` writes once the events are known, right before them.
-   */
-  let openCount = 0;
-  let openFirstId = "";
-  /** Where the message's room starts, where its first event's tag is, and where that event's bytes are. */
-  let openRoomStart = 0;
-  let openPayloadStart = 0;
-  let openFirstEventStart = 0;
-
-  const pendingEvents = () => openCount + queuedEvents + awaitingEvents;
-
-  /**
-   * The most a message's frame start can take, given its first event id (`seal` checks it was enough):
-   * `HPUB <subject> ` + two decimals of at most 10 digits, a space and CRLF; then the headers: the Msg-Id line
-   * (the id at most 3 UTF-8 bytes a character) and CRLF, the count line (at most 10 digits) and CRLF, and the
-   * blank line.
-   */
-  const roomFor = (eventId: string) =>
-    subjectPrefix.length + (10 + 1 + 10 + 2) +
-    MSG_ID_HEADER.length + 3 * eventId.length + 2 + EVENT_COUNT_LINE.length + 10 + 2 + 2;
-
-  /** Adds an event to the open message, sealing it first when the event does not fit. */
-  function appendEvent(eventId: string, event: Uint8Array): void {
-    const need = 6 + event.length + 2;
-    if (
-      openCount > 0 &&
-      (pageUsed + need > page.length || pageUsed - openPayloadStart + need > maxMessageBytes())
-    ) {
-      seal();
-    }
-    if (openCount === 0) {
-      const room = roomFor(eventId);
-      if (pageUsed + room + need > page.length) {
-        // The old page lives on while messages in it wait for their acks.
-        page = new Uint8Array(Math.max(PAGE_BYTES, room + need));
-        pageUsed = 0;
-      }
-      openRoomStart = pageUsed;
-      openPayloadStart = pageUsed + room;
-      openFirstId = eventId;
-      pageUsed = openPayloadStart;
-    }
-    let at = pageUsed;
-    page[at++] = BATCH_EVENT_TAG;
-    for (let length = event.length;; length >>>= 7) {
-      if (length < 0x80) {
-        page[at++] = length;
-        break;
-      }
-      page[at++] = (length & 0x7f) | 0x80;
-    }
-    if (openCount === 0) openFirstEventStart = at;
-    page.set(event, at);
-    pageUsed = at + event.length;
-    openCount++;
-    if (openCount >= eventsPerMessage) seal();
-  }
-
-  /**
-   * Writes the open message's frame start before its events and queues it. A message of one event is a plain
-   * RequestEvent (its bytes without the batch's tag and length) with Nats-Msg-Id = its id; a message of several
-   * is a RequestEventBatch with the Tailwatch-Events header and the first event's id as Nats-Msg-Id.
-   */
-  function seal(): void {
-    if (openCount === 0) return;
-    const payloadStart = openCount === 1 ? openFirstEventStart : openPayloadStart;
-    const headers = textEncoder.encode(
-      `${MSG_ID_HEADER_TEXT}${openFirstId}\r\n${
-        openCount > 1 ? `${EVENT_COUNT_LINE}${openCount}\r\n` : ""
-      }\r\n`,
-    );
-    const totalBytes = headers.length + pageUsed - payloadStart;
-    const line = textEncoder.encode(`${headers.length} ${totalBytes}\r\n`);
-    const start = payloadStart - headers.length - line.length - subjectPrefix.length;
-    if (start < openRoomStart) throw new Error("events: the room for a message's headers was too small");
-    page.set(subjectPrefix, start);
-    page.set(line, start + subjectPrefix.length);
-    page.set(headers, start + subjectPrefix.length + line.length);
-    page[pageUsed++] = CR;
-    page[pageUsed++] = LF;
-    queue.pushBack({
-      page,
-      start,
-      end: pageUsed,
-      count: openCount,
-      payloadBytes: totalBytes,
-      partition: choosePartition(openCount),
-    });
-    queuedEvents += openCount;
-    openCount = 0;
-    openFirstId = "";
-  }
-
-  const wire: NatsWire = createNatsWire({
-    servers,
-    name: `${options.service}-events`,
-    logger,
-    onConnected(reconnected) {
-      wire.writeText(`SUB ${inbox}.* ${INBOX_SID}\r\n`);
-      connectedGauge.set(1);
-      lastConnectError = undefined;
-      refusal = undefined;
-      lastProgressAt = Date.now();
-      logger.info("events: connected to NATS", { nats: describeNats(nats) });
-      // After a reconnect, acks for publishes sent before the disconnect may never come (the server may have
-      // restarted); they are published again once the stream is checked, rather than after their timeout.
-      if (reconnected) requeueUnacknowledged();
-      checkStream();
-    },
-    onMoved() {
-      // A lame-duck move: the old server is going. Acks of what was sent there may still come on the old
-      // connection, but every message awaiting one is sent again here at once under its Nats-Msg-Id (the
-      // stream drops the copies it stored), rather than after its ack timeout.
-      wire.writeText(`SUB ${inbox}.* ${INBOX_SID}\r\n`);
-      logger.info("events: moved to another NATS server (the old one is in lame duck mode)", {
-        server: wire.server,
-        awaiting: awaitingEvents,
-      });
-      requeueUnacknowledged();
-      pump(publishIntervalMs === 0);
-    },
-    onDisconnected() {
-      connectedGauge.set(0);
-      disconnects.inc();
-      streamReady = false;
-      cancelCheck();
-    },
-    onMessage: onInboxMessage,
-    onServerError,
-    onConnectFailed(reason) {
-      lastConnectError = reason;
-    },
-  });
-
-  /** Distinct refusal texts logged, and when, so that a refusal repeated every retry is logged every 10 s. */
-  const refusalLogged = new Map<string, number>();
-  function onServerError(text: string): void {
-    const kind = natsErrorKind(text);
-    serverErrors.inc({ kind });
-    const now = Date.now();
-    refusal = { text, at: now };
-    const last = refusalLogged.get(text);
-    if (last === undefined || now - last >= 10_000) {
-      if (refusalLogged.size > 100) refusalLogged.clear();
-      refusalLogged.set(text, now);
-      logger.error("events: NATS refused", {
-        error: text,
-        kind,
-        nats: describeNats(nats),
-        pending: pendingEvents(),
-        hint: kind === "permissions"
-          ? `the NATS user may publish to ${
-            partitions === 1 ? subjects[0] : `${requestEventSubject(options.service)}.>`
-          }, read $JS.API.STREAM.INFO.${REQUEST_EVENTS_STREAM} ` +
-            `and subscribe to ${nats.inboxPrefix}.> (deploy/nats/auth.conf)`
-          : undefined,
-      });
-    }
-  }
-
-  // The stream check: `$JS.API.STREAM.INFO.REQUEST_EVENTS` on this connection, answered on `<inbox>.s<n>`.
-  let checkSerial = 0;
-  /** The check awaiting its answer (its serial), or 0. */
-  let checkAwaited = 0;
-  let checkTimer: ReturnType<typeof setTimeout> | undefined;
-  let checkFailures = 0;
-  let lastProblemLog = 0;
-  const cancelCheck = () => {
-    checkAwaited = 0;
-    clearTimeout(checkTimer);
-    checkTimer = undefined;
+  const queue = new MessageQueue(options.capacity);
+  const sink: SinkState = {
+    options,
+    logger: options.logger,
+    nats,
+    timeoutMs,
+    publishIntervalMs: options.publishIntervalMs ?? 0,
+    partitions,
+    subjects,
+    inbox,
+    replyLineStarts: subjects.map((subject) => `HPUB ${subject} ${inbox}.`),
+    ackSubjectTokenStart: inbox.length + 1,
+    wire,
+    counters,
+    builder: new MessageBuilder(options.service, eventsPerMessage, queue, new Partitioner(partitions), wire),
+    queue,
+    acks: new AckTracker(),
+    check: new StreamCheck(wire, inbox, needs, options.logger, {
+      closed: () => sink.closed,
+      refusal: () => sink.refusal?.text,
+      pending: () => pendingEvents(sink),
+      ready() {
+        sink.lastProgressAt = Date.now();
+        pump(sink);
+      },
+    }),
+    batchTimer: undefined,
+    heldBack: false,
+    retryAt: 0,
+    retryTimer: undefined,
+    backoffMs: 0,
+    lastWarning: 0,
+    closed: false,
+    refusal: undefined,
+    refusalLogged: new Map<string, number>(),
+    lastConnectError: undefined,
+    lastProgressAt: Date.now(),
+    idleWaiters: new Set<() => void>(),
   };
-  /** Asks for the stream's configuration (again after a failed check: 0.5 s, doubling, at most 5 s). */
-  function checkStream(): void {
-    if (closed || !wire.connected || checkAwaited !== 0) return;
-    clearTimeout(checkTimer);
-    const serial = ++checkSerial;
-    checkAwaited = serial;
-    wire.writeText(`PUB $JS.API.STREAM.INFO.${REQUEST_EVENTS_STREAM} ${inbox}.s${serial} 0\r\n\r\n`);
-    checkTimer = setTimeout(() => {
-      if (checkAwaited !== serial) return;
-      checkAwaited = 0;
-      streamChecked([
-        `no answer to the stream check within ${CHECK_TIMEOUT_MS / 1000} s` +
-        (refusal ? ` (the server refused: ${refusal.text})` : ""),
-      ]);
-    }, CHECK_TIMEOUT_MS);
-  }
-  /** The answer to a stream check: the StreamInfo JSON, a JetStream error, or a 503 status (no JetStream). */
-  function onCheckAnswer(message: WireMessage, serial: number): void {
-    if (serial !== checkAwaited) return; // an earlier check's late answer
-    cancelCheck();
-    const headers = textDecoder.decode(message.buf.subarray(message.payloadStart, message.headerEnd));
-    const body = textDecoder.decode(message.buf.subarray(message.headerEnd, message.end));
-    if (/^NATS\/1\.0 503/.test(headers)) {
-      streamChecked(["JetStream did not answer the stream check (503 no responders: is JetStream enabled?)"]);
-      return;
-    }
-    let answer: {
-      config?: StreamConfigLike;
-      error?: { code?: number; err_code?: number; description?: string };
-    };
-    try {
-      answer = JSON.parse(body);
-    } catch {
-      streamChecked([`the stream check got an answer that is not JSON: ${body.slice(0, 200)}`]);
-      return;
-    }
-    if (answer.error) {
-      if (answer.error.err_code === STREAM_NOT_FOUND || answer.error.code === 404) {
-        streamChecked(requestEventsStreamProblems(undefined, needs));
-      } else {
-        streamChecked([
-          `the stream check failed: ${answer.error.description ?? JSON.stringify(answer.error)}`,
-        ]);
-      }
-      return;
-    }
-    streamChecked(requestEventsStreamProblems(answer.config ?? {}, needs));
-  }
-  function streamChecked(problems: string[]): void {
-    if (problems.length === 0) {
-      if (streamProblem !== undefined) logger.info("events: the stream is there and fits; publishing");
-      streamReady = true;
-      streamProblem = undefined;
-      checkFailures = 0;
-      lastProgressAt = Date.now();
-      pump();
-      return;
-    }
-    streamReady = false;
-    const problem = problems.join("; ");
-    const now = Date.now();
-    if (problem !== streamProblem || now - lastProblemLog >= 60_000) {
-      lastProblemLog = now;
-      logger.error("events: waiting for the stream to be there and fit (events wait in the buffer)", {
-        problem,
-        pending: pendingEvents(),
-      });
-    }
-    streamProblem = problem;
-    const delay = Math.min(5_000, 500 * 2 ** Math.min(checkFailures++, 4));
-    checkTimer = setTimeout(checkStream, delay);
-  }
+  return sink;
+}
 
-  function readiness(): EventsReadiness {
-    if (closed) return { ready: false, reason: "events: closed" };
-    if (!wire.connected) {
-      return {
-        ready: false,
-        reason: `events: not connected to NATS${lastConnectError ? ` (${lastConnectError})` : ""}`,
-      };
-    }
-    if (refusal) return { ready: false, reason: `events: NATS refused: ${refusal.text}` };
-    if (!streamReady) return { ready: false, reason: `events: ${streamProblem ?? "checking the stream"}` };
-    const waited = Date.now() - lastProgressAt;
-    if (pendingEvents() > 0 && waited >= Math.max(2 * timeoutMs, 10_000)) {
-      return {
-        ready: false,
-        reason: `events: ${pendingEvents()} events pending, none acknowledged by JetStream for ${
-          Math.round(waited / 1000)
-        } s`,
-      };
-    }
-    return { ready: true, reason: "events: publishing" };
-  }
-
-  const notifyIfIdle = () => {
-    if (pendingEvents() === 0) {
-      for (const wake of idleWaiters) wake();
-    }
-  };
-
-  let lastWarning = 0;
-  /** Puts messages back at the front of the queue, in order, and backs off before the next write. */
-  const requeue = (messages: QueuedMessage[]) => {
-    // The ring has room: the messages held their places while they were awaited.
-    for (let i = messages.length - 1; i >= 0; i--) {
-      queue.pushFront(messages[i]);
-      queuedEvents += messages[i].count;
-    }
-  };
-  /** Puts messages that were not stored back in the queue, to be published again after a backoff. */
-  const retry = (messages: QueuedMessage[], reason: string) => {
-    if (messages.length === 0) return;
-    retries.inc(undefined, messages.reduce((sum, message) => sum + message.count, 0));
-    requeue(messages);
-    const now = Date.now();
-    // A failed round (many messages failing together) raises the backoff once.
-    if (now >= retryAt) {
-      backoffMs = Math.min(MAX_RETRY_BACKOFF_MS, backoffMs === 0 ? 50 : backoffMs * 2);
-      retryAt = now + backoffMs;
-    }
-    if (now - lastWarning > 5000) {
-      lastWarning = now;
-      logger.warn("events: publish not acknowledged, retrying", {
-        reason,
-        pending: pendingEvents(),
-      });
-    }
-    schedulePump();
-  };
-
-  const takeAwaited = (token: number): QueuedMessage | undefined => {
-    const entry = awaiting.get(token);
-    if (entry === undefined) return undefined;
-    awaiting.delete(token);
-    awaitingEvents -= entry.message.count;
-    return entry.message;
-  };
-
-  /**
-   * A JetStream ack on `<inbox>.<token>`: {"stream":..,"seq":..[,"duplicate": true]}. Anything else (an error
-   * object such as a full stream, a 503 "no responders" status as an HMSG with an empty body) means the
-   * message is not stored: it is published again, and counted only once an ack says it is stored. The answer
-   * to a stream check comes on `<inbox>.s<serial>`.
-   */
-  function onInboxMessage(message: WireMessage) {
-    if (message.sid !== INBOX_SID) return;
-    const { buf } = message;
-    const tokenStart = message.subjectStart + ackSubjectTokenStart;
-    if (buf[tokenStart] === 0x73 /* s */) {
-      onCheckAnswer(message, parseDecimal(buf, tokenStart + 1, message.subjectEnd));
-      return;
-    }
-    const token = parseDecimal(buf, tokenStart, message.subjectEnd);
-    // Unknown: already published again after a timeout; that copy's own ack will count it.
-    const acked = takeAwaited(token);
-    if (acked === undefined) return;
-    const isStatus = message.headerEnd > message.payloadStart;
-    if (
-      !isStatus && contains(buf, message.headerEnd, message.end, SEQ_KEY) &&
-      !contains(buf, message.headerEnd, message.end, ERROR_KEY)
-    ) {
-      backoffMs = 0;
-      lastProgressAt = Date.now();
-      if (refusal !== undefined) {
-        logger.info("events: stored again after the server's refusal", { refusal: refusal.text });
-        refusal = undefined;
-      }
-      published.inc(undefined, acked.count);
-      if (isTrue(buf, message.headerEnd, message.end, DUPLICATE_KEY)) duplicates.inc();
-      // Only messages held back by the concurrency limit go now; the open message waits for its timer, or acks
-      // arriving one by one would seal and send it a few events per message. (Without a timer, at once.)
-      if (heldBack) pump(publishIntervalMs === 0);
-      notifyIfIdle();
-    } else if (contains(buf, message.headerEnd, message.end, IN_PROCESS_CODE)) {
-      // "duplicate message id is in process": a copy sent again (after a lame-duck move, a timeout) while the
-      // server still stores the first. Not a refusal: sent again after the backoff, it is acked as a duplicate.
-      retry([acked], "duplicate message id is in process");
-    } else {
-      refusals.inc();
-      const reason = textDecoder.decode(buf.subarray(message.payloadStart, message.end)).trim();
-      retry([acked], reason || "empty answer");
-      // The stream may be gone (deleted, or a server that restarted without its store) or changed: check it
-      // before the next write (publishing waits while it is missing or unfit).
-      streamReady = false;
-      checkStream();
-    }
-  }
-
-  /** Puts every message awaiting its ack back at the front of the queue, in order. */
-  function requeueUnacknowledged() {
-    const messages = [...awaiting.values()].map((entry) => entry.message);
-    awaiting.clear();
-    awaitingEvents = 0;
-    retries.inc(undefined, messages.reduce((sum, message) => sum + message.count, 0));
-    requeue(messages);
-    backoffMs = 0;
-    retryAt = 0;
-  }
-
-  function sweep() {
-    const cutoff = Date.now() - timeoutMs;
-    const expired: QueuedMessage[] = [];
-    for (const [token, entry] of awaiting) {
-      // Map order is publish order: stop at the first message still within its timeout.
-      if (entry.sentAt > cutoff) break;
-      expired.push(takeAwaited(token)!);
-    }
-    retry(expired, "ack timeout");
-  }
-  const sweeper = setInterval(sweep, Math.min(1000, timeoutMs / 2));
-
-  const schedulePump = () => {
-    if (retryTimer !== undefined) return;
-    retryTimer = setTimeout(() => {
-      retryTimer = undefined;
-      pump();
-    }, Math.max(0, retryAt - Date.now()));
-  };
-
-  /**
-   * Seals the open message (unless `sealOpen` is false) and sends queued messages, up to `concurrency` events
-   * awaiting their acks (at least one message when none is awaited), in one write, each with its own ack.
-   */
-  function pump(sealOpen = true) {
-    if (!streamReady || !wire.connected || closed && pendingEvents() - awaitingEvents === 0) return;
-    const now = Date.now();
-    if (now < retryAt) {
-      schedulePump();
-      return;
-    }
-    if (sealOpen) seal();
-    const messages: QueuedMessage[] = [];
-    let room = options.concurrency - awaitingEvents;
-    while (queue.size > 0) {
-      const next = queue.peekFront()!;
-      if (next.payloadBytes > wire.maxPayload) {
-        fitToServer();
-        continue;
-      }
-      if (next.count > room && (messages.length > 0 || awaitingEvents > 0)) break;
-      queue.popFront();
-      queuedEvents -= next.count;
-      messages.push(next);
-      room -= next.count;
-    }
-    heldBack = queue.size > 0;
-    if (messages.length === 0) return;
-    // Connected at the start of this synchronous call, so still connected: the writes are queued (and leave in
-    // one socket write). Were the connection to drop before they leave, the reconnect requeues every message
-    // awaiting an ack. Every message carries a reply subject of its own, `HPUB <subject> <inbox>.<token> `
-    // and the rest of its frame: JetStream answers each, and a message it did not store (a full stream, an
-    // ingest queue that is full answers 429 only to messages with a reply) is published again, never counted.
-    for (const message of messages) {
-      const token = nextToken++;
-      wire.writeText(`${replyLineStarts[message.partition]}${token} `);
-      wire.write(message.page.subarray(message.start + subjectPrefix.length, message.end));
-      awaiting.set(token, { message, sentAt: now });
-      awaitingEvents += message.count;
-    }
-  }
-
-  /**
-   * The message at the front of the queue is larger than the server's max_payload: it is split into messages
-   * that fit (message_split.ts), and an event too large for any message is dropped and counted.
-   */
-  function fitToServer(): void {
-    const message = queue.popFront()!;
-    queuedEvents -= message.count;
-    const pieces = splitFrame(
-      message.page.subarray(message.start, message.end),
-      message.count,
-      wire.maxPayload,
-    );
-    const fitting = pieces.filter((piece) => piece.payloadBytes <= wire.maxPayload);
-    const lost = message.count - fitting.reduce((sum, piece) => sum + piece.count, 0);
-    for (let i = fitting.length - 1; i >= 0; i--) {
-      const piece = fitting[i];
-      queue.pushFront({
-        page: piece.frame,
-        start: 0,
-        end: piece.frame.length,
-        count: piece.count,
-        payloadBytes: piece.payloadBytes,
-        partition: message.partition,
-      });
-      queuedEvents += piece.count;
-    }
-    logger.info("events: a message larger than the server's max_payload split", {
-      maxPayload: wire.maxPayload,
-      bytes: message.payloadBytes,
-      events: message.count,
-      messages: fitting.length,
-    });
-    if (lost > 0) {
-      dropped.inc(undefined, lost);
-      tooLarge.inc(undefined, lost);
-      logger.error("events: an event larger than the server's max_payload dropped", {
-        maxPayload: wire.maxPayload,
-        events: lost,
-      });
-      notifyIfIdle();
-    }
-  }
-
+/** What the sink's owner calls. */
+function sinkHandle(sink: SinkState, sweeper: ReturnType<typeof setInterval>): EventSink {
   return {
-    emit(init) {
-      const pendingBefore = pendingEvents();
-      if (pendingBefore >= options.capacity || closed) {
-        dropped.inc();
-        return false;
-      }
-      if (pendingBefore === 0) lastProgressAt = Date.now();
-      appendEvent(init.eventId, encodeRequestEventView(init));
-      if (awaitingEvents >= options.concurrency) {
-        // The next ack pumps: with no timer pending, nothing else would.
-        heldBack = true;
-      } else if (publishIntervalMs === 0) {
-        pump();
-      } else if (batchTimer === undefined) {
-        batchTimer = setTimeout(() => {
-          batchTimer = undefined;
-          pump();
-        }, publishIntervalMs);
-      }
-      return true;
-    },
-    readiness,
-    pending: () => pendingEvents(),
-    async flush(timeoutMs) {
-      if (pendingEvents() === 0) return true;
-      let wake!: () => void;
-      const idle = new Promise<void>((resolve) => wake = resolve);
-      idleWaiters.add(wake);
-      const timer = setTimeout(wake, timeoutMs);
-      await idle;
-      clearTimeout(timer);
-      idleWaiters.delete(wake);
-      return pendingEvents() === 0;
-    },
+    emit: (init) => emit(sink, init),
+    readiness: () => readiness(sink),
+    pending: () => pendingEvents(sink),
+    flush: (timeoutMs) => flush(sink, timeoutMs),
     async close(timeoutMs) {
       const flushed = await this.flush(timeoutMs);
       if (!flushed) {
-        logger.error("events: shutting down with unpublished events", {
-          pending: pendingEvents(),
+        sink.logger.error("events: shutting down with unpublished events", {
+          pending: pendingEvents(sink),
         });
       }
-      closed = true;
-      cancelCheck();
-      clearTimeout(retryTimer);
-      clearTimeout(batchTimer);
+      sink.closed = true;
+      sink.check.cancel();
+      clearTimeout(sink.retryTimer);
+      clearTimeout(sink.batchTimer);
       clearInterval(sweeper);
-      await wire.close();
+      await sink.wire.close();
     },
   };
 }
 
-/** How long a stream check waits for its answer before it counts as failed (and is asked again). */
-const CHECK_TIMEOUT_MS = 5_000;
-/** JetStream's error code for "stream not found". */
-const STREAM_NOT_FOUND = 10059;
+// --- The buffer and its bounds ---
+
+/** Events accepted and not yet acknowledged: in the open message, queued, awaiting their acks. */
+function pendingEvents(sink: SinkState): number {
+  return sink.builder.openCount + sink.queue.events + sink.acks.events;
+}
+
+/**
+ * Takes an event into the open message, unless `capacity` events are pending (or the sink is closed): then
+ * it is dropped and counted. Sends at once (`publishIntervalMs` 0), or starts the publish interval's timer,
+ * or, when `concurrency` events await their acks, leaves it to the next ack.
+ */
+function emit(sink: SinkState, init: RequestEventInit): boolean {
+  const { options } = sink;
+  const pendingBefore = pendingEvents(sink);
+  if (pendingBefore >= options.capacity || sink.closed) {
+    sink.counters.dropped.inc();
+    return false;
+  }
+  if (pendingBefore === 0) sink.lastProgressAt = Date.now();
+  sink.builder.append(init.eventId, encodeRequestEventView(init));
+  if (sink.acks.events >= options.concurrency) {
+    // The next ack pumps: with no timer pending, nothing else would.
+    sink.heldBack = true;
+  } else if (sink.publishIntervalMs === 0) {
+    pump(sink);
+  } else if (sink.batchTimer === undefined) {
+    sink.batchTimer = setTimeout(() => {
+      sink.batchTimer = undefined;
+      pump(sink);
+    }, sink.publishIntervalMs);
+  }
+  return true;
+}
+
+/** Waits until nothing is pending, or `timeoutMs`; true when nothing is. */
+async function flush(sink: SinkState, timeoutMs: number): Promise<boolean> {
+  if (pendingEvents(sink) === 0) return true;
+  let wake!: () => void;
+  const idle = new Promise<void>((resolve) => wake = resolve);
+  sink.idleWaiters.add(wake);
+  const timer = setTimeout(wake, timeoutMs);
+  await idle;
+  clearTimeout(timer);
+  sink.idleWaiters.delete(wake);
+  return pendingEvents(sink) === 0;
+}
+
+/** Wakes the `flush` calls once nothing is pending. */
+function notifyIfIdle(sink: SinkState): void {
+  if (pendingEvents(sink) === 0) {
+    for (const wake of sink.idleWaiters) wake();
+  }
+}
+
+// --- The flush loop ---
+
+/**
+ * Seals the open message (unless `sealOpen` is false) and sends queued messages, up to `concurrency` events
+ * awaiting their acks (at least one message when none is awaited), in one write, each with its own ack.
+ * Sends nothing while the stream is not known fit, while disconnected, or before the backoff's end (then it
+ * comes back at that time). A message larger than the server's max_payload is split first (`fitToServer`).
+ */
+function pump(sink: SinkState, sealOpen = true): void {
+  const { wire, queue, acks } = sink;
+  if (!sink.check.ready || !wire.connected || sink.closed && pendingEvents(sink) - acks.events === 0) return;
+  const now = Date.now();
+  if (now < sink.retryAt) {
+    schedulePump(sink);
+    return;
+  }
+  if (sealOpen) sink.builder.seal();
+  const messages: QueuedMessage[] = [];
+  let room = sink.options.concurrency - acks.events;
+  while (queue.size > 0) {
+    const next = queue.peekFront()!;
+    if (next.payloadBytes > wire.maxPayload) {
+      fitToServer(sink);
+      continue;
+    }
+    if (next.count > room && (messages.length > 0 || acks.events > 0)) break;
+    queue.popFront();
+    messages.push(next);
+    room -= next.count;
+  }
+  sink.heldBack = queue.size > 0;
+  if (messages.length === 0) return;
+  // Connected at the start of this synchronous call, so still connected: the writes are queued (and leave in
+  // one socket write). Were the connection to drop before they leave, the reconnect requeues every message
+  // awaiting an ack. Every message carries a reply subject of its own, `HPUB <subject> <inbox>.<token> `
+  // and the rest of its frame: JetStream answers each, and a message it did not store (a full stream, an
+  // ingest queue that is full answers 429 only to messages with a reply) is published again, never counted.
+  const subjectPrefixLength = sink.builder.subjectPrefix.length;
+  for (const message of messages) {
+    const token = acks.track(message, now);
+    wire.writeText(`${sink.replyLineStarts[message.partition]}${token} `);
+    wire.write(message.page.subarray(message.start + subjectPrefixLength, message.end));
+  }
+}
+
+/** Runs `pump` once the backoff is over (one timer at a time). */
+function schedulePump(sink: SinkState): void {
+  if (sink.retryTimer !== undefined) return;
+  sink.retryTimer = setTimeout(() => {
+    sink.retryTimer = undefined;
+    pump(sink);
+  }, Math.max(0, sink.retryAt - Date.now()));
+}
+
+/**
+ * The message at the front of the queue is larger than the server's max_payload: it is split into messages
+ * that fit (outbox.ts `splitFront`), and an event too large for any message is dropped and counted.
+ */
+function fitToServer(sink: SinkState): void {
+  const { logger, counters } = sink;
+  const maxPayload = sink.wire.maxPayload;
+  const { message, messages, lost } = splitFront(sink.queue, maxPayload);
+  logger.info("events: a message larger than the server's max_payload split", {
+    maxPayload,
+    bytes: message.payloadBytes,
+    events: message.count,
+    messages,
+  });
+  if (lost > 0) {
+    counters.dropped.inc(undefined, lost);
+    counters.tooLarge.inc(undefined, lost);
+    logger.error("events: an event larger than the server's max_payload dropped", {
+      maxPayload,
+      events: lost,
+    });
+    notifyIfIdle(sink);
+  }
+}
+
+// --- Acks and re-sending ---
+
+/**
+ * A message on the inbox: a JetStream ack on `<inbox>.<token>` (acks.ts `ackOutcome` says what it means), or
+ * the answer to a stream check on `<inbox>.s<serial>`. An ack whose message is no longer awaited (published
+ * again after a timeout: that copy's own ack counts it) is ignored.
+ */
+function onInboxMessage(sink: SinkState, message: WireMessage): void {
+  if (message.sid !== INBOX_SID) return;
+  const { buf } = message;
+  const tokenStart = message.subjectStart + sink.ackSubjectTokenStart;
+  if (buf[tokenStart] === 0x73 /* s */) {
+    sink.check.answer(message, parseDecimal(buf, tokenStart + 1, message.subjectEnd));
+    return;
+  }
+  const token = parseDecimal(buf, tokenStart, message.subjectEnd);
+  // Unknown: already published again after a timeout; that copy's own ack will count it.
+  const acked = sink.acks.take(token);
+  if (acked === undefined) return;
+  const outcome = ackOutcome(message);
+  if (outcome === "stored" || outcome === "duplicate") {
+    stored(sink, acked, outcome === "duplicate");
+  } else if (outcome === "in_process") {
+    // "duplicate message id is in process": a copy sent again (after a lame-duck move, a timeout) while the
+    // server still stores the first. Not a refusal: sent again after the backoff, it is acked as a duplicate.
+    retry(sink, [acked], "duplicate message id is in process");
+  } else {
+    refused(sink, acked, message);
+  }
+}
+
+/** A message is stored: its events count as published, the backoff and any refusal end, held-back events go. */
+function stored(sink: SinkState, acked: QueuedMessage, duplicate: boolean): void {
+  sink.backoffMs = 0;
+  sink.lastProgressAt = Date.now();
+  if (sink.refusal !== undefined) {
+    sink.logger.info("events: stored again after the server's refusal", { refusal: sink.refusal.text });
+    sink.refusal = undefined;
+  }
+  sink.counters.published.inc(undefined, acked.count);
+  if (duplicate) sink.counters.duplicates.inc();
+  // Only messages held back by the concurrency limit go now; the open message waits for its timer, or acks
+  // arriving one by one would seal and send it a few events per message. (Without a timer, at once.)
+  if (sink.heldBack) pump(sink, sink.publishIntervalMs === 0);
+  notifyIfIdle(sink);
+}
+
+/**
+ * JetStream did not store a message (an error, an empty answer): it is published again after the backoff, and
+ * the stream checked first (it may be gone, deleted or on a server that restarted without its store, or
+ * changed: publishing waits while it is missing or unfit).
+ */
+function refused(sink: SinkState, acked: QueuedMessage, message: WireMessage): void {
+  sink.counters.refusals.inc();
+  const reason = textDecoder.decode(message.buf.subarray(message.payloadStart, message.end)).trim();
+  retry(sink, [acked], reason || "empty answer");
+  sink.check.ready = false;
+  sink.check.request();
+}
+
+/**
+ * Puts messages that were not stored back at the front of the queue, in order, to be published again after a
+ * backoff (50 ms, doubling per failed round up to `MAX_RETRY_BACKOFF_MS`; an ack that stores ends it).
+ */
+function retry(sink: SinkState, messages: QueuedMessage[], reason: string): void {
+  if (messages.length === 0) return;
+  sink.counters.retries.inc(undefined, messages.reduce((sum, message) => sum + message.count, 0));
+  // The ring has room: the messages held their places while they were awaited.
+  sink.queue.requeue(messages);
+  const now = Date.now();
+  // A failed round (many messages failing together) raises the backoff once.
+  if (now >= sink.retryAt) {
+    sink.backoffMs = Math.min(MAX_RETRY_BACKOFF_MS, sink.backoffMs === 0 ? 50 : sink.backoffMs * 2);
+    sink.retryAt = now + sink.backoffMs;
+  }
+  if (now - sink.lastWarning > 5000) {
+    sink.lastWarning = now;
+    sink.logger.warn("events: publish not acknowledged, retrying", {
+      reason,
+      pending: pendingEvents(sink),
+    });
+  }
+  schedulePump(sink);
+}
+
+/** Every `min(1 s, timeout / 2)`: messages whose ack did not come within the timeout are retried. */
+function sweep(sink: SinkState): void {
+  retry(sink, sink.acks.takeSentBy(Date.now() - sink.timeoutMs), "ack timeout");
+}
+
+/** Puts every message awaiting its ack back at the front of the queue, in order, to be sent with no backoff. */
+function requeueUnacknowledged(sink: SinkState): void {
+  const messages = sink.acks.takeAll();
+  sink.counters.retries.inc(undefined, messages.reduce((sum, message) => sum + message.count, 0));
+  sink.queue.requeue(messages);
+  sink.backoffMs = 0;
+  sink.retryAt = 0;
+}
+
+// --- The connection's events ---
+
+/**
+ * Connected (first time or again): subscribes to the inbox, clears the latest failure and refusal, requeues
+ * what awaited acks (after a reconnect), and checks the stream, which starts publishing.
+ */
+function onConnected(sink: SinkState, reconnected: boolean): void {
+  sink.wire.writeText(`SUB ${sink.inbox}.* ${INBOX_SID}\r\n`);
+  sink.counters.connected.set(1);
+  sink.lastConnectError = undefined;
+  sink.refusal = undefined;
+  sink.lastProgressAt = Date.now();
+  sink.logger.info("events: connected to NATS", { nats: describeNats(sink.nats) });
+  // After a reconnect, acks for publishes sent before the disconnect may never come (the server may have
+  // restarted); they are published again once the stream is checked, rather than after their timeout.
+  if (reconnected) requeueUnacknowledged(sink);
+  sink.check.request();
+}
+
+/**
+ * A lame-duck move: the old server is going. Acks of what was sent there may still come on the old
+ * connection, but every message awaiting one is sent again here at once under its Nats-Msg-Id (the stream
+ * drops the copies it stored), rather than after its ack timeout.
+ */
+function onMoved(sink: SinkState): void {
+  sink.wire.writeText(`SUB ${sink.inbox}.* ${INBOX_SID}\r\n`);
+  sink.logger.info("events: moved to another NATS server (the old one is in lame duck mode)", {
+    server: sink.wire.server,
+    awaiting: sink.acks.events,
+  });
+  requeueUnacknowledged(sink);
+  pump(sink, sink.publishIntervalMs === 0);
+}
+
+/** Disconnected: counted; the stream is checked again on the next connection before anything is sent. */
+function onDisconnected(sink: SinkState): void {
+  sink.counters.connected.set(0);
+  sink.counters.disconnects.inc();
+  sink.check.ready = false;
+  sink.check.cancel();
+}
+
+/**
+ * A `-ERR` from the server: counted by kind, kept as the refusal that makes the sink not ready (until a message
+ * is stored again), and logged as an error (each distinct text at most every 10 s) with a hint for permissions.
+ */
+function onServerError(sink: SinkState, text: string): void {
+  const { options, partitions, subjects, nats } = sink;
+  const kind = natsErrorKind(text);
+  sink.counters.serverErrors.inc({ kind });
+  const now = Date.now();
+  sink.refusal = { text, at: now };
+  const last = sink.refusalLogged.get(text);
+  if (last === undefined || now - last >= 10_000) {
+    if (sink.refusalLogged.size > 100) sink.refusalLogged.clear();
+    sink.refusalLogged.set(text, now);
+    sink.logger.error("events: NATS refused", {
+      error: text,
+      kind,
+      nats: describeNats(nats),
+      pending: pendingEvents(sink),
+      hint: kind === "permissions"
+        ? `the NATS user may publish to ${
+          partitions === 1 ? subjects[0] : `${requestEventSubject(options.service)}.>`
+        }, read $JS.API.STREAM.INFO.${REQUEST_EVENTS_STREAM} ` +
+          `and subscribe to ${nats.inboxPrefix}.> (deploy/nats/auth.conf)`
+        : undefined,
+    });
+  }
+}
+
+// --- Readiness ---
+
+/**
+ * Ready while events reach JetStream: not closed, connected, no refusal since the last stored message, the
+ * stream checked and fit, and, while events are pending, one acknowledged within max(2 × timeout, 10 s).
+ */
+function readiness(sink: SinkState): EventsReadiness {
+  if (sink.closed) return { ready: false, reason: "events: closed" };
+  if (!sink.wire.connected) {
+    return {
+      ready: false,
+      reason: `events: not connected to NATS${sink.lastConnectError ? ` (${sink.lastConnectError})` : ""}`,
+    };
+  }
+  if (sink.refusal) return { ready: false, reason: `events: NATS refused: ${sink.refusal.text}` };
+  if (!sink.check.ready) {
+    return { ready: false, reason: `events: ${sink.check.problem ?? "checking the stream"}` };
+  }
+  const waited = Date.now() - sink.lastProgressAt;
+  if (pendingEvents(sink) > 0 && waited >= Math.max(2 * sink.timeoutMs, 10_000)) {
+    return {
+      ready: false,
+      reason: `events: ${pendingEvents(sink)} events pending, none acknowledged by JetStream for ${
+        Math.round(waited / 1000)
+      } s`,
+    };
+  }
+  return { ready: true, reason: "events: publishing" };
+}
+
 /** The longest backoff between two publishes of a message (see `retry`). */
 const MAX_RETRY_BACKOFF_MS = 1_000;
-/** Room for a message's headers (Nats-Msg-Id, Tailwatch-Events) within max_payload. */
-const MESSAGE_HEADER_ROOM = 512;
 
 /**
  * The duplicate window the stream needs for a publisher whose acks time out after `publishTimeoutMs`: a copy
@@ -870,42 +718,4 @@ export function minDuplicateWindowMs(publishTimeoutMs: number): number {
   return 2 * (publishTimeoutMs + MAX_RETRY_BACKOFF_MS);
 }
 
-const CR = 0x0d;
-const LF = 0x0a;
-const SPACE = 0x20;
-const COLON = 0x3a;
-const textEncoder = new TextEncoder();
-const MSG_ID_HEADER_TEXT = "NATS/1.0\r\nNats-Msg-Id: ";
-const MSG_ID_HEADER = textEncoder.encode(MSG_ID_HEADER_TEXT);
-const EVENT_COUNT_LINE = `${EVENT_COUNT_HEADER}: `;
 const textDecoder = new TextDecoder();
-const SEQ_KEY = textEncoder.encode(`"seq"`);
-const ERROR_KEY = textEncoder.encode(`"error"`);
-const DUPLICATE_KEY = textEncoder.encode(`"duplicate"`);
-/** JetStream's err_code for "duplicate message id is in process" (JSStreamDuplicateMessageConflict). */
-const IN_PROCESS_CODE = textEncoder.encode(`"err_code":10158`);
-
-/** Whether the JSON in buf[start, end) has `key` set to true (nats-server writes `"duplicate": true`). */
-function isTrue(buf: Uint8Array, start: number, end: number, key: Uint8Array): boolean {
-  const at = indexOf(buf, start, end, key);
-  if (at < 0) return false;
-  let i = at + key.length;
-  while (i < end && (buf[i] === SPACE || buf[i] === COLON)) i++;
-  return buf[i] === 0x74; // t
-}
-
-/** Whether buf[start, end) contains `pattern`. */
-function contains(buf: Uint8Array, start: number, end: number, pattern: Uint8Array): boolean {
-  return indexOf(buf, start, end, pattern) >= 0;
-}
-
-/** Where `pattern` first occurs in buf[start, end), or -1. */
-function indexOf(buf: Uint8Array, start: number, end: number, pattern: Uint8Array): number {
-  const first = pattern[0];
-  outer: for (let i = start; i <= end - pattern.length; i++) {
-    if (buf[i] !== first) continue;
-    for (let j = 1; j < pattern.length; j++) if (buf[i + j] !== pattern[j]) continue outer;
-    return i;
-  }
-  return -1;
-}
