@@ -81,7 +81,20 @@ function sink(nats: NatsConfig | string, extra: { eventsPerMessage?: number } = 
 
 /** Event ids in the stream, one entry per stored copy, and the largest message payload. */
 async function storedIds(url: string, auth: StreamReaderAuth = {}) {
-  const messages = await readStreamMessages(url, REQUEST_EVENTS_STREAM, auth);
+  // Right after a node is killed the stream may have no leader for a few seconds (its replicas elect one):
+  // JetStream API requests then time out. That is the cluster recovering, not a lost event, so read again.
+  const deadline = Date.now() + 30_000;
+  let messages;
+  for (;;) {
+    try {
+      messages = await readStreamMessages(url, REQUEST_EVENTS_STREAM, auth);
+      break;
+    } catch (error) {
+      if (Date.now() > deadline) throw error;
+      console.log(`reading the stream failed (${error}); again in 1 s`);
+      await sleep(1000);
+    }
+  }
   const ids = messages.flatMap((message) => eventsOfMessage(message.data, message.eventCount)).map((e) =>
     e.eventId
   );
