@@ -7,16 +7,16 @@
  * difference (SummingMergeTree adds it up). Cells where the rollup holds more than the raw rows cannot be
  * repaired by an insert; they are counted and reported, never hidden.
  *
- * An INSERT into request_events that is half done (its raw part committed, its views not fed yet) looks like a
- * gap, and adding that difference would count its rows twice once its views are fed. The worker holds its own
- * INSERTs meanwhile (worker.ts), but other workers (partitions, other durables) keep inserting the same seconds.
- * So the comparison is made against a known point: the highest raw block number of every partition is read
- * (every INSERT that committed a raw part by then has a block at or below it), then every ingest INSERT
- * running at that moment is waited for (so every such INSERT has fed its views, or failed for good, which is
- * the gap to repair), then the differences are read once, and then the raw rows of parts with newer blocks: a
- * cell they touch may hold a half-done INSERT, is neither repaired nor counted, and is looked at again in a
- * next round. The difference read is one query, whose two tables ClickHouse reads at its start, microseconds
- * apart: an INSERT cannot commit its raw part and feed its views in between.
+ * An INSERT into request_events that is half done (its raw part committed, its views not fed yet) looks like
+ * a gap, and adding that difference would count its rows twice once its views are fed. The worker holds its
+ * own INSERTs meanwhile (rollup_repair.ts), but other workers (partitions, other durables) keep inserting the
+ * same seconds. So the comparison is made against a known point: the highest raw block number of every
+ * partition is read (every INSERT that committed a raw part by then has a block at or below it), then every
+ * ingest INSERT running at that moment is waited for (so every such INSERT has fed its views, or failed for
+ * good, which is the gap to repair), then the differences are read once, and then the raw rows of parts with
+ * newer blocks: a cell they touch may hold a half-done INSERT, is neither repaired nor counted, and is looked
+ * at again in a next round. The difference read is one query, whose two tables ClickHouse reads at its start,
+ * microseconds apart: an INSERT cannot commit its raw part and feed its views in between.
  */
 import type { ClickHouse } from "./clickhouse.ts";
 import { ident, type Sql, sql, sqlJoin } from "./sql.ts";
