@@ -12,17 +12,17 @@ export {
 } from "./row.ts";
 export {
   BatchRanges,
-  ERROR_MESSAGE,
   EventScanner,
-  LOAD_RUN_ID,
-  METHOD,
-  ROUTE,
   SCANNED_FIELDS,
   type ScannedField,
-  SERVICE,
+  SLOT_ERROR_MESSAGE,
+  SLOT_LOAD_RUN_ID,
+  SLOT_METHOD,
+  SLOT_ROUTE,
+  SLOT_SERVICE,
+  SLOT_TRACE_ID,
   splitBatch,
   STRING_FIELDS,
-  TRACE_ID,
   UUID_BYTE_OF_PAIR,
   writeUuid,
 } from "./scanner.ts";

@@ -55,13 +55,13 @@ export const STRING_FIELDS = [1, 4, 5, 7, 12, 13, 14, 15, 16, 19] as const;
 const SLOT_OF_FIELD: number[] = [];
 STRING_FIELDS.forEach((field, slot) => SLOT_OF_FIELD[field] = slot);
 /** Slots (indexes into `starts`/`ends`) of the string fields a row writer copies. */
-export const EVENT_ID = 0;
-export const SERVICE = 1;
-export const METHOD = 2;
-export const ROUTE = 3;
-export const TRACE_ID = 4;
-export const ERROR_MESSAGE = 8;
-export const LOAD_RUN_ID = 9;
+export const SLOT_EVENT_ID = 0;
+export const SLOT_SERVICE = 1;
+export const SLOT_METHOD = 2;
+export const SLOT_ROUTE = 3;
+export const SLOT_TRACE_ID = 4;
+export const SLOT_ERROR_MESSAGE = 8;
+export const SLOT_LOAD_RUN_ID = 9;
 const DASH = 0x2d;
 /** Each byte's value as a hex digit (0-9, a-f, A-F), -1 for any other byte. */
 const HEX_VALUE = new Int8Array(256).fill(-1);
@@ -193,7 +193,7 @@ export class EventScanner {
     if (!this.uuid()) return false;
     if (this.startTimeMs < MIN_MS || this.startTimeMs >= MAX_MS) return false;
     if (this.protocol !== 1 && this.protocol !== 2) return false;
-    if (this.ends[SERVICE] === this.starts[SERVICE]) return false;
+    if (this.ends[SLOT_SERVICE] === this.starts[SLOT_SERVICE]) return false;
     if (this.grpcCode > 255 || this.httpStatus > 65_535) return false;
     this.ts = Math.floor(this.startTimeMs / 1000);
     return true;
@@ -201,15 +201,15 @@ export class EventScanner {
 
   /** event_id is 8-4-4-4-12 hex digits; keeps its 16 bytes in `uuidBytes`. */
   private uuid(): boolean {
-    const start = this.starts[EVENT_ID];
-    if (this.ends[EVENT_ID] - start !== 36) return false;
+    const start = this.starts[SLOT_EVENT_ID];
+    if (this.ends[SLOT_EVENT_ID] - start !== 36) return false;
     return writeUuid(this.uuidBytes, 0, this.payload, start);
   }
 
   /** The service name (cached: a few distinct names in practice). */
   service(): string {
-    const start = this.starts[SERVICE];
-    const length = this.ends[SERVICE] - start;
+    const start = this.starts[SLOT_SERVICE];
+    const length = this.ends[SLOT_SERVICE] - start;
     const buf = this.payload;
     search: for (const entry of serviceCache) {
       if (entry.bytes.length !== length) continue;

@@ -10,15 +10,15 @@
 import {
   decodeEvent,
   type DecodeResult,
-  ERROR_MESSAGE,
   type EventScanner,
-  LOAD_RUN_ID,
-  METHOD,
   type RequestEventRow,
-  ROUTE,
-  SERVICE,
+  SLOT_ERROR_MESSAGE,
+  SLOT_LOAD_RUN_ID,
+  SLOT_METHOD,
+  SLOT_ROUTE,
+  SLOT_SERVICE,
+  SLOT_TRACE_ID,
   STRING_FIELDS,
-  TRACE_ID,
   UUID_BYTE_OF_PAIR,
   writeUuid,
 } from "@tailwatch/events";
@@ -77,10 +77,10 @@ export class RowWriter {
     out.set(scanner.uuidBytes, this.length);
     let at = writeUInt32(out, this.length + 16, scanner.ts);
     at = writeUInt64(out, at, scanner.startTimeMs);
-    at = writeAscii(out, at, buf, scanner.starts[SERVICE], scanner.ends[SERVICE]);
-    at = writeAscii(out, at, buf, scanner.starts[METHOD], scanner.ends[METHOD]);
+    at = writeAscii(out, at, buf, scanner.starts[SLOT_SERVICE], scanner.ends[SLOT_SERVICE]);
+    at = writeAscii(out, at, buf, scanner.starts[SLOT_METHOD], scanner.ends[SLOT_METHOD]);
     at = writeProtocol(out, at, scanner.protocol === 1 ? GRPC : HTTP);
-    at = writeAscii(out, at, buf, scanner.starts[ROUTE], scanner.ends[ROUTE]);
+    at = writeAscii(out, at, buf, scanner.starts[SLOT_ROUTE], scanner.ends[SLOT_ROUTE]);
     out[at++] = scanner.grpcCode;
     out[at++] = scanner.httpStatus & 0xff;
     out[at++] = scanner.httpStatus >>> 8;
@@ -88,13 +88,13 @@ export class RowWriter {
     at = writeUInt64(out, at, scanner.requestBytes);
     at = writeUInt64(out, at, scanner.responseBytes);
     // trace_id, span_id, parent_span_id, instance, error_message: consecutive slots
-    for (let slot = TRACE_ID; slot <= ERROR_MESSAGE; slot++) {
+    for (let slot = SLOT_TRACE_ID; slot <= SLOT_ERROR_MESSAGE; slot++) {
       at = writeAscii(out, at, buf, scanner.starts[slot], scanner.ends[slot]);
     }
     out[at++] = scanner.faultInjected;
     at = writeUInt64(out, at, seq);
     at = writeUInt64(out, at, scanner.startTimeUs);
-    at = writeAscii(out, at, buf, scanner.starts[LOAD_RUN_ID], scanner.ends[LOAD_RUN_ID]);
+    at = writeAscii(out, at, buf, scanner.starts[SLOT_LOAD_RUN_ID], scanner.ends[SLOT_LOAD_RUN_ID]);
     this.length = this.endRow(at);
   }
 
