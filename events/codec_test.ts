@@ -4,25 +4,17 @@
  * against protobuf-es's bytes, and random events too.
  */
 import {
-  clone,
   create,
-  createFileRegistry,
   type DescField,
   type DescMessage,
   fromBinary,
   ScalarType,
   toBinary,
 } from "@bufbuild/protobuf";
-import {
-  FeatureSet_FieldPresence,
-  type FieldDescriptorProto,
-  FieldDescriptorProto_Label,
-  FieldDescriptorProto_Type,
-  FieldDescriptorProtoSchema,
-  FileDescriptorProtoSchema,
-} from "@bufbuild/protobuf/wkt";
-import { file_events_v1_events, Protocol, RequestEventSchema } from "@tailwatch/proto/events/v1";
+import { FeatureSet_FieldPresence } from "@bufbuild/protobuf/wkt";
+import { Protocol, RequestEventSchema } from "@tailwatch/proto/events/v1";
 import { assert, assertEquals, AssertionError, seededRandom } from "@tailwatch/testing";
+import { assertChecksCatchDrift, describeField, protoType } from "./contract_testing.ts";
 import { ENCODED_FIELDS, type EncodedField, encodeRequestEvent, type RequestEventFields } from "./codec.ts";
 
 const SAMPLES = [
@@ -109,14 +101,6 @@ Deno.test("encodeRequestEvent returns its own copy and decodes back to the event
   assertEquals(decoded.faultInjected, first.faultInjected);
 });
 
-/** A field's proto type as ENCODED_FIELDS names it: the scalar's name, "enum", or the kind ("message", ...). */
-function protoType(field: DescField): string {
-  if (field.fieldKind === "scalar") return ScalarType[field.scalar].toLowerCase();
-  return field.fieldKind;
-}
-
-const describe = (field: DescField) => `field ${field.name} = ${field.number} (${protoType(field)})`;
-
 /**
  * Fails when `schema` (events.v1.RequestEvent as generated, or a drifted copy in the test below) has a field
  * ENCODED_FIELDS lacks, or one whose number, name or type differs, or one the encoder's assumptions do not
@@ -128,18 +112,22 @@ function checkEncodedFields(schema: DescMessage): void {
     const encoded = written.get(field.number);
     assert(
       encoded !== undefined,
-      `${describe(field)} of events.v1.RequestEvent: the hand-written encoder (events/codec.ts) ` +
+      `${describeField(field)} of events.v1.RequestEvent: the hand-written encoder (events/codec.ts) ` +
         "does not write it; add it to encodeRequestEventView and ENCODED_FIELDS",
     );
     assertEquals(
       { name: encoded.name, type: encoded.type },
       { name: field.localName, type: protoType(field) },
-      `${describe(field)}: the encoder writes field ${field.number} as another field or type`,
+      `${describeField(field)}: the encoder writes field ${field.number} as another field or type`,
     );
-    assertEquals(field.presence, FeatureSet_FieldPresence.IMPLICIT, `${describe(field)}: implicit presence`);
-    assertEquals(field.oneof, undefined, `${describe(field)}: not in a oneof`);
+    assertEquals(
+      field.presence,
+      FeatureSet_FieldPresence.IMPLICIT,
+      `${describeField(field)}: implicit presence`,
+    );
+    assertEquals(field.oneof, undefined, `${describeField(field)}: not in a oneof`);
     if (field.fieldKind === "scalar") {
-      assertEquals(field.longAsString, false, `${describe(field)}: no JS_STRING`);
+      assertEquals(field.longAsString, false, `${describeField(field)}: no JS_STRING`);
     }
   }
   const inProto = new Set(schema.fields.map((field) => field.number));
@@ -185,11 +173,11 @@ function valuesOf(field: DescField): unknown[] {
 function checkEachFieldAlone(schema: DescMessage): void {
   for (const field of schema.fields) {
     const values = valuesOf(field);
-    assert(values.length > 0, `${describe(field)}: a kind the hand-written encoder has no writer for`);
+    assert(values.length > 0, `${describeField(field)}: a kind the hand-written encoder has no writer for`);
     for (const value of values) {
       const init = { [field.localName]: value };
       const event = { ...create(RequestEventSchema), ...init } as RequestEventFields;
-      const label = `${describe(field)} = ${String(value).slice(0, 40)}`;
+      const label = `${describeField(field)} = ${String(value).slice(0, 40)}`;
       let encoded: Uint8Array;
       try {
         encoded = encodeRequestEvent(event);
@@ -213,56 +201,6 @@ Deno.test("each field of events.v1.RequestEvent alone encodes to protobuf-es's b
   checkEachFieldAlone(RequestEventSchema);
 });
 
-/**
- * events.v1.RequestEvent as generated, changed by `edit` (its fields as FieldDescriptorProtos): what the proto
- * would be after a change the encoder has not followed.
- */
-function driftedRequestEvent(edit: (fields: FieldDescriptorProto[]) => void): DescMessage {
-  const file = clone(FileDescriptorProtoSchema, file_events_v1_events.proto);
-  edit(file.messageType.find((message) => message.name === "RequestEvent")!.field);
-  return createFileRegistry(file, () => undefined).getMessage("events.v1.RequestEvent")!;
-}
-
 Deno.test("the contract checks fail on a proto the encoder has not followed", () => {
-  const field = (fields: FieldDescriptorProto[], name: string) => fields.find((f) => f.name === name)!;
-  const drifts: [string, (fields: FieldDescriptorProto[]) => void, RegExp][] = [
-    [
-      "a new field",
-      (fields) =>
-        fields.push(create(FieldDescriptorProtoSchema, {
-          name: "region",
-          jsonName: "region",
-          number: 20,
-          label: FieldDescriptorProto_Label.OPTIONAL,
-          type: FieldDescriptorProto_Type.STRING,
-        })),
-      /field region = 20 \(string\)/,
-    ],
-    ["a field renumbered", (fields) => field(fields, "load_run_id").number = 21, /load_run_id = 21/],
-    [
-      "a field of another type",
-      (fields) => field(fields, "grpc_code").type = FieldDescriptorProto_Type.INT32,
-      /grpc_code = 8 \(int32\)/,
-    ],
-    [
-      "a string become bytes",
-      (fields) => field(fields, "error_message").type = FieldDescriptorProto_Type.BYTES,
-      /error_message = 16 \(bytes\)/,
-    ],
-  ];
-  for (const [what, edit, names] of drifts) {
-    const schema = driftedRequestEvent(edit);
-    for (const check of [checkEncodedFields, checkEachFieldAlone]) {
-      let failure = "";
-      try {
-        check(schema);
-      } catch (error) {
-        failure = String(error);
-      }
-      assert(
-        names.test(failure),
-        `${what}: ${check.name} must fail naming the field, got: ${failure || "no failure"}`,
-      );
-    }
-  }
+  assertChecksCatchDrift([checkEncodedFields, checkEachFieldAlone]);
 });

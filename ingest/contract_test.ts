@@ -1,30 +1,16 @@
 /**
  * Ingest's hand-written decoding follows proto/events/v1, checked from the generated descriptor: the fast
- * path's table of fields (row_writer.ts SCANNED_FIELDS) is RequestEvent's, field for field (number, name,
+ * path's table of fields (SCANNED_FIELDS, events/scanner.ts) is RequestEvent's, field for field (number, name,
  * type), and each field, set alone on a valid event, goes through the scanner (`EventScanner.scan` accepts it,
  * `appendScanned` writes it) and through `decodeEvent` to its column with its value. A field added to the
  * proto that the scanner or decodeEvent does not carry, or a field renumbered or retyped, fails here; the last
  * test proves it on drifted copies of the descriptor. The fuzz of the fast path against protobuf-es stays in
  * unit_test.ts.
  */
-import {
-  clone,
-  create,
-  createFileRegistry,
-  type DescField,
-  type DescMessage,
-  ScalarType,
-  toBinary,
-} from "@bufbuild/protobuf";
-import {
-  FeatureSet_FieldPresence,
-  type FieldDescriptorProto,
-  FieldDescriptorProto_Label,
-  FieldDescriptorProto_Type,
-  FieldDescriptorProtoSchema,
-  FileDescriptorProtoSchema,
-} from "@bufbuild/protobuf/wkt";
-import { file_events_v1_events, Protocol, RequestEventSchema } from "@tailwatch/proto/events/v1";
+import { create, type DescField, type DescMessage, ScalarType, toBinary } from "@bufbuild/protobuf";
+import { FeatureSet_FieldPresence } from "@bufbuild/protobuf/wkt";
+import { Protocol, RequestEventSchema } from "@tailwatch/proto/events/v1";
+import { assertChecksCatchDrift, describeField, protoType } from "@tailwatch/events/testing";
 import { assert, assertEquals } from "@tailwatch/testing";
 import {
   decodeEvent,
@@ -36,14 +22,6 @@ import {
 } from "@tailwatch/events";
 import { RowWriter } from "./row_writer.ts";
 import { readRowBinary } from "./test_helpers.ts";
-
-/** A field's proto type as SCANNED_FIELDS names it: the scalar's name, "enum", or the kind ("message", ...). */
-function protoType(field: DescField): string {
-  if (field.fieldKind === "scalar") return ScalarType[field.scalar].toLowerCase();
-  return field.fieldKind;
-}
-
-const describe = (field: DescField) => `field ${field.name} = ${field.number} (${protoType(field)})`;
 
 /**
  * Fails when `schema` has a field SCANNED_FIELDS lacks, or one whose number, name or type differs, or one the
@@ -57,19 +35,24 @@ function checkScannedFields(schema: DescMessage): void {
     assert(
       entry !== undefined,
       `${
-        describe(field)
-      } of events.v1.RequestEvent: ingest's fast path (ingest/row_writer.ts) does not read it; ` +
-        "add it to EventScanner.scan, appendScanned, decodeEvent (event_row.ts), a column and SCANNED_FIELDS",
+        describeField(field)
+      } of events.v1.RequestEvent: ingest's fast path (events/scanner.ts) does not read it; ` +
+        "add it to EventScanner.scan (events/scanner.ts), decodeEvent (events/row.ts), appendScanned " +
+        "(ingest/row_writer.ts), a column and SCANNED_FIELDS",
     );
     assertEquals(
       { name: entry.name, type: entry.type },
       { name: field.name, type: protoType(field) },
-      `${describe(field)}: the fast path reads field ${field.number} as another field or type`,
+      `${describeField(field)}: the fast path reads field ${field.number} as another field or type`,
     );
-    assertEquals(field.presence, FeatureSet_FieldPresence.IMPLICIT, `${describe(field)}: implicit presence`);
-    assertEquals(field.oneof, undefined, `${describe(field)}: not in a oneof`);
+    assertEquals(
+      field.presence,
+      FeatureSet_FieldPresence.IMPLICIT,
+      `${describeField(field)}: implicit presence`,
+    );
+    assertEquals(field.oneof, undefined, `${describeField(field)}: not in a oneof`);
     if (field.fieldKind === "scalar") {
-      assertEquals(field.longAsString, false, `${describe(field)}: no JS_STRING`);
+      assertEquals(field.longAsString, false, `${describeField(field)}: no JS_STRING`);
     }
   }
   const inProto = new Set(schema.fields.map((field) => field.number));
@@ -145,9 +128,9 @@ function checkFieldsReachColumns(schema: DescMessage): void {
   assert(baseRow.ok, "the base event decodes");
   for (const field of schema.fields) {
     const variant = variantOf(field);
-    assert(variant !== undefined, `${describe(field)}: a type ingest's decoders have no reader for`);
+    assert(variant !== undefined, `${describeField(field)}: a type ingest's decoders have no reader for`);
     const payload = toBinary(schema, create(schema, { ...BASE, [field.localName]: variant.value }));
-    const label = `${describe(field)} = ${String(variant.value)}`;
+    const label = `${describeField(field)} = ${String(variant.value)}`;
     assert(scanner.scan(payload), `${label}: the fast path (EventScanner.scan) does not read it`);
     const decoded = decodeEvent(payload, 7);
     assert(decoded.ok, `${label}: decodeEvent refuses it: ${decoded.ok ? "" : decoded.detail}`);
@@ -179,56 +162,6 @@ Deno.test("each field of events.v1.RequestEvent reaches its column through the s
   checkFieldsReachColumns(RequestEventSchema);
 });
 
-/**
- * events.v1.RequestEvent as generated, changed by `edit` (its fields as FieldDescriptorProtos): what the proto
- * would be after a change ingest has not followed.
- */
-function driftedRequestEvent(edit: (fields: FieldDescriptorProto[]) => void): DescMessage {
-  const file = clone(FileDescriptorProtoSchema, file_events_v1_events.proto);
-  edit(file.messageType.find((message) => message.name === "RequestEvent")!.field);
-  return createFileRegistry(file, () => undefined).getMessage("events.v1.RequestEvent")!;
-}
-
 Deno.test("the contract checks fail on a proto ingest has not followed", () => {
-  const field = (fields: FieldDescriptorProto[], name: string) => fields.find((f) => f.name === name)!;
-  const drifts: [string, (fields: FieldDescriptorProto[]) => void, RegExp][] = [
-    [
-      "a new field",
-      (fields) =>
-        fields.push(create(FieldDescriptorProtoSchema, {
-          name: "region",
-          jsonName: "region",
-          number: 20,
-          label: FieldDescriptorProto_Label.OPTIONAL,
-          type: FieldDescriptorProto_Type.STRING,
-        })),
-      /field region = 20 \(string\)/,
-    ],
-    ["a field renumbered", (fields) => field(fields, "load_run_id").number = 21, /load_run_id = 21/],
-    [
-      "a field of another type",
-      (fields) => field(fields, "grpc_code").type = FieldDescriptorProto_Type.INT32,
-      /grpc_code = 8 \(int32\)/,
-    ],
-    [
-      "a string become bytes",
-      (fields) => field(fields, "error_message").type = FieldDescriptorProto_Type.BYTES,
-      /error_message = 16 \(bytes\)/,
-    ],
-  ];
-  for (const [what, edit, names] of drifts) {
-    const schema = driftedRequestEvent(edit);
-    for (const check of [checkScannedFields, checkFieldsReachColumns]) {
-      let failure = "";
-      try {
-        check(schema);
-      } catch (error) {
-        failure = String(error);
-      }
-      assert(
-        names.test(failure),
-        `${what}: ${check.name} must fail naming the field, got: ${failure || "no failure"}`,
-      );
-    }
-  }
+  assertChecksCatchDrift([checkScannedFields, checkFieldsReachColumns]);
 });
