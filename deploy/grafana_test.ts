@@ -35,6 +35,7 @@ import {
   type SqlEngine,
   startChdbEngine,
 } from "./test_helpers.ts";
+import { Code } from "@tailwatch/grpc";
 
 // --- the known rows ----------------------------------------------------------------------------------------
 
@@ -57,25 +58,6 @@ const KEYS = [
   { service: "payments", method: "/payments.v1.PaymentService/Charge", route: "POST /v1/payments" },
 ];
 const HTTP_STATUS_OF: Record<number, number> = { 0: 200, 5: 404, 8: 429, 13: 500, 14: 503 };
-const CODE_NAMES = [
-  "OK",
-  "CANCELLED",
-  "UNKNOWN",
-  "INVALID_ARGUMENT",
-  "DEADLINE_EXCEEDED",
-  "NOT_FOUND",
-  "ALREADY_EXISTS",
-  "PERMISSION_DENIED",
-  "RESOURCE_EXHAUSTED",
-  "FAILED_PRECONDITION",
-  "ABORTED",
-  "OUT_OF_RANGE",
-  "UNIMPLEMENTED",
-  "INTERNAL",
-  "UNAVAILABLE",
-  "DATA_LOSS",
-  "UNAUTHENTICATED",
-];
 
 interface Event {
   event_id: string;
@@ -284,7 +266,7 @@ const quantileExact = (q: number, values: number[]) => {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
 };
-const codeName = (code: number) => (code <= 16 ? CODE_NAMES[code] : String(code));
+const codeName = (code: number) => Code[code] ?? String(code);
 const rangeEvents = (services?: string[]) =>
   EVENTS.filter((e) => inRange(e.ts) && (services === undefined || services.includes(e.service)));
 

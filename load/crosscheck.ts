@@ -4,29 +4,14 @@
  * the calls the generator cancelled itself accounted for (seen by the server or not); the events counters add
  * up; and the server's percentiles sit below the client's. Pure: run.ts gathers the inputs.
  */
+import { Code } from "@tailwatch/grpc";
 import type { Quantiles } from "./latency.ts";
 import { requestKey } from "./metrics_text.ts";
 
-/** Canonical gRPC code names by number (net/grpc/errors.ts). */
-export const CODE_NAMES = [
-  "OK",
-  "CANCELLED",
-  "UNKNOWN",
-  "INVALID_ARGUMENT",
-  "DEADLINE_EXCEEDED",
-  "NOT_FOUND",
-  "ALREADY_EXISTS",
-  "PERMISSION_DENIED",
-  "RESOURCE_EXHAUSTED",
-  "FAILED_PRECONDITION",
-  "ABORTED",
-  "OUT_OF_RANGE",
-  "UNIMPLEMENTED",
-  "INTERNAL",
-  "UNAVAILABLE",
-  "DATA_LOSS",
-  "UNAUTHENTICATED",
-];
+/** A gRPC code's canonical name ("NOT_FOUND"), `CODE_<n>` for a number outside the codes. */
+function grpcCodeName(code: number): string {
+  return Code[code] ?? `CODE_${code}`;
+}
 
 /** Rows of request_events for one (service, method, protocol, grpc_code, http_status). */
 export interface RowCount {
@@ -168,7 +153,7 @@ export function crossCheck(input: CrossCheckInput): CrossCheck {
   const byHttp = new Map<string, Acc>();
   const codeKey = (s: string, m: string, p: string, c: string) => `${s}\u0000${m}\u0000${p}\u0000${c}`;
   for (const r of input.rows) {
-    const code = CODE_NAMES[r.grpcCode] ?? `CODE_${r.grpcCode}`;
+    const code = grpcCodeName(r.grpcCode);
     const acc = byCode.get(codeKey(r.service, r.method, r.protocol, code)) ??
       { rows: 0, distinct: 0, root: 0 };
     acc.rows += r.rows;
@@ -185,7 +170,7 @@ export function crossCheck(input: CrossCheckInput): CrossCheck {
     }
   }
   for (const r of input.otherRows) {
-    const key = codeKey(r.service, r.method, r.protocol, CODE_NAMES[r.grpcCode] ?? `CODE_${r.grpcCode}`);
+    const key = codeKey(r.service, r.method, r.protocol, grpcCodeName(r.grpcCode));
     otherByCode.set(key, (otherByCode.get(key) ?? 0) + r.rows);
   }
   const metricsOf = new Map(input.metrics.map((m) => [m.service, m]));
