@@ -22,7 +22,8 @@ import {
 import { createEventSink, type RequestEventInit } from "./publisher.ts";
 import { createLogger, createRegistry, type Registry, uuidv7 } from "@tailwatch/runtime";
 import { connectNats, type NatsConfig, natsConfig, natsJsOptions } from "./config.ts";
-import { createNatsWire, parseNatsUrl } from "./wire.ts";
+import { createNatsWire } from "./wire.ts";
+import { parseNatsUrl } from "./protocol.ts";
 import { applyRequestEventsStream } from "./stream_setup.ts";
 import { eventsOfMessage, REQUEST_EVENTS_STREAM } from "@tailwatch/events";
 

@@ -26,7 +26,7 @@ import {
 } from "@nats-io/transport-node";
 import { ConfigError, createEnvReader, type Env, type EnvReader, type Logger } from "@tailwatch/runtime";
 import { currentCredentials, type NatsCredsFile, parseCredentials } from "./nkeys.ts";
-import { type NatsServerAddress, parseNatsUrl } from "./wire.ts";
+import { type NatsServerAddress, parseNatsUrl } from "./protocol.ts";
 
 /** user and password, or a token, or a `.creds` file, or nothing (a server without authorization). */
 export interface NatsAuth {

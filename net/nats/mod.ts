@@ -23,8 +23,8 @@ export {
 } from "./publisher.ts";
 export { createPullReceiver, Delivery, parseAckReply, type PullReceiver, type PullTrouble } from "./pull.ts";
 export { applyRequestEventsStream, checkRequestEventsStream } from "./stream_setup.ts";
+export { createNatsWire, type NatsWire, type NatsWireOptions } from "./wire.ts";
 export {
-  createNatsWire,
   DEFAULT_MAX_PAYLOAD,
   MAX_WIRE_PAYLOAD,
   type NatsErrorKind,
@@ -32,12 +32,10 @@ export {
   natsErrorText,
   type NatsServerAddress,
   type NatsServerInfo,
-  type NatsWire,
-  type NatsWireOptions,
   parseConnectUrl,
   parseNatsUrl,
   type ProtocolHandlers,
   ProtocolReader,
   serverKey,
   type WireMessage,
-} from "./wire.ts";
+} from "./protocol.ts";

@@ -10,7 +10,7 @@ import { assert, assertEquals, natsOperatorSetup } from "@tailwatch/testing";
 import { ConfigError, uuidv7 } from "@tailwatch/runtime";
 import { buildFrame, encodeRequestEventView, eventIdOf, splitFrame } from "@tailwatch/events";
 import { describeNats, natsConfig, natsJsOptions, wireServers } from "./config.ts";
-import { natsErrorKind, parseConnectUrl, serverKey } from "./wire.ts";
+import { natsErrorKind, parseConnectUrl, serverKey } from "./protocol.ts";
 import {
   base32Decode,
   base32Encode,

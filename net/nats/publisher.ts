@@ -18,9 +18,9 @@ import type { Logger, Registry } from "@tailwatch/runtime";
 import { ackOutcome, AckTracker } from "./acks.ts";
 import { MessageBuilder, MessageQueue, Partitioner, type QueuedMessage, splitFront } from "./outbox.ts";
 import { describeNats, type NatsConfig, natsConfig, wireServers } from "./config.ts";
-import { parseDecimal, type WireMessage } from "./protocol.ts";
+import { natsErrorKind, parseDecimal, type WireMessage } from "./protocol.ts";
 import { StreamCheck } from "./stream_check.ts";
-import { createNatsWire, natsErrorKind, type NatsWire } from "./wire.ts";
+import { createNatsWire, type NatsWire } from "./wire.ts";
 
 export type { RequestEvent };
 export type RequestEventInit = RequestEventFields;

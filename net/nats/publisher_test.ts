@@ -16,7 +16,8 @@ import {
 } from "@tailwatch/testing";
 import { createEventSink, type RequestEventInit } from "./publisher.ts";
 import { createLogger, createRegistry, type Logger, uuidv7 } from "@tailwatch/runtime";
-import { createNatsWire, parseNatsUrl } from "./wire.ts";
+import { createNatsWire } from "./wire.ts";
+import { parseNatsUrl } from "./protocol.ts";
 import { applyRequestEventsStream } from "./stream_setup.ts";
 import { eventsOfMessage, REQUEST_EVENTS_STREAM } from "@tailwatch/events";
 

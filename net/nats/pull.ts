@@ -38,7 +38,8 @@
  * was passed on), or ahead of one still on its way on the other connection (held, in order, until the gap
  * fills). A gap still open a moment after the old connection closed was lost with it: trouble, as above.
  */
-import { createNatsWire, type NatsWire, type WireMessage } from "./wire.ts";
+import { createNatsWire, type NatsWire } from "./wire.ts";
+import type { WireMessage } from "./protocol.ts";
 import { EVENT_COUNT_HEADER } from "@tailwatch/events";
 import type { Logger } from "@tailwatch/runtime";
 import { type NatsConfig, natsConfig, wireServers } from "./config.ts";

@@ -11,7 +11,7 @@
 import { Kind, MsgHdrsImpl, Parser, type ParserEvent } from "@nats-io/nats-core/internal";
 import { JetStreamStatus } from "@nats-io/jetstream/internal";
 import type { Msg } from "@nats-io/transport-node";
-import { ProtocolReader } from "./wire.ts";
+import { ProtocolReader } from "./protocol.ts";
 import { assert, assertEquals, seededRandom } from "@tailwatch/testing";
 import { type AckInfo, Delivery, readPullMessage } from "./pull.ts";
 

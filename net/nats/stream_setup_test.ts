@@ -6,7 +6,7 @@ import { assert, assertEquals, AssertionError } from "@tailwatch/testing";
 import { ConfigError } from "@tailwatch/runtime";
 import { minDuplicateWindowMs } from "./publisher.ts";
 import { natsConfig, natsJsOptions, wireServers } from "./config.ts";
-import { natsErrorKind, natsErrorText } from "./wire.ts";
+import { natsErrorKind, natsErrorText } from "./protocol.ts";
 import {
   DEFAULT_REQUEST_EVENTS_STREAM,
   requestEventsStreamConfig,

@@ -45,23 +45,6 @@ import {
 } from "./protocol.ts";
 import { type ServerEntry, ServerRotation } from "./servers.ts";
 
-export {
-  DEFAULT_MAX_PAYLOAD,
-  MAX_WIRE_PAYLOAD,
-  type NatsErrorKind,
-  natsErrorKind,
-  natsErrorText,
-  type NatsServerAddress,
-  type NatsServerInfo,
-  parseConnectUrl,
-  parseDecimal,
-  parseNatsUrl,
-  type ProtocolHandlers,
-  ProtocolReader,
-  serverKey,
-  type WireMessage,
-} from "./protocol.ts";
-
 export interface NatsWireOptions {
   /** Servers, tried in turn (with those the cluster announces). */
   servers: NatsServerAddress[];
