@@ -14,7 +14,7 @@ import {
 import { FeatureSet_FieldPresence } from "@bufbuild/protobuf/wkt";
 import { Protocol, RequestEventSchema } from "@tailwatch/proto/events/v1";
 import { assert, assertEquals, AssertionError, seededRandom } from "@tailwatch/testing";
-import { assertChecksCatchDrift, describeField, protoType } from "./contract_testing.ts";
+import { assertChecksCatchDrift, describeField, protoType } from "./testing.ts";
 import { ENCODED_FIELDS, type EncodedField, encodeRequestEvent, type RequestEventFields } from "./codec.ts";
 
 const SAMPLES = [

@@ -7,7 +7,6 @@
  */
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
-import { Protocol } from "@tailwatch/proto/events/v1";
 import {
   assert,
   assertEquals,
@@ -20,39 +19,20 @@ import {
   waitUntil,
 } from "@tailwatch/testing";
 import { createEventSink, type RequestEventInit } from "./publisher.ts";
-import { createLogger, createRegistry, type Registry, uuidv7 } from "@tailwatch/runtime";
+import { createLogger, createRegistry, type Registry } from "@tailwatch/runtime";
 import { connectNats, type NatsConfig, natsConfig, natsJsOptions } from "./config.ts";
 import { createNatsWire } from "./wire.ts";
 import { parseNatsUrl } from "./protocol.ts";
 import { applyRequestEventsStream } from "./stream_setup.ts";
 import { eventsOfMessage, REQUEST_EVENTS_STREAM } from "@tailwatch/events";
+import { sampleEvent } from "@tailwatch/events/testing";
 
 const options = { sanitizeOps: false, sanitizeResources: false };
 const logger = createLogger((Deno.env.get("TEST_LOG_LEVEL") ?? "error") as "error");
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 function event(i: number, errorBytes = 0): RequestEventInit {
-  return {
-    eventId: uuidv7(),
-    startTimeMs: BigInt(Date.now()),
-    durationUs: BigInt(100 + i),
-    service: "catalog",
-    method: "GetProduct",
-    protocol: Protocol.GRPC,
-    route: "",
-    grpcCode: 0,
-    httpStatus: 200,
-    requestBytes: 20n,
-    responseBytes: 80n,
-    traceId: "0af7651916cd43dd8448eb211c80319c",
-    spanId: "b7ad6b7169203331",
-    parentSpanId: "",
-    instance: "catalog-test",
-    errorMessage: "x".repeat(errorBytes),
-    faultInjected: false,
-    startTimeUs: 0n,
-    loadRunId: "",
-  };
+  return sampleEvent({ durationUs: BigInt(100 + i), errorMessage: "x".repeat(errorBytes) });
 }
 
 function counter(metrics: Registry, name: string, labels = ""): number {

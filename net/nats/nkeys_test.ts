@@ -5,9 +5,9 @@
  */
 import { fromBinary } from "@bufbuild/protobuf";
 import { nkeys } from "@nats-io/transport-node";
-import { Protocol, RequestEventBatchSchema, RequestEventSchema } from "@tailwatch/proto/events/v1";
+import { RequestEventBatchSchema, RequestEventSchema } from "@tailwatch/proto/events/v1";
 import { assert, assertEquals, natsOperatorSetup } from "@tailwatch/testing";
-import { ConfigError, uuidv7 } from "@tailwatch/runtime";
+import { ConfigError } from "@tailwatch/runtime";
 import { buildFrame, encodeRequestEventView, eventIdOf, splitFrame } from "@tailwatch/events";
 import { describeNats, natsConfig, natsJsOptions, wireServers } from "./config.ts";
 import { natsErrorKind, parseConnectUrl, serverKey } from "./protocol.ts";
@@ -24,6 +24,7 @@ import {
   nkeyPairFromSeed,
   parseCredentials,
 } from "./nkeys.ts";
+import { sampleEvent } from "@tailwatch/events/testing";
 
 const decoder = new TextDecoder();
 
@@ -144,27 +145,10 @@ Deno.test("connect_urls entries and -ERR kinds", () => {
 });
 
 function encodedEvent(i: number, errorBytes = 0): Uint8Array {
-  return encodeRequestEventView({
-    eventId: uuidv7(),
-    startTimeMs: BigInt(Date.now()),
-    durationUs: BigInt(100 + i),
-    service: "catalog",
-    method: "GetProduct",
-    protocol: Protocol.GRPC,
-    route: "",
-    grpcCode: 0,
-    httpStatus: 200,
-    requestBytes: 20n,
-    responseBytes: 80n,
-    traceId: "0af7651916cd43dd8448eb211c80319c",
-    spanId: "b7ad6b7169203331",
-    parentSpanId: "",
-    instance: "catalog-test",
-    errorMessage: "e".repeat(errorBytes),
-    faultInjected: false,
-    startTimeUs: 0n,
-    loadRunId: "",
-  }).slice();
+  return encodeRequestEventView(
+    sampleEvent({ durationUs: BigInt(100 + i), errorMessage: "e".repeat(errorBytes) }),
+  )
+    .slice();
 }
 
 /** The events of a frame (`HPUB <subject> <h> <t>\r\n` headers body CRLF), its Nats-Msg-Id and count header. */

@@ -7,12 +7,12 @@
  */
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
-import { Protocol } from "@tailwatch/proto/events/v1";
 import { assert, assertEquals, startNatsServer, waitUntil } from "@tailwatch/testing";
 import { createEventSink, type EventSink, type RequestEventInit } from "./publisher.ts";
-import { createRegistry, type Logger, uuidv7 } from "@tailwatch/runtime";
+import { createRegistry, type Logger } from "@tailwatch/runtime";
 import { applyRequestEventsStream } from "./stream_setup.ts";
 import { EVENT_COUNT_HEADER, REQUEST_EVENTS_STREAM } from "@tailwatch/events";
+import { sampleEvent } from "@tailwatch/events/testing";
 
 const options = { sanitizeOps: false, sanitizeResources: false };
 
@@ -20,27 +20,7 @@ const options = { sanitizeOps: false, sanitizeResources: false };
 const quiet: Logger = { debug() {}, info() {}, warn() {}, error() {}, child: () => quiet };
 
 function event(index: number): RequestEventInit {
-  return {
-    eventId: uuidv7(),
-    startTimeMs: BigInt(Date.now()),
-    durationUs: BigInt(100 + index),
-    service: "catalog",
-    method: "GetProduct",
-    protocol: Protocol.GRPC,
-    route: "",
-    grpcCode: 0,
-    httpStatus: 200,
-    requestBytes: 20n,
-    responseBytes: 80n,
-    traceId: "0af7651916cd43dd8448eb211c80319c",
-    spanId: "b7ad6b7169203331",
-    parentSpanId: "",
-    instance: "catalog-test",
-    errorMessage: "",
-    faultInjected: false,
-    startTimeUs: 0n,
-    loadRunId: "",
-  };
+  return sampleEvent({ durationUs: BigInt(100 + index) });
 }
 
 /** Every stored message's subject and its number of events (its Tailwatch-Events header, 1 without). */

@@ -5,7 +5,7 @@
 import { fromBinary } from "@bufbuild/protobuf";
 import { jetstreamManager, StorageType } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
-import { Protocol, RequestEventSchema } from "@tailwatch/proto/events/v1";
+import { RequestEventSchema } from "@tailwatch/proto/events/v1";
 import {
   assert,
   assertEquals,
@@ -15,11 +15,12 @@ import {
   waitUntil,
 } from "@tailwatch/testing";
 import { createEventSink, type RequestEventInit } from "./publisher.ts";
-import { createLogger, createRegistry, type Logger, uuidv7 } from "@tailwatch/runtime";
+import { createLogger, createRegistry, type Logger } from "@tailwatch/runtime";
 import { createNatsWire } from "./wire.ts";
 import { parseNatsUrl } from "./protocol.ts";
 import { applyRequestEventsStream } from "./stream_setup.ts";
 import { eventsOfMessage, REQUEST_EVENTS_STREAM } from "@tailwatch/events";
+import { sampleEvent } from "@tailwatch/events/testing";
 
 const options = { sanitizeOps: false, sanitizeResources: false };
 
@@ -44,27 +45,16 @@ function capturingLogger(): Logger & { lines: { level: string; msg: string; fiel
 }
 
 function event(index: number): RequestEventInit {
-  return {
-    eventId: uuidv7(),
-    startTimeMs: BigInt(Date.now()),
+  const notFound = index % 7 === 0;
+  return sampleEvent({
     durationUs: BigInt(100 + index),
-    service: "catalog",
-    method: "GetProduct",
-    protocol: Protocol.GRPC,
     route: "/catalog.v1.CatalogService/GetProduct",
-    grpcCode: index % 7 === 0 ? 5 : 0,
-    httpStatus: index % 7 === 0 ? 404 : 200,
-    requestBytes: 20n,
-    responseBytes: 80n,
-    traceId: "0af7651916cd43dd8448eb211c80319c",
-    spanId: "b7ad6b7169203331",
-    parentSpanId: "",
-    instance: "catalog-test",
-    errorMessage: index % 7 === 0 ? "product not found: ünïcødé" : "",
-    faultInjected: false,
+    grpcCode: notFound ? 5 : 0,
+    httpStatus: notFound ? 404 : 200,
+    errorMessage: notFound ? "product not found: ünïcødé" : "",
     startTimeUs: BigInt(Date.now()) * 1000n + 123n,
     loadRunId: index % 3 === 0 ? "run-42" : "",
-  };
+  });
 }
 
 /**

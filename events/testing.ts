@@ -1,7 +1,8 @@
 /**
- * For tests of hand-written code that follows proto/events/v1 (the encoder here, ingest's decoders): how a
- * descriptor's field is named in failures, and drifted copies of RequestEvent's descriptor on which such a
- * check must fail. Test code only: exported as `@tailwatch/events/testing`, never from mod.ts.
+ * Test code only (exported as `@tailwatch/events/testing`, never from mod.ts): a valid sample event, and for
+ * tests of hand-written code that follows proto/events/v1 (the encoder here, ingest's decoders), how a
+ * descriptor's field is named in failures and drifted copies of RequestEvent's descriptor on which such a
+ * check must fail.
  */
 import {
   clone,
@@ -18,7 +19,38 @@ import {
   FieldDescriptorProtoSchema,
   FileDescriptorProtoSchema,
 } from "@bufbuild/protobuf/wkt";
-import { file_events_v1_events } from "@tailwatch/proto/events/v1";
+import { file_events_v1_events, Protocol } from "@tailwatch/proto/events/v1";
+import { uuidv7 } from "@tailwatch/runtime";
+import type { RequestEventFields } from "./codec.ts";
+
+/**
+ * A valid catalog.GetProduct gRPC event, OK, started now, with a fresh UUIDv7 id; `fields` replace any of its
+ * values.
+ */
+export function sampleEvent(fields: Partial<RequestEventFields> = {}): RequestEventFields {
+  return {
+    eventId: uuidv7(),
+    startTimeMs: BigInt(Date.now()),
+    durationUs: 100n,
+    service: "catalog",
+    method: "GetProduct",
+    protocol: Protocol.GRPC,
+    route: "",
+    grpcCode: 0,
+    httpStatus: 200,
+    requestBytes: 20n,
+    responseBytes: 80n,
+    traceId: "0af7651916cd43dd8448eb211c80319c",
+    spanId: "b7ad6b7169203331",
+    parentSpanId: "",
+    instance: "catalog-test",
+    errorMessage: "",
+    faultInjected: false,
+    startTimeUs: 0n,
+    loadRunId: "",
+    ...fields,
+  };
+}
 
 /** A field's proto type as the field tables name it: the scalar's name, "enum", or the kind ("message", ...). */
 export function protoType(field: DescField): string {
