@@ -252,6 +252,27 @@ export async function ensureConsumer(
     ...(filters.length === 1 ? { filter_subject: filters[0] } : {}),
     ...(filters.length > 1 ? { filter_subjects: filters } : {}),
   });
+  await awaitConsumerLeader(jsm, config.durable);
+}
+
+/** How long a new durable's replicas get to elect a leader before the worker pulls anyway. */
+const CONSUMER_LEADER_WAIT_MS = 10_000;
+
+/**
+ * Waits until a just-created durable has a leader. The server answers the create once the meta group has
+ * placed the consumer; a replicated one (R3 in a cluster) elects its leader after that, and until it has, a
+ * pull request finds no responder (503): the receiver would take that for a consumer gone and resync. A
+ * consumer on a single server has no cluster group and is ready at once. Past CONSUMER_LEADER_WAIT_MS the
+ * worker goes on, and the receiver deals with what it meets as before.
+ */
+async function awaitConsumerLeader(jsm: JetStreamManager, durable: string): Promise<void> {
+  const deadline = Date.now() + CONSUMER_LEADER_WAIT_MS;
+  for (;;) {
+    const info = await jsm.consumers.info(REQUEST_EVENTS_STREAM, durable);
+    if (info.cluster === undefined || info.cluster.leader) return;
+    if (Date.now() > deadline) return;
+    await sleep(50);
+  }
 }
 
 /** The durables of this ingest: INGEST_DURABLE and its partitions' (`<INGEST_DURABLE>-<n>`). */

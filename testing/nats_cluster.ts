@@ -23,6 +23,8 @@ export interface NatsCluster extends AsyncDisposable {
   readonly url: string;
   /** Waits until every running node reports JetStream healthy (`/healthz`: the meta group has a leader). */
   healthy(timeoutMs?: number): Promise<void>;
+  /** The indexes of the running nodes that have a client connection named `name` (each node's `/connz`). */
+  nodesWithConnection(name: string): Promise<number[]>;
 }
 
 export interface NatsClusterOptions {
@@ -109,6 +111,20 @@ export async function startNatsCluster(options: NatsClusterOptions = {}): Promis
         }
         return true;
       }, timeoutMs);
+    },
+    async nodesWithConnection(name: string) {
+      const found: number[] = [];
+      for (const [index, node] of nodes.entries()) {
+        if (node.pid === undefined) continue;
+        const response = await fetch(`http://127.0.0.1:${node.monitorPort}/connz?limit=1024`).catch(() =>
+          undefined
+        );
+        const connz = await response?.json().catch(() => ({})) as
+          | { connections?: { name?: string }[] }
+          | undefined;
+        if (connz?.connections?.some((c) => c.name === name)) found.push(index);
+      }
+      return found;
     },
     async [Symbol.asyncDispose]() {
       await Promise.all(nodes.map((node) => node.stop("SIGKILL").catch(() => {})));
