@@ -155,7 +155,16 @@ export async function runGhz(run: GhzRun): Promise<GhzSummary> {
   const childrenCpuBefore = childrenCpuSeconds();
   const report = await runGhzReport(run);
   const ghzCpuSeconds = childrenCpuSeconds() - childrenCpuBefore;
-  const q = quantiles(report.details.map((d) => d.latencyUs));
+  return summarizeGhz(report, report.details.map((d) => d.latencyUs), ghzCpuSeconds);
+}
+
+/**
+ * A run's summary: counts, statuses and success rate from `report`, the latency figures (ms) from
+ * `latenciesUs` (all of its requests, or those a caller keeps, e.g. without the calls ghz cancelled itself),
+ * and the CPU seconds ghz used.
+ */
+export function summarizeGhz(report: GhzReport, latenciesUs: number[], ghzCpuSeconds: number): GhzSummary {
+  const q = quantiles(latenciesUs);
   const ok = report.statuses["OK"] ?? 0;
   return {
     count: report.count,

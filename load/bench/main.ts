@@ -19,9 +19,9 @@ import {
   cancelledByGhz,
   childrenCpuSeconds,
   CREATE_ORDER_BODY,
-  type GhzSummary,
   runGhz,
   runGhzReport,
+  summarizeGhz,
 } from "../ghz.ts";
 import { cpuSeconds, startServiceProcess, startStackProcesses, stealMeter } from "../processes.ts";
 import {
@@ -241,29 +241,14 @@ async function benchOrders() {
       total: 1000 * seconds,
       concurrency: 100,
     });
-    const answered = report.details.filter((d) => !cancelledByGhz(d));
-    const latencies = answered.map((d) => d.latencyUs);
-    const q = quantiles(latencies);
+    // Waited-for children's CPU (cutime): exact, where the /proc sample misses ghz's last moments.
+    const ghzCpuSeconds = childrenCpuSeconds() - ghzCpuBefore;
+    const latencies = report.details.filter((d) => !cancelledByGhz(d)).map((d) => d.latencyUs);
+    const summary = summarizeGhz(report, latencies, ghzCpuSeconds);
     // Each request measured from its intended send time as well (coordinated omission, latency.ts).
     const timed = report.details.map((d) => ({ startUs: d.endUs - d.latencyUs, endUs: d.endUs }));
     const correction = correctForCoordinatedOmission(timed, [{ at: 0, rate: 1000 }]);
     const corrected = quantiles(correction.correctedUs);
-    const ok = report.statuses["OK"] ?? 0;
-    const summary: GhzSummary = {
-      count: report.count,
-      rps: report.rps,
-      averageMs: q.mean / 1000,
-      p50Ms: q.p50 / 1000,
-      p90Ms: q.p90 / 1000,
-      p99Ms: q.p99 / 1000,
-      p999Ms: q.p999 / 1000,
-      slowestMs: q.max / 1000,
-      statuses: report.statuses,
-      errors: report.errors,
-      successRate: report.count === 0 ? 0 : ok / report.count,
-      // Waited-for children's CPU (cutime): exact, where the /proc sample misses ghz's last moments.
-      ghzCpuSeconds: childrenCpuSeconds() - ghzCpuBefore,
-    };
     const runStartUs = Math.min(...timed.map((t) => t.startUs));
     const segments = segmentSpread(
       timed.map((t) => ({ startUs: t.startUs, latencyUs: t.endUs - t.startUs })),
