@@ -1,6 +1,7 @@
 /**
- * Helpers for ingest's tests and benchmark: RequestEvent builders, a JetStream publisher that sets
- * Nats-Msg-Id, a test configuration and `eventually`. Assertions and the seeded PRNG are @tailwatch/testing's.
+ * Helpers for ingest's tests and benchmark, and for tests elsewhere that need ingest running: RequestEvent
+ * builders, a JetStream publisher that sets Nats-Msg-Id, a test configuration, `eventually`, and ingest as a
+ * process of its own (`startIngestProcess`). Assertions and the seeded PRNG are @tailwatch/testing's.
  */
 import { create, toBinary } from "@bufbuild/protobuf";
 import { jetstream } from "@nats-io/jetstream";
@@ -12,13 +13,52 @@ import {
   RequestEventSchema,
 } from "@tailwatch/proto/events/v1";
 import { EVENT_COUNT_HEADER, type RequestEventRow, requestEventSubject } from "@tailwatch/events";
-import { AssertionError } from "@tailwatch/testing";
+import { AssertionError, CLICKHOUSE_ADMIN, type ManagedProcess, spawnLogged } from "@tailwatch/testing";
 import { type IngestConfig, loadConfig } from "./config.ts";
 import { type ClickHouse, ClickHouseError, exceptionDetails, parseJsonEachRow } from "./clickhouse.ts";
 import { END_SECOND_OF_EVENT } from "./rollups.ts";
 import { ident, type Sql, sql, sqlJoin } from "./sql.ts";
 
 const SERVICES = ["catalog", "orders", "payments"] as const;
+
+export interface IngestProcessOptions {
+  natsUrl: string;
+  clickhouseUrl: string;
+  /** CLICKHOUSE_DATABASE; unset (ingest's default, "profiler") when not given. */
+  database?: string;
+  /** INGEST_METRICS_PORT on 127.0.0.1; 0 (a free port the process picks) when not given. */
+  metricsPort?: number;
+  /** Where the process's output goes. */
+  logPath: string;
+  /** More variables (e.g. INGEST_BATCH_WAIT_MS); the process has the test's environment, then these. */
+  env?: Record<string, string>;
+}
+
+/**
+ * ingest/main.ts as a process of its own, as in production, writing as ClickHouse's admin user, logging warnings
+ * and errors only. Does not wait for it: poll its /readyz where a test needs it ready.
+ */
+export function startIngestProcess(options: IngestProcessOptions): Promise<ManagedProcess> {
+  return spawnLogged(
+    Deno.execPath(),
+    ["run", "-A", new URL("./main.ts", import.meta.url).pathname],
+    options.logPath,
+    {
+      env: {
+        ...Deno.env.toObject(),
+        NATS_URL: options.natsUrl,
+        CLICKHOUSE_URL: options.clickhouseUrl,
+        CLICKHOUSE_USER: CLICKHOUSE_ADMIN.username,
+        CLICKHOUSE_PASSWORD: CLICKHOUSE_ADMIN.password,
+        ...(options.database !== undefined ? { CLICKHOUSE_DATABASE: options.database } : {}),
+        INGEST_METRICS_HOST: "127.0.0.1",
+        INGEST_METRICS_PORT: String(options.metricsPort ?? 0),
+        INGEST_LOG_LEVEL: "warn",
+        ...options.env,
+      },
+    },
+  );
+}
 
 /** A plausible RequestEvent; `i` varies the fields, `startTimeMs` defaults to now. */
 export function makeEvent(i: number, startTimeMs: number = Date.now()): RequestEvent {

@@ -4,11 +4,10 @@
  */
 import { applyMigrations } from "@tailwatch/ingest/migrations";
 import { applyRequestEventsStream } from "@tailwatch/nats";
-import { CLICKHOUSE_ADMIN, spawnLogged, startClickHouseServer, startNatsServer } from "@tailwatch/testing";
+import { CLICKHOUSE_ADMIN, startClickHouseServer, startNatsServer } from "@tailwatch/testing";
 import { startStackProcesses } from "./processes.ts";
 import type { StackTarget } from "./target.ts";
-
-const ROOT = new URL("../", import.meta.url).pathname;
+import { startIngestProcess } from "@tailwatch/ingest/testing";
 
 export interface TestPipeline extends AsyncDisposable {
   target: StackTarget;
@@ -28,18 +27,11 @@ export async function startTestPipeline(env: Record<string, string> = {}): Promi
     const database = `tw_load_${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
     await applyMigrations({ url: clickhouse.url, ...CLICKHOUSE_ADMIN, database });
     const ingest = stack.use(
-      await spawnLogged(Deno.execPath(), ["run", "-A", `${ROOT}ingest/main.ts`], `${logDir}/ingest.log`, {
-        env: {
-          ...Deno.env.toObject(),
-          NATS_URL: nats.url,
-          CLICKHOUSE_URL: clickhouse.url,
-          CLICKHOUSE_USER: CLICKHOUSE_ADMIN.username,
-          CLICKHOUSE_PASSWORD: CLICKHOUSE_ADMIN.password,
-          CLICKHOUSE_DATABASE: database,
-          INGEST_METRICS_HOST: "127.0.0.1",
-          INGEST_METRICS_PORT: "0",
-          INGEST_LOG_LEVEL: "warn",
-        },
+      await startIngestProcess({
+        natsUrl: nats.url,
+        clickhouseUrl: clickhouse.url,
+        database,
+        logPath: `${logDir}/ingest.log`,
       }),
     );
     const services = stack.use(await startStackProcesses({ NATS_URL: nats.url, ...env }, logDir));

@@ -27,6 +27,7 @@ import {
 import { applyMigrations } from "@tailwatch/ingest/migrations";
 import { startServiceProcess } from "../processes.ts";
 import { applyRequestEventsStream } from "@tailwatch/nats";
+import { startIngestProcess } from "@tailwatch/ingest/testing";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 
@@ -191,22 +192,12 @@ export async function runWebBench(options: { quick?: boolean } = {}): Promise<We
   const nats = await startNatsServer();
   await applyRequestEventsStream(nats.url); // the setup step's stream: ingest and the services only check it
   const ingestPort = freePort();
-  const ingest = await spawnLogged(
-    Deno.execPath(),
-    ["run", "-A", `${ROOT}ingest/main.ts`],
-    `${dir}/ingest.log`,
-    {
-      env: {
-        ...Deno.env.toObject(),
-        NATS_URL: nats.url,
-        CLICKHOUSE_URL: ch.url,
-        CLICKHOUSE_USER: CLICKHOUSE_ADMIN.username,
-        CLICKHOUSE_PASSWORD: CLICKHOUSE_ADMIN.password,
-        INGEST_METRICS_PORT: String(ingestPort),
-        INGEST_LOG_LEVEL: "warn",
-      },
-    },
-  );
+  const ingest = await startIngestProcess({
+    natsUrl: nats.url,
+    clickhouseUrl: ch.url,
+    metricsPort: ingestPort,
+    logPath: `${dir}/ingest.log`,
+  });
   const payments = await startServiceProcess("payments", { NATS_URL: nats.url, V8_WORKER_NICE: "0" }, dir);
   const web = await spawnLogged(Deno.execPath(), ["run", "-A", `${ROOT}web/main.ts`], `${dir}/web.log`, {
     env: {

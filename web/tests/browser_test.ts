@@ -22,6 +22,7 @@ import { startStackProcesses } from "@tailwatch/load";
 import { applyRequestEventsStream } from "@tailwatch/nats";
 import { createWebServer, type WebServer } from "../server.ts";
 import { migrate, readonlyCells, webConfig } from "./helpers.ts";
+import { startIngestProcess } from "@tailwatch/ingest/testing";
 
 const CHROMIUM = "/usr/bin/chromium";
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -71,23 +72,13 @@ Deno.test({
     await using ch = await startClickHouseServer();
     await migrate(ch);
     const ingestPort = freePort();
-    await using _ingest = await spawnLogged(
-      Deno.execPath(),
-      ["run", "-A", `${ROOT}ingest/main.ts`],
-      `${out}/ingest.log`,
-      {
-        env: {
-          ...Deno.env.toObject(),
-          NATS_URL: nats.url,
-          CLICKHOUSE_URL: ch.url,
-          CLICKHOUSE_USER: CLICKHOUSE_ADMIN.username,
-          CLICKHOUSE_PASSWORD: CLICKHOUSE_ADMIN.password,
-          INGEST_METRICS_PORT: String(ingestPort),
-          INGEST_BATCH_WAIT_MS: "100",
-          INGEST_LOG_LEVEL: "warn",
-        },
-      },
-    );
+    await using _ingest = await startIngestProcess({
+      natsUrl: nats.url,
+      clickhouseUrl: ch.url,
+      metricsPort: ingestPort,
+      logPath: `${out}/ingest.log`,
+      env: { INGEST_BATCH_WAIT_MS: "100" },
+    });
     await waitUntil("ingest ready", async () => {
       const r = await fetch(`http://127.0.0.1:${ingestPort}/readyz`);
       await r.body?.cancel();

@@ -21,14 +21,13 @@ import { connectionFlags, profilerBinaries } from "../binaries.ts";
 import {
   assert,
   CLICKHOUSE_ADMIN,
-  spawnLogged,
   startClickHouseServer,
   startNatsServer,
   waitUntil,
 } from "@tailwatch/testing";
 import { startServiceProcess } from "@tailwatch/load";
+import { startIngestProcess } from "@tailwatch/ingest/testing";
 
-const ROOT = new URL("../../../", import.meta.url).pathname;
 const ADMIN_TOKEN = "e2e-admin-token";
 const CHARGE = "/payments.v1.PaymentService/Charge";
 const CALLS = 3000;
@@ -94,24 +93,12 @@ Deno.test("e2e: injected log-normal latency in payments, measured through NATS, 
   const database = `tw_e2e_${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
   await applyMigrations({ url: clickhouse.url, ...CLICKHOUSE_ADMIN, database });
 
-  await using ingest = await spawnLogged(
-    Deno.execPath(),
-    ["run", "-A", `${ROOT}ingest/main.ts`],
-    `${logDir}/ingest.log`,
-    {
-      env: {
-        ...Deno.env.toObject(),
-        NATS_URL: nats.url,
-        CLICKHOUSE_URL: clickhouse.url,
-        CLICKHOUSE_USER: CLICKHOUSE_ADMIN.username,
-        CLICKHOUSE_PASSWORD: CLICKHOUSE_ADMIN.password,
-        CLICKHOUSE_DATABASE: database,
-        INGEST_METRICS_HOST: "127.0.0.1",
-        INGEST_METRICS_PORT: "0",
-        INGEST_LOG_LEVEL: "warn",
-      },
-    },
-  );
+  await using ingest = await startIngestProcess({
+    natsUrl: nats.url,
+    clickhouseUrl: clickhouse.url,
+    database,
+    logPath: `${logDir}/ingest.log`,
+  });
   await using payments = await startServiceProcess(
     "payments",
     { NATS_URL: nats.url, ADMIN_TOKEN },
