@@ -1,5 +1,5 @@
 import type { Scenario } from "../scenario.ts";
-import { orderBody } from "./store_calls.ts";
+import { createOrderCalls } from "./store_calls.ts";
 
 /** The headline: orders.CreateOrder (fanning out to catalog and payments) at 1000 rps for 60 s. */
 export const ordersCreate: Scenario = {
@@ -10,13 +10,5 @@ export const ordersCreate: Scenario = {
   schedule: { kind: "constant", rate: 1000 },
   durationS: 60,
   warmupS: 10,
-  calls: () => [{
-    label: "buy: create an order",
-    service: "orders",
-    method: "orders.v1.OrderService/CreateOrder",
-    protocol: "grpc",
-    weight: 1,
-    expect: "OK",
-    data: Array.from({ length: 10 }, (_, i) => orderBody(i)),
-  }],
+  calls: createOrderCalls,
 };

@@ -1,5 +1,5 @@
 import type { Scenario } from "../scenario.ts";
-import { orderBody } from "./store_calls.ts";
+import { createOrderCalls } from "./store_calls.ts";
 
 /** A steady climb: CreateOrder from 100 to 2000 rps over a minute. */
 export const ordersRamp: Scenario = {
@@ -9,13 +9,5 @@ export const ordersRamp: Scenario = {
   schedule: { kind: "ramp", from: 100, to: 2000 },
   durationS: 60,
   warmupS: 5,
-  calls: () => [{
-    label: "buy: create an order",
-    service: "orders",
-    method: "orders.v1.OrderService/CreateOrder",
-    protocol: "grpc",
-    weight: 1,
-    expect: "OK",
-    data: Array.from({ length: 10 }, (_, i) => orderBody(i)),
-  }],
+  calls: createOrderCalls,
 };

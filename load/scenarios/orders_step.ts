@@ -1,5 +1,5 @@
 import type { Scenario } from "../scenario.ts";
-import { orderBody } from "./store_calls.ts";
+import { createOrderCalls } from "./store_calls.ts";
 
 /** Where does it break: CreateOrder from 500 to 3000 rps, 500 more every 20 s. */
 export const ordersStep: Scenario = {
@@ -9,13 +9,5 @@ export const ordersStep: Scenario = {
   schedule: { kind: "step", start: 500, step: 500, everyS: 20, end: 3000 },
   durationS: 120,
   warmupS: 5,
-  calls: () => [{
-    label: "buy: create an order",
-    service: "orders",
-    method: "orders.v1.OrderService/CreateOrder",
-    protocol: "grpc",
-    weight: 1,
-    expect: "OK",
-    data: Array.from({ length: 10 }, (_, i) => orderBody(i)),
-  }],
+  calls: createOrderCalls,
 };

@@ -28,6 +28,19 @@ export function orderBody(customer: number, card = GOOD_CARD) {
   };
 }
 
+/** One call: orders.CreateOrder over gRPC for ten customers in turn, each order expected OK. */
+export function createOrderCalls(): Call[] {
+  return [{
+    label: "buy: create an order",
+    service: "orders",
+    method: "orders.v1.OrderService/CreateOrder",
+    protocol: "grpc",
+    weight: 1,
+    expect: "OK",
+    data: Array.from({ length: 10 }, (_, i) => orderBody(i)),
+  }];
+}
+
 /** The shares of the store mix (they add up to 1). */
 export const MIX = {
   listProducts: 0.15,
