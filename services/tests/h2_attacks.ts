@@ -497,16 +497,33 @@ export interface AttackOptions {
  * `unit` repeated `batch` times per write, until a write stalls (the server stopped reading us), `stop()`
  * says so, or `maxMs`.
  */
-async function flood(peer: RawPeer, unit: Uint8Array, batch: number, maxMs: number, stop: () => boolean) {
-  const bytes = concat(Array.from({ length: batch }, () => unit));
+/**
+ * Writes what `nextBatch` makes (`count` frames or calls each, counted in `sent`) until `maxMs` have passed,
+ * `stop()` says so, or a write does not finish within `writeTimeoutMs`; after each write, `pauseMs` (0: a
+ * turn for the reader, if any, to see the GOAWAY).
+ */
+async function flood(
+  peer: RawPeer,
+  nextBatch: () => Uint8Array,
+  count: number,
+  maxMs: number,
+  stop: () => boolean,
+  { writeTimeoutMs = 500, pauseMs = 0 } = {},
+) {
   const started = performance.now();
   let sent = 0;
   while (performance.now() - started < maxMs && !stop()) {
-    if (!await peer.write(bytes, 500).catch(() => false)) break;
-    sent += batch;
-    await sleep(0); // a turn for the reader, if any, to see the GOAWAY
+    if (!await peer.write(nextBatch(), writeTimeoutMs).catch(() => false)) break;
+    sent += count;
+    await sleep(pauseMs);
   }
   return { sent, started };
+}
+
+/** `count` copies of `unit`, as one write. */
+function repeated(unit: Uint8Array, count: number): () => Uint8Array {
+  const bytes = concat(Array.from({ length: count }, () => unit));
+  return () => bytes;
 }
 
 const ended = (peer: RawPeer) => () => peer.goaway !== undefined || peer.endedBy !== undefined;
@@ -526,18 +543,12 @@ async function finish(
 export async function rapidReset(port: number, { maxMs = 8000 }: AttackOptions = {}): Promise<AttackOutcome> {
   const peer = await RawPeer.open(port);
   void peer.startReading();
-  const started = performance.now();
-  let sent = 0;
-  while (performance.now() - started < maxMs && !peer.endedBy && !peer.goaway) {
-    const parts: Uint8Array[] = [];
-    for (let i = 0; i < 100; i++) {
+  const resets = () =>
+    concat(Array.from({ length: 100 }, () => {
       const call = peer.call();
-      parts.push(call.bytes, rstFrame(call.streamId));
-    }
-    if (!await peer.write(concat(parts), 2000).catch(() => false)) break;
-    sent += 100;
-    await sleep(0); // a turn for the reader to see the GOAWAY
-  }
+      return concat([call.bytes, rstFrame(call.streamId)]);
+    }));
+  const { sent, started } = await flood(peer, resets, 100, maxMs, ended(peer), { writeTimeoutMs: 2000 });
   return finish(peer, sent, started);
 }
 
@@ -547,7 +558,7 @@ export async function pingFlood(
   { maxMs = 8000, gaveUp = () => false }: AttackOptions = {},
 ): Promise<AttackOutcome> {
   const peer = await RawPeer.open(port);
-  const { sent, started } = await flood(peer, pingFrame(7), 4096, maxMs, gaveUp);
+  const { sent, started } = await flood(peer, repeated(pingFrame(7), 4096), 4096, maxMs, gaveUp);
   return finish(peer, sent, started);
 }
 
@@ -557,7 +568,7 @@ export async function settingsFlood(
   { maxMs = 8000, gaveUp = () => false }: AttackOptions = {},
 ): Promise<AttackOutcome> {
   const peer = await RawPeer.open(port);
-  const { sent, started } = await flood(peer, settingsFrame([]), 4096, maxMs, gaveUp);
+  const { sent, started } = await flood(peer, repeated(settingsFrame([]), 4096), 4096, maxMs, gaveUp);
   return finish(peer, sent, started);
 }
 
@@ -570,7 +581,13 @@ export async function emptyDataFlood(
   void peer.startReading();
   const streamId = peer.nextStreamId;
   await peer.write(peer.headers(streamId, "/catalog.v1.CatalogService/GetProduct"));
-  const { sent, started } = await flood(peer, frame(FrameType.DATA, 0, streamId), 4096, maxMs, ended(peer));
+  const { sent, started } = await flood(
+    peer,
+    repeated(frame(FrameType.DATA, 0, streamId), 4096),
+    4096,
+    maxMs,
+    ended(peer),
+  );
   return finish(peer, sent, started);
 }
 
@@ -582,7 +599,13 @@ export async function emptyContinuationFlood(
   const peer = await RawPeer.open(port);
   void peer.startReading();
   await peer.write(frame(FrameType.HEADERS, 0, 1));
-  const { sent, started } = await flood(peer, frame(FrameType.CONTINUATION, 0, 1), 4096, maxMs, ended(peer));
+  const { sent, started } = await flood(
+    peer,
+    repeated(frame(FrameType.CONTINUATION, 0, 1), 4096),
+    4096,
+    maxMs,
+    ended(peer),
+  );
   return finish(peer, sent, started);
 }
 
@@ -593,18 +616,15 @@ export async function emptyHeadersFlood(
 ): Promise<AttackOutcome> {
   const peer = await RawPeer.open(port);
   void peer.startReading();
-  const started = performance.now();
-  let sent = 0;
-  while (performance.now() - started < maxMs && !peer.endedBy && !peer.goaway) {
-    const parts: Uint8Array[] = [];
-    for (let i = 0; i < 1000; i++) {
-      parts.push(frame(FrameType.HEADERS, Flag.END_HEADERS | Flag.END_STREAM, peer.nextStreamId));
+  const headerBlocks = () =>
+    concat(Array.from({ length: 1000 }, () => {
+      const block = frame(FrameType.HEADERS, Flag.END_HEADERS | Flag.END_STREAM, peer.nextStreamId);
       peer.nextStreamId += 2;
-    }
-    if (!await peer.write(concat(parts), 2000).catch(() => false)) break;
-    sent += 1000;
-    await sleep(0); // a turn for the reader to see the GOAWAY
-  }
+      return block;
+    }));
+  const { sent, started } = await flood(peer, headerBlocks, 1000, maxMs, ended(peer), {
+    writeTimeoutMs: 2000,
+  });
   return finish(peer, sent, started);
 }
 
@@ -623,14 +643,12 @@ export async function tinyWindowUpdates(
     () => peer.call("/catalog.v1.CatalogService/ListProducts", LIST_PRODUCTS),
   );
   await peer.write(concat(calls.map((call) => call.bytes)));
-  const started = performance.now();
-  let sent = 0;
-  while (performance.now() - started < maxMs && !peer.endedBy && !peer.goaway) {
-    const updates = calls.flatMap((call) => [windowUpdateFrame(call.streamId, 1), windowUpdateFrame(0, 1)]);
-    if (!await peer.write(concat(updates), 2000).catch(() => false)) break;
-    sent += updates.length;
-    await sleep(1);
-  }
+  const updates = () =>
+    concat(calls.flatMap((call) => [windowUpdateFrame(call.streamId, 1), windowUpdateFrame(0, 1)]));
+  const { sent, started } = await flood(peer, updates, calls.length * 2, maxMs, ended(peer), {
+    writeTimeoutMs: 2000,
+    pauseMs: 1,
+  });
   return finish(peer, sent, started);
 }
 
