@@ -212,17 +212,10 @@ interface ProfileCell {
 
 const big = (value: string | number): bigint => BigInt(String(value));
 const statsKey = (
-  c: {
-    ts: number;
-    service: string;
-    method: string;
-    protocol: string;
-    grpc_code: number;
-    http_status: number;
-  },
+  c: Pick<StatsCell, "ts" | "service" | "method" | "protocol" | "grpc_code" | "http_status">,
 ) =>
   JSON.stringify([Number(c.ts), c.service, c.method, c.protocol, Number(c.grpc_code), Number(c.http_status)]);
-const profileKey = (c: { end_ts: number; ts: number; service: string; method: string }) =>
+const profileKey = (c: Pick<ProfileCell, "end_ts" | "ts" | "service" | "method">) =>
   JSON.stringify([Number(c.end_ts), Number(c.ts), c.service, c.method]);
 
 /** Inserts rows given as `(...)` tuples through `system.one ARRAY JOIN`, a few hundred KiB of text at most each. */
