@@ -116,6 +116,26 @@ function makePercentiles(base: number): PctRow[] {
   return rows;
 }
 
+/**
+ * The percentile rows as ClickHouse stored them. The pages show what ClickHouse holds; 18.16 parses some
+ * Float64 texts (rps, error_rate) to a neighbouring double of what JavaScript wrote (4.766666666666667 came
+ * back as 4.7666666666666675), so the expected figures start from the stored rows, read as the admin user.
+ */
+async function storedPercentiles(ch: Parameters<typeof insertJson>[0]): Promise<PctRow[]> {
+  const text = await ch.query(
+    `SELECT toUInt32(ts) AS ts, window_s, service, method, count, errors, rps, error_rate, p50_us, p90_us,
+       p95_us, p99_us, p999_us, max_us, version
+     FROM profiler.latency_percentiles
+     FORMAT JSONEachRow`,
+  );
+  // UInt64 columns come quoted (output_format_json_quote_64bit_integers); the Float64 ones as numbers.
+  const numbers = (row: Record<string, unknown>) =>
+    Object.fromEntries(
+      Object.entries(row).map(([k, v]) => [k, k === "service" || k === "method" ? v : Number(v)]),
+    ) as unknown as PctRow;
+  return text.trim() === "" ? [] : text.trim().split("\n").map((line) => numbers(JSON.parse(line)));
+}
+
 /** The latest version of each (ts, window, service, method). */
 function latestVersions(rows: PctRow[]): Map<string, PctRow> {
   const out = new Map<string, PctRow>();
@@ -154,7 +174,9 @@ Deno.test(
     // Part straight into the storage, part through the Buffer: readers must see both, latest version winning.
     await insertJson(ch, "latency_percentiles_storage", pct.filter((r) => r.version === 1));
     await insertJson(ch, "latency_percentiles", pct.filter((r) => r.version !== 1));
-    const latest = latestVersions(pct);
+    const stored = await storedPercentiles(ch);
+    assertEquals(stored.length, pct.length, "every percentile row written is stored");
+    const latest = latestVersions(stored);
     await using server = await createWebServer(webConfig(ch, stateDir), { alertIntervalMs: 0 });
     const h = server.handler;
     const fromMs = base * 1000;
