@@ -18,7 +18,8 @@ export interface StreamReaderAuth {
 
 /**
  * Every message of `stream`, in stream order, read by an ephemeral consumer (deleted afterwards); an empty
- * list when the stream has none. Throws when the stream does not exist.
+ * list when the stream has none. Throws when the stream does not exist, or when fetches stop bringing
+ * messages (six empty 5 s fetches in a row) before all the stream held at the start have come.
  */
 export async function readStreamMessages(
   natsUrl: string,
@@ -37,6 +38,9 @@ export async function readStreamMessages(
       inactive_threshold: 30_000_000_000,
     });
     const reader = await jetstream(nc).consumers.get(stream, consumer.name);
+    // A fetch can end empty while messages remain (a busy server answers after the fetch's expiry): fetch
+    // again, and fail rather than hand back part of the stream as if it were all of it.
+    let emptyFetches = 0;
     while (messages.length < total) {
       const batch = await reader.fetch({
         max_messages: Math.min(10_000, total - messages.length),
@@ -53,7 +57,13 @@ export async function readStreamMessages(
         });
         got++;
       }
-      if (got === 0) break;
+      if (got > 0) {
+        emptyFetches = 0;
+      } else if (++emptyFetches >= 6) {
+        throw new Error(
+          `read ${messages.length} of the ${total} messages of stream ${stream}: nothing more came`,
+        );
+      }
     }
     await jsm.consumers.delete(stream, consumer.name).catch(() => {});
     return messages;
