@@ -176,11 +176,23 @@ for (const overlay of ["dev", "prod"]) {
       podSpec(named(objs, "Deployment", "profiler")).containers[0].readinessProbe.exec,
       "profiler: exec probe",
     );
+    // The dashboard reads the processes' numbers from Prometheus (several pods per name), and may reach it.
+    const web = named(objs, "Deployment", "web");
+    assertEquals(containerEnv(web, "WEB_PROMETHEUS_URL"), "http://prometheus:9090", "web reads Prometheus");
+    assertEquals(containerEnv(web, "WEB_METRICS_TARGETS"), undefined, "not one pod's /metrics");
     // Network policies: deny by default, DNS, and one policy per component.
     const policies = objs.filter((o) => o.kind === "NetworkPolicy");
     const deny = policies.find((p) => p.metadata.name === "default-deny")!;
     assertEquals(deny.spec.podSelector, {});
     assertEquals(deny.spec.policyTypes, ["Ingress", "Egress"]);
+    const webPolicy = policies.find((p) => p.metadata.name === "web")!;
+    assert(
+      webPolicy.spec.egress.some((e: Obj) =>
+        e.ports.some((p: Obj) => p.port === 9090) &&
+        e.to.some((t: Obj) => t.podSelector?.matchLabels?.["app.kubernetes.io/name"] === "prometheus")
+      ),
+      "web -> prometheus:9090 allowed",
+    );
     for (const w of workloads(objs)) {
       const name = w.spec.template.metadata.labels["app.kubernetes.io/name"];
       assert(

@@ -41,6 +41,16 @@ export interface WebConfig {
    * Default the local stack: catalog :8081, orders :8082, payments :8083, ingest :9464.
    */
   metricsTargets: MetricsTarget[];
+  /**
+   * WEB_PROMETHEUS_URL: read the processes' metrics from this Prometheus instead of their /metrics, summed over
+   * every instance of a job, which is what a deployment with several pods per process needs (a Service name
+   * reaches one pod at random). Excludes WEB_METRICS_TARGETS. Default unset: each process's /metrics.
+   */
+  prometheusUrl?: string;
+  /** WEB_PROMETHEUS_JOBS: the Prometheus jobs read, comma-separated. Default "catalog,orders,payments,ingest". */
+  prometheusJobs: string[];
+  /** WEB_PROMETHEUS_RATE_WINDOW_S: the range of `rate()` over Prometheus's samples, in seconds. Default 60. */
+  prometheusRateWindowS: number;
   /** WEB_SAMPLE_INTERVAL_MS: how often /metrics is read (and process history sampled). Default 2000. */
   sampleIntervalMs: number;
   /** WEB_HISTORY_S: seconds of process CPU and memory history kept in memory. Default 900. */
@@ -149,6 +159,28 @@ export function loadWebConfig(env: Env = Deno.env.toObject()): WebConfig {
   }
   if (metricsTargets.length > 32) read.problems.push("WEB_METRICS_TARGETS: at most 32 targets");
 
+  const prometheusText = env.WEB_PROMETHEUS_URL?.trim() ?? "";
+  let prometheusUrl: string | undefined;
+  if (prometheusText !== "") {
+    prometheusUrl = read.url("WEB_PROMETHEUS_URL", "", ["http:", "https:"]).replace(/\/+$/, "");
+    if (prometheusUrl.includes(",")) read.problems.push("WEB_PROMETHEUS_URL must be one URL");
+    if (env.WEB_METRICS_TARGETS !== undefined) {
+      read.problems.push("WEB_PROMETHEUS_URL and WEB_METRICS_TARGETS exclude each other: set one");
+    }
+  }
+  const prometheusJobs = read.string("WEB_PROMETHEUS_JOBS", "catalog,orders,payments,ingest").split(",")
+    .map((j) => j.trim()).filter((j) => j !== "");
+  for (const job of prometheusJobs) {
+    if (!PROCESS_NAME.test(job) || job === "web") {
+      read.problems.push(`WEB_PROMETHEUS_JOBS: ${JSON.stringify(job)} is not a process name (or is "web")`);
+    }
+  }
+  if (new Set(prometheusJobs).size !== prometheusJobs.length) {
+    read.problems.push("WEB_PROMETHEUS_JOBS: a job is named twice");
+  }
+  if (prometheusJobs.length > 32) read.problems.push("WEB_PROMETHEUS_JOBS: at most 32 jobs");
+  const prometheusRateWindowS = read.integer("WEB_PROMETHEUS_RATE_WINDOW_S", 60, 2, 3600);
+
   const sampleIntervalMs = read.integer("WEB_SAMPLE_INTERVAL_MS", 2000, 250, 60_000);
   const historyS = read.integer("WEB_HISTORY_S", 900, 10, 86_400);
   const staleAfterS = read.integer("WEB_STALE_AFTER_S", 15, 2, 3600);
@@ -203,6 +235,9 @@ export function loadWebConfig(env: Env = Deno.env.toObject()): WebConfig {
     database,
     services,
     metricsTargets,
+    prometheusUrl,
+    prometheusJobs,
+    prometheusRateWindowS,
     sampleIntervalMs,
     historyS,
     staleAfterS,

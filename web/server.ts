@@ -20,7 +20,7 @@ import { overviewPage } from "./routes/overview.tsx";
 import { servicePage } from "./routes/service.tsx";
 import { tracePage } from "./routes/trace.tsx";
 import { tracesPage } from "./routes/traces.tsx";
-import { createSampler } from "./sampler.ts";
+import { createSampler, directMetricsSource, prometheusMetricsSource } from "./sampler.ts";
 import { createViews } from "./views.ts";
 
 export interface WebServer extends AsyncDisposable {
@@ -52,7 +52,14 @@ export async function createWebServer(config: WebConfig, options: WebServerOptio
   registry.gaugeFn("web_clickhouse_up", "1 while ClickHouse answers.", () => reader.status().ok ? 1 : 0);
   const t = tables(config.database);
   const sampler = createSampler({
-    targets: config.metricsTargets,
+    source: config.prometheusUrl === undefined
+      ? directMetricsSource(config.metricsTargets, config.sampleIntervalMs)
+      : prometheusMetricsSource({
+        url: config.prometheusUrl,
+        jobs: config.prometheusJobs,
+        rateWindowS: config.prometheusRateWindowS,
+        timeoutMs: Math.min(1500, config.sampleIntervalMs),
+      }),
     intervalMs: config.sampleIntervalMs,
     historyS: config.historyS,
   });

@@ -28,7 +28,7 @@ import {
   type ViewSpec,
 } from "./params.ts";
 import * as q from "./queries.ts";
-import type { Sampler } from "./sampler.ts";
+import { OVERVIEW_METRICS, type Sampler } from "./sampler.ts";
 
 export interface ViewsOptions {
   reader: Reader;
@@ -148,20 +148,7 @@ export function createViews(options: ViewsOptions): Views {
       error: s.error,
       lastOkMs: s.lastOkMs,
       values: Object.fromEntries(
-        [
-          "events_published_total",
-          "events_dropped_total",
-          "events_buffer_depth",
-          "requests_total",
-          "ingest_consumer_pending",
-          "ingest_consumer_ack_pending",
-          "ingest_rows_inserted_total",
-          "ingest_committed_floor_seq",
-          "ingest_ready",
-          "process_cpu_seconds_total",
-          "process_resident_memory_bytes",
-          "process_open_fds",
-        ].filter((n) => s.values.has(n)).map((n) => [n, s.values.get(n)!]),
+        OVERVIEW_METRICS.filter((n) => s.values.has(n)).map((n) => [n, s.values.get(n)!]),
       ),
       rates: Object.fromEntries(s.rates),
     }));
@@ -201,7 +188,8 @@ export function createViews(options: ViewsOptions): Views {
         }
       }
       for (const s of targets) {
-        if (!s.up) stale.push(`${s.name} /metrics unreachable (${s.error ?? "no answer yet"})`);
+        if (!s.up) stale.push(`${s.name} metrics unreachable (${s.error ?? "no answer yet"})`);
+        else if (s.error) stale.push(`${s.name}: ${s.error}`);
         const dropped = s.rates.get("events_dropped_total") ?? 0;
         if (dropped > 0) {
           stale.push(`${s.name} is dropping events (${dropped.toFixed(1)}/s): its buffer is full`);
