@@ -20,6 +20,7 @@ import { overviewPage } from "./routes/overview.tsx";
 import { servicePage } from "./routes/service.tsx";
 import { tracePage } from "./routes/trace.tsx";
 import { tracesPage } from "./routes/traces.tsx";
+import { runFile, runsPage } from "./routes/runs.tsx";
 import { createSampler, directMetricsSource, prometheusMetricsSource } from "./sampler.ts";
 import { createViews } from "./views.ts";
 
@@ -111,6 +112,17 @@ export async function createWebServer(config: WebConfig, options: WebServerOptio
       },
     });
 
+  /** A path segment's text; malformed percent-encoding is the client's mistake (400), not a crash. */
+  const decodePathPart = (part: string): string => {
+    try {
+      return decodeURIComponent(part);
+    } catch {
+      throw new BadRequest([
+        `the path segment ${JSON.stringify(part.slice(0, 60))} is not valid percent-encoding`,
+      ]);
+    }
+  };
+
   const route = async (rc: RequestContext): Promise<[string, Response]> => {
     const { request, url } = rc;
     const path = url.pathname;
@@ -133,14 +145,17 @@ export async function createWebServer(config: WebConfig, options: WebServerOptio
     if (path === "/") return ["overview", await overviewPage(rc)];
     if (path === "/traces") return ["traces", await tracesPage(rc)];
     if (path === "/alerts") return ["alerts", await alertsPage(rc)];
+    if (path === "/runs") return ["runs", await runsPage(rc)];
     if (path === "/api/view") return ["api_view", await apiView(rc)];
     if (path === "/api/stream") return ["api_stream", await apiStream(rc)];
     let match = /^\/service\/([^/]+)$/.exec(path);
-    if (match) return ["service", await servicePage(rc, decodeURIComponent(match[1]))];
+    if (match) return ["service", await servicePage(rc, decodePathPart(match[1]))];
     match = /^\/traces\/([^/]+)$/.exec(path);
-    if (match) return ["trace", await tracePage(rc, decodeURIComponent(match[1]))];
+    if (match) return ["trace", await tracePage(rc, decodePathPart(match[1]))];
+    match = /^\/runs\/([^/]+)$/.exec(path);
+    if (match) return ["run_file", await runFile(rc, decodePathPart(match[1]))];
     match = /^\/api\/trace\/([^/]+)$/.exec(path);
-    if (match) return ["api_trace", await apiTrace(rc, decodeURIComponent(match[1]))];
+    if (match) return ["api_trace", await apiTrace(rc, decodePathPart(match[1]))];
     if (path.startsWith("/api/")) return ["other", json({ error: `no API at ${path.slice(0, 100)}` }, 404)];
     return ["other", await errorPage(rc, 404, "Not found", [`there is no page at ${path.slice(0, 200)}`])];
   };

@@ -11,7 +11,6 @@ import type {
   AlertsData,
   Block,
   GlobalData,
-  LoadRun,
   OverviewData,
   ServiceData,
   TargetHealth,
@@ -29,6 +28,7 @@ import {
 } from "./params.ts";
 import * as q from "./queries.ts";
 import { OVERVIEW_METRICS, type Sampler } from "./sampler.ts";
+import { readLoadRuns, type RunSummary } from "./runs.ts";
 
 export interface ViewsOptions {
   reader: Reader;
@@ -48,6 +48,8 @@ export interface Views {
   global(): Promise<GlobalData>;
   known(): Promise<KnownKeys>;
   trace(spec: TraceSpec): Promise<Block>;
+  /** The load runs in the results folder (read at most every 10 s), oldest first, and the files skipped. */
+  runs(): Promise<{ runs: RunSummary[]; skipped: string[] }>;
   /** Forgets cached entries older than a minute (the hub calls it every tick). */
   prune(): void;
 }
@@ -106,39 +108,12 @@ export function createViews(options: ViewsOptions): Views {
       return lastKnown;
     });
 
-  const loadRuns = () =>
-    cache.get("load-runs", 10_000, async () => {
-      const runs: LoadRun[] = [];
-      try {
-        for await (const entry of Deno.readDir(options.loadResultsDir)) {
-          if (!entry.isFile || !/^load-.*\.json$/.test(entry.name) || runs.length >= 500) continue;
-          try {
-            const text = await Deno.readTextFile(`${options.loadResultsDir}/${entry.name}`);
-            if (text.length > 10_000_000) continue;
-            const json = JSON.parse(text);
-            const startedAtMs = Number(json.startedAtMs);
-            const endedAtMs = Number(json.endedAtMs);
-            if (
-              !Number.isFinite(startedAtMs) || !Number.isFinite(endedAtMs) || endedAtMs < startedAtMs
-            ) continue;
-            runs.push({
-              file: entry.name,
-              scenario: String(json.scenario ?? "?").slice(0, 80),
-              startedAtMs,
-              endedAtMs,
-            });
-          } catch {
-            // a file being written or not ours: skipped
-          }
-        }
-      } catch {
-        // no results folder: no markers
-      }
-      return runs.sort((a, b) => a.startedAtMs - b.startedAtMs);
-    });
+  const loadRuns = () => cache.get("load-runs", 10_000, () => readLoadRuns(options.loadResultsDir));
 
   const runsIn = async (range: TimeRange) =>
-    (await loadRuns()).filter((r) => r.endedAtMs >= range.fromS * 1000 && r.startedAtMs < range.toS * 1000);
+    (await loadRuns()).runs
+      .filter((r) => r.endedAtMs >= range.fromS * 1000 && r.startedAtMs < range.toS * 1000)
+      .map(({ file, scenario, startedAtMs, endedAtMs }) => ({ file, scenario, startedAtMs, endedAtMs }));
 
   const targetHealth = (): TargetHealth[] =>
     sampler.targets().map((s) => ({
@@ -330,6 +305,7 @@ export function createViews(options: ViewsOptions): Views {
     global,
     known,
     trace: (spec) => q.runBlock(reader, q.traceSpans(t, spec.traceId, spec.atMs, Date.now())),
+    runs: loadRuns,
     prune: () => cache.prune(60_000),
   };
 }

@@ -14,7 +14,7 @@ export interface PageContext {
 export function Layout(props: {
   ctx: PageContext;
   title: string;
-  current: "overview" | "service" | "traces" | "alerts" | "login" | "error";
+  current: "overview" | "service" | "traces" | "alerts" | "runs" | "login" | "error";
   currentService?: string;
   live?: boolean;
   children: ComponentChildren;
@@ -54,6 +54,7 @@ export function Layout(props: {
                   )}
                   {link("/traces", "Traces", props.current === "traces")}
                   {link("/alerts", "Alerts", props.current === "alerts")}
+                  {link("/runs", "Runs", props.current === "runs")}
                 </ul>
               </nav>
             )

@@ -221,6 +221,9 @@ Deno.test({
           await waitUntil(`${name} live`, async () => await liveState() === "live", 20_000, 100);
           await shot(name);
         }
+        await page.goto(`${base}/runs`);
+        assertEquals(await page.textContent("main h1"), "Load runs");
+        await shot("runs");
         // Without JavaScript the first render is complete: numbers, not empty boxes.
         const html = await (await fetch(`${base}/?range=5m&window=10`)).text();
         assert(/<td data-col="p99_us">[0-9.]+ (µs|ms)<\/td>/.test(html), "server-rendered p99");
