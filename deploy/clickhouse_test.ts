@@ -83,8 +83,8 @@ Deno.test("ClickHouse in compose and k8s: the replicated schema equals the migra
       );
       assertEquals(
         replicated.length,
-        7,
-        "request_events, 2 rollups, 2 views, percentiles storage and Buffer",
+        8,
+        "request_events, 2 rollups, 2 views, percentiles storage and Buffer, stream_epochs",
       );
     },
   );

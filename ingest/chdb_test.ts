@@ -2,12 +2,14 @@
  * The schema and the rollup SQL on a current ClickHouse (chDB 26.x, in process), next to the 18.16 server the
  * other tests use: every migration applies (0002 as first written, an AggregatingMergeTree with plain
  * columns, is refused by current releases), applying them again changes nothing, both rollups equal the raw
- * rows after several parts and forced merges, and reconcileRollups completes rollups that missed rows.
+ * rows after several parts and forced merges, reconcileRollups completes rollups that missed rows, and the
+ * stream offsets (stream_epoch.ts, under the migration lock) are decided as on 18.16.
  */
 import { ClickHouseError } from "./clickhouse.ts";
 import { applyMigrations } from "./migrations.ts";
 import { reconcileRollups } from "./rollups.ts";
 import { ident, sql, trustedSqlText } from "./sql.ts";
+import { streamSeqOffset } from "./stream_epoch.ts";
 import { rollupDifferences, startChdb } from "./test_helpers.ts";
 import { assert, assertEquals } from "@tailwatch/testing";
 
@@ -29,7 +31,7 @@ Deno.test("schema and rollups on a current ClickHouse (chDB)", async (t) => {
 
   await t.step("every migration applies, and applying them again changes nothing", async () => {
     const applied = await applyMigrations({ clickhouse: chdb, database: DATABASE });
-    assertEquals(applied, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+    assertEquals(applied, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
     assertEquals(await applyMigrations({ clickhouse: chdb, database: DATABASE }), []);
     const engines = await chdb.query<{ name: string; engine: string }>(
       sql`SELECT name, engine FROM system.tables WHERE database = ${DATABASE} ORDER BY name`,
@@ -76,6 +78,27 @@ Deno.test("schema and rollups on a current ClickHouse (chDB)", async (t) => {
     const again = await reconcileRollups(chdb, { database: DATABASE, fromTs: 1765000000, toTs: 1765000100 });
     assertEquals(again.statsCellsRepaired + again.profileCellsRepaired, 0, "nothing left to repair");
   });
+
+  await t.step(
+    "stream offsets: the first stream keeps its numbers, a new one starts above all of them",
+    async () => {
+      // The rows above carry batch numbers up to 6999: the stream they came from had at least that many.
+      const first = await streamSeqOffset(chdb, DATABASE, { created: "2026-12-01T00:00:00Z", lastSeq: 7000 });
+      assertEquals(first, { offset: 0, recordedNow: true });
+      assertEquals(
+        await streamSeqOffset(chdb, DATABASE, { created: "2026-12-01T00:00:00Z", lastSeq: 7100 }),
+        { offset: 0, recordedNow: false },
+      );
+      // What the profiler reads is latency_profile_1s: batches up to 5999 came through the views; the rows of
+      // batch 6999 were repaired into it under a batch number above its floor (0), as repairs are.
+      const second = await streamSeqOffset(chdb, DATABASE, { created: "2026-12-07T00:00:00Z", lastSeq: 3 });
+      assertEquals(
+        second,
+        { offset: 5999, recordedNow: true },
+        "above every batch number the profiler reads",
+      );
+    },
+  );
 });
 
 Deno.test("chDB's adapter: errors carry the engine's code, as the server client's do", async () => {

@@ -9,7 +9,7 @@ import type { PullReceiver } from "@tailwatch/nats";
 import { INSERT_COLUMNS, ROW_FORMAT } from "@tailwatch/events";
 import { ClickHouseError } from "./clickhouse.ts";
 import type { PreparedBatch, RowGroup } from "./batch.ts";
-import { floorCarried, raiseCommittedFloor, stampFloor } from "./committed_floor.ts";
+import { floorCarried, raiseCommittedFloor, stampBatchSeq, stampFloor } from "./committed_floor.ts";
 import { publishDeadLetters } from "./dead_letter.ts";
 import { existingEventIds } from "./dedup.ts";
 import { AbandonBatch, sleep, withRetry } from "./retry.ts";
@@ -21,16 +21,17 @@ import type { InHandBatch, WorkerContext } from "./worker_state.ts";
  * its events are in the table already, and completes the rollups when an earlier INSERT of some of them
  * committed them (repairRollups). After an attempt that failed without an answer from ClickHouse (timeout,
  * broken connection) it first waits INGEST_INSERT_GRACE_MS: the request may still sit unread in the
- * server's backlog, not in system.processes yet. `batchSeq`: the batch's highest stream sequence, stamped on
- * its rows as ingest_batch_seq.
+ * server's backlog, not in system.processes yet. `streamSeq`: the batch's highest stream sequence, stamped on
+ * its rows as ingest_batch_seq (stampBatchSeq).
  */
 async function insertGroup(
   ctx: WorkerContext,
   group: RowGroup,
   checkFirst: boolean,
-  batchSeq: number,
+  streamSeq: number,
 ): Promise<void> {
   const { config, stats, metrics, logger } = ctx;
+  const batchSeq = stampBatchSeq(ctx, streamSeq);
   let unanswered = false;
   await withRetry(ctx, "insert", async (attempt) => {
     let writer = group.writer;

@@ -24,21 +24,34 @@ export interface CommittedFloor {
    * profiler treats every batch at or below any floor it sees as final, whichever worker wrote it.
    */
   tracker: GlobalFloorTracker | undefined;
+  /**
+   * Added to every stream sequence written to ClickHouse (ingest_batch_seq, ingest_floor_seq), so that they
+   * keep growing when the stream starts over (stream_epoch.ts); set for the stream `seqOffsetStream` (its
+   * creation time) before anything is consumed from it.
+   */
+  seqOffset: number;
+  seqOffsetStream: string | undefined;
 }
 
 export function createCommittedFloor(): CommittedFloor {
-  return { committed: 0, announced: 0, tracker: undefined };
+  return { committed: 0, announced: 0, tracker: undefined, seqOffset: 0, seqOffsetStream: undefined };
 }
 
 /**
  * The floor stamped on rows (ingest_floor_seq) and written as a marker: every stream message at or below it
- * is committed. With one partition, the committed floor; with several, G over all partitions (floor.ts).
- * Sets ingest_global_floor_seq.
+ * is committed. With one partition, the committed floor; with several, G over all partitions (floor.ts); plus
+ * the stream's offset, except 0 (nothing committed yet: no claim). Sets ingest_global_floor_seq (the stream's
+ * own numbering).
  */
 export function stampFloor(ctx: WorkerContext): number {
   const floor = ctx.floor.tracker === undefined ? ctx.floor.committed : ctx.floor.tracker.value();
   ctx.metrics.globalFloor.set(floor);
-  return floor;
+  return floor === 0 ? 0 : floor + ctx.floor.seqOffset;
+}
+
+/** A batch's highest stream sequence as stamped on its rows (ingest_batch_seq): plus the stream's offset. */
+export function stampBatchSeq(ctx: WorkerContext, streamSeq: number): number {
+  return streamSeq + ctx.floor.seqOffset;
 }
 
 /** Sets the committed floor (the consumer's ack floor at start), whatever it was. */

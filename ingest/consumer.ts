@@ -17,6 +17,7 @@ import { nanos, type NatsConnection } from "@nats-io/transport-node";
 import { checkRequestEventsStream } from "@tailwatch/nats";
 import { REQUEST_EVENTS_STREAM, subjectCovers, subjectsOverlap } from "@tailwatch/events";
 import { resetFloor } from "./committed_floor.ts";
+import { streamSeqOffset } from "./stream_epoch.ts";
 import { ackFloor, consumerFilters, type FloorSource } from "./floor.ts";
 import { checkHealth, noteRecreation } from "./readiness.ts";
 import { AbandonBatch, sleep } from "./retry.ts";
@@ -84,8 +85,8 @@ function noteStream(ctx: WorkerContext, stream: StreamInfo): boolean {
   metrics.streamResets.inc();
   logger.error(
     "the stream was deleted and created again, or reverted: its sequences start over; events are checked " +
-      "by id, the committed floor starts again from the new stream (a profiler that saw the old floor must " +
-      "be restarted)",
+      "by id, the committed floor starts again from the new stream (a new stream's numbers get an offset " +
+      "above the old ones; a reverted stream's reused numbers stay below the profiler's floor: restart it)",
     {
       recreated,
       reverted,
@@ -97,6 +98,27 @@ function noteStream(ctx: WorkerContext, stream: StreamInfo): boolean {
   );
   resetFloor(ctx);
   return true;
+}
+
+/**
+ * Sets the offset added to this stream's sequences in what is written for the profiler (stream_epoch.ts), once
+ * per stream: a stream created anew gets numbers above everything written before.
+ */
+async function noteStreamOffset(ctx: WorkerContext, stream: StreamInfo): Promise<void> {
+  if (ctx.floor.seqOffsetStream === stream.created) return;
+  const { offset, recordedNow } = await streamSeqOffset(ctx.clickhouse, ctx.config.database, {
+    created: stream.created,
+    lastSeq: stream.state.last_seq,
+  });
+  ctx.floor.seqOffset = offset;
+  ctx.floor.seqOffsetStream = stream.created;
+  if (recordedNow || offset > 0) {
+    ctx.logger.info("stream sequences are written to ClickHouse with an offset", {
+      created: stream.created,
+      offset,
+      recordedNow,
+    });
+  }
 }
 
 /** True when the table holds any row: a consumer created anew may then hand out messages already inserted. */
@@ -127,6 +149,7 @@ export async function ensureConsumer(
   }
   const stream = await jsm.streams.info(REQUEST_EVENTS_STREAM);
   const reset = noteStream(ctx, stream);
+  await noteStreamOffset(ctx, stream);
   // nats-server matches every message's subject against a consumer's filter (a quarter of its CPU per
   // delivered message in the ingest bench, ingest/README.md): filters that cover every subject of the stream
   // select everything anyway, so the consumer gets none.

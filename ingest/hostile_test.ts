@@ -789,6 +789,53 @@ Deno.test("ingest survives any message, and a consumer, a stream and a ClickHous
             GROUP BY stream_seq HAVING count() > 1)`,
         );
         assertEquals(Number(reused[0].n), 400, "the new stream's 400 sequences were the old one's too");
+        // What the profiler reads: the new stream's numbers are above every number the old one's rows carry.
+        const epochs = await clickhouse.query<{ seq_offset: string }>(
+          sql`SELECT seq_offset FROM ${ident(database, "stream_epochs")} ORDER BY seq_offset`,
+        );
+        assertEquals(epochs.length, 2, "one offset per stream");
+        assertEquals(Number(epochs[0].seq_offset), 0, "the first stream keeps its own numbers");
+        const offset = Number(epochs[1].seq_offset);
+        const stamps = async () =>
+          (await clickhouse.query<Record<string, string>>(
+            sql`SELECT countIf(ingest_batch_seq <= ${offset}) AS old_rows,
+                countIf(ingest_batch_seq > ${offset}) AS new_rows,
+                countIf(ingest_batch_seq > ${offset} AND ingest_batch_seq - ${offset} < stream_seq) AS below_seq,
+                countIf(ingest_batch_seq <= ${offset} AND ingest_floor_seq > ${offset}) AS old_floor_above,
+                countIf(ingest_batch_seq > ${offset} AND ingest_floor_seq != 0 AND ingest_floor_seq <= ${offset})
+                  AS new_floor_below
+              FROM ${ident(database, "request_events")}`,
+          ))[0];
+        assertEquals(
+          await stamps(),
+          { old_rows: "800", new_rows: "400", below_seq: "0", old_floor_above: "0", new_floor_below: "0" },
+          `the new stream's batches and floors stamped above ${offset}`,
+        );
+        const [old] = await clickhouse.query<{ batch: string; floor: string }>(
+          sql`SELECT max(ingest_batch_seq) AS batch, maxMerge(ingest_floor_seq) AS floor
+            FROM ${ident(database, "latency_profile_1s")} WHERE ingest_batch_seq <= ${offset}`,
+        );
+        assert(Number(old.batch) <= offset && Number(old.floor) <= offset, `old numbers below ${offset}`);
+        // A worker started again on the same stream uses the same offset.
+        const again = createIngestWorker({ config, logger: quietLogger });
+        const runningAgain = follow(again);
+        try {
+          await eventually("consuming again", () => again.ready(), 30_000);
+          await publish(100);
+          await eventually("1300 rows", async () => (await rowCount(clickhouse, database)).rows >= 1300);
+        } finally {
+          await runningAgain.stop();
+        }
+        assertEquals(
+          (await stamps()).new_rows,
+          "500",
+          "after a restart, the same stream's rows carry the same offset",
+        );
+        assertEquals(
+          (await clickhouse.query(sql`SELECT 1 FROM ${ident(database, "stream_epochs")}`)).length,
+          2,
+          "no new offset for the same stream",
+        );
         const page = worker.registry.render();
         assert(metricSum(page, "ingest_consumer_recreated_total", `reason="missing"`) >= 2, page);
         assert(metricSum(page, "ingest_consumer_trouble_total", `kind="missing"`) >= 2, "missing, counted");

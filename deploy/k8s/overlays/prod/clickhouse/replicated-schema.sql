@@ -1,6 +1,6 @@
--- The schema of ingest/migrations 0001-0012 as it stands after the last of them, with every table replicated
+-- The schema of ingest/migrations 0001-0013 as it stands after the last of them, with every table replicated
 -- (Replicated*MergeTree, coordinated by ClickHouse Keeper) and created ON CLUSTER tailwatch: what prod runs. The
--- setup Job applies this file (SETUP_INIT_SQL) before `ingest/main.ts migrate`; it records versions 1-12 in a
+-- setup Job applies this file (SETUP_INIT_SQL) before `ingest/main.ts migrate`; it records versions 1-13 in a
 -- replicated schema_migrations, so migrate finds them applied and changes nothing. Every statement can run again.
 -- {{database}} is the database (CLICKHOUSE_DATABASE, "profiler").
 --
@@ -159,6 +159,17 @@ ORDER BY (service, method, window_s, ts);
 CREATE TABLE IF NOT EXISTS {{database}}.latency_percentiles ON CLUSTER tailwatch AS {{database}}.latency_percentiles_storage
 ENGINE = Buffer({{database}}, latency_percentiles_storage, 1, 30, 30, 100000, 100000, 67108864, 67108864);
 
+-- The offset ingest adds to each stream's sequences (ingest/stream_epoch.ts): replicated, so that a worker on
+-- any replica finds the offset another one decided.
+CREATE TABLE IF NOT EXISTS {{database}}.stream_epochs ON CLUSTER tailwatch
+(
+    stream_created String,
+    seq_offset UInt64,
+    recorded_at DateTime DEFAULT now()
+)
+ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/stream_epochs', '{replica}')
+ORDER BY stream_created;
+
 -- The migrations this file stands for, recorded once (a re-run inserts nothing; the table keeps one row per
 -- version in any case).
 INSERT INTO {{database}}.schema_migrations (version, name)
@@ -173,7 +184,7 @@ FROM
         (1, 'request_events'), (2, 'rollups'), (3, 'latency_percentiles'), (4, 'ingested_at_ms'),
         (5, 'latency_profile'), (6, 'drop_latency_histogram'), (7, 'latency_percentiles_buffer'),
         (8, 'request_stats_sum'), (9, 'latency_profile_by_completion'), (10, 'latency_percentiles_versions'),
-        (11, 'ts_us'), (12, 'load_run_id')
+        (11, 'ts_us'), (12, 'load_run_id'), (13, 'stream_epochs')
     ] AS migration
 )
 WHERE version NOT IN (SELECT version FROM {{database}}.schema_migrations);
