@@ -269,7 +269,7 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
         await clickhouse.exec(sql`OPTIMIZE TABLE ${stats} FINAL`);
         assert((await statsRequests()) < 4000, "the old table loses counts in a merge (what 0008 repairs)");
 
-        assertEquals(await applyMigrations({ clickhouse, database }), [8, 9, 10, 11, 12]);
+        assertEquals(await applyMigrations({ clickhouse, database }), [8, 9, 10, 11, 12, 13]);
         assertEquals(
           (await rollupDifferences(clickhouse, database)).differences,
           [],
