@@ -35,6 +35,7 @@ import {
 } from "@tailwatch/nats";
 import { createLogger, createRegistry, type Registry, uuidv7 } from "@tailwatch/runtime";
 import { REQUEST_EVENTS_STREAM, requestEventSubject } from "@tailwatch/events";
+import { sampleEvent } from "@tailwatch/events/testing";
 import { createClickHouse } from "./clickhouse.ts";
 import { applyMigrations } from "./migrations.ts";
 import { ident, sql } from "./sql.ts";
@@ -78,27 +79,16 @@ function serviceLoad(nats: (service: string) => NatsConfig | string, perTick = 8
       for (const { service, sink } of sinks) {
         for (let i = 0; i < perTick; i++) {
           const eventId = uuidv7();
-          const accepted = sink.emit({
+          const accepted = sink.emit(sampleEvent({
             eventId,
-            startTimeMs: BigInt(Date.now()),
             durationUs: BigInt(50 + (emitted.length % 5000)),
             service,
             method: `/${service}.v1.Service/Method${i % 3}`,
             protocol: i % 4 === 0 ? Protocol.HTTP : Protocol.GRPC,
             route: i % 4 === 0 ? `GET /v1/${service}/{id}` : "",
-            grpcCode: 0,
-            httpStatus: 200,
-            requestBytes: 20n,
-            responseBytes: 80n,
-            traceId: "0af7651916cd43dd8448eb211c80319c",
-            spanId: "b7ad6b7169203331",
-            parentSpanId: "",
             instance: `${service}-cluster-test`,
-            errorMessage: "",
-            faultInjected: false,
             startTimeUs: BigInt(Date.now()) * 1000n,
-            loadRunId: "",
-          });
+          }));
           if (accepted) emitted.push(eventId);
           else dropped++;
         }

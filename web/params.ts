@@ -105,7 +105,8 @@ export function parseTime(name: string, text: string, problems: string[]): numbe
 
 type Params = URLSearchParams;
 
-function checkKnownParams(params: Params, allowed: readonly string[], problems: string[]): void {
+/** Adds a problem for every parameter not in `allowed`, and for one given twice. */
+export function checkKnownParams(params: Params, allowed: readonly string[], problems: string[]): void {
   const seen = new Set<string>();
   for (const key of params.keys()) {
     if (!allowed.includes(key)) problems.push(`unknown parameter ${JSON.stringify(key.slice(0, 40))}`);

@@ -8,7 +8,7 @@ import { html, pageContext, type RequestContext } from "../app.ts";
 import { Layout } from "../components/Layout.tsx";
 import { formatCount, formatDateTime, formatPct, formatRate, formatUs } from "../islands/model.ts";
 import { readRunFile, type RunSummary } from "../runs.ts";
-import { BadRequest } from "../params.ts";
+import { BadRequest, checkKnownParams } from "../params.ts";
 import { errorPage } from "./errors.tsx";
 
 /** The overview over a run's span, with a minute either side (a range spans at least 10 s). */
@@ -33,9 +33,9 @@ function Verdict(props: { run: RunSummary }) {
 }
 
 export async function runsPage(rc: RequestContext): Promise<Response> {
-  for (const key of rc.url.searchParams.keys()) {
-    throw new BadRequest([`unknown parameter ${JSON.stringify(key.slice(0, 40))}`]);
-  }
+  const problems: string[] = [];
+  checkKnownParams(rc.url.searchParams, [], problems);
+  if (problems.length > 0) throw new BadRequest(problems);
   const [{ runs, skipped }, ctx] = await Promise.all([rc.app.views.runs(), pageContext(rc)]);
   const newestFirst = [...runs].reverse();
   return html(
