@@ -11,7 +11,7 @@
 import {
   assert,
   assertEquals,
-  freePort,
+  freePorts,
   type ManagedProcess,
   spawnLogged,
   waitUntil,
@@ -303,8 +303,7 @@ Deno.test("end to end: Prometheus scrapes, evaluates the shipped rules, Alertman
   const webhook = createAlertWebhook(() => {});
   const webhookServer = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, webhook.handler);
   const exporterPort = exporterServer.addr.port;
-  const promPort = freePort();
-  const amPort = freePort();
+  const [promPort, amPort] = freePorts(2);
   const processes: ManagedProcess[] = [];
   try {
     const alertmanagerYml = (await Deno.readTextFile(`${DEPLOY}/alertmanager/alertmanager.yml`))

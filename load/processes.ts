@@ -1,5 +1,5 @@
 /** Service processes on free loopback ports, for benchmarks (the same `main.ts` that ./dev up runs). */
-import { freePort, type ManagedProcess, spawnLogged, waitUntil } from "@tailwatch/testing";
+import { freePorts, type ManagedProcess, spawnLogged, waitUntil } from "@tailwatch/testing";
 import { procStatFields, SERVICE_DENO_FLAGS } from "@tailwatch/runtime";
 
 export interface ServiceProcess extends AsyncDisposable {
@@ -17,8 +17,7 @@ export async function startServiceProcess(
   env: Record<string, string>,
   logDir: string,
 ): Promise<ServiceProcess> {
-  const grpcPort = freePort();
-  const httpPort = freePort();
+  const [grpcPort, httpPort] = freePorts(2);
   const process = await spawnLogged(
     Deno.execPath(),
     ["run", "-A", ...SERVICE_DENO_FLAGS, `${ROOT}services/${name}/main.ts`],

@@ -1,4 +1,4 @@
-import { freePort, waitUntil } from "./ports.ts";
+import { freePorts, waitUntil } from "./ports.ts";
 import { type ManagedProcess, spawnLogged } from "./process.ts";
 
 /** The users every Tailwatch ClickHouse has (see ingest/README.md): an admin and a limited read-only user. */
@@ -127,8 +127,7 @@ export async function startClickHouseServer(
   const ownsDir = options.dir === undefined;
   const adminPassword = options.adminPassword ?? CLICKHOUSE_ADMIN.password;
   const readonlyPassword = options.readonlyPassword ?? CLICKHOUSE_READONLY.password;
-  const httpPort = freePort();
-  const tcpPort = freePort();
+  const [httpPort, tcpPort] = freePorts(2);
   for (const sub of ["log", "data", "tmp", "user_files", "format_schemas"]) {
     await Deno.mkdir(`${dir}/${sub}`, { recursive: true });
   }

@@ -1,4 +1,4 @@
-export { freePort, waitForPort, waitUntil } from "./ports.ts";
+export { freePort, freePorts, waitForPort, waitUntil } from "./ports.ts";
 export { type ManagedProcess, spawnLogged } from "./process.ts";
 export {
   NATS_SERVER_VERSION,

@@ -1,4 +1,4 @@
-import { freePort, waitUntil } from "./ports.ts";
+import { freePorts, waitUntil } from "./ports.ts";
 import { type NatsServer, startNatsServer } from "./nats_server.ts";
 
 /** One node of a test cluster: a NatsServer with its name and configuration file. */
@@ -51,7 +51,9 @@ export interface NatsClusterOptions {
 export async function startNatsCluster(options: NatsClusterOptions = {}): Promise<NatsCluster> {
   const size = options.size ?? 3;
   const root = await Deno.makeTempDir({ prefix: "tailwatch-nats-cluster-" });
-  const clusterPorts = Array.from({ length: size }, () => freePort());
+  // Every node's cluster, client and monitoring port, chosen at once so that no two of them are the same.
+  const ports = freePorts(size * 3);
+  const clusterPorts = ports.slice(0, size);
   const routes = clusterPorts.map((port) => `nats-route://127.0.0.1:${port}`);
   const nodes: NatsClusterNode[] = [];
   const started = await Promise.allSettled(clusterPorts.map(async (clusterPort, i) => {
@@ -76,7 +78,12 @@ export async function startNatsCluster(options: NatsClusterOptions = {}): Promis
         "",
       ].join("\n"),
     );
-    const server = await startNatsServer({ dir, configFile, env: options.env });
+    const server = await startNatsServer({
+      dir,
+      configFile,
+      env: options.env,
+      ports: { client: ports[size + i], monitor: ports[2 * size + i] },
+    });
     const node: NatsClusterNode = Object.assign(server, {
       name,
       dir,

@@ -1,4 +1,4 @@
-import { freePort, waitForPort, waitUntil } from "./ports.ts";
+import { freePorts, waitForPort, waitUntil } from "./ports.ts";
 import { type ManagedProcess, spawnLogged } from "./process.ts";
 
 /**
@@ -66,14 +66,15 @@ export interface NatsServerOptions {
   configFile?: string;
   /** Environment of the server process (a configuration file reads passwords from `$NAME` variables). */
   env?: Record<string, string>;
+  /** The client and monitoring ports; free ones by default (a cluster passes ports chosen with its routes'). */
+  ports?: { client: number; monitor: number };
 }
 
 /** Starts nats-server (natsServerBinary()) -js on free ports and waits until it reports healthy. */
 export async function startNatsServer(options: NatsServerOptions = {}): Promise<NatsServer> {
   const dir = options.dir ?? await Deno.makeTempDir({ prefix: "tailwatch-nats-" });
   const ownsDir = options.dir === undefined;
-  const port = freePort();
-  const monitorPort = freePort();
+  const [port, monitorPort] = options.ports ? [options.ports.client, options.ports.monitor] : freePorts(2);
   const storeDir = `${dir}/jetstream`;
   let process: ManagedProcess | undefined;
 
@@ -94,12 +95,41 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
       `${dir}/nats.log`,
       { env: options.env },
     );
-    await waitForPort(port);
-    await waitUntil("nats-server /healthz", async () => {
-      const response = await fetch(`http://127.0.0.1:${monitorPort}/healthz`);
-      await response.body?.cancel();
-      return response.ok;
-    });
+    const started = process;
+    try {
+      // A server that exits at once (a port taken meanwhile, a bad configuration) fails the start at once.
+      const exited = started.status.then(({ code }) => {
+        throw new Error(`nats-server exited with code ${code} before it answered`);
+      });
+      exited.catch(() => {});
+      await Promise.race([
+        exited,
+        (async () => {
+          await waitForPort(port);
+          await waitUntil("nats-server /healthz", async () => {
+            const response = await fetch(`http://127.0.0.1:${monitorPort}/healthz`);
+            await response.body?.cancel();
+            return response.ok;
+          });
+        })(),
+      ]);
+    } catch (error) {
+      await started.stop("SIGKILL").catch(() => {});
+      process = undefined;
+      // The server's own words (a port taken, a bad configuration) are what a reader of the failure needs.
+      const log = await Deno.readTextFile(`${dir}/nats.log`).catch(() => "");
+      // Each failed probe logs a line: keep the last of those, and the last 30 lines that say anything else.
+      const lines = log.split("\n").filter((line) => line !== "");
+      const probes = lines.filter((line) => line.includes("Healthcheck failed"));
+      const tail = [
+        ...lines.filter((line) => !line.includes("Healthcheck failed")).slice(-30),
+        ...probes.slice(-1),
+      ]
+        .join("\n");
+      throw new Error(`${error instanceof Error ? error.message : error}; nats-server's log ends:\n${tail}`, {
+        cause: error,
+      });
+    }
   };
   const stop = async (signal: Deno.Signal = "SIGTERM") => {
     await process?.stop(signal);

@@ -6,6 +6,17 @@ export function freePort(): number {
   return port;
 }
 
+/**
+ * Returns `count` distinct TCP ports on 127.0.0.1 that were free a moment ago: all are held open until every
+ * one is chosen, so (unlike calls of freePort one after another) the OS cannot hand out the same port twice.
+ */
+export function freePorts(count: number): number[] {
+  const listeners = Array.from({ length: count }, () => Deno.listen({ hostname: "127.0.0.1", port: 0 }));
+  const ports = listeners.map((listener) => (listener.addr as Deno.NetAddr).port);
+  for (const listener of listeners) listener.close();
+  return ports;
+}
+
 /** Resolves once a TCP connection to the port succeeds; throws after `timeoutMs`. */
 export async function waitForPort(port: number, timeoutMs = 20_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;

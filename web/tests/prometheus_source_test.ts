@@ -5,7 +5,7 @@
  * the sum over its instances (the floor and readiness: the smallest), the rates summed, and name the instances
  * that are down. A job with no target and a Prometheus that does not answer are errors, not zeros.
  */
-import { assert, assertEquals, freePort, spawnLogged, waitUntil } from "@tailwatch/testing";
+import { assert, assertEquals, freePorts, spawnLogged, waitUntil } from "@tailwatch/testing";
 import { createSampler, prometheusMetricsSource } from "../sampler.ts";
 
 interface Exporter extends AsyncDisposable {
@@ -50,8 +50,7 @@ Deno.test("metrics from Prometheus: each job summed over its instances, rates su
     "ingest_committed_floor_seq 4200",
     "ingest_ready 0",
   ], 0);
-  const closedPort = freePort();
-  const promPort = freePort();
+  const [closedPort, promPort] = freePorts(2);
   const targets = (ports: number[]) => ports.map((p) => `"127.0.0.1:${p}"`).join(", ");
   await Deno.writeTextFile(
     `${dir}/prometheus.yml`,
