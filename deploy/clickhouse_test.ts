@@ -83,8 +83,8 @@ Deno.test("ClickHouse in compose and k8s: the replicated schema equals the migra
       );
       assertEquals(
         replicated.length,
-        8,
-        "request_events, 2 rollups, 2 views, percentiles storage and Buffer, stream_epochs",
+        9,
+        "request_events, 2 rollups, 2 views, percentiles storage and Buffer, stream_epochs, projection_rebuilds",
       );
     },
   );

@@ -31,7 +31,7 @@ Deno.test("schema and rollups on a current ClickHouse (chDB)", async (t) => {
 
   await t.step("every migration applies, and applying them again changes nothing", async () => {
     const applied = await applyMigrations({ clickhouse: chdb, database: DATABASE });
-    assertEquals(applied, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
+    assertEquals(applied, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
     assertEquals(await applyMigrations({ clickhouse: chdb, database: DATABASE }), []);
     const engines = await chdb.query<{ name: string; engine: string }>(
       sql`SELECT name, engine FROM system.tables WHERE database = ${DATABASE} ORDER BY name`,

@@ -73,6 +73,14 @@ async function counts(clickhouse: ClickHouse, database: string): Promise<Counts>
 }
 
 /** The sum of a metric's samples (every label set) in a Prometheus text page. */
+/** The rebuilds recorded for the profiler, oldest first: "<mode> <stage>". */
+async function recordedRebuilds(clickhouse: ClickHouse, database: string): Promise<string[]> {
+  const rows = await clickhouse.query<{ mode: string; stage: string }>(
+    sql`SELECT mode, stage FROM ${ident(database, "projection_rebuilds")} ORDER BY at, stage = 'done'`,
+  );
+  return rows.map((row) => `${row.mode} ${row.stage}`);
+}
+
 function metricSum(page: string, name: string): number {
   return page.split("\n")
     .filter((line) => line.startsWith(`${name} `) || line.startsWith(`${name}{`))
@@ -118,7 +126,7 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
   await step("migrations create the schema and applying them twice changes nothing", async () => {
     const clickhouse = createClickHouse({ url: server.url, ...CLICKHOUSE_ADMIN });
     const database = uniqueDatabase("migr");
-    const all = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13];
+    const all = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14];
     try {
       const first = await applyMigrations({ clickhouse, database });
       assertEquals(first, all, "first run applies every migration");
@@ -269,7 +277,7 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
         await clickhouse.exec(sql`OPTIMIZE TABLE ${stats} FINAL`);
         assert((await statsRequests()) < 4000, "the old table loses counts in a merge (what 0008 repairs)");
 
-        assertEquals(await applyMigrations({ clickhouse, database }), [8, 9, 10, 11, 12, 13]);
+        assertEquals(await applyMigrations({ clickhouse, database }), [8, 9, 10, 11, 12, 13, 14]);
         assertEquals(
           (await rollupDifferences(clickhouse, database)).differences,
           [],
@@ -861,6 +869,11 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
       assertEquals(result.after, before, "counts after the rebuild");
       assertEquals(await projectionCounts(clickhouse, database), before);
       assertEquals(result.replay.rowsInserted, 3000, "the replay inserted every event again");
+      assertEquals(
+        await recordedRebuilds(clickhouse, database),
+        ["all emptied", "all done"],
+        "the profiler is told (projection_rebuilds)",
+      );
     });
   });
 
@@ -887,6 +900,7 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
         assertEquals(refused?.lost.rawRows, 500, "the raw rows of the purged messages");
         assert((refused?.lost.rollupRows ?? 0) > 0, "and the rollup seconds before the first replayable row");
         assertEquals(await projectionCounts(clickhouse, database), before, "nothing touched");
+        assertEquals(await recordedRebuilds(clickhouse, database), [], "no rebuild recorded");
 
         const result = await rebuild(config, quietLogger, { keepOlder: true });
         assertEquals(result.mode, "newer");
@@ -894,6 +908,7 @@ Deno.test("ingest against real nats-server and clickhouse-server", async (t) => 
         assertEquals(result.after, before, "every row kept or replayed");
         assertEquals(await counts(clickhouse, database), { rows: 2000, distinct: 2000 });
         assertEquals((await rollupDifferences(clickhouse, database)).differences, []);
+        assertEquals(await recordedRebuilds(clickhouse, database), ["newer emptied", "newer done"]);
       });
     },
   );

@@ -133,6 +133,23 @@ async function handOverToPartitions(config: IngestConfig, logger: Logger): Promi
   }
 }
 
+/**
+ * Tells the profiler that the projections changed under it (migration 0014): the replay cuts the same requests
+ * into other batches, some above the highest floor it has seen, which it would count twice; it starts over when
+ * the number of these rows changes. Written once the projections are emptied and again when every row is back
+ * (the rollups of kept rows are added after the replay, into batches it may already take as final).
+ */
+async function recordRebuild(
+  clickhouse: ClickHouse,
+  database: string,
+  mode: "all" | "newer",
+  stage: "emptied" | "done",
+): Promise<void> {
+  await clickhouse.exec(
+    sql`INSERT INTO ${ident(database, "projection_rebuilds")} (mode, stage) VALUES (${mode}, ${stage})`,
+  );
+}
+
 /** Deletes rows by condition (a mutation) and waits until ClickHouse has applied it. */
 async function deleteWhere(clickhouse: ClickHouse, database: string, table: string, condition: Sql) {
   await clickhouse.exec(sql`ALTER TABLE ${ident(database, table)} DELETE WHERE ${condition}`);
@@ -223,6 +240,7 @@ export async function rebuild(
     await nc.close();
   }
   const mode = lost.rawRows > 0 || lost.rollupRows > 0 ? "newer" : "all";
+  const emptied = mode === "all" || lost.replayFromTs !== undefined;
   if (mode === "all") {
     for (const table of PROJECTION_TABLES) {
       await clickhouse.exec(sql`TRUNCATE TABLE ${ident(config.database, table)}`);
@@ -244,6 +262,7 @@ export async function rebuild(
       kept: lost,
     });
   }
+  if (emptied) await recordRebuild(clickhouse, config.database, mode, "emptied");
   // One worker replays every partition, on the base durable, reading every event subject (with one partition,
   // what the worker reads: INGEST_FILTER_SUBJECT).
   const replayed = config.partitions > 1 ? REQUEST_EVENTS_SUBJECTS : config.filterSubject;
@@ -275,6 +294,7 @@ export async function rebuild(
     });
     logger.info("rollups of the kept rows completed", { ...repaired });
   }
+  if (emptied) await recordRebuild(clickhouse, config.database, mode, "done");
   const after = await projectionCounts(clickhouse, config.database);
   logger.info("rebuild done", { mode, before, after, replay });
   return { before, after, replay, mode, kept: lost };

@@ -93,6 +93,7 @@ class SyntheticStore : public Store {
     for (const auto& row : rows) n += total_count(row.buckets);
     return n;
   }
+  std::uint64_t rebuilds() override { return 0; }  // a synthetic stream is never rebuilt
   /// (bucket, count) entries per second, over all keys.
   std::size_t rows_per_second() const { return buckets_per_second_; }
 

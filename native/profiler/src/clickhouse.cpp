@@ -221,6 +221,11 @@ std::string batch_requests_query(const std::string& database, std::uint64_t batc
          ".latency_profile_1s WHERE ingest_batch_seq = " + std::to_string(batch) + " AND service != '' FORMAT TSV";
 }
 
+std::string rebuilds_query(const std::string& database) {
+  check_identifier(database);
+  return "SELECT count() FROM " + database + ".projection_rebuilds FORMAT TSV";
+}
+
 std::string published_rows_query(const std::string& database, std::int64_t from, std::int64_t to) {
   check_identifier(database);
   return "SELECT toUInt32(ts), service, method FROM " + database + ".latency_percentiles WHERE ts >= " +
@@ -393,6 +398,10 @@ std::vector<std::pair<std::int64_t, Key>> ClickHouseStore::published_rows(std::i
 
 std::uint64_t ClickHouseStore::batch_requests(std::uint64_t batch) {
   return number(tsv_fields(batch_requests_query(database_, batch), true), 0, "requests");
+}
+
+std::uint64_t ClickHouseStore::rebuilds() {
+  return number(tsv_fields(rebuilds_query(database_), true), 0, "rebuilds");
 }
 
 StartPoint ClickHouseStore::start_point(std::int64_t now) {

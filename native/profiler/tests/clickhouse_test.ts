@@ -658,6 +658,74 @@ Deno.test("profiler against a real ClickHouse", async (t) => {
   );
 
   await t.step(
+    "a rebuild recorded in projection_rebuilds makes the daemon start over, also one no batch it read shows",
+    async () => {
+      const live = await newDatabase(clickhouse, "tw_rebuilt");
+      const request = (lagMs: number, durationUs: number): Event => ({
+        service: "s",
+        method: "m",
+        endMs: Date.now() - lagMs,
+        durationUs,
+      });
+      // Ingest's cut: batches 1..5 of four requests each, every one final by the floor of the next but 5.
+      const cut = Array.from(
+        { length: 5 },
+        (_, b) => Array.from({ length: 4 }, (_, i) => request(6000 - b * 1000, 1000 + b * 100 + i)),
+      );
+      for (const [i, events] of cut.entries()) await insertBatch(clickhouse, live, i + 1, i, events);
+      const child = new Deno.Command(profiler, {
+        args: [...connection(clickhouse, live), "--windows", "10", "--settle", "1s"],
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+      const output = child.output();
+      const floorWritten = async () =>
+        Number(
+          (await clickhouse.query(`SELECT max(ingest_floor_seq) FROM ${live}.latency_percentiles`)).trim(),
+        );
+      let log = "";
+      try {
+        await waitUntil("the daemon read batches 1..5", async () => (await floorWritten()) >= 4, 20_000);
+        // The rebuild, all of it between two ticks: the projections emptied and the same requests replayed,
+        // cut anew: 1-2 as batch 2, 3 as 3, 4-5 as 5. Batch 4, the last the daemon took as final, is gone, and
+        // 5 grew by its requests, counted already. New requests follow in batches 6 and 7 (6 final by 7's
+        // floor): the newest batch taken as final is then one the rebuild did not touch, so nothing the
+        // daemon reads again differs from what it read before.
+        Deno.kill(child.pid, "SIGSTOP");
+        for (const table of ["request_events", "request_stats_1s", "latency_profile_1s"]) {
+          await clickhouse.query(`TRUNCATE TABLE ${live}.${table}`);
+        }
+        await insertBatch(clickhouse, live, 2, 0, [...cut[0], ...cut[1]]);
+        await insertBatch(clickhouse, live, 3, 2, cut[2]);
+        await insertBatch(clickhouse, live, 5, 3, [...cut[3], ...cut[4]]);
+        await clickhouse.query(
+          `INSERT INTO ${live}.projection_rebuilds (mode, stage) VALUES ('all', 'emptied'), ('all', 'done')`,
+        );
+        await insertBatch(clickhouse, live, 6, 5, [request(500, 3000), request(500, 4000)]);
+        await insertBatch(clickhouse, live, 7, 6, [request(0, 5000)]);
+        Deno.kill(child.pid, "SIGCONT");
+        await insertMarker(clickhouse, live, 7);
+        await waitUntil("the daemon read batch 7 as final", async () => (await floorWritten()) >= 7, 20_000);
+        let differences: string[] = [];
+        await waitUntil("the rows equal the raw rows", async () => {
+          differences = (await differencesFromRaw(clickhouse, live, [10])).differences;
+          return differences.length === 0;
+        }, 15_000).catch((error) => {
+          throw new Error(`${error}:\n${differences.slice(0, 10).join("\n")}`);
+        });
+      } finally {
+        child.kill("SIGTERM");
+        const { code, stderr } = await output;
+        log = new TextDecoder().decode(stderr);
+        assertEquals(code, 0, `exit status after SIGTERM (log: ${log})`);
+      }
+      assert(/ingest recorded a rebuild in projection_rebuilds\): starting over/.test(log), log);
+      assertEquals(await duplicates(clickhouse, live), 0, "rows stored twice");
+    },
+  );
+
+  await t.step(
     "the daemon writes every tick, rides out a ClickHouse restart, and exits 0 on SIGTERM",
     async () => {
       const live = await newDatabase(clickhouse, "tw_live");

@@ -62,6 +62,7 @@ TEST(ClickHouseSql, StartupAndInsertBookkeeping) {
   EXPECT_NE(batch_requests_query("p", 57).find("SELECT sum(arraySum(histogramMap.count)) FROM p.latency_profile_1s "
                                                "WHERE ingest_batch_seq = 57 AND service != ''"),
             std::string::npos);
+  EXPECT_EQ(rebuilds_query("p"), "SELECT count() FROM p.projection_rebuilds FORMAT TSV");
   const std::string params = read_params(1 << 20, 10000);
   for (const char* part : {"max_result_bytes=1048576", "result_overflow_mode=throw", "max_execution_time=10",
                            "wait_end_of_query=1", "max_result_rows=", "buffer_size=2097152"}) {

@@ -12,10 +12,13 @@
  * reach the stream half a minute after they completed; ClickHouse frozen (SIGSTOP) and then killed and
  * restarted under load; the ingest worker killed with SIGKILL under load; a materialized view failing for
  * a while (its rows reach request_events, the INSERT fails, the worker's retry must complete the rollups);
- * a rebuild. Binaries: profilerBinaries() (built when missing).
+ * a rebuild; the stream deleted and created again (its sequences start over below every batch number the
+ * profiler has seen). Binaries: profilerBinaries() (built when missing).
  */
 import { create } from "@bufbuild/protobuf";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { REQUEST_EVENTS_STREAM } from "@tailwatch/events";
 import { Protocol, type RequestEvent, RequestEventSchema } from "@tailwatch/proto/events/v1";
 import { applyMigrations } from "@tailwatch/ingest/migrations";
 import { type ClickHouse, createClickHouse, loadConfig, rebuild } from "@tailwatch/ingest";
@@ -347,5 +350,15 @@ Deno.test("derived numbers equal the raw rows after merges, lag, slow requests, 
     assert(result.mode === "all", `rebuild mode ${result.mode}`);
     await p.startWorker();
     await assertDerivedEqualRaw(p, published, "rebuild");
+  });
+
+  await t.step("the stream deleted and created again: its sequences start over", async () => {
+    await runLoad(4_000);
+    await waitUntil("every event inserted", async () => (await rowCount(ch, database)) >= published, 60_000);
+    await (await jetstreamManager(nc)).streams.delete(REQUEST_EVENTS_STREAM);
+    await applyRequestEventsStream(nc);
+    // The new stream's messages are numbered from 1 again, far below the floor the profiler has seen.
+    await runLoad(8_000);
+    await assertDerivedEqualRaw(p, published, "stream recreated");
   });
 });

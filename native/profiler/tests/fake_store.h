@@ -45,6 +45,7 @@ class FakeStore : public Store {
   std::map<std::uint64_t, Batch> batches;
   std::multimap<std::uint64_t, std::uint64_t> markers;  ///< floor markers: batch seq -> floor
   std::set<std::pair<std::int64_t, Key>> table;         ///< (tick, key) rows of latency_percentiles
+  std::uint64_t recorded_rebuilds = 0;                  ///< rows of projection_rebuilds
   std::size_t max_feed_rows = std::numeric_limits<std::size_t>::max();    ///< above: ReadTooLarge
   std::size_t max_second_rows = std::numeric_limits<std::size_t>::max();  ///< above: ReadTooLarge
   bool down = false;                                                       ///< every read throws
@@ -148,6 +149,11 @@ class FakeStore : public Store {
     check_up();
     const auto it = batches.find(batch);
     return it == batches.end() ? 0 : it->second.visible.size();
+  }
+
+  std::uint64_t rebuilds() override {
+    check_up();
+    return recorded_rebuilds;
   }
 
   /// The highest floor any row carries (what the daemon takes when latency_percentiles has none).

@@ -86,6 +86,8 @@ std::string last_second_query(const std::string& database, std::optional<std::ui
                               std::int64_t from);
 /// "sum of the histogram counts" of one batch's rows (TSV).
 std::string batch_requests_query(const std::string& database, std::uint64_t batch);
+/// "count()" of projection_rebuilds (TSV).
+std::string rebuilds_query(const std::string& database);
 /// The (ts, service, method) rows latency_percentiles holds at ticks [from, to] (RowBinary).
 std::string published_rows_query(const std::string& database, std::int64_t from, std::int64_t to);
 /// max(ts), max(version), max(ingest_floor_seq), count() of latency_percentiles since now - 86400 (TSV).
@@ -146,6 +148,7 @@ class ClickHouseStore : public Store {
   std::optional<std::int64_t> last_second(std::optional<std::uint64_t> final_upto, std::int64_t from) override;
   std::vector<std::pair<std::int64_t, Key>> published_rows(std::int64_t from, std::int64_t to) override;
   std::uint64_t batch_requests(std::uint64_t batch) override;
+  std::uint64_t rebuilds() override;
 
   /// start_point_query, parsed.
   StartPoint start_point(std::int64_t now);

@@ -33,11 +33,13 @@
 // be recomputed from every contribution, and a rebuild may have moved the requests into a final batch).
 //
 // REBUILDS. A rebuild (ingest/rebuild.ts) truncates the rollup and replays the stream in batches cut anew:
-// the same requests come back under other batch numbers, some above F, and would count twice. Two signs of
-// it: a batch read again holds less than before (TickReport::shrunk), or the last batch that became final
-// (sentinel()) no longer holds the requests it held then (Store::batch_requests, checked by the daemon now and
-// then, for when no batch was open). On either the daemon starts a new engine from the table's current floor
-// with rewrite_held, which rewrites every row its memory reaches.
+// the same requests come back under other batch numbers, some above F, and would count twice. The rebuild
+// records itself (Store::rebuilds, checked by the daemon every tick); two older signs cover a table emptied by
+// hand: a batch read again holds less than before (TickReport::shrunk), or the last batch that became final
+// (sentinel()) no longer holds the requests it held then (Store::batch_requests, checked now and then). Those
+// two alone miss a replay that left the batches read again unchanged or grown once newer batches moved the
+// sentinel. On any of them the daemon starts a new engine from the table's current floor with rewrite_held,
+// which rewrites every row its memory reaches.
 //
 // FAILURES. Every public method that reads may throw (the Store's exceptions). The state stays consistent:
 // what was read and applied stays applied, changes not yet turned into corrections are kept and corrected by

@@ -68,6 +68,9 @@ class Store {
   virtual std::vector<std::pair<std::int64_t, Key>> published_rows(std::int64_t from, std::int64_t to) = 0;
   /// How many requests the rows of one batch hold (the sum of their histograms' counts).
   virtual std::uint64_t batch_requests(std::uint64_t batch) = 0;
+  /// How many rows ingest's rebuild has recorded (projection_rebuilds, two per rebuild); it only grows. A change
+  /// means the rollup was emptied and replayed under the reader (engine.h, REBUILDS).
+  virtual std::uint64_t rebuilds() = 0;
 };
 
 /// Reads the integer range [lo, hi] (lo <= hi) through read(lo, hi). When a read throws ReadTooLarge, its range

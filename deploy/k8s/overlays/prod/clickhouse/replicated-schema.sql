@@ -170,6 +170,17 @@ CREATE TABLE IF NOT EXISTS {{database}}.stream_epochs ON CLUSTER tailwatch
 ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/stream_epochs', '{replica}')
 ORDER BY stream_created;
 
+-- Two rows per rebuild (ingest/rebuild.ts): the profiler starts over when their count changes. Replicated, so a
+-- profiler reading any replica sees a rebuild run against another.
+CREATE TABLE IF NOT EXISTS {{database}}.projection_rebuilds ON CLUSTER tailwatch
+(
+    at DateTime DEFAULT now(),
+    mode String,
+    stage String
+)
+ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/projection_rebuilds', '{replica}')
+ORDER BY at;
+
 -- The migrations this file stands for, recorded once (a re-run inserts nothing; the table keeps one row per
 -- version in any case).
 INSERT INTO {{database}}.schema_migrations (version, name)
@@ -184,7 +195,8 @@ FROM
         (1, 'request_events'), (2, 'rollups'), (3, 'latency_percentiles'), (4, 'ingested_at_ms'),
         (5, 'latency_profile'), (6, 'drop_latency_histogram'), (7, 'latency_percentiles_buffer'),
         (8, 'request_stats_sum'), (9, 'latency_profile_by_completion'), (10, 'latency_percentiles_versions'),
-        (11, 'ts_us'), (12, 'load_run_id'), (13, 'stream_epochs')
+        (11, 'ts_us'), (12, 'load_run_id'), (13, 'stream_epochs'),
+        (14, 'projection_rebuilds')
     ] AS migration
 )
 WHERE version NOT IN (SELECT version FROM {{database}}.schema_migrations);
