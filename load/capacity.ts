@@ -4,7 +4,10 @@
  * step fails and then bisecting between the last pass and the first failure. The p99 judged is the one
  * corrected for coordinated omission (measured from each request's intended send time), so a generator that
  * falls behind cannot make a rate look good; the plain p99 is reported next to it. At the limit it names the
- * process that was the bottleneck, from its CPU in /proc.
+ * process that was the bottleneck, from its CPU in /proc. Then a second search, on errors alone: the highest rate
+ * at which every request is OK and the generator sends what it is asked, whatever the latency (stepping up from
+ * the highest rate the first search saw all OK, then bisecting), so that throughput is measured and not only
+ * the rate the tail allows.
  */
 import { cancelledByGhz, runGhzReport } from "./ghz.ts";
 import { correctForCoordinatedOmission, quantiles } from "./latency.ts";
@@ -30,6 +33,8 @@ export interface CapacityOptions {
   maxRate?: number;
   /** Bisection stops when the last pass and the first failure are this close (rps). */
   resolution?: number;
+  /** The same for the search on errors alone (250: its probes run above the latency limit, each costs a probe). */
+  allOkResolution?: number;
   log?: (line: string) => void;
 }
 
@@ -65,8 +70,12 @@ export interface CapacityResult {
   /** The p99s at that rate. */
   correctedP99Ms: number;
   plainP99Ms: number;
-  /** The highest rate probed with every request OK, whatever its latency. */
+  /** The highest rate probed with every request OK and sent at the asked rate, whatever its latency. */
   allOkRate: number;
+  /** Every step up to `maxRate` had every request OK: `allOkRate` is a lower bound. */
+  allOkReachedMax: boolean;
+  /** What stopped the search on errors: the lowest rate above `allOkRate` that failed it, and why. */
+  allOkLimit?: { atRate: number; why: string; bottleneck: { process: string; why: string } };
   /** What limited the rate: at the first failing probe above the capacity (or the last probe). */
   bottleneck: { process: string; why: string; atRate: number };
   /** CPU per 1000 requests per process at the capacity rate. */
@@ -120,9 +129,16 @@ async function drained(target: StackTarget): Promise<void> {
  */
 export async function searchRates(
   passes: (rate: number) => Promise<boolean>,
-  options: { startRate: number; stepRate: number; maxRate: number; resolution: number },
+  options: {
+    startRate: number;
+    stepRate: number;
+    maxRate: number;
+    resolution: number;
+    /** A rate below `startRate` known to pass already (bisection starts from it); 0 by default. */
+    knownPass?: number;
+  },
 ): Promise<{ rate: number; reachedMax: boolean }> {
-  let lo = 0;
+  let lo = options.knownPass ?? 0;
   let hi = 0;
   for (let rate = options.startRate; rate <= options.maxRate; rate += options.stepRate) {
     if (await passes(rate)) lo = rate;
@@ -151,6 +167,7 @@ export async function searchCapacity(options: CapacityOptions): Promise<Capacity
   const stepRate = options.stepRate ?? 500;
   const maxRate = options.maxRate ?? 6000;
   const resolution = options.resolution ?? 50;
+  const allOkResolution = options.allOkResolution ?? 250;
   const runIdPrefix = newRunId("capacity");
   const call = await callFor(target, options.method ?? DEFAULT_CAPACITY_METHOD, runIdPrefix);
   const address = target.services[call.service].grpc;
@@ -256,7 +273,18 @@ export async function searchCapacity(options: CapacityOptions): Promise<Capacity
   });
   const atCapacity = probes.filter((p) => p.rate === lo && p.pass).at(-1);
   const limit = probes.filter((p) => !p.pass).sort((a, b) => a.rate - b.rate)[0] ?? probes.at(-1)!;
-  const allOk = probes.filter((p) => p.ok === p.count && p.count > 0 && p.achievedRps >= p.rate * 0.97);
+
+  // The search on errors alone, above the rates the first search probed.
+  const knownAllOk = Math.max(0, ...probes.filter(allRequestsOk).map((p) => p.rate));
+  const firstStep = (Math.floor(knownAllOk / stepRate) + 1) * stepRate;
+  log(`  every request OK, whatever the latency: from ${firstStep} rps by ${stepRate}`);
+  const probedOnce = new Map(probes.map((p) => [p.rate, p]));
+  const { rate: allOkRate, reachedMax: allOkReachedMax } = await searchRates(
+    async (rate) => allRequestsOk(probedOnce.get(rate) ?? await probe(rate)),
+    { startRate: firstStep, stepRate, maxRate, resolution: allOkResolution, knownPass: knownAllOk },
+  );
+  const allOkFailed =
+    probes.filter((p) => p.rate > allOkRate && !allRequestsOk(p)).sort((a, b) => a.rate - b.rate)[0];
   return {
     method: call.method,
     service: call.service,
@@ -265,13 +293,31 @@ export async function searchCapacity(options: CapacityOptions): Promise<Capacity
     reachedMax,
     correctedP99Ms: atCapacity?.correctedP99Ms ?? NaN,
     plainP99Ms: atCapacity?.plainP99Ms ?? NaN,
-    allOkRate: allOk.length ? Math.max(...allOk.map((p) => p.rate)) : 0,
+    allOkRate,
+    allOkReachedMax,
+    allOkLimit: allOkFailed && {
+      atRate: allOkFailed.rate,
+      why: allOkReason(allOkFailed),
+      bottleneck: allOkFailed.bottleneck,
+    },
     bottleneck: { ...limit.bottleneck, atRate: limit.rate },
     cpuPer1kAtCapacity: atCapacity?.cpuPer1k ?? {},
     resolution,
     probes,
     runIdPrefix,
   };
+}
+
+/** Every request answered OK and the generator sent at least 97 % of the asked rate. */
+function allRequestsOk(p: Probe): boolean {
+  return p.count > 0 && p.ok === p.count && p.achievedRps >= p.rate * 0.97;
+}
+
+function allOkReason(p: Probe): string {
+  const reasons: string[] = [];
+  if (p.ok < p.count || p.count === 0) reasons.push(`${p.count - p.ok} of ${p.count} requests not OK`);
+  if (p.achievedRps < p.rate * 0.97) reasons.push(`only ${p.achievedRps.toFixed(0)} rps sent`);
+  return reasons.join(", ");
 }
 
 const fmt = (v: number) => (Number.isFinite(v) ? v.toFixed(2) : "-");
@@ -286,7 +332,13 @@ export function capacityMarkdown(c: CapacityResult): string[] {
     } % for ${c.slo.probeSeconds} s: **${c.reachedMax ? `at least ${c.rate}` : c.rate} rps** (p99 ${
       fmt(c.plainP99Ms)
     } ms plain, ${fmt(c.correctedP99Ms)} ms corrected; resolution ${c.resolution} rps)`,
-    `- highest rate probed with every request OK: ${c.allOkRate} rps`,
+    `- highest rate with every request OK and sent at the asked rate, whatever the latency: **${
+      c.allOkReachedMax ? `at least ${c.allOkRate}` : c.allOkRate
+    } rps**${
+      c.allOkLimit
+        ? ` (at ${c.allOkLimit.atRate} rps: ${c.allOkLimit.why}; ${c.allOkLimit.bottleneck.process}: ${c.allOkLimit.bottleneck.why})`
+        : ""
+    }`,
     ...(c.probes.some((p) => p.otherBusyCores > 0.3)
       ? [
         `- **the machine was shared**: up to ${

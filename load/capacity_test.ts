@@ -18,6 +18,21 @@ Deno.test("capacity: steps up to the first failure, then bisects to the resoluti
   assertEquals(await searchRates(threshold(120), options), { rate: 100, reachedMax: false });
 });
 
+Deno.test("capacity: the search on errors alone starts above a rate known to pass and bisects from it", async () => {
+  const tried: number[] = [];
+  const threshold = (limit: number) => (rate: number) => {
+    tried.push(rate);
+    return Promise.resolve(rate <= limit);
+  };
+  const options = { startRate: 1000, stepRate: 500, maxRate: 6000, resolution: 250, knownPass: 500 };
+  assertEquals(await searchRates(threshold(2300), options), { rate: 2250, reachedMax: false });
+  assertEquals(tried, [1000, 1500, 2000, 2500, 2250]);
+  // The first step fails: the known rate stands, bisection between it and the step.
+  tried.length = 0;
+  assertEquals(await searchRates(threshold(600), options), { rate: 500, reachedMax: false });
+  assertEquals(tried, [1000, 750]);
+});
+
 Deno.test("capacity: the bottleneck is a saturated event loop, else the machine, else none", () => {
   const interval = (main: number, busy: number) => ({
     wallSeconds: 30,
