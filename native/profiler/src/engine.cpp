@@ -328,7 +328,8 @@ struct Engine::Impl {
 
   // ---- startup ----
 
-  void start(std::optional<std::int64_t> last, std::uint64_t floor_in, std::int64_t t_start, bool rewrite_held) {
+  void start(std::optional<std::int64_t> last, std::uint64_t floor_in, std::int64_t t_start, bool rewrite_held,
+             std::optional<std::int64_t> published_since) {
     if (t_pub != kNoTime) throw std::logic_error("Engine::start called twice");
     t_last = last;
     floor = floor_in;
@@ -367,6 +368,11 @@ struct Engine::Impl {
       // Every second held is "changed": the first tick rewrites every row they reach, for the keys with
       // data and for the keys the table holds rows of.
       learn_prior(held_from + 1, std::min(t_pub, *t_last));
+      if (published_since) {
+        const std::int64_t from = align_up(std::max(*published_since, held_from + 1));
+        const std::int64_t to = std::min(t_pub, *t_last);
+        if (from <= to) published_ticks.insert(from, to, tick);
+      }
       std::set<Key> all;
       for (const auto& [key, state] : keys) all.insert(key);
       for (const auto& [key, ticks] : prior) all.insert(key);
@@ -801,14 +807,14 @@ Engine::Engine(EngineConfig config, Store& store) : impl_(std::make_unique<Impl>
 Engine::~Engine() = default;
 
 void Engine::start(std::optional<std::int64_t> t_last, std::uint64_t floor, std::int64_t t_start,
-                   bool rewrite_held) {
+                   bool rewrite_held, std::optional<std::int64_t> published_since) {
   TickReport ignored;
   impl_->report = &ignored;
   struct Reset {
     TickReport*& report;
     ~Reset() { report = nullptr; }
   } reset{impl_->report};
-  impl_->start(t_last, floor, t_start, rewrite_held);
+  impl_->start(t_last, floor, t_start, rewrite_held, published_since);
 }
 
 TickReport Engine::tick(std::int64_t target) { return impl_->run_tick(target); }

@@ -232,6 +232,7 @@ class Daemon {
     auto engine = std::make_unique<Engine>(engine_config(config_), store_);
     engine->start(point.t_last, floor, t_start);
     engine_ = std::move(engine);
+    first_published_ = engine_->last_published() + config_.tick_s;
     PublisherOptions options;
     options.sleep = sleep_for;  // a stop signal ends the wait for a running INSERT
     publisher_ = std::make_unique<Publisher>(sink_, point.v_last, options);
@@ -308,7 +309,7 @@ class Daemon {
          << "from its floor " << floor << ", rewriting the rows of the last "
          << engine_->max_window() + config_.correction_memory_s << " s" << std::endl;
     auto engine = std::make_unique<Engine>(engine_config(config_), store_);
-    engine->start(last, floor, last, true);
+    engine->start(last, floor, last, true, first_published_);
     engine_ = std::move(engine);
     ticks_since_check_ = 0;
   }
@@ -369,6 +370,8 @@ class Daemon {
   double backoff_s_ = 0.5;
   int ticks_since_check_ = 0;
   std::uint64_t rebuilds_seen_ = 0;
+  /// The first tick this daemon published: every tick since was published, by one engine or the next.
+  std::int64_t first_published_ = 0;
   bool failing_ = false;
   bool stepped_back_logged_ = false;
 };

@@ -588,6 +588,37 @@ TEST(Engine, ARebuiltRollupIsNoticedAndAFreshEngineRewritesWhatItHolds) {
   EXPECT_TRUE(check_rows(table, all_ids(table), store.everything(), "after starting over"));
 }
 
+TEST(Engine, AStartOverWritesTheRowsOfTicksPublishedWhileTheRollupWasEmpty) {
+  // A rebuild has just truncated the rollup and the daemon started over: the engine before published ticks
+  // 971..1005 with no row at all (nothing to read). The replay then brings their requests back. The engine
+  // after the next start-over must write those rows, though the table holds none at those ticks.
+  FakeStore store;
+  auto engine = std::make_unique<Engine>(engine_config({10}, 30), store);
+  engine->start(std::nullopt, 0, 1000);
+  const std::int64_t first_published = engine->last_published() + 1;
+  Table table;
+  table.write(engine->tick(1005).rows);
+  EXPECT_EQ(table.size(), 0u) << "nothing to publish";
+  add(store, events(kKey, 1001, {100, 200}), 1, 0);
+  add(store, events(kKey, 1003, {300}), 2, 1);
+  add(store, events(kKey, 1006, {400}), 3, 2);  // batch 2 final by this batch's floor
+  store.table = table.tick_keys();
+  const std::int64_t last = engine->last_published();
+  engine = std::make_unique<Engine>(engine_config({10}, 30), store);
+  engine->start(last, store.highest_floor(), last, true, first_published);
+  table.write(engine->tick(1007).rows);
+  ASSERT_EQ(table.count({kKey, 10u, 1002}), 1u) << "a tick published before with no row gets its row";
+  EXPECT_EQ(table.at({kKey, 10u, 1002}).count, 2u);
+  EXPECT_EQ(table.at({kKey, 10u, 1004}).count, 3u);
+  EXPECT_TRUE(check_rows(table, all_ids(table), store.everything(), "after the start-over"));
+  // Without the ticks published before, only the ticks this engine publishes get rows.
+  Table without;
+  Engine unaware(engine_config({10}, 30), store);
+  unaware.start(last, store.highest_floor(), last, true);
+  without.write(unaware.tick(1007).rows);
+  EXPECT_EQ(without.count({kKey, 10u, 1002}), 0u) << "the hole the daemon used to leave";
+}
+
 TEST(Engine, StartupRepublishesItsMemoryAndCorrectsTheTicksTheTableHolds) {
   FakeStore store;
   std::uint64_t seq = 0;

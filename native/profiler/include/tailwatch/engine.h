@@ -119,8 +119,11 @@ class Engine {
   /// (every end second >= held_from()) and builds the windows at T_pub. Call once, first.
   /// With `rewrite_held` (after a rebuild), every row at the ticks <= t_last that H reaches is rewritten by
   /// the first tick() (the (tick, key) rows the table holds there, and the windows with requests).
+  /// `published_since`: the first tick the engine this one replaces published (every tick from it to t_last
+  /// was published, rows or not): those ticks count as published here, so that a tick published while the
+  /// rollup was empty (a rebuild had just truncated it) gets its rows once the replay brings its requests.
   void start(std::optional<std::int64_t> t_last, std::uint64_t floor, std::int64_t t_start,
-             bool rewrite_held = false);
+             bool rewrite_held = false, std::optional<std::int64_t> published_since = std::nullopt);
 
   /// Reads the feed, applies it, rewrites the published rows it changed and publishes the ticks up to
   /// `target` (aligned down to tick_s; nothing new when it is not after T_pub). See the header comment.
