@@ -20,6 +20,9 @@ import { serviceMetrics } from "./metrics_text.ts";
 
 export const DEFAULT_CAPACITY_METHOD = "orders.v1.OrderService/CreateOrder";
 
+/** A probe whose generator sent less than this share of the asked rate did not test that rate. */
+const MIN_SENT_SHARE = 0.97;
+
 export interface CapacityOptions {
   target: StackTarget;
   /** Full method ("orders.v1.OrderService/CreateOrder") or its last part ("GetProduct"). */
@@ -221,7 +224,7 @@ export async function searchCapacity(options: CapacityOptions): Promise<Capacity
     const reasons: string[] = [];
     if (corrected.p99 >= sloP99Ms * 1000) reasons.push(`p99 ${(corrected.p99 / 1000).toFixed(1)} ms`);
     if (errorRate >= maxErrorRate) reasons.push(`errors ${(errorRate * 100).toFixed(2)} %`);
-    if (achievedRps < rate * 0.97) reasons.push(`only ${achievedRps.toFixed(0)} rps sent`);
+    if (achievedRps < rate * MIN_SENT_SHARE) reasons.push(`only ${achievedRps.toFixed(0)} rps sent`);
     const cores: Record<string, number> = {};
     const mainThread: Record<string, number> = {};
     const cpuPer1k: Record<string, number> = {};
@@ -308,15 +311,15 @@ export async function searchCapacity(options: CapacityOptions): Promise<Capacity
   };
 }
 
-/** Every request answered OK and the generator sent at least 97 % of the asked rate. */
+/** Every request answered OK and the generator sent at least MIN_SENT_SHARE of the asked rate. */
 function allRequestsOk(p: Probe): boolean {
-  return p.count > 0 && p.ok === p.count && p.achievedRps >= p.rate * 0.97;
+  return p.count > 0 && p.ok === p.count && p.achievedRps >= p.rate * MIN_SENT_SHARE;
 }
 
 function allOkReason(p: Probe): string {
   const reasons: string[] = [];
   if (p.ok < p.count || p.count === 0) reasons.push(`${p.count - p.ok} of ${p.count} requests not OK`);
-  if (p.achievedRps < p.rate * 0.97) reasons.push(`only ${p.achievedRps.toFixed(0)} rps sent`);
+  if (p.achievedRps < p.rate * MIN_SENT_SHARE) reasons.push(`only ${p.achievedRps.toFixed(0)} rps sent`);
   return reasons.join(", ");
 }
 

@@ -136,6 +136,24 @@ function connection(clickhouse: ClickHouseServer, database: string): string[] {
   return connectionFlags(clickhouse.url, CLICKHOUSE_ADMIN.username, CLICKHOUSE_ADMIN.password, database);
 }
 
+/** The profiler daemon on `database` with `flags` (stderr piped: its log), and its output once it exits. */
+function spawnDaemon(profiler: string, clickhouse: ClickHouseServer, database: string, flags: string[]) {
+  const child = new Deno.Command(profiler, {
+    args: [...connection(clickhouse, database), ...flags],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  return { child, output: child.output() };
+}
+
+/** The highest ingest floor the daemon has written into latency_percentiles: how far it has read. */
+async function floorWritten(clickhouse: ClickHouseServer, database: string): Promise<number> {
+  return Number(
+    (await clickhouse.query(`SELECT max(ingest_floor_seq) FROM ${database}.latency_percentiles`)).trim(),
+  );
+}
+
 /** JSONEachRow lines, numbers as numbers (UInt64 arrive quoted). */
 async function jsonRows(clickhouse: ClickHouseServer, query: string): Promise<Record<string, unknown>[]> {
   return (await clickhouse.query(`${query} FORMAT JSONEachRow`)).split("\n").filter(Boolean).map((line) =>
@@ -557,22 +575,15 @@ Deno.test("profiler against a real ClickHouse", async (t) => {
       for (let back = 40; back > 0; back -= 10) {
         await insertBatch(clickhouse, live, ++seq, seq - 1, recent(30, back * 1000));
       }
-      const child = new Deno.Command(profiler, {
-        args: [
-          ...connection(clickhouse, live),
-          "--windows",
-          windows.join(","),
-          "--settle",
-          "1s",
-          "--correction-memory",
-          "20s",
-          "--log-timing",
-        ],
-        stdin: "null",
-        stdout: "piped",
-        stderr: "piped",
-      }).spawn();
-      const output = child.output();
+      const { child, output } = spawnDaemon(profiler, clickhouse, live, [
+        "--windows",
+        windows.join(","),
+        "--settle",
+        "1s",
+        "--correction-memory",
+        "20s",
+        "--log-timing",
+      ]);
       let log = "";
       try {
         const firstTick = async () =>
@@ -626,12 +637,11 @@ Deno.test("profiler against a real ClickHouse", async (t) => {
         await insertBatch(clickhouse, live, last, seq - 1, recent(10));
         await insertMarker(clickhouse, live, last);
         // Once the daemon has written a tick after reading the marker, everything is final and corrected.
-        await waitUntil("the daemon read everything", async () => {
-          const floor = Number(
-            (await clickhouse.query(`SELECT max(ingest_floor_seq) FROM ${live}.latency_percentiles`)).trim(),
-          );
-          return floor >= last;
-        }, 20_000);
+        await waitUntil(
+          "the daemon read everything",
+          async () => (await floorWritten(clickhouse, live)) >= last,
+          20_000,
+        );
         const { differences, compared } = await differencesFromRaw(clickhouse, live, windows);
         assert(
           differences.length === 0,
@@ -673,20 +683,19 @@ Deno.test("profiler against a real ClickHouse", async (t) => {
         (_, b) => Array.from({ length: 4 }, (_, i) => request(6000 - b * 1000, 1000 + b * 100 + i)),
       );
       for (const [i, events] of cut.entries()) await insertBatch(clickhouse, live, i + 1, i, events);
-      const child = new Deno.Command(profiler, {
-        args: [...connection(clickhouse, live), "--windows", "10", "--settle", "1s"],
-        stdin: "null",
-        stdout: "piped",
-        stderr: "piped",
-      }).spawn();
-      const output = child.output();
-      const floorWritten = async () =>
-        Number(
-          (await clickhouse.query(`SELECT max(ingest_floor_seq) FROM ${live}.latency_percentiles`)).trim(),
-        );
+      const { child, output } = spawnDaemon(profiler, clickhouse, live, [
+        "--windows",
+        "10",
+        "--settle",
+        "1s",
+      ]);
       let log = "";
       try {
-        await waitUntil("the daemon read batches 1..5", async () => (await floorWritten()) >= 4, 20_000);
+        await waitUntil(
+          "the daemon read batches 1..5",
+          async () => (await floorWritten(clickhouse, live)) >= 4,
+          20_000,
+        );
         // The rebuild, all of it between two ticks: the projections emptied and the same requests replayed,
         // cut anew: 1-2 as batch 2, 3 as 3, 4-5 as 5. Batch 4, the last the daemon took as final, is gone, and
         // 5 grew by its requests, counted already. New requests follow in batches 6 and 7 (6 final by 7's
@@ -706,7 +715,11 @@ Deno.test("profiler against a real ClickHouse", async (t) => {
         await insertBatch(clickhouse, live, 7, 6, [request(0, 5000)]);
         Deno.kill(child.pid, "SIGCONT");
         await insertMarker(clickhouse, live, 7);
-        await waitUntil("the daemon read batch 7 as final", async () => (await floorWritten()) >= 7, 20_000);
+        await waitUntil(
+          "the daemon read batch 7 as final",
+          async () => (await floorWritten(clickhouse, live)) >= 7,
+          20_000,
+        );
         let differences: string[] = [];
         await waitUntil("the rows equal the raw rows", async () => {
           differences = (await differencesFromRaw(clickhouse, live, [10])).differences;
@@ -740,13 +753,13 @@ Deno.test("profiler against a real ClickHouse", async (t) => {
         await insertBatch(clickhouse, live, ++seq, seq - 1, events);
       };
       await insertNow();
-      const child = new Deno.Command(profiler, {
-        args: [...connection(clickhouse, live), "--windows", "10", "--settle", "1s", "--log-timing"],
-        stdin: "null",
-        stdout: "piped",
-        stderr: "piped",
-      }).spawn();
-      const output = child.output();
+      const { child, output } = spawnDaemon(profiler, clickhouse, live, [
+        "--windows",
+        "10",
+        "--settle",
+        "1s",
+        "--log-timing",
+      ]);
       const ticks = async () =>
         Number((await clickhouse.query(`SELECT uniqExact(ts) FROM ${live}.latency_percentiles`)).trim());
       const tickSeconds = async () =>
